@@ -1,0 +1,104 @@
+//! `postern admin …`: imperative changes to users, roles and targets, each audited.
+
+mod role;
+mod target;
+mod user;
+
+use std::process::ExitCode;
+
+use super::open_store;
+use crate::audit::Actor;
+use crate::config::Config;
+use crate::credentials::{self, KeyStore};
+use crate::policy::{Policy, PolicyError};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Users: who may log in, with which keys and roles.
+    #[command(subcommand)]
+    User(user::Command),
+    /// Roles: allow and deny rules and TTLs.
+    #[command(subcommand)]
+    Role(role::Command),
+    /// Targets: SSH hosts and PostgreSQL servers.
+    #[command(subcommand)]
+    Target(target::Command),
+    /// Print the target CA public key and the sshd_config line targets need.
+    TargetCa,
+    /// Print the user CA public key (what signs developers' certificates).
+    UserCa,
+    /// Print postern's TLS CA certificate (PEM), for clients' --ca-file / sslrootcert.
+    TlsCa,
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::User(c) => user::run(config, c).await,
+        Command::Role(c) => role::run(config, c).await,
+        Command::Target(c) => target::run(config, c).await,
+        Command::TargetCa => {
+            let keys = keys(config)?;
+            println!("{}", credentials::public_line(&keys.target_ca));
+            println!("# On each SSH target, save the line above as /etc/ssh/postern_target_ca.pub and add to sshd_config:");
+            println!("#   TrustedUserCAKeys /etc/ssh/postern_target_ca.pub");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UserCa => {
+            println!("{}", credentials::public_line(&keys(config)?.user_ca));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TlsCa => {
+            let keys = keys(config)?;
+            print!("{}", std::fs::read_to_string(&keys.tls.ca_cert)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn keys(config: &Config) -> anyhow::Result<KeyStore> {
+    Ok(KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys)
+}
+
+/// Applies one edit to the policy in a transaction and prints what changed.
+async fn mutate<F>(config: &Config, edit: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(&mut Policy) -> Result<(), PolicyError>,
+{
+    let store = open_store(config).await?;
+    let changes = store
+        .update_policy(&Actor::os(), false, |current| {
+            let mut p = current.clone();
+            edit(&mut p)?;
+            Ok(p)
+        })
+        .await?;
+    store.close().await;
+    if changes.is_empty() {
+        println!("nothing to change");
+    }
+    for c in &changes {
+        println!("{c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn load(config: &Config) -> anyhow::Result<Policy> {
+    let store = open_store(config).await?;
+    let p = store.load_policy().await?;
+    store.close().await;
+    Ok(p)
+}
+
+fn not_found(what: &'static str, name: &str) -> PolicyError {
+    PolicyError::NotFound {
+        what,
+        name: name.to_string(),
+    }
+}
+
+fn exists(what: &'static str, name: &str) -> PolicyError {
+    PolicyError::Exists {
+        what,
+        name: name.to_string(),
+    }
+}

@@ -1,0 +1,233 @@
+//! `postern admin role …`.
+
+use std::process::ExitCode;
+
+use super::{exists, load, mutate, not_found};
+use crate::cli::output;
+use crate::config::Config;
+use crate::duration::Dur;
+use crate::policy::names::{check_account_name, check_role_name};
+use crate::policy::{PolicyError, Role, Rule, Selector};
+
+#[derive(clap::Args)]
+pub struct Settings {
+    /// How long issued credentials live, e.g. 8h.
+    #[arg(long)]
+    credential_ttl: Option<Dur>,
+    /// The longest a session may last, e.g. 2h.
+    #[arg(long)]
+    max_session_ttl: Option<Dur>,
+    /// End a session after this long without input, e.g. 15m.
+    #[arg(long)]
+    idle_timeout: Option<Dur>,
+    /// Allow `ssh -L` port forwarding.
+    #[arg(long)]
+    port_forwarding: Option<bool>,
+    /// Allow sftp, scp and rsync.
+    #[arg(long)]
+    file_transfer: Option<bool>,
+}
+
+impl Settings {
+    fn apply(self, role: &mut Role) {
+        let s = &mut role.settings;
+        if let Some(v) = self.credential_ttl {
+            s.credential_ttl = v;
+        }
+        if let Some(v) = self.max_session_ttl {
+            s.max_session_ttl = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            s.idle_timeout = v;
+        }
+        if let Some(v) = self.port_forwarding {
+            s.port_forwarding = v;
+        }
+        if let Some(v) = self.file_transfer {
+            s.file_transfer = v;
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Add a role with allow (and deny) rules.
+    Add {
+        name: String,
+        /// Targets this role allows, as a label selector (`env=dev`, `team in (a, b)`, `*`).
+        #[arg(long, required = true)]
+        allow: Vec<Selector>,
+        /// Targets this role denies outright (beats every allow).
+        #[arg(long)]
+        deny: Vec<Selector>,
+        /// Unix logins allowed on SSH targets (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        logins: Vec<String>,
+        /// Databases allowed on PostgreSQL targets (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        databases: Vec<String>,
+        /// Database users allowed on PostgreSQL targets (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        db_users: Vec<String>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a role that no user holds.
+    Rm { name: String },
+    /// Change a role's TTLs and switches.
+    Set {
+        name: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn accounts(what: &'static str, list: &[String]) -> Result<(), PolicyError> {
+    list.iter().try_for_each(|n| check_account_name(what, n))
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Add {
+            name,
+            allow,
+            deny,
+            logins,
+            databases,
+            db_users,
+            settings,
+        } => {
+            check_role_name(&name)?;
+            accounts("login", &logins)?;
+            accounts("database", &databases)?;
+            accounts("database user", &db_users)?;
+            let mut role = Role::new(&name);
+            role.allow = allow
+                .into_iter()
+                .map(|targets| Rule {
+                    targets,
+                    logins: logins.clone(),
+                    databases: databases.clone(),
+                    db_users: db_users.clone(),
+                })
+                .collect();
+            role.deny = deny
+                .into_iter()
+                .map(|targets| Rule {
+                    targets,
+                    logins: vec![],
+                    databases: vec![],
+                    db_users: vec![],
+                })
+                .collect();
+            settings.apply(&mut role);
+            mutate(config, |p| {
+                if p.roles.contains_key(&name) {
+                    return Err(exists("role", &name));
+                }
+                p.roles.insert(name, role);
+                Ok(())
+            })
+            .await
+        }
+        Command::List { json } => {
+            let p = load(config).await?;
+            if json {
+                output::json(&p.roles.values().collect::<Vec<_>>())?;
+            } else {
+                let rows: Vec<Vec<String>> = p
+                    .roles
+                    .values()
+                    .map(|r| {
+                        let sel = |rules: &[Rule]| {
+                            output::list(&rules.iter().map(|x| format!("[{}]", x.targets)).collect::<Vec<_>>())
+                        };
+                        vec![
+                            r.name.clone(),
+                            sel(&r.allow),
+                            sel(&r.deny),
+                            r.settings.credential_ttl.to_string(),
+                            r.settings.max_session_ttl.to_string(),
+                            r.settings.idle_timeout.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["NAME", "ALLOW", "DENY", "CREDENTIAL_TTL", "MAX_SESSION_TTL", "IDLE_TIMEOUT"],
+                    &rows,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { name, json } => {
+            let p = load(config).await?;
+            let r = p.roles.get(&name).ok_or_else(|| not_found("role", &name))?;
+            if json {
+                output::json(r)?;
+            } else {
+                let s = &r.settings;
+                println!("role             {}", r.name);
+                println!("credential_ttl   {}", s.credential_ttl);
+                println!("max_session_ttl  {}", s.max_session_ttl);
+                println!("idle_timeout     {}", s.idle_timeout);
+                println!("port_forwarding  {}", s.port_forwarding);
+                println!("file_transfer    {}", s.file_transfer);
+                for (effect, rules) in [("allow", &r.allow), ("deny", &r.deny)] {
+                    for (i, rule) in rules.iter().enumerate() {
+                        println!(
+                            "{effect} #{}  targets [{}] logins {} databases {} db_users {}",
+                            i + 1,
+                            rule.targets,
+                            output::list(&rule.logins),
+                            output::list(&rule.databases),
+                            output::list(&rule.db_users)
+                        );
+                    }
+                }
+                let holders: Vec<String> = p
+                    .users
+                    .values()
+                    .filter(|u| u.roles.contains(&name))
+                    .map(|u| u.name.clone())
+                    .collect();
+                println!("granted to       {}", output::list(&holders));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { name } => {
+            mutate(config, |p| {
+                let holders: Vec<String> = p
+                    .users
+                    .values()
+                    .filter(|u| u.roles.contains(&name))
+                    .map(|u| u.name.clone())
+                    .collect();
+                if !holders.is_empty() {
+                    return Err(PolicyError::RoleInUse {
+                        role: name.clone(),
+                        users: holders.join(", "),
+                    });
+                }
+                p.roles.remove(&name).map(|_| ()).ok_or_else(|| not_found("role", &name))
+            })
+            .await
+        }
+        Command::Set { name, settings } => {
+            mutate(config, |p| {
+                let r = p.roles.get_mut(&name).ok_or_else(|| not_found("role", &name))?;
+                settings.apply(r);
+                Ok(())
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `postern admin target …`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use super::{exists, load, mutate, not_found};
+use crate::cli::output;
+use crate::config::Config;
+use crate::policy::names::{check_address, check_target_name, parse_public_key};
+use crate::policy::selector::valid_label_part;
+use crate::policy::{PolicyError, Target, TargetKind, TlsMode};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Add an SSH target (--ssh HOST:PORT --host-key KEY) or a PostgreSQL target (--postgres HOST:PORT).
+    Add {
+        name: String,
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "postgres", required_unless_present = "postgres")]
+        ssh: Option<String>,
+        #[arg(long, value_name = "HOST:PORT")]
+        postgres: Option<String>,
+        /// The SSH target's host public key, e.g. "ssh-ed25519 AAAA…" (pinned; never trust-on-first-use).
+        #[arg(long, requires = "ssh")]
+        host_key: Option<String>,
+        /// TLS towards a PostgreSQL target: disable, require, verify-full.
+        #[arg(long, requires = "postgres", value_parser = parse_tls_mode)]
+        tls_mode: Option<TlsMode>,
+        /// A label (repeatable): --label env=prod --label team=vision.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Rm { name: String },
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    match s {
+        "disable" => Ok(TlsMode::Disable),
+        "require" => Ok(TlsMode::Require),
+        "verify-full" => Ok(TlsMode::VerifyFull),
+        _ => Err("expected disable, require or verify-full".into()),
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, PolicyError> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if valid_label_part(k) && valid_label_part(v) => Ok((k.to_string(), v.to_string())),
+            _ => Err(PolicyError::Invalid(format!(
+                "invalid label `{l}`: write KEY=VALUE with 1-63 letters, digits, - _ . / on each side"
+            ))),
+        })
+        .collect()
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Add {
+            name,
+            ssh,
+            postgres,
+            host_key,
+            tls_mode,
+            labels,
+        } => {
+            check_target_name(&name)?;
+            let (kind, address) = match (ssh, postgres) {
+                (Some(a), _) => (TargetKind::Ssh, a),
+                (None, Some(a)) => (TargetKind::Postgres, a),
+                (None, None) => anyhow::bail!("give --ssh HOST:PORT or --postgres HOST:PORT"),
+            };
+            check_address(&address)?;
+            let host_key = host_key
+                .map(|k| parse_public_key(&k).map(|k| k.public_key))
+                .transpose()?;
+            let target = Target {
+                name: name.clone(),
+                kind,
+                address,
+                labels: parse_labels(&labels)?,
+                host_key,
+                tls_mode: match kind {
+                    TargetKind::Postgres => Some(tls_mode.unwrap_or_default()),
+                    TargetKind::Ssh => None,
+                },
+            };
+            mutate(config, |p| {
+                if p.targets.contains_key(&name) {
+                    return Err(exists("target", &name));
+                }
+                p.targets.insert(name, target);
+                Ok(())
+            })
+            .await
+        }
+        Command::List { json } => {
+            let p = load(config).await?;
+            if json {
+                output::json(&p.targets.values().collect::<Vec<_>>())?;
+            } else {
+                let rows: Vec<Vec<String>> = p
+                    .targets
+                    .values()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.kind.to_string(),
+                            t.address.clone(),
+                            output::list(&t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "KIND", "ADDRESS", "LABELS"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { name, json } => {
+            let p = load(config).await?;
+            let t = p.targets.get(&name).ok_or_else(|| not_found("target", &name))?;
+            if json {
+                output::json(t)?;
+            } else {
+                println!("target    {}", t.name);
+                println!("kind      {}", t.kind);
+                println!("address   {}", t.address);
+                println!(
+                    "labels    {}",
+                    output::list(&t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
+                );
+                if let Some(k) = &t.host_key {
+                    println!("host_key  {k}");
+                }
+                if let Some(m) = t.tls_mode {
+                    println!("tls_mode  {}", serde_json::to_value(m).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { name } => {
+            mutate(config, |p| {
+                p.targets.remove(&name).map(|_| ()).ok_or_else(|| not_found("target", &name))
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `postern admin user …`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{exists, load, mutate, not_found};
+use crate::cli::output;
+use crate::config::Config;
+use crate::policy::names::{check_user_name, parse_public_key};
+use crate::policy::{Policy, PolicyError, User, UserStatus};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Add a user.
+    Add {
+        name: String,
+        /// Roles to grant (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the user everything until unlocked.
+    Lock { name: String },
+    Unlock { name: String },
+    /// Remove a user and their keys.
+    Rm { name: String },
+    /// Register SSH public keys (one per line) from FILE, or from standard input with `-`.
+    AddKey { name: String, file: PathBuf },
+    /// Remove a key by its SHA256 fingerprint.
+    RmKey { name: String, fingerprint: String },
+    Grant { name: String, role: String },
+    Revoke { name: String, role: String },
+}
+
+fn user_mut<'a>(p: &'a mut Policy, name: &str) -> Result<&'a mut User, PolicyError> {
+    p.users.get_mut(name).ok_or_else(|| not_found("user", name))
+}
+
+fn role_exists(p: &Policy, role: &str) -> Result<(), PolicyError> {
+    if p.roles.contains_key(role) {
+        Ok(())
+    } else {
+        Err(not_found("role", role))
+    }
+}
+
+fn read_keys(file: &PathBuf) -> anyhow::Result<Vec<crate::policy::UserKey>> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("cannot read keys from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read key file {}", file.display()))?
+    };
+    let keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(parse_public_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        anyhow::bail!("no public key found in {}", file.display());
+    }
+    Ok(keys)
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Add { name, roles } => {
+            check_user_name(&name)?;
+            mutate(config, |p| {
+                if p.users.contains_key(&name) {
+                    return Err(exists("user", &name));
+                }
+                let mut u = User::new(&name);
+                for r in roles {
+                    role_exists(p, &r)?;
+                    u.roles.insert(r);
+                }
+                p.users.insert(name, u);
+                Ok(())
+            })
+            .await
+        }
+        Command::List { json } => {
+            let p = load(config).await?;
+            if json {
+                output::json(&p.users.values().collect::<Vec<_>>())?;
+            } else {
+                let rows: Vec<Vec<String>> = p
+                    .users
+                    .values()
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            u.status.to_string(),
+                            output::list(&u.roles.iter().cloned().collect::<Vec<_>>()),
+                            u.keys.len().to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "STATUS", "ROLES", "KEYS"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { name, json } => {
+            let p = load(config).await?;
+            let u = p.users.get(&name).ok_or_else(|| not_found("user", &name))?;
+            if json {
+                output::json(u)?;
+            } else {
+                println!("user    {}", u.name);
+                println!("status  {}", u.status);
+                println!("roles   {}", output::list(&u.roles.iter().cloned().collect::<Vec<_>>()));
+                println!("keys    {}", u.keys.len());
+                for k in &u.keys {
+                    println!("  {} {}", k.fingerprint, k.comment);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lock { name } => set_status(config, name, UserStatus::Locked).await,
+        Command::Unlock { name } => set_status(config, name, UserStatus::Active).await,
+        Command::Rm { name } => {
+            mutate(config, |p| {
+                p.users.remove(&name).map(|_| ()).ok_or_else(|| not_found("user", &name))
+            })
+            .await
+        }
+        Command::AddKey { name, file } => {
+            let keys = read_keys(&file)?;
+            mutate(config, |p| {
+                let u = user_mut(p, &name)?;
+                for k in keys {
+                    if !u.keys.iter().any(|x| x.fingerprint == k.fingerprint) {
+                        u.keys.push(k);
+                    }
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::RmKey { name, fingerprint } => {
+            mutate(config, |p| {
+                let u = user_mut(p, &name)?;
+                let before = u.keys.len();
+                u.keys.retain(|k| k.fingerprint != fingerprint);
+                if u.keys.len() == before {
+                    return Err(not_found("key", &fingerprint));
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::Grant { name, role } => {
+            mutate(config, |p| {
+                role_exists(p, &role)?;
+                user_mut(p, &name)?.roles.insert(role);
+                Ok(())
+            })
+            .await
+        }
+        Command::Revoke { name, role } => {
+            mutate(config, |p| {
+                if !user_mut(p, &name)?.roles.remove(&role) {
+                    return Err(PolicyError::Invalid(format!(
+                        "user `{name}` does not hold role `{role}`"
+                    )));
+                }
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+async fn set_status(config: &Config, name: String, status: UserStatus) -> anyhow::Result<ExitCode> {
+    mutate(config, |p| {
+        user_mut(p, &name)?.status = status;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,103 @@
+//! The command line: one file per command; every command is a thin layer over the
+//! library modules, printing for people by default and JSON with `--json`.
+
+mod access;
+mod admin;
+mod apply;
+mod audit;
+mod check_config;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::credentials::KeyStore;
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(name = "postern", version, about = "Session-brokering bastion for SSH and PostgreSQL")]
+pub struct Cli {
+    /// Config file (TOML); without one, built-in defaults apply.
+    #[arg(long, global = true, env = "POSTERN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data dir holding keys, the embedded store and recordings [default: ./data].
+    #[arg(long, global = true, env = "POSTERN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bastion.
+    Serve(serve::Args),
+    /// Validate the config file without starting.
+    CheckConfig,
+    /// Create, update (and with --prune remove) users, roles and targets from a policy file.
+    Apply(apply::Args),
+    /// Manage users, roles and targets one at a time.
+    #[command(subcommand)]
+    Admin(admin::Command),
+    /// Ask the policy engine what it would decide.
+    #[command(subcommand)]
+    Access(access::Command),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(audit::Command),
+}
+
+/// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => serve::run(config, args).await,
+        Command::CheckConfig => check_config::run(&cli.config, &config),
+        Command::Apply(args) => apply::run(&config, args).await,
+        Command::Admin(cmd) => admin::run(&config, cmd).await,
+        Command::Access(cmd) => access::run(&config, cmd).await,
+        Command::Audit(cmd) => audit::run(&config, cmd).await,
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config.check()?;
+    Ok(config)
+}
+
+/// Opens the data dir for a local command, creating it on first use like `serve` does.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?;
+    Store::open_sqlite(&config.data_dir)
+        .await
+        .with_context(|| format!("data dir {}", config.data_dir.display()))
+}

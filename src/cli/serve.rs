@@ -1,0 +1,118 @@
+//! `postern serve`: prepare the data dir, bind the listeners, run until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{Config, LogFormat};
+use crate::credentials::{self, KeyStore};
+use crate::server::{Server, Shared};
+use crate::store::Store;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// SSH listener address [default: 127.0.0.1:2222].
+    #[arg(long, env = "POSTERN_SSH_LISTEN", value_name = "ADDR")]
+    ssh_listen: Option<SocketAddr>,
+    /// PostgreSQL listener address [default: 127.0.0.1:6432].
+    #[arg(long, env = "POSTERN_PG_LISTEN", value_name = "ADDR")]
+    pg_listen: Option<SocketAddr>,
+    /// HTTPS API listener address [default: 127.0.0.1:8443].
+    #[arg(long, env = "POSTERN_API_LISTEN", value_name = "ADDR")]
+    api_listen: Option<SocketAddr>,
+}
+
+fn init_logging(config: &Config) {
+    let filter = config
+        .tracing_filter()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(a) = args.ssh_listen {
+        config.ssh.listen = a;
+    }
+    if let Some(a) = args.pg_listen {
+        config.postgres.listen = a;
+    }
+    if let Some(a) = args.api_listen {
+        config.api.listen = a;
+    }
+    init_logging(&config);
+    let dir = config.data_dir.clone();
+    let loaded = KeyStore::load_or_create(&dir, &config.tls.hostnames)?;
+    let first_start = !loaded.created.is_empty();
+    for path in &loaded.created {
+        info!(path = %path.display(), "created");
+    }
+    let store = Store::open_sqlite(&dir)
+        .await
+        .with_context(|| format!("data dir {}", dir.display()))?;
+    let keys = loaded.keys;
+    let host_fp = credentials::fingerprint(&keys.host_key);
+    let server = Server::bind(Shared {
+        config,
+        keys,
+        store,
+    })
+    .await?;
+    let bound = server.bound();
+    if first_start {
+        print_next_steps(&dir, &bound.ssh, &host_fp);
+    }
+    println!(
+        "postern ready: ssh {} postgres {} api {} (data dir {})",
+        bound.ssh,
+        bound.postgres,
+        bound.api,
+        dir.display()
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        }
+        trigger.cancel();
+    });
+    server.run(shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_next_steps(dir: &std::path::Path, ssh: &SocketAddr, host_fp: &str) {
+    let d = dir.display();
+    println!(
+        "\
+postern initialised its data dir {d}: host key, user CA, target CA, TLS CA and master key (0600).
+SSH host key fingerprint: {host_fp}
+
+Next steps (in another terminal):
+  1. a role:    postern --data-dir {d} admin role add dev --allow 'env=dev' --logins ubuntu
+  2. a user:    postern --data-dir {d} admin user add alice --role dev
+                postern --data-dir {d} admin user add-key alice ~/.ssh/id_ed25519.pub
+  3. a target:  postern --data-dir {d} admin target add gpu-1 --ssh 10.0.0.5:22 --label env=dev \\
+                  --host-key \"$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)\"
+  4. check:     postern --data-dir {d} access check --user alice --target gpu-1 --login ubuntu
+Or describe all of it in a file and run: postern --data-dir {d} apply -f config/policy.toml
+Developers then connect with: ssh -p {port} ubuntu@gpu-1@{host}
+",
+        port = ssh.port(),
+        host = ssh.ip(),
+    );
+}

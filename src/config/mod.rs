@@ -1,0 +1,217 @@
+//! postern's configuration: one typed file (`postern.toml`), environment variables and flags.
+//!
+//! Precedence, highest first: command-line flag, environment variable, config file, default.
+//! Unknown keys are errors, reported with file, line and column.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Dur;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where keys, the embedded store and recordings live.
+    pub data_dir: PathBuf,
+    /// How long sessions get to end on their own after SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Connections served at once across all listeners; more wait in the kernel backlog.
+    pub max_connections: usize,
+    pub ssh: Listener,
+    pub postgres: Listener,
+    pub api: Listener,
+    pub tls: Tls,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Names and addresses put in the generated server certificate.
+    pub hostnames: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter: `info`, `debug`, `postern=debug,sqlx=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+fn listen(s: &str) -> Listener {
+    Listener {
+        listen: s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace: Dur::from_secs(10),
+            max_connections: 1024,
+            ssh: listen("127.0.0.1:2222"),
+            postgres: listen("127.0.0.1:6432"),
+            api: listen("127.0.0.1:8443"),
+            tls: Tls::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// An error in a file a person wrote, located so they can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct LocatedError {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl LocatedError {
+    /// Locates byte `offset` of `src` as a 1-based line and column.
+    pub fn new(path: &Path, src: &str, offset: usize, message: String) -> Self {
+        let before = src.get(..offset.min(src.len())).unwrap_or(src);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        LocatedError {
+            path: path.display().to_string(),
+            line,
+            column,
+            // toml messages may span lines; the first says what is wrong.
+            message: message.trim().replace('\n', " "),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the path given to --config")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] LocatedError),
+    #[error("config: {0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Reads a config file; keys it does not set keep their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &src)
+    }
+
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            LocatedError::new(path, src, e.span().map_or(0, |s| s.start), e.message().into())
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that each parse on their own but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::Value(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Value("data_dir must not be empty".into()));
+        }
+        if self.tracing_filter().is_err() {
+            return Err(ConfigError::Value(format!(
+                "log.level `{}` is not a valid filter; try `info` or `postern=debug`",
+                self.log.level
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn tracing_filter(&self) -> Result<tracing_subscriber::EnvFilter, String> {
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| e.to_string())
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_located() {
+        let src = "data_dir = \"/tmp/x\"\n\n[ssh]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n";
+        let e = Config::parse(Path::new("p.toml"), src).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:5:1: unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let src = "shutdown_grace = \"2 parsecs\"\n";
+        let e = Config::parse(Path::new("p.toml"), src).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:1:18: invalid duration `2 parsecs`"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_complete_and_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/postern.toml");
+        let src = std::fs::read_to_string(&path).unwrap();
+        let cfg = Config::parse(&path, &src).unwrap();
+        // Every key of the default config appears in the example.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(src.contains(&format!("{key} = ")), "example lacks `{key}`");
+        }
+        assert_eq!(cfg.ssh.listen.port(), 2222);
+    }
+}

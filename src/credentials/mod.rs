@@ -1,0 +1,147 @@
+//! postern's own keys and certificates: made at first start, kept 0600 in the data dir.
+//!
+//! - `keys/ssh_host_ed25519_key`: the SSH listener's host key;
+//! - `keys/user_ca`: signs developers' short-lived certificates;
+//! - `keys/target_ca`: signs per-session certificates postern presents to SSH targets;
+//! - `tls/ca.{crt,key}`, `tls/server.{crt,key}`: TLS for the PostgreSQL and HTTPS listeners;
+//! - `keys/master.key`: encrypts secrets in the store (see [`secrets`]).
+
+pub mod error;
+mod files;
+pub mod secrets;
+mod tls;
+
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{HashAlg, PrivateKey};
+
+pub use error::CredentialError;
+pub use files::{check_private, create_dir_private, write_private};
+use secrets::MasterKey;
+
+/// Every private file postern keeps, relative to the data dir.
+pub const PRIVATE_FILES: &[&str] = &[
+    "keys/ssh_host_ed25519_key",
+    "keys/user_ca",
+    "keys/target_ca",
+    "keys/master.key",
+    "tls/ca.key",
+    "tls/server.key",
+];
+
+pub struct KeyStore {
+    pub host_key: PrivateKey,
+    pub user_ca: PrivateKey,
+    pub target_ca: PrivateKey,
+    pub master_key: MasterKey,
+    pub tls: tls::TlsFiles,
+}
+
+/// What `load_or_create` did, so `serve` can tell the admin.
+pub struct Loaded {
+    pub keys: KeyStore,
+    pub created: Vec<PathBuf>,
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
+    let mut buf = [0u8; N];
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| CredentialError::Random)?;
+    Ok(buf)
+}
+
+fn new_ed25519(comment: &str) -> Result<PrivateKey, CredentialError> {
+    let seed = random_bytes::<32>()?;
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(comment);
+    Ok(key)
+}
+
+/// Loads an Ed25519 key, or makes and saves one (with its `.pub` beside it).
+fn ssh_key(
+    dir: &Path,
+    rel: &str,
+    comment: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<PrivateKey, CredentialError> {
+    let path = dir.join(rel);
+    if path.exists() {
+        let text = files::read_private(&path)?;
+        return PrivateKey::from_openssh(text.trim()).map_err(|e| CredentialError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        });
+    }
+    let key = new_ed25519(comment)?;
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| CredentialError::Encode(e.to_string()))?;
+    write_private(&path, text.as_bytes())?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| CredentialError::Encode(e.to_string()))?;
+    files::write_public(&path.with_extension("pub"), format!("{public}\n").as_bytes())?;
+    created.push(path);
+    Ok(key)
+}
+
+impl KeyStore {
+    /// Checks the permissions of every private file that exists, then loads what is
+    /// there and makes what is missing. Refuses group- or world-readable private files.
+    pub fn load_or_create(data_dir: &Path, hostnames: &[String]) -> Result<Loaded, CredentialError> {
+        create_dir_private(data_dir)?;
+        for rel in PRIVATE_FILES {
+            let p = data_dir.join(rel);
+            if p.exists() {
+                check_private(&p)?;
+            }
+        }
+        create_dir_private(&data_dir.join("keys"))?;
+        create_dir_private(&data_dir.join("tls"))?;
+        let mut created = Vec::new();
+        let host_key = ssh_key(data_dir, "keys/ssh_host_ed25519_key", "postern host key", &mut created)?;
+        let user_ca = ssh_key(data_dir, "keys/user_ca", "postern user CA", &mut created)?;
+        let target_ca = ssh_key(data_dir, "keys/target_ca", "postern target CA", &mut created)?;
+        let master_path = data_dir.join("keys/master.key");
+        let master_key = if master_path.exists() {
+            MasterKey::load(&master_path)?
+        } else {
+            let key = MasterKey::create(&master_path)?;
+            created.push(master_path);
+            key
+        };
+        let tls = tls::TlsFiles::load_or_create(&data_dir.join("tls"), hostnames, &mut created)?;
+        Ok(Loaded {
+            keys: KeyStore {
+                host_key,
+                user_ca,
+                target_ca,
+                master_key,
+                tls,
+            },
+            created,
+        })
+    }
+
+    /// Opens an existing data dir without creating anything (admin commands).
+    pub fn open_existing(data_dir: &Path) -> Result<KeyStore, CredentialError> {
+        for rel in PRIVATE_FILES {
+            let p = data_dir.join(rel);
+            if !p.exists() {
+                return Err(CredentialError::Missing { path: p });
+            }
+        }
+        Ok(Self::load_or_create(data_dir, &[])?.keys)
+    }
+}
+
+/// The OpenSSH public key line of a key, e.g. for `TrustedUserCAKeys`.
+pub fn public_line(key: &PrivateKey) -> String {
+    key.public_key().to_openssh().unwrap_or_default()
+}
+
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}

@@ -1,0 +1,12 @@
+//! postern: a session-brokering bastion for SSH and PostgreSQL.
+//!
+//! `main.rs` only calls [`cli::main`]; see ARCHITECTURE.md for the map.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod duration;
+pub mod policy;
+pub mod server;
+pub mod store;

@@ -1,0 +1,204 @@
+//! The access decision: default deny, any matching deny rule wins, the shortest TTL applies.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{Role, RoleSettings, Rule, Target, TargetKind, User, UserStatus};
+
+/// What a user asks to do on a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Ssh { login: &'a str },
+    Postgres { database: &'a str, db_user: &'a str },
+}
+
+impl fmt::Display for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Ssh { login } => write!(f, "ssh login `{login}`"),
+            Request::Postgres { database, db_user } => {
+                write!(f, "database `{database}` as `{db_user}`")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// Names one rule: `role dev allow rule #1 (env=staging)`. Rules are numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub role: String,
+    pub effect: Effect,
+    pub number: usize,
+    pub targets: String,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let effect = match self.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        };
+        write!(
+            f,
+            "role `{}` {} rule #{} ({})",
+            self.role, effect, self.number, self.targets
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// The first allow rule that covers the request.
+    pub rule: RuleRef,
+    /// Every role with an allow rule covering the request; their settings combine.
+    pub roles: Vec<String>,
+    /// Shortest TTLs of `roles`; port forwarding and file transfer only if all of them allow it.
+    pub settings: RoleSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum DenyReason {
+    UserLocked,
+    WrongKind { target_kind: TargetKind },
+    DeniedByRule { rule: RuleRef },
+    NoRuleAllows,
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::UserLocked => f.write_str("the user is locked"),
+            DenyReason::WrongKind { target_kind } => {
+                write!(f, "the target is a {target_kind} target")
+            }
+            DenyReason::DeniedByRule { rule } => write!(f, "denied by {rule}"),
+            DenyReason::NoRuleAllows => f.write_str("no role allows it (default deny)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "decision")]
+pub enum Decision {
+    Allow(Grant),
+    Deny(DenyReason),
+}
+
+fn listed(list: &[String], value: &str) -> bool {
+    list.iter().any(|l| l == "*" || l == value)
+}
+
+/// An allow rule covers only what it lists: no logins listed means no SSH.
+fn allow_covers(rule: &Rule, target: &Target, req: &Request) -> bool {
+    rule.targets.matches(&target.labels)
+        && match req {
+            Request::Ssh { login } => listed(&rule.logins, login),
+            Request::Postgres { database, db_user } => {
+                listed(&rule.databases, database) && listed(&rule.db_users, db_user)
+            }
+        }
+}
+
+/// A deny rule that lists nothing denies everything on its targets; one that lists
+/// logins, databases or database users denies only those.
+fn deny_covers(rule: &Rule, target: &Target, req: &Request) -> bool {
+    if !rule.targets.matches(&target.labels) {
+        return false;
+    }
+    let lists_nothing =
+        rule.logins.is_empty() && rule.databases.is_empty() && rule.db_users.is_empty();
+    lists_nothing
+        || match req {
+            Request::Ssh { login } => listed(&rule.logins, login),
+            Request::Postgres { database, db_user } => {
+                (!rule.databases.is_empty() || !rule.db_users.is_empty())
+                    && (rule.databases.is_empty() || listed(&rule.databases, database))
+                    && (rule.db_users.is_empty() || listed(&rule.db_users, db_user))
+            }
+        }
+}
+
+fn rule_ref(role: &Role, effect: Effect, index: usize, rule: &Rule) -> RuleRef {
+    RuleRef {
+        role: role.name.clone(),
+        effect,
+        number: index + 1,
+        targets: rule.targets.to_string(),
+    }
+}
+
+/// Decides whether `user` (holding `roles`) may do `req` on `target`.
+pub fn decide(user: &User, roles: &[&Role], target: &Target, req: &Request) -> Decision {
+    if user.status == UserStatus::Locked {
+        return Decision::Deny(DenyReason::UserLocked);
+    }
+    let kind_ok = matches!(
+        (req, target.kind),
+        (Request::Ssh { .. }, TargetKind::Ssh) | (Request::Postgres { .. }, TargetKind::Postgres)
+    );
+    if !kind_ok {
+        return Decision::Deny(DenyReason::WrongKind {
+            target_kind: target.kind,
+        });
+    }
+    for role in roles {
+        if let Some((i, rule)) = role
+            .deny
+            .iter()
+            .enumerate()
+            .find(|(_, r)| deny_covers(r, target, req))
+        {
+            return Decision::Deny(DenyReason::DeniedByRule {
+                rule: rule_ref(role, Effect::Deny, i, rule),
+            });
+        }
+    }
+    let mut first: Option<RuleRef> = None;
+    let mut allowing: Vec<&Role> = Vec::new();
+    for role in roles {
+        if let Some((i, rule)) = role
+            .allow
+            .iter()
+            .enumerate()
+            .find(|(_, r)| allow_covers(r, target, req))
+        {
+            first.get_or_insert_with(|| rule_ref(role, Effect::Allow, i, rule));
+            allowing.push(role);
+        }
+    }
+    let Some(rule) = first else {
+        return Decision::Deny(DenyReason::NoRuleAllows);
+    };
+    Decision::Allow(Grant {
+        rule,
+        roles: allowing.iter().map(|r| r.name.clone()).collect(),
+        settings: combine(&allowing),
+    })
+}
+
+/// The most restrictive combination of the allowing roles' settings.
+fn combine(roles: &[&Role]) -> RoleSettings {
+    let s = |f: fn(&RoleSettings) -> crate::duration::Dur| {
+        roles
+            .iter()
+            .map(|r| f(&r.settings))
+            .min()
+            .unwrap_or_else(|| f(&RoleSettings::default()))
+    };
+    RoleSettings {
+        credential_ttl: s(|r| r.credential_ttl),
+        max_session_ttl: s(|r| r.max_session_ttl),
+        idle_timeout: s(|r| r.idle_timeout),
+        port_forwarding: roles.iter().all(|r| r.settings.port_forwarding),
+        file_transfer: roles.iter().all(|r| r.settings.file_transfer),
+    }
+}

@@ -1,0 +1,228 @@
+//! The policy model (users, roles, targets) and its pure functions: decisions, diffs, validation.
+//!
+//! Nothing in this module does I/O; `store` persists these types and `cli` edits them.
+
+mod decide;
+mod diff;
+pub mod error;
+pub mod file;
+pub mod names;
+pub mod selector;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Dur;
+pub use decide::{Decision, DenyReason, Effect, Grant, Request, RuleRef, decide};
+pub use diff::{Change, Entity, diff};
+pub use error::PolicyError;
+pub use selector::Selector;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    #[default]
+    Active,
+    Locked,
+}
+
+impl fmt::Display for UserStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UserStatus::Active => "active",
+            UserStatus::Locked => "locked",
+        })
+    }
+}
+
+/// A registered SSH public key; it identifies exactly one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserKey {
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// `algorithm base64`, without the comment.
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub status: UserStatus,
+    pub roles: BTreeSet<String>,
+    pub keys: Vec<UserKey>,
+}
+
+impl User {
+    pub fn new(name: &str) -> Self {
+        User {
+            name: name.to_string(),
+            status: UserStatus::Active,
+            roles: BTreeSet::new(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// What a role grants besides targets: how long credentials and sessions live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettings {
+    pub credential_ttl: Dur,
+    pub max_session_ttl: Dur,
+    pub idle_timeout: Dur,
+    pub port_forwarding: bool,
+    pub file_transfer: bool,
+}
+
+impl Default for RoleSettings {
+    fn default() -> Self {
+        RoleSettings {
+            credential_ttl: Dur::from_secs(8 * 3600),
+            max_session_ttl: Dur::from_secs(8 * 3600),
+            idle_timeout: Dur::from_secs(30 * 60),
+            port_forwarding: false,
+            file_transfer: true,
+        }
+    }
+}
+
+/// One allow or deny rule: the targets it covers (by label) and what on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub targets: Selector,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_users: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: RoleSettings,
+    pub allow: Vec<Rule>,
+    pub deny: Vec<Rule>,
+}
+
+impl Role {
+    pub fn new(name: &str) -> Self {
+        Role {
+            name: name.to_string(),
+            settings: RoleSettings::default(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Ssh,
+    Postgres,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetKind::Ssh => "ssh",
+            TargetKind::Postgres => "postgres",
+        })
+    }
+}
+
+/// How postern talks TLS to a PostgreSQL target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    #[default]
+    Require,
+    VerifyFull,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    /// `host:port`.
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// SSH: the pinned host public key (`algorithm base64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// PostgreSQL: TLS towards the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<TlsMode>,
+}
+
+/// Everything admins define, as one value: what `apply` diffs and the store persists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub users: BTreeMap<String, User>,
+    pub roles: BTreeMap<String, Role>,
+    pub targets: BTreeMap<String, Target>,
+}
+
+impl Policy {
+    /// Checks the cross-references and uniqueness rules that single fields cannot.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut key_owner: BTreeMap<&str, &str> = BTreeMap::new();
+        for user in self.users.values() {
+            for role in &user.roles {
+                if !self.roles.contains_key(role) {
+                    return Err(PolicyError::MissingRole {
+                        user: user.name.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
+            for key in &user.keys {
+                if let Some(other) = key_owner.insert(&key.fingerprint, &user.name) {
+                    return Err(PolicyError::KeyInUse {
+                        fingerprint: key.fingerprint.clone(),
+                        user: other.to_string(),
+                    });
+                }
+            }
+        }
+        for target in self.targets.values() {
+            match target.kind {
+                TargetKind::Ssh if target.tls_mode.is_some() => {
+                    return Err(PolicyError::Invalid(format!(
+                        "target `{}` is an ssh target; tls_mode applies to postgres targets only",
+                        target.name
+                    )));
+                }
+                TargetKind::Postgres if target.host_key.is_some() => {
+                    return Err(PolicyError::Invalid(format!(
+                        "target `{}` is a postgres target; host_key applies to ssh targets only",
+                        target.name
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The user's roles that exist, in name order.
+    pub fn roles_of(&self, user: &User) -> Vec<&Role> {
+        user.roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

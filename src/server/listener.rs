@@ -1,0 +1,75 @@
+//! The accept loop shared by every listener: a connection limit, backoff on accept
+//! errors, and one named task per connection inside a span.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Shared;
+
+pub struct Ctx {
+    pub name: &'static str,
+    pub limit: Arc<Semaphore>,
+    pub stop_accepting: CancellationToken,
+    pub sessions: CancellationToken,
+    pub tracker: TaskTracker,
+    pub shared: Arc<Shared>,
+}
+
+pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = cx.stop_accepting.cancelled() => return,
+            p = cx.limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = cx.stop_accepting.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                let span = info_span!("conn", listener = cx.name, peer = %peer);
+                let cancel = cx.sessions.child_token();
+                let shared = cx.shared.clone();
+                let name = cx.name;
+                cx.tracker.spawn(
+                    async move {
+                        handle(name, stream, shared, cancel).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: wait rather than spin.
+                warn!(listener = cx.name, error = %e, delay_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Protocol handlers arrive with their issues; until then a connection is told so and closed.
+async fn handle(name: &'static str, mut stream: TcpStream, _shared: Arc<Shared>, _cancel: CancellationToken) {
+    debug!("connection accepted");
+    let msg: &[u8] = match name {
+        // An SSH client ignores lines before the version banner; the close tells it enough.
+        "ssh" => b"postern: SSH sessions are not enabled in this build\r\n",
+        _ => b"",
+    };
+    let _ = stream.write_all(msg).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,157 @@
+//! The running bastion: binds every listener, accepts connections under one limit, and
+//! shuts down gracefully (stop accepting, tell sessions, wait the grace period, force).
+
+mod listener;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::config::Config;
+use crate::credentials::KeyStore;
+use crate::store::Store;
+
+/// Everything a connection handler may need, shared by all of them.
+pub struct Shared {
+    pub config: Config,
+    pub keys: KeyStore,
+    pub store: Store,
+}
+
+/// The addresses the listeners actually bound (useful when configured with port 0).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub ssh: SocketAddr,
+    pub postgres: SocketAddr,
+    pub api: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for {what} on {addr}: {source}; is another process using it? change it with --{flag}")]
+    Bind {
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+async fn bind(
+    what: &'static str,
+    flag: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        what,
+        flag,
+        addr,
+        source,
+    })
+}
+
+/// Binds the listeners; `serve` then runs them until `shutdown` fires.
+pub struct Server {
+    shared: Arc<Shared>,
+    ssh: TcpListener,
+    postgres: TcpListener,
+    api: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(shared: Shared) -> Result<Server, ServerError> {
+        let ssh = bind("SSH", "ssh-listen", shared.config.ssh.listen).await?;
+        let postgres = bind("PostgreSQL", "pg-listen", shared.config.postgres.listen).await?;
+        let api = bind("the HTTPS API", "api-listen", shared.config.api.listen).await?;
+        Ok(Server {
+            shared: Arc::new(shared),
+            ssh,
+            postgres,
+            api,
+        })
+    }
+
+    pub fn bound(&self) -> Bound {
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        Bound {
+            ssh: addr(&self.ssh),
+            postgres: addr(&self.postgres),
+            api: addr(&self.api),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains sessions within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let shared = self.shared;
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let sessions = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bound = Bound {
+            ssh: self.ssh.local_addr().unwrap_or(shared.config.ssh.listen),
+            postgres: self.postgres.local_addr().unwrap_or(shared.config.postgres.listen),
+            api: self.api.local_addr().unwrap_or(shared.config.api.listen),
+        };
+        let _ = shared
+            .store
+            .append_audit(&AuditEvent::new(
+                "server.start",
+                &Actor::system(),
+                Outcome::Success,
+                serde_json::json!({
+                    "ssh": bound.ssh.to_string(),
+                    "postgres": bound.postgres.to_string(),
+                    "api": bound.api.to_string(),
+                }),
+            ))
+            .await
+            .map_err(|e| warn!(error = %e, "cannot write the server.start audit event"));
+
+        let accepts = [
+            ("ssh", self.ssh),
+            ("postgres", self.postgres),
+            ("api", self.api),
+        ]
+        .map(|(name, l)| {
+            let ctx = listener::Ctx {
+                name,
+                limit: limit.clone(),
+                stop_accepting: shutdown.clone(),
+                sessions: sessions.clone(),
+                tracker: tracker.clone(),
+                shared: shared.clone(),
+            };
+            tokio::spawn(listener::accept_loop(l, ctx))
+        });
+
+        shutdown.cancelled().await;
+        for a in accepts {
+            let _ = a.await;
+        }
+        info!(open = tracker.len(), "shutting down: no longer accepting; ending sessions");
+        sessions.cancel();
+        tracker.close();
+        let grace: Duration = shared.config.shutdown_grace.0;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(open = tracker.len(), grace = %shared.config.shutdown_grace, "grace period over; closing remaining connections");
+        }
+        let _ = shared
+            .store
+            .append_audit(&AuditEvent::new(
+                "server.stop",
+                &Actor::system(),
+                Outcome::Success,
+                serde_json::json!({}),
+            ))
+            .await
+            .map_err(|e| warn!(error = %e, "cannot write the server.stop audit event"));
+        shared.store.close().await;
+        info!("stopped");
+    }
+}

@@ -1,0 +1,161 @@
+//! The store: the only module that runs SQL.
+//!
+//! Callers see [`Store`] and domain types only. Today the backend is embedded SQLite
+//! (WAL, so admin commands and a running `serve` share one data dir safely); a
+//! PostgreSQL backend for several replicas becomes another [`Backend`] variant with its
+//! own migrations under `migrations/postgres/`, without changes to callers.
+
+mod audit;
+pub mod error;
+mod policy;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use audit::AuditFilter;
+pub use error::StoreError;
+
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::policy::{Change, Policy, PolicyError, diff};
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+pub fn sqlite_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("postern.db")
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded store in `data_dir` and brings its schema up to date.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = sqlite_path(data_dir);
+        if !path.exists() {
+            // Created 0600 before SQLite touches it; its -wal and -shm files inherit the mode.
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+            if let Err(e) = created
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    source: sqlx::Error::Io(e),
+                });
+            }
+        }
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every acknowledged change is on disk before the call returns.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+        })
+    }
+
+    pub async fn load_policy(&self) -> Result<Policy, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                policy::load(&mut conn).await
+            }
+        }
+    }
+
+    /// Changes the policy in one serialised transaction: `edit` gets the current policy
+    /// and returns the desired one; the difference is validated, written together with
+    /// one audit event per change, and returned. With `dry_run` nothing is written.
+    pub async fn update_policy<F>(
+        &self,
+        actor: &Actor,
+        dry_run: bool,
+        edit: F,
+    ) -> Result<Vec<Change>, StoreError>
+    where
+        F: FnOnce(&Policy) -> Result<Policy, PolicyError>,
+    {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                // IMMEDIATE takes the write lock first, so two admins cannot interleave.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let current = policy::load(&mut tx).await?;
+                let desired = edit(&current)?;
+                desired.validate()?;
+                let changes = diff(&current, &desired);
+                if dry_run || changes.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(changes);
+                }
+                policy::write(&mut tx, &changes).await?;
+                for change in &changes {
+                    let event = AuditEvent::new(
+                        change.event_type(),
+                        actor,
+                        Outcome::Success,
+                        change.details(),
+                    )
+                    .with_target(format!("{}:{}", change.entity().kind(), change.entity().name()));
+                    audit::insert(&mut tx, &event).await?;
+                }
+                tx.commit().await?;
+                Ok(changes)
+            }
+        }
+    }
+
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                audit::insert(&mut conn, event).await
+            }
+        }
+    }
+
+    pub async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                audit::search(&mut conn, filter).await
+            }
+        }
+    }
+
+    /// Waits for outstanding writes and closes the store.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;

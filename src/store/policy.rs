@@ -1,0 +1,217 @@
+//! Policy rows: users, their keys and roles, roles, targets.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Row, SqliteConnection};
+
+use super::StoreError;
+use super::error::corrupt;
+use crate::audit::now_ms;
+use crate::policy::{Change, Entity, Policy, Role, Target, User, UserKey, UserStatus};
+
+pub async fn load(conn: &mut SqliteConnection) -> Result<Policy, StoreError> {
+    let mut p = Policy::default();
+    for r in sqlx::query("SELECT name, spec FROM roles")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        let spec: String = r.try_get("spec")?;
+        let mut role: Role =
+            serde_json::from_str(&spec).map_err(corrupt(format!("role {name}")))?;
+        role.name = name.clone();
+        p.roles.insert(name, role);
+    }
+    for r in sqlx::query("SELECT name, spec FROM targets")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        let spec: String = r.try_get("spec")?;
+        let mut target: Target =
+            serde_json::from_str(&spec).map_err(corrupt(format!("target {name}")))?;
+        target.name = name.clone();
+        p.targets.insert(name, target);
+    }
+    let mut users: BTreeMap<String, User> = BTreeMap::new();
+    for r in sqlx::query("SELECT name, status FROM users")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        let status: String = r.try_get("status")?;
+        let mut u = User::new(&name);
+        u.status = if status == "locked" {
+            UserStatus::Locked
+        } else {
+            UserStatus::Active
+        };
+        users.insert(name, u);
+    }
+    for r in sqlx::query("SELECT user_name, role_name FROM user_roles")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let user: String = r.try_get("user_name")?;
+        if let Some(u) = users.get_mut(&user) {
+            u.roles.insert(r.try_get("role_name")?);
+        }
+    }
+    for r in sqlx::query(
+        "SELECT user_name, fingerprint, public_key, comment FROM user_keys ORDER BY user_name, position",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let user: String = r.try_get("user_name")?;
+        if let Some(u) = users.get_mut(&user) {
+            u.keys.push(UserKey {
+                fingerprint: r.try_get("fingerprint")?,
+                public_key: r.try_get("public_key")?,
+                comment: r.try_get("comment")?,
+            });
+        }
+    }
+    p.users = users;
+    Ok(p)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt("serialising a policy entity"))
+}
+
+async fn write_user_links(conn: &mut SqliteConnection, u: &User) -> Result<(), StoreError> {
+    for role in &u.roles {
+        sqlx::query("INSERT INTO user_roles (user_name, role_name) VALUES (?, ?)")
+            .bind(&u.name)
+            .bind(role)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (i, k) in u.keys.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO user_keys (fingerprint, user_name, public_key, comment, position) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&k.fingerprint)
+        .bind(&u.name)
+        .bind(&k.public_key)
+        .bind(&k.comment)
+        .bind(i64::try_from(i).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies `changes` in order (see [`crate::policy::diff`] for why the order is safe).
+pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), StoreError> {
+    let now = now_ms();
+    // Keys may move between users in one change set: clear updated users' links first.
+    for c in changes {
+        if let Change::Update {
+            after: Entity::User(u),
+            ..
+        } = c
+        {
+            sqlx::query("DELETE FROM user_keys WHERE user_name = ?")
+                .bind(&u.name)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM user_roles WHERE user_name = ?")
+                .bind(&u.name)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    for c in changes {
+        match c {
+            Change::Create(Entity::Role(r)) => {
+                sqlx::query("INSERT INTO roles (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)")
+                    .bind(&r.name)
+                    .bind(json(r)?)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Change::Update {
+                after: Entity::Role(r),
+                ..
+            } => {
+                sqlx::query("UPDATE roles SET spec = ?, updated_ms = ? WHERE name = ?")
+                    .bind(json(r)?)
+                    .bind(now)
+                    .bind(&r.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Change::Delete(Entity::Role(r)) => {
+                sqlx::query("DELETE FROM roles WHERE name = ?")
+                    .bind(&r.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Change::Create(Entity::Target(t)) => {
+                sqlx::query(
+                    "INSERT INTO targets (name, kind, address, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&t.name)
+                .bind(t.kind.to_string())
+                .bind(&t.address)
+                .bind(json(t)?)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Change::Update {
+                after: Entity::Target(t),
+                ..
+            } => {
+                sqlx::query("UPDATE targets SET kind = ?, address = ?, spec = ?, updated_ms = ? WHERE name = ?")
+                    .bind(t.kind.to_string())
+                    .bind(&t.address)
+                    .bind(json(t)?)
+                    .bind(now)
+                    .bind(&t.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Change::Delete(Entity::Target(t)) => {
+                sqlx::query("DELETE FROM targets WHERE name = ?")
+                    .bind(&t.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Change::Create(Entity::User(u)) => {
+                sqlx::query("INSERT INTO users (name, status, created_ms, updated_ms) VALUES (?, ?, ?, ?)")
+                    .bind(&u.name)
+                    .bind(u.status.to_string())
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                write_user_links(conn, u).await?;
+            }
+            Change::Update {
+                after: Entity::User(u),
+                ..
+            } => {
+                sqlx::query("UPDATE users SET status = ?, updated_ms = ? WHERE name = ?")
+                    .bind(u.status.to_string())
+                    .bind(now)
+                    .bind(&u.name)
+                    .execute(&mut *conn)
+                    .await?;
+                write_user_links(conn, u).await?;
+            }
+            Change::Delete(Entity::User(u)) => {
+                sqlx::query("DELETE FROM users WHERE name = ?")
+                    .bind(&u.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
