@@ -128,7 +128,16 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for input in ["2 parsecs", "", "h", "10", "5w", "-5m", "99999999999999999999s", "4000d"] {
+        for input in [
+            "2 parsecs",
+            "",
+            "h",
+            "10",
+            "5w",
+            "-5m",
+            "99999999999999999999s",
+            "4000d",
+        ] {
             let e = input.parse::<Dur>().unwrap_err().to_string();
             assert!(e.contains(&format!("`{input}`")), "{e}");
             assert!(e.contains("e.g. 90s"), "{e}");

@@ -49,7 +49,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     let request = match (&a.login, &a.database, &a.db_user) {
         (Some(login), _, _) => Request::Ssh { login },
         (None, Some(database), Some(db_user)) => Request::Postgres { database, db_user },
-        _ => bail!("give --login for an SSH target, or --database and --db-user for a PostgreSQL target"),
+        _ => bail!(
+            "give --login for an SSH target, or --database and --db-user for a PostgreSQL target"
+        ),
     };
     let decision = decide(user, &policy.roles_of(user), target, &request);
     let (outcome, code) = match &decision {
@@ -72,7 +74,10 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     }
     match decision {
         Decision::Allow(g) => {
-            println!("ALLOW {} → {} on {}: allowed by {}", a.user, request, a.target, g.rule);
+            println!(
+                "ALLOW {} → {} on {}: allowed by {}",
+                a.user, request, a.target, g.rule
+            );
             let s = g.settings;
             println!(
                 "  roles {}; credential_ttl {}, max_session_ttl {}, idle_timeout {}, port_forwarding {}, file_transfer {}",

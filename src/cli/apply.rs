@@ -59,12 +59,19 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             .collect();
         super::output::json(&serde_json::json!({ "dry_run": args.dry_run, "changes": out }))?;
     } else if changes.is_empty() {
-        println!("nothing to change: the store already matches {}", args.file.display());
+        println!(
+            "nothing to change: the store already matches {}",
+            args.file.display()
+        );
     } else {
         for c in &changes {
             println!("{c}");
         }
-        let verb = if args.dry_run { "would apply" } else { "applied" };
+        let verb = if args.dry_run {
+            "would apply"
+        } else {
+            "applied"
+        };
         println!("{verb} {} change(s)", changes.len());
     }
     store.close().await;

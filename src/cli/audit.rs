@@ -62,6 +62,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    output::table(&["TIME", "TYPE", "ACTOR", "TARGET", "RESULT", "DETAILS"], &rows);
+    output::table(
+        &["TIME", "TYPE", "ACTOR", "TARGET", "RESULT", "DETAILS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }

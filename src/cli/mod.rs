@@ -20,7 +20,11 @@ use crate::credentials::KeyStore;
 use crate::store::Store;
 
 #[derive(Parser)]
-#[command(name = "postern", version, about = "Session-brokering bastion for SSH and PostgreSQL")]
+#[command(
+    name = "postern",
+    version,
+    about = "Session-brokering bastion for SSH and PostgreSQL"
+)]
 pub struct Cli {
     /// Config file (TOML); without one, built-in defaults apply.
     #[arg(long, global = true, env = "POSTERN_CONFIG", value_name = "FILE")]
@@ -54,7 +58,10 @@ enum Command {
 /// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("postern: cannot start the async runtime: {e}");

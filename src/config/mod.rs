@@ -144,7 +144,12 @@ impl Config {
 
     pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(src).map_err(|e| {
-            LocatedError::new(path, src, e.span().map_or(0, |s| s.start), e.message().into())
+            LocatedError::new(
+                path,
+                src,
+                e.span().map_or(0, |s| s.start),
+                e.message().into(),
+            )
         })?;
         cfg.check()?;
         Ok(cfg)
@@ -190,15 +195,22 @@ mod tests {
     #[test]
     fn unknown_key_is_located() {
         let src = "data_dir = \"/tmp/x\"\n\n[ssh]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n";
-        let e = Config::parse(Path::new("p.toml"), src).unwrap_err().to_string();
+        let e = Config::parse(Path::new("p.toml"), src)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:5:1: unknown field `lisen`"), "{e}");
     }
 
     #[test]
     fn bad_duration_is_located() {
         let src = "shutdown_grace = \"2 parsecs\"\n";
-        let e = Config::parse(Path::new("p.toml"), src).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:1:18: invalid duration `2 parsecs`"), "{e}");
+        let e = Config::parse(Path::new("p.toml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.toml:1:18: invalid duration `2 parsecs`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn ssh_key(
         .public_key()
         .to_openssh()
         .map_err(|e| CredentialError::Encode(e.to_string()))?;
-    files::write_public(&path.with_extension("pub"), format!("{public}\n").as_bytes())?;
+    files::write_public(
+        &path.with_extension("pub"),
+        format!("{public}\n").as_bytes(),
+    )?;
     created.push(path);
     Ok(key)
 }
@@ -90,7 +93,10 @@ fn ssh_key(
 impl KeyStore {
     /// Checks the permissions of every private file that exists, then loads what is
     /// there and makes what is missing. Refuses group- or world-readable private files.
-    pub fn load_or_create(data_dir: &Path, hostnames: &[String]) -> Result<Loaded, CredentialError> {
+    pub fn load_or_create(
+        data_dir: &Path,
+        hostnames: &[String],
+    ) -> Result<Loaded, CredentialError> {
         create_dir_private(data_dir)?;
         for rel in PRIVATE_FILES {
             let p = data_dir.join(rel);
@@ -101,9 +107,19 @@ impl KeyStore {
         create_dir_private(&data_dir.join("keys"))?;
         create_dir_private(&data_dir.join("tls"))?;
         let mut created = Vec::new();
-        let host_key = ssh_key(data_dir, "keys/ssh_host_ed25519_key", "postern host key", &mut created)?;
+        let host_key = ssh_key(
+            data_dir,
+            "keys/ssh_host_ed25519_key",
+            "postern host key",
+            &mut created,
+        )?;
         let user_ca = ssh_key(data_dir, "keys/user_ca", "postern user CA", &mut created)?;
-        let target_ca = ssh_key(data_dir, "keys/target_ca", "postern target CA", &mut created)?;
+        let target_ca = ssh_key(
+            data_dir,
+            "keys/target_ca",
+            "postern target CA",
+            &mut created,
+        )?;
         let master_path = data_dir.join("keys/master.key");
         let master_key = if master_path.exists() {
             MasterKey::load(&master_path)?

@@ -97,6 +97,10 @@ mod tests {
         let mut bytes = sealed.into_bytes();
         let last = bytes.len() - 2;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
-        assert!(again.open("target:db:app", &String::from_utf8(bytes).unwrap()).is_err());
+        assert!(
+            again
+                .open("target:db:app", &String::from_utf8(bytes).unwrap())
+                .is_err()
+        );
     }
 }

@@ -32,7 +32,12 @@ impl TlsFiles {
             server_key: dir.join("server.key"),
         };
         let ca_key = dir.join("ca.key");
-        let all = [&files.ca_cert, &ca_key, &files.server_cert, &files.server_key];
+        let all = [
+            &files.ca_cert,
+            &ca_key,
+            &files.server_cert,
+            &files.server_key,
+        ];
         if all.iter().all(|p| p.exists()) {
             return Ok(files);
         }

@@ -78,7 +78,7 @@ impl fmt::Display for DenyReason {
         match self {
             DenyReason::UserLocked => f.write_str("the user is locked"),
             DenyReason::WrongKind { target_kind } => {
-                write!(f, "the target is a {target_kind} target")
+                write!(f, "the target is of kind {target_kind}")
             }
             DenyReason::DeniedByRule { rule } => write!(f, "denied by {rule}"),
             DenyReason::NoRuleAllows => f.write_str("no role allows it (default deny)"),

@@ -88,7 +88,10 @@ impl Change {
                 }
                 for (k, bv) in &b {
                     if !a.contains_key(k) {
-                        changed.insert(k.clone(), serde_json::json!({ "before": bv, "after": null }));
+                        changed.insert(
+                            k.clone(),
+                            serde_json::json!({ "before": bv, "after": null }),
+                        );
                     }
                 }
                 Value::Object(changed)
@@ -161,9 +164,27 @@ pub fn diff(before: &Policy, after: &Policy) -> Vec<Change> {
     let (mut role_up, mut role_del) = (Vec::new(), Vec::new());
     let (mut target_up, mut target_del) = (Vec::new(), Vec::new());
     let (mut user_up, mut user_del) = (Vec::new(), Vec::new());
-    diff_map(&before.roles, &after.roles, Entity::Role, &mut role_up, &mut role_del);
-    diff_map(&before.targets, &after.targets, Entity::Target, &mut target_up, &mut target_del);
-    diff_map(&before.users, &after.users, Entity::User, &mut user_up, &mut user_del);
+    diff_map(
+        &before.roles,
+        &after.roles,
+        Entity::Role,
+        &mut role_up,
+        &mut role_del,
+    );
+    diff_map(
+        &before.targets,
+        &after.targets,
+        Entity::Target,
+        &mut target_up,
+        &mut target_del,
+    );
+    diff_map(
+        &before.users,
+        &after.users,
+        Entity::User,
+        &mut user_up,
+        &mut user_del,
+    );
     let mut out = role_up;
     out.extend(target_up);
     out.extend(user_del);

@@ -14,7 +14,9 @@ pub enum PolicyError {
     BadKey { key: String, why: String },
     #[error("user `{user}` names role `{role}`, which does not exist; add the role first")]
     MissingRole { user: String, role: String },
-    #[error("key {fingerprint} already belongs to user `{user}`; a key identifies exactly one user")]
+    #[error(
+        "key {fingerprint} already belongs to user `{user}`; a key identifies exactly one user"
+    )]
     KeyInUse { fingerprint: String, user: String },
     #[error("{what} `{name}` not found")]
     NotFound { what: &'static str, name: String },

@@ -118,9 +118,8 @@ impl Ctx<'_> {
 /// Parses and validates a policy file; nothing is applied here.
 pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
     let cx = Ctx { path, src };
-    let file: PolicyFile = toml::from_str(src).map_err(|e| {
-        cx.at(e.span().unwrap_or(0..0), e.message())
-    })?;
+    let file: PolicyFile =
+        toml::from_str(src).map_err(|e| cx.at(e.span().unwrap_or(0..0), e.message()))?;
     let mut policy = Policy::default();
     let mut keys_managed = BTreeSet::new();
 
@@ -164,10 +163,15 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
         cx.check(&t.address, check_address(t.address.get_ref()))?;
         let mut labels = BTreeMap::new();
         for (k, v) in t.labels {
-            if !super::selector::valid_label_part(&k) || !super::selector::valid_label_part(v.get_ref()) {
+            if !super::selector::valid_label_part(&k)
+                || !super::selector::valid_label_part(v.get_ref())
+            {
                 return Err(cx.at(
                     v.span(),
-                    format!("invalid label `{k}={}`: keys and values are 1-63 letters, digits, - _ . /", v.get_ref()),
+                    format!(
+                        "invalid label `{k}={}`: keys and values are 1-63 letters, digits, - _ . /",
+                        v.get_ref()
+                    ),
                 ));
             }
             labels.insert(k, v.into_inner());

@@ -96,7 +96,9 @@ pub fn check_address(address: &str) -> Result<(), PolicyError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
     if !host_ok {
-        return Err(bad("the host is empty or has characters a host name cannot have"));
+        return Err(bad(
+            "the host is empty or has characters a host name cannot have",
+        ));
     }
     Ok(())
 }

@@ -29,7 +29,9 @@ pub enum Requirement {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid label selector `{input}`: {why}; examples: `*`, `env=prod`, `team in (vision, nlp)`, `env!=prod, gpu`")]
+#[error(
+    "invalid label selector `{input}`: {why}; examples: `*`, `env=prod`, `team in (vision, nlp)`, `env!=prod, gpu`"
+)]
 pub struct SelectorError {
     input: String,
     why: String,
@@ -253,7 +255,14 @@ mod tests {
     #[test]
     fn rejects_bad_syntax() {
         for sel in [
-            "", "env=", "=prod", "team in vision", "team in (a,)", "(x", "a, *", "env=pr od",
+            "",
+            "env=",
+            "=prod",
+            "team in vision",
+            "team in (a,)",
+            "(x",
+            "a, *",
+            "env=pr od",
             "team within (a)",
         ] {
             let e = sel.parse::<Selector>().unwrap_err().to_string();

@@ -63,7 +63,12 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
 }
 
 /// Protocol handlers arrive with their issues; until then a connection is told so and closed.
-async fn handle(name: &'static str, mut stream: TcpStream, _shared: Arc<Shared>, _cancel: CancellationToken) {
+async fn handle(
+    name: &'static str,
+    mut stream: TcpStream,
+    _shared: Arc<Shared>,
+    _cancel: CancellationToken,
+) {
     debug!("connection accepted");
     let msg: &[u8] = match name {
         // An SSH client ignores lines before the version banner; the close tells it enough.

@@ -35,7 +35,9 @@ pub struct Bound {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen for {what} on {addr}: {source}; is another process using it? change it with --{flag}")]
+    #[error(
+        "cannot listen for {what} on {addr}: {source}; is another process using it? change it with --{flag}"
+    )]
     Bind {
         what: &'static str,
         flag: &'static str,
@@ -49,12 +51,14 @@ async fn bind(
     flag: &'static str,
     addr: SocketAddr,
 ) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-        what,
-        flag,
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what,
+            flag,
+            addr,
+            source,
+        })
 }
 
 /// Binds the listeners; `serve` then runs them until `shutdown` fires.
@@ -79,7 +83,10 @@ impl Server {
     }
 
     pub fn bound(&self) -> Bound {
-        let addr = |l: &TcpListener| l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = |l: &TcpListener| {
+            l.local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
         Bound {
             ssh: addr(&self.ssh),
             postgres: addr(&self.postgres),
@@ -95,7 +102,10 @@ impl Server {
         let tracker = TaskTracker::new();
         let bound = Bound {
             ssh: self.ssh.local_addr().unwrap_or(shared.config.ssh.listen),
-            postgres: self.postgres.local_addr().unwrap_or(shared.config.postgres.listen),
+            postgres: self
+                .postgres
+                .local_addr()
+                .unwrap_or(shared.config.postgres.listen),
             api: self.api.local_addr().unwrap_or(shared.config.api.listen),
         };
         let _ = shared
@@ -134,7 +144,10 @@ impl Server {
         for a in accepts {
             let _ = a.await;
         }
-        info!(open = tracker.len(), "shutting down: no longer accepting; ending sessions");
+        info!(
+            open = tracker.len(),
+            "shutting down: no longer accepting; ending sessions"
+        );
         sessions.cancel();
         tracker.close();
         let grace: Duration = shared.config.shutdown_grace.0;

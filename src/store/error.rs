@@ -4,7 +4,9 @@ use crate::policy::PolicyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {source}; check that the data dir exists and is writable")]
+    #[error(
+        "cannot open the store at {path}: {source}; check that the data dir exists and is writable"
+    )]
     Open { path: String, source: sqlx::Error },
     #[error("cannot upgrade the store schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -123,7 +123,11 @@ impl Store {
                         Outcome::Success,
                         change.details(),
                     )
-                    .with_target(format!("{}:{}", change.entity().kind(), change.entity().name()));
+                    .with_target(format!(
+                        "{}:{}",
+                        change.entity().kind(),
+                        change.entity().name()
+                    ));
                     audit::insert(&mut tx, &event).await?;
                 }
                 tx.commit().await?;

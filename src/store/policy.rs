@@ -126,13 +126,15 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
     for c in changes {
         match c {
             Change::Create(Entity::Role(r)) => {
-                sqlx::query("INSERT INTO roles (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)")
-                    .bind(&r.name)
-                    .bind(json(r)?)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO roles (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&r.name)
+                .bind(json(r)?)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
             }
             Change::Update {
                 after: Entity::Role(r),
@@ -184,13 +186,15 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                     .await?;
             }
             Change::Create(Entity::User(u)) => {
-                sqlx::query("INSERT INTO users (name, status, created_ms, updated_ms) VALUES (?, ?, ?, ?)")
-                    .bind(&u.name)
-                    .bind(u.status.to_string())
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO users (name, status, created_ms, updated_ms) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&u.name)
+                .bind(u.status.to_string())
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
                 write_user_links(conn, u).await?;
             }
             Change::Update {

@@ -39,7 +39,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::TargetCa => {
             let keys = keys(config)?;
             println!("{}", credentials::public_line(&keys.target_ca));
-            println!("# On each SSH target, save the line above as /etc/ssh/postern_target_ca.pub and add to sshd_config:");
+            println!(
+                "# On each SSH target, save the line above as /etc/ssh/postern_target_ca.pub and add to sshd_config:"
+            );
             println!("#   TrustedUserCAKeys /etc/ssh/postern_target_ca.pub");
             Ok(ExitCode::SUCCESS)
         }

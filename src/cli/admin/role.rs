@@ -149,7 +149,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     .values()
                     .map(|r| {
                         let sel = |rules: &[Rule]| {
-                            output::list(&rules.iter().map(|x| format!("[{}]", x.targets)).collect::<Vec<_>>())
+                            output::list(
+                                &rules
+                                    .iter()
+                                    .map(|x| format!("[{}]", x.targets))
+                                    .collect::<Vec<_>>(),
+                            )
                         };
                         vec![
                             r.name.clone(),
@@ -162,7 +167,14 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 output::table(
-                    &["NAME", "ALLOW", "DENY", "CREDENTIAL_TTL", "MAX_SESSION_TTL", "IDLE_TIMEOUT"],
+                    &[
+                        "NAME",
+                        "ALLOW",
+                        "DENY",
+                        "CREDENTIAL_TTL",
+                        "MAX_SESSION_TTL",
+                        "IDLE_TIMEOUT",
+                    ],
                     &rows,
                 );
             }
@@ -217,13 +229,19 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                         users: holders.join(", "),
                     });
                 }
-                p.roles.remove(&name).map(|_| ()).ok_or_else(|| not_found("role", &name))
+                p.roles
+                    .remove(&name)
+                    .map(|_| ())
+                    .ok_or_else(|| not_found("role", &name))
             })
             .await
         }
         Command::Set { name, settings } => {
             mutate(config, |p| {
-                let r = p.roles.get_mut(&name).ok_or_else(|| not_found("role", &name))?;
+                let r = p
+                    .roles
+                    .get_mut(&name)
+                    .ok_or_else(|| not_found("role", &name))?;
                 settings.apply(r);
                 Ok(())
             })

@@ -15,7 +15,12 @@ pub enum Command {
     /// Add an SSH target (--ssh HOST:PORT --host-key KEY) or a PostgreSQL target (--postgres HOST:PORT).
     Add {
         name: String,
-        #[arg(long, value_name = "HOST:PORT", conflicts_with = "postgres", required_unless_present = "postgres")]
+        #[arg(
+            long,
+            value_name = "HOST:PORT",
+            conflicts_with = "postgres",
+            required_unless_present = "postgres"
+        )]
         ssh: Option<String>,
         #[arg(long, value_name = "HOST:PORT")]
         postgres: Option<String>,
@@ -38,7 +43,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
 }
 
 fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
@@ -115,7 +122,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                             t.name.clone(),
                             t.kind.to_string(),
                             t.address.clone(),
-                            output::list(&t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()),
+                            output::list(
+                                &t.labels
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>(),
+                            ),
                         ]
                     })
                     .collect();
@@ -125,7 +137,10 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Show { name, json } => {
             let p = load(config).await?;
-            let t = p.targets.get(&name).ok_or_else(|| not_found("target", &name))?;
+            let t = p
+                .targets
+                .get(&name)
+                .ok_or_else(|| not_found("target", &name))?;
             if json {
                 output::json(t)?;
             } else {
@@ -134,20 +149,33 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("address   {}", t.address);
                 println!(
                     "labels    {}",
-                    output::list(&t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
+                    output::list(
+                        &t.labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                    )
                 );
                 if let Some(k) = &t.host_key {
                     println!("host_key  {k}");
                 }
                 if let Some(m) = t.tls_mode {
-                    println!("tls_mode  {}", serde_json::to_value(m).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default());
+                    println!(
+                        "tls_mode  {}",
+                        serde_json::to_value(m)
+                            .map(|v| v.as_str().unwrap_or("").to_string())
+                            .unwrap_or_default()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rm { name } => {
             mutate(config, |p| {
-                p.targets.remove(&name).map(|_| ()).ok_or_else(|| not_found("target", &name))
+                p.targets
+                    .remove(&name)
+                    .map(|_| ())
+                    .ok_or_else(|| not_found("target", &name))
             })
             .await
         }

@@ -31,16 +31,34 @@ pub enum Command {
         json: bool,
     },
     /// Refuse the user everything until unlocked.
-    Lock { name: String },
-    Unlock { name: String },
+    Lock {
+        name: String,
+    },
+    Unlock {
+        name: String,
+    },
     /// Remove a user and their keys.
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
     /// Register SSH public keys (one per line) from FILE, or from standard input with `-`.
-    AddKey { name: String, file: PathBuf },
+    AddKey {
+        name: String,
+        file: PathBuf,
+    },
     /// Remove a key by its SHA256 fingerprint.
-    RmKey { name: String, fingerprint: String },
-    Grant { name: String, role: String },
-    Revoke { name: String, role: String },
+    RmKey {
+        name: String,
+        fingerprint: String,
+    },
+    Grant {
+        name: String,
+        role: String,
+    },
+    Revoke {
+        name: String,
+        role: String,
+    },
 }
 
 fn user_mut<'a>(p: &'a mut Policy, name: &str) -> Result<&'a mut User, PolicyError> {
@@ -58,10 +76,13 @@ fn role_exists(p: &Policy, role: &str) -> Result<(), PolicyError> {
 fn read_keys(file: &PathBuf) -> anyhow::Result<Vec<crate::policy::UserKey>> {
     let text = if file.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read keys from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read keys from standard input")?;
         s
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read key file {}", file.display()))?
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read key file {}", file.display()))?
     };
     let keys = text
         .lines()
@@ -122,7 +143,10 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             } else {
                 println!("user    {}", u.name);
                 println!("status  {}", u.status);
-                println!("roles   {}", output::list(&u.roles.iter().cloned().collect::<Vec<_>>()));
+                println!(
+                    "roles   {}",
+                    output::list(&u.roles.iter().cloned().collect::<Vec<_>>())
+                );
                 println!("keys    {}", u.keys.len());
                 for k in &u.keys {
                     println!("  {} {}", k.fingerprint, k.comment);
@@ -134,7 +158,10 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Unlock { name } => set_status(config, name, UserStatus::Active).await,
         Command::Rm { name } => {
             mutate(config, |p| {
-                p.users.remove(&name).map(|_| ()).ok_or_else(|| not_found("user", &name))
+                p.users
+                    .remove(&name)
+                    .map(|_| ())
+                    .ok_or_else(|| not_found("user", &name))
             })
             .await
         }

@@ -1,0 +1,251 @@
+//! `postern admin …`: users, keys, roles, targets; each change audited; bad input refused.
+
+use crate::apply::new_key;
+use crate::harness::postern::Postern;
+
+#[test]
+fn users_roles_targets_round_trip() {
+    let p = Postern::new();
+    p.cli(&[
+        "admin",
+        "role",
+        "add",
+        "dev",
+        "--allow",
+        "env=dev",
+        "--deny",
+        "pii",
+        "--logins",
+        "ubuntu,root",
+        "--idle-timeout",
+        "15m",
+    ])
+    .ok();
+    let out = p.cli(&["admin", "user", "add", "alice", "--role", "dev"]);
+    assert_eq!(out.ok().trim(), "+ user alice");
+
+    let key = new_key(&p, "alice_key");
+    let keyfile = p.write("alice.pub", &key);
+    let out = p.cli(&[
+        "admin",
+        "user",
+        "add-key",
+        "alice",
+        keyfile.to_str().unwrap(),
+    ]);
+    assert!(out.ok().contains("~ user alice: keys"), "{}", out.stdout);
+    // The same key for another user is refused: a key identifies exactly one user.
+    p.cli(&["admin", "user", "add", "bob"]).ok();
+    let out = p.cli_stdin(&["admin", "user", "add-key", "bob", "-"], &key);
+    assert!(
+        out.fails(2).contains("already belongs to user `alice`"),
+        "{}",
+        out.stderr
+    );
+
+    let show: serde_json::Value =
+        serde_json::from_str(p.cli(&["admin", "user", "show", "alice", "--json"]).ok()).unwrap();
+    assert_eq!(show["status"], "active");
+    assert!(
+        show["keys"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("SHA256:")
+    );
+    assert_eq!(show["keys"][0]["comment"], "alice_key");
+
+    let out = p.cli(&[
+        "admin",
+        "role",
+        "set",
+        "dev",
+        "--max-session-ttl",
+        "2h",
+        "--port-forwarding",
+        "true",
+    ]);
+    let text = out.ok();
+    assert!(
+        text.contains("max_session_ttl 8h → 2h") && text.contains("port_forwarding false → true"),
+        "{text}"
+    );
+    let role: serde_json::Value =
+        serde_json::from_str(p.cli(&["admin", "role", "show", "dev", "--json"]).ok()).unwrap();
+    assert_eq!(role["idle_timeout"], "15m");
+    assert_eq!(
+        role["allow"][0]["logins"],
+        serde_json::json!(["ubuntu", "root"])
+    );
+    assert_eq!(role["deny"][0]["targets"], "pii");
+
+    let host = new_key(&p, "host");
+    p.cli(&[
+        "admin",
+        "target",
+        "add",
+        "gpu-1",
+        "--ssh",
+        "10.0.0.5:22",
+        "--host-key",
+        &host,
+        "--label",
+        "env=dev",
+        "--label",
+        "gpu=a100",
+    ])
+    .ok();
+    p.cli(&[
+        "admin",
+        "target",
+        "add",
+        "feats",
+        "--postgres",
+        "db.internal:5432",
+        "--tls-mode",
+        "verify-full",
+    ])
+    .ok();
+    let list = p.cli(&["admin", "target", "list"]);
+    let text = list.ok();
+    assert!(
+        text.contains("gpu-1") && text.contains("env=dev,gpu=a100") && text.contains("feats"),
+        "{text}"
+    );
+    let t: serde_json::Value =
+        serde_json::from_str(p.cli(&["admin", "target", "show", "gpu-1", "--json"]).ok()).unwrap();
+    assert_eq!(
+        t["host_key"].as_str().unwrap(),
+        host.rsplit_once(' ').unwrap().0,
+        "pinned key without comment"
+    );
+
+    // A role in use cannot be removed; after revoking it can.
+    let out = p.cli(&["admin", "role", "rm", "dev"]);
+    assert!(
+        out.fails(2)
+            .contains("role `dev` is still granted to alice")
+    );
+    p.cli(&["admin", "user", "revoke", "alice", "dev"]).ok();
+    assert_eq!(
+        p.cli(&["admin", "role", "rm", "dev"]).ok().trim(),
+        "- role dev"
+    );
+    assert_eq!(
+        p.cli(&["admin", "user", "rm", "alice"]).ok().trim(),
+        "- user alice"
+    );
+
+    // Every change above is in the audit log, in order, by the OS user.
+    let events: serde_json::Value =
+        serde_json::from_str(p.cli(&["audit", "search", "--json"]).ok()).unwrap();
+    let types: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "role.create",
+            "user.create",
+            "user.update",
+            "user.create",
+            "role.update",
+            "target.create",
+            "target.create",
+            "user.update",
+            "role.delete",
+            "user.delete"
+        ]
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let p = Postern::new();
+    let check = |args: &[&str], expect: &str| {
+        let out = p.cli(args);
+        assert_ne!(out.code, 0, "{args:?} should fail");
+        assert!(
+            out.stderr.contains(expect),
+            "{args:?}: want {expect:?} in {}",
+            out.stderr
+        );
+    };
+    check(
+        &["admin", "user", "add", "al ice"],
+        "invalid user name `al ice`",
+    );
+    check(
+        &["admin", "user", "add", "bob", "--role", "nope"],
+        "role `nope` not found",
+    );
+    check(
+        &["admin", "user", "lock", "nobody"],
+        "user `nobody` not found",
+    );
+    check(
+        &["admin", "role", "add", "r", "--allow", "env in prod"],
+        "invalid label selector `env in prod`",
+    );
+    check(
+        &[
+            "admin",
+            "role",
+            "add",
+            "r",
+            "--allow",
+            "*",
+            "--max-session-ttl",
+            "2 parsecs",
+        ],
+        "invalid duration `2 parsecs`",
+    );
+    check(
+        &[
+            "admin", "role", "add", "r", "--allow", "*", "--logins", "ro ot",
+        ],
+        "invalid login name `ro ot`",
+    );
+    check(
+        &["admin", "target", "add", "Bad_Name", "--ssh", "h:22"],
+        "invalid target name `Bad_Name`",
+    );
+    check(
+        &["admin", "target", "add", "t1", "--ssh", "h"],
+        "invalid address `h`",
+    );
+    check(
+        &[
+            "admin",
+            "target",
+            "add",
+            "t1",
+            "--ssh",
+            "h:22",
+            "--host-key",
+            "ssh-ed25519 AAAAnope",
+        ],
+        "invalid SSH public key",
+    );
+    check(
+        &[
+            "admin", "target", "add", "t1", "--ssh", "h:22", "--label", "env",
+        ],
+        "invalid label `env`",
+    );
+    let out = p.cli_stdin(&["admin", "user", "add-key", "x", "-"], "not a key\n");
+    assert!(out.fails(2).contains("invalid SSH public key"));
+    // Duplicates are refused.
+    p.cli(&["admin", "target", "add", "t1", "--ssh", "h:22"])
+        .ok();
+    check(
+        &["admin", "target", "add", "t1", "--ssh", "h:22"],
+        "target `t1` already exists",
+    );
+    // None of the failures reached the store: only t1 exists, and one audit event.
+    let events: serde_json::Value =
+        serde_json::from_str(p.cli(&["audit", "search", "--json"]).ok()).unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,204 @@
+//! The real `postern` binary: `serve` on a temp data dir and free ports, and its CLI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{Out, free_port};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
+
+pub struct Postern {
+    dir: TempDir,
+    server: Option<Child>,
+    lines: Option<Receiver<String>>,
+    /// Everything `serve` printed on stdout so far.
+    pub stdout: Vec<String>,
+    pub ssh: SocketAddr,
+    pub pg: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Postern {
+    /// A fresh, not yet created, data dir; nothing runs yet.
+    pub fn new() -> Postern {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-it")
+            .tempdir()
+            .expect("temp dir");
+        Postern {
+            dir,
+            server: None,
+            lines: None,
+            stdout: Vec::new(),
+            ssh: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            pg: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `postern serve` with the listen addresses given as flags.
+    pub fn serve_command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--ssh-listen")
+            .arg(self.ssh.to_string())
+            .arg("--pg-listen")
+            .arg(self.pg.to_string())
+            .arg("--api-listen")
+            .arg(self.api.to_string())
+            .env_remove("POSTERN_CONFIG")
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    /// Starts `serve` and waits for its ready line.
+    pub fn start(mut self) -> Postern {
+        let cmd = self.serve_command();
+        self.spawn(cmd);
+        self
+    }
+
+    pub fn spawn(&mut self, mut cmd: Command) {
+        let log = std::fs::File::create(self.dir.path().join("serve.log")).expect("log file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn postern serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.server = Some(child);
+        self.lines = Some(rx);
+        self.wait_for_line("postern ready:", Duration::from_secs(30));
+    }
+
+    /// Waits until `serve` prints a line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let Some(rx) = &self.lines else { break };
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = self
+                        .server
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        panic!(
+                            "postern serve exited with {status} before printing {needle:?}; log:\n{}",
+                            self.log()
+                        );
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "postern serve did not print {needle:?} within {limit:?}; stdout {:?}; log:\n{}",
+            self.stdout,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for `serve` to exit (at most `limit`).
+    pub fn stop_with(&mut self, signal: i32, limit: Duration) -> ExitStatus {
+        let mut child = self.server.take().expect("serve is running");
+        // SAFETY: the pid is our child's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                if let Some(rx) = self.lines.take() {
+                    self.stdout.extend(rx.try_iter());
+                }
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "postern serve did not exit within {limit:?} of signal {signal}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM, Duration::from_secs(15))
+    }
+
+    /// Runs `postern --data-dir DIR ARGS…` and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        self.cli_stdin(args, "")
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env_remove("POSTERN_CONFIG")
+            .env_remove("POSTERN_DATA_DIR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn postern");
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().expect("postern output").into()
+    }
+
+    /// Writes a file under the test's temp dir and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).expect("write test file");
+        p
+    }
+}
+
+impl Drop for Postern {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! A throwaway PostgreSQL cluster: initdb in a temp dir (as the `postgres` OS user when
+//! running as root), SCRAM-SHA-256 for TCP, socket in the temp dir, 127.0.0.1 only.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{Out, free_port, is_root, stop_pid};
+
+pub struct Postgres {
+    dir: TempDir,
+    pub port: u16,
+    /// The `postgres` superuser's password (SCRAM-SHA-256).
+    pub password: String,
+}
+
+/// The newest installed server's bin dir, e.g. /usr/lib/postgresql/15/bin.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, b)| b)
+        .expect("no PostgreSQL server under /usr/lib/postgresql; run script/bootstrap")
+}
+
+/// Runs a server binary, as `postgres` when we are root (initdb refuses root).
+fn as_postgres(bin: PathBuf) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn run(mut c: Command, what: &str) {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("pg-it")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        let password = format!("pw-{}", uuid_like());
+        std::fs::write(d.join("pwfile"), &password).expect("pwfile");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(d);
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = d.join("data");
+        let mut initdb = as_postgres(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", d.join("pwfile").display()));
+        run(initdb, "initdb");
+        let port = free_port();
+        let mut pg_ctl = as_postgres(bin.join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(d.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=scram-sha-256",
+                d.display()
+            ))
+            .arg("start");
+        run(pg_ctl, "pg_ctl start");
+        Postgres {
+            dir,
+            port,
+            password,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// `psql` over TCP as `user` with `password`; returns what it printed.
+    pub fn psql_as(&self, user: &str, password: &str, sql: &str) -> Out {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres sslmode=disable connect_timeout=10",
+                self.port
+            ))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env_remove("PGSERVICE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql")
+            .into()
+    }
+
+    pub fn psql(&self, sql: &str) -> Out {
+        self.psql_as("postgres", &self.password, sql)
+    }
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 12];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            // SIGINT: PostgreSQL's fast shutdown.
+            stop_pid(pid, libc::SIGINT, Duration::from_secs(15));
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The one integration test binary: real postern, sshd, PostgreSQL, ssh and psql.
+
+mod access;
+mod admin;
+mod apply;
+mod harness;
+mod harness_check;
+mod serve;

@@ -1,0 +1,238 @@
+//! `postern serve`: first start, restart, refusal of readable private keys, signals,
+//! listen address overrides, config checking.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use crate::harness::postern::{BIN, Postern};
+use crate::harness::{Out, free_port};
+
+const PRIVATE: &[&str] = &[
+    "keys/ssh_host_ed25519_key",
+    "keys/user_ca",
+    "keys/target_ca",
+    "keys/master.key",
+    "tls/ca.key",
+    "tls/server.key",
+    "postern.db",
+];
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn first_start_creates_keys_then_restart_reuses_them() {
+    let mut p = Postern::new().start();
+    let out = p.stdout.join("\n");
+    assert!(out.contains("postern initialised its data dir"), "{out}");
+    assert!(out.contains("Next steps"), "{out}");
+    assert!(out.contains("admin user add alice"), "{out}");
+    assert!(
+        out.contains(&format!("postern ready: ssh {}", p.ssh)),
+        "{out}"
+    );
+    let d = p.data_dir();
+    assert_eq!(mode(&d), 0o700);
+    for f in PRIVATE {
+        assert_eq!(mode(&d.join(f)), 0o600, "{f}");
+    }
+    let host_key = std::fs::read(d.join("keys/ssh_host_ed25519_key")).unwrap();
+    let ca_pem = std::fs::read_to_string(d.join("tls/ca.crt")).unwrap();
+    assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    // The listeners are really bound.
+    std::net::TcpStream::connect(p.ssh).expect("ssh listener");
+    std::net::TcpStream::connect(p.pg).expect("pg listener");
+    std::net::TcpStream::connect(p.api).expect("api listener");
+    let status = p.stop();
+    assert_eq!(status.code(), Some(0), "log:\n{}", p.log());
+
+    // Second start: nothing regenerated, no first-start text.
+    p.stdout.clear();
+    let cmd = p.serve_command();
+    p.spawn(cmd);
+    let out = p.stdout.join("\n");
+    assert!(!out.contains("initialised"), "{out}");
+    assert_eq!(
+        std::fs::read(d.join("keys/ssh_host_ed25519_key")).unwrap(),
+        host_key
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("tls/ca.crt")).unwrap(),
+        ca_pem
+    );
+    // SIGINT is as graceful as SIGTERM.
+    let status = p.stop_with(libc::SIGINT, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    // Start and stop are on the audit record.
+    let events = p.cli(&["audit", "search", "--type", "server"]);
+    let text = events.ok();
+    assert_eq!(text.matches("server.start").count(), 2, "{text}");
+    assert_eq!(text.matches("server.stop").count(), 2, "{text}");
+}
+
+#[test]
+fn refuses_a_private_key_readable_by_others() {
+    let mut p = Postern::new().start();
+    assert_eq!(p.stop().code(), Some(0));
+    let key = p.data_dir().join("keys/user_ca");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out: Out = p.serve_command().output().unwrap().into();
+    let err = out.fails(2);
+    assert!(
+        err.contains(&format!(
+            "private key file {} is readable by group or others (mode 0644)",
+            key.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    // Admin commands refuse too: the same check guards every use of the data dir.
+    let out = p.cli(&["admin", "user", "list"]);
+    assert!(out.fails(2).contains("readable by group or others"));
+}
+
+#[test]
+fn sigterm_during_idle_connections_still_exits_zero() {
+    let mut p = Postern::new().start();
+    // Open connections must not keep shutdown from finishing.
+    let _a = std::net::TcpStream::connect(p.pg).unwrap();
+    let _b = std::net::TcpStream::connect(p.api).unwrap();
+    let status = p.stop();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "signal {:?}; log:\n{}",
+        status.signal(),
+        p.log()
+    );
+}
+
+#[test]
+fn listen_addresses_come_from_env_and_a_taken_port_is_a_clear_error() {
+    let p = Postern::new();
+    let ssh_port = free_port();
+    // Environment instead of flags.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(p.data_dir())
+        .env("POSTERN_SSH_LISTEN", format!("127.0.0.1:{ssh_port}"))
+        .env("POSTERN_PG_LISTEN", p.pg.to_string())
+        .env("POSTERN_API_LISTEN", p.api.to_string());
+    let mut p = p;
+    p.spawn(cmd);
+    assert!(p.stdout.join("\n").contains(&format!(
+        "postern ready: ssh 127.0.0.1:{ssh_port} postgres {}",
+        p.pg
+    )));
+
+    // A second instance on the same ports fails and says which listener and flag.
+    let other = Postern::new();
+    let out: Out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(other.data_dir())
+        .args(["--ssh-listen", &format!("127.0.0.1:{ssh_port}")])
+        .args(["--pg-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap()
+        .into();
+    let err = out.fails(2);
+    assert!(
+        err.contains(&format!("cannot listen for SSH on 127.0.0.1:{ssh_port}")),
+        "{err}"
+    );
+    assert!(err.contains("--ssh-listen"), "{err}");
+    assert_eq!(p.stop().code(), Some(0));
+}
+
+#[test]
+fn config_file_sets_data_dir_and_listeners_and_check_config_validates() {
+    let p = Postern::new();
+    let cfg = p.write(
+        "postern.toml",
+        &format!(
+            "data_dir = \"{}\"\nshutdown_grace = \"2s\"\n[ssh]\nlisten = \"{}\"\n[postgres]\nlisten = \"{}\"\n[api]\nlisten = \"{}\"\n",
+            p.data_dir().display(),
+            p.ssh,
+            p.pg,
+            p.api
+        ),
+    );
+    let out: Out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap()
+        .into();
+    assert!(out.ok().contains(&format!("ssh {}", p.ssh)));
+
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let mut p = p;
+    p.spawn(cmd);
+    assert!(p.data_dir().join("postern.db").exists());
+    assert_eq!(p.stop().code(), Some(0));
+
+    // The shipped example is valid as it is.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/postern.toml");
+    let out: Out = std::process::Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap()
+        .into();
+    assert!(out.ok().contains(": OK"));
+}
+
+#[test]
+fn broken_config_files_are_rejected_with_file_line_and_key() {
+    let p = Postern::new();
+    let check = |name: &str, src: &str, expect: &str| {
+        let path = p.write(name, src);
+        let out: Out = std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .into();
+        let err = out.fails(2);
+        let want = format!("{}:{expect}", path.display());
+        assert!(err.contains(&want), "{name}: want {want:?} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    };
+    check(
+        "unknown.toml",
+        "[ssh]\nlisten = \"127.0.0.1:1\"\nport = 22\n",
+        "3:1: unknown field `port`",
+    );
+    check(
+        "duration.toml",
+        "\n\nshutdown_grace = \"2 parsecs\"\n",
+        "3:18: invalid duration `2 parsecs`",
+    );
+    check(
+        "addr.toml",
+        "[api]\nlisten = \"localhost\"\n",
+        "2:10: invalid socket address",
+    );
+    check("syntax.toml", "data_dir = \n", "1:12:");
+    check(
+        "type.toml",
+        "max_connections = \"many\"\n",
+        "1:19: invalid type",
+    );
+    // A missing file names itself.
+    let out: Out = std::process::Command::new(BIN)
+        .args(["check-config", "--config", "/nonexistent/postern.toml"])
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        out.fails(2)
+            .contains("cannot read config file /nonexistent/postern.toml")
+    );
+}
