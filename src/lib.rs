@@ -8,5 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod duration;
 pub mod policy;
+pub mod recording;
 pub mod server;
+pub mod ssh;
 pub mod store;

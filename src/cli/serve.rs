@@ -62,8 +62,10 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("data dir {}", dir.display()))?;
     let keys = loaded.keys;
     let host_fp = credentials::fingerprint(&keys.host_key);
+    let ssh_config = crate::ssh::config(&keys);
     let server = Server::bind(Shared {
         config,
+        ssh_config,
         keys,
         store,
     })

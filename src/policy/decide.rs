@@ -202,3 +202,15 @@ fn combine(roles: &[&Role]) -> RoleSettings {
         file_transfer: roles.iter().all(|r| r.settings.file_transfer),
     }
 }
+
+/// The login used when the SSH username names only a target: the first concrete login
+/// of the first allow rule (roles in name order) that covers the target.
+pub fn default_login(roles: &[&Role], target: &Target) -> Option<String> {
+    roles
+        .iter()
+        .flat_map(|r| r.allow.iter())
+        .filter(|r| r.targets.matches(&target.labels))
+        .flat_map(|r| r.logins.iter())
+        .find(|l| *l != "*")
+        .cloned()
+}

@@ -46,7 +46,7 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
                 let name = cx.name;
                 cx.tracker.spawn(
                     async move {
-                        handle(name, stream, shared, cancel).await;
+                        handle(name, stream, peer, shared, cancel).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -62,19 +62,19 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
     }
 }
 
-/// Protocol handlers arrive with their issues; until then a connection is told so and closed.
 async fn handle(
     name: &'static str,
     mut stream: TcpStream,
-    _shared: Arc<Shared>,
-    _cancel: CancellationToken,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
 ) {
     debug!("connection accepted");
-    let msg: &[u8] = match name {
-        // An SSH client ignores lines before the version banner; the close tells it enough.
-        "ssh" => b"postern: SSH sessions are not enabled in this build\r\n",
-        _ => b"",
-    };
-    let _ = stream.write_all(msg).await;
-    let _ = stream.shutdown().await;
+    match name {
+        "ssh" => crate::ssh::serve(stream, peer, shared, cancel).await,
+        // The PostgreSQL and HTTPS protocols are not served yet: the connection is closed.
+        _ => {
+            let _ = stream.shutdown().await;
+        }
+    }
 }

@@ -21,6 +21,7 @@ use crate::store::Store;
 /// Everything a connection handler may need, shared by all of them.
 pub struct Shared {
     pub config: Config,
+    pub ssh_config: Arc<russh::server::Config>,
     pub keys: KeyStore,
     pub store: Store,
 }

@@ -8,6 +8,7 @@
 mod audit;
 pub mod error;
 mod policy;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use audit::AuditFilter;
 pub use error::StoreError;
+pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::policy::{Change, Policy, PolicyError, diff};
@@ -151,6 +153,66 @@ impl Store {
                 let mut conn = pool.acquire().await?;
                 audit::search(&mut conn, filter).await
             }
+        }
+    }
+
+    pub async fn start_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sessions::insert(&mut *pool.acquire().await?, s).await,
+        }
+    }
+
+    pub async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::end(&mut *pool.acquire().await?, id, crate::audit::now_ms(), end).await
+            }
+        }
+    }
+
+    pub async fn add_recording(
+        &self,
+        session: &str,
+        channel: u32,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::add_recording(&mut *pool.acquire().await?, session, channel, path).await
+            }
+        }
+    }
+
+    pub async fn finish_recording(
+        &self,
+        session: &str,
+        channel: u32,
+        sha256: &str,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::finish_recording(
+                    &mut *pool.acquire().await?,
+                    session,
+                    channel,
+                    sha256,
+                    bytes,
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sessions::list(&mut *pool.acquire().await?, f).await,
+        }
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sessions::get(&mut *pool.acquire().await?, id).await,
         }
     }
 

@@ -6,3 +6,4 @@ mod apply;
 mod harness;
 mod harness_check;
 mod serve;
+mod ssh;

@@ -1,0 +1,270 @@
+//! Session recordings in asciicast v2 (`.cast`, what `asciinema` plays).
+//!
+//! One writer task per recording takes events from a bounded queue: senders wait when it
+//! is full (backpressure, nothing dropped). It appends and flushes at least every second,
+//! syncs and hashes (SHA-256) at the end. A write error fails the recording, and the
+//! session that owns it must end: a session that cannot be recorded does not run.
+
+mod cast;
+pub mod error;
+mod utf8;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest::{Context, SHA256};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use cast::Header;
+pub use error::RecordingError;
+use utf8::Utf8Stream;
+
+/// What a recording holds.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes the user saw (stdout of the remote side).
+    Output(Bytes),
+    /// Bytes of the remote stderr (exec channels), recorded as output after a marker.
+    Stderr(Bytes),
+    /// Bytes the user typed or sent.
+    Input(Bytes),
+    Resize {
+        cols: u32,
+        rows: u32,
+    },
+    /// A labelled point in time (`exit-status 3`, `sftp …`).
+    Marker(String),
+}
+
+/// The result of a finished recording.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+pub struct Recorder {
+    tx: mpsc::Sender<Event>,
+    failed: CancellationToken,
+    done: oneshot::Receiver<Result<Finished, RecordingError>>,
+}
+
+/// Capacity of each recording's queue, in events.
+const QUEUE: usize = 256;
+
+/// `recordings/YYYY/MM/DD/<session>-<channel>.cast` under the data dir.
+pub fn path_for(data_dir: &Path, started_ms: i64, session_id: &str, channel: u32) -> PathBuf {
+    let date = time::OffsetDateTime::from_unix_timestamp(started_ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    data_dir
+        .join("recordings")
+        .join(format!("{:04}", date.year()))
+        .join(format!("{:02}", u8::from(date.month())))
+        .join(format!("{:02}", date.day()))
+        .join(format!("{session_id}-{channel}.cast"))
+}
+
+impl Recorder {
+    /// Creates the file and writes the header; an error here means the session must not start.
+    pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RecordingError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        if let Some(parent) = path.parent() {
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .await
+                .map_err(io("create directory", parent))?;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await
+            .map_err(io("create", &path))?;
+        let mut hash = Context::new(&SHA256);
+        let line = header.to_line();
+        file.write_all(line.as_bytes())
+            .await
+            .map_err(io("write", &path))?;
+        hash.update(line.as_bytes());
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let failed = CancellationToken::new();
+        let writer = Writer {
+            path,
+            file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+            hash,
+            bytes: line.len() as u64,
+            start: Instant::now(),
+            out: Utf8Stream::default(),
+            err: Utf8Stream::default(),
+            input: Utf8Stream::default(),
+            on_stderr: false,
+        };
+        let failed2 = failed.clone();
+        tokio::spawn(async move {
+            let result = writer.run(rx).await;
+            if result.is_err() {
+                failed2.cancel();
+            }
+            let _ = done_tx.send(result);
+        });
+        Ok(Recorder { tx, failed, done })
+    }
+
+    /// Queues an event, waiting while the queue is full.
+    pub async fn record(&self, event: Event) -> Result<(), RecordingError> {
+        self.tx
+            .send(event)
+            .await
+            .map_err(|_| RecordingError::Stopped)
+    }
+
+    /// Fires when the recording can no longer be written.
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
+    }
+
+    /// Flushes, syncs and hashes the recording.
+    pub async fn finish(self) -> Result<Finished, RecordingError> {
+        drop(self.tx);
+        self.done.await.unwrap_or(Err(RecordingError::Stopped))
+    }
+}
+
+struct Writer {
+    path: PathBuf,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    hash: Context,
+    bytes: u64,
+    start: Instant,
+    out: Utf8Stream,
+    err: Utf8Stream,
+    input: Utf8Stream,
+    on_stderr: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<Finished, RecordingError> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.write_event(ev).await?,
+                    None => break,
+                },
+                _ = tick.tick() => self.flush().await?,
+            }
+        }
+        // Trailing partial UTF-8 sequences become replacement characters.
+        let t = self.elapsed();
+        for (code, rest) in [
+            ("o", self.out.finish()),
+            ("o", self.err.finish()),
+            ("i", self.input.finish()),
+        ] {
+            if !rest.is_empty() {
+                self.line(cast::event(t, code, &rest)).await?;
+            }
+        }
+        self.flush().await?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .await
+            .map_err(|source| RecordingError::Io {
+                action: "sync",
+                path: self.path.clone(),
+                source,
+            })?;
+        let digest = self.hash.finish();
+        Ok(Finished {
+            path: self.path,
+            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            bytes: self.bytes,
+        })
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    async fn write_event(&mut self, ev: Event) -> Result<(), RecordingError> {
+        let t = self.elapsed();
+        match ev {
+            Event::Output(b) => {
+                if self.on_stderr {
+                    self.on_stderr = false;
+                    self.line(cast::event(t, "m", "stdout")).await?;
+                }
+                let s = self.out.push(&b);
+                if !s.is_empty() {
+                    self.line(cast::event(t, "o", &s)).await?;
+                }
+            }
+            Event::Stderr(b) => {
+                if !self.on_stderr {
+                    self.on_stderr = true;
+                    self.line(cast::event(t, "m", "stderr")).await?;
+                }
+                let s = self.err.push(&b);
+                if !s.is_empty() {
+                    self.line(cast::event(t, "o", &s)).await?;
+                }
+            }
+            Event::Input(b) => {
+                let s = self.input.push(&b);
+                if !s.is_empty() {
+                    self.line(cast::event(t, "i", &s)).await?;
+                }
+            }
+            Event::Resize { cols, rows } => {
+                self.line(cast::event(t, "r", &format!("{cols}x{rows}")))
+                    .await?
+            }
+            Event::Marker(m) => self.line(cast::event(t, "m", &m)).await?,
+        }
+        Ok(())
+    }
+
+    async fn line(&mut self, line: String) -> Result<(), RecordingError> {
+        self.hash.update(line.as_bytes());
+        self.bytes += line.len() as u64;
+        self.file
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| RecordingError::Io {
+                action: "write",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    async fn flush(&mut self) -> Result<(), RecordingError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|source| RecordingError::Io {
+                action: "flush",
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;

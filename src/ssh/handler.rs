@@ -1,0 +1,473 @@
+//! The russh server handler of one client connection: identity from the public key,
+//! the access decision from the username, and one relay task per channel.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use russh::keys::HashAlg;
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::relay;
+use super::upstream::Credentials;
+use super::username::{self, printable};
+use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
+use crate::credentials::ssh_cert::{self, CertRequest};
+use crate::policy::{
+    Decision, Grant, Policy, Request, Target, TargetKind, User, decide, default_login,
+};
+use crate::server::Shared;
+use crate::store::{SessionEnd, SessionRow};
+
+/// An authorised session: one SSH connection to one target as one login.
+pub struct SessionCtx {
+    pub id: String,
+    pub user: String,
+    pub login: String,
+    pub target: Target,
+    pub grant: Grant,
+    pub creds: Credentials,
+    pub cert_serial: u64,
+    pub client_addr: String,
+    pub shared: Arc<Shared>,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub exit_status: Mutex<Option<u32>>,
+    next_channel: AtomicU32,
+}
+
+impl SessionCtx {
+    pub fn next_channel(&self) -> u32 {
+        self.next_channel.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn event(&self, kind: &str, result: Outcome, details: serde_json::Value) -> AuditEvent {
+        let mut e = AuditEvent::new(kind, &Actor::user(&self.user), result, details);
+        e.source = Some(self.client_addr.clone());
+        e.target = Some(self.target.name.clone());
+        e.session_id = Some(self.id.clone());
+        e
+    }
+
+    pub async fn audit(&self, e: AuditEvent) {
+        if let Err(err) = self.shared.store.append_audit(&e).await {
+            warn!(session = %self.id, error = %err, kind = %e.kind, "cannot write audit event");
+        }
+    }
+
+    /// Closes the session in the index and the audit log.
+    pub async fn end(&self, reason: &str) {
+        let end = SessionEnd {
+            reason: reason.to_string(),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            exit_status: self.exit_status.lock().ok().and_then(|s| *s),
+        };
+        if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
+            warn!(session = %self.id, error = %e, "cannot close the session row");
+        }
+        self.audit(self.event(
+            "session.end",
+            Outcome::Success,
+            json!({ "reason": reason, "bytes_in": end.bytes_in, "bytes_out": end.bytes_out, "exit_status": end.exit_status }),
+        ))
+        .await;
+    }
+}
+
+/// What the connection may do once authenticated.
+#[derive(Clone)]
+pub enum Verdict {
+    Allowed(Arc<SessionCtx>),
+    /// Authenticated but refused: the message is printed on the client's stderr.
+    Refused(String),
+}
+
+pub struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    verdict: Option<Verdict>,
+    state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
+}
+
+impl Conn {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Conn {
+        Conn {
+            shared,
+            peer,
+            cancel,
+            tracker,
+            verdict: None,
+            state: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The session, once authorised, for whoever outlives the handler.
+    pub fn state(&self) -> Arc<Mutex<Option<Arc<SessionCtx>>>> {
+        self.state.clone()
+    }
+
+    async fn policy(&self) -> Option<Policy> {
+        match self.shared.store.load_policy().await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(error = %e, "cannot read the policy; refusing authentication");
+                None
+            }
+        }
+    }
+
+    async fn audit(
+        &self,
+        kind: &str,
+        actor: Actor,
+        result: Outcome,
+        target: Option<String>,
+        details: serde_json::Value,
+    ) {
+        let mut e = AuditEvent::new(kind, &actor, result, details);
+        e.source = Some(self.peer.to_string());
+        e.target = target;
+        if let Err(err) = self.shared.store.append_audit(&e).await {
+            warn!(error = %err, kind, "cannot write audit event");
+        }
+    }
+
+    /// Decides what an authenticated user may do, from the SSH username.
+    async fn verdict(&self, policy: &Policy, user: &User, ssh_user: &str) -> Verdict {
+        let actor = Actor::user(&user.name);
+        let refuse = |m: String| Verdict::Refused(m);
+        let dest = match username::parse(ssh_user) {
+            Ok(d) => d,
+            Err(m) => return refuse(m),
+        };
+        let Some(target) = policy.targets.get(&dest.target) else {
+            self.audit(
+                "access.deny",
+                actor,
+                Outcome::Deny,
+                Some(dest.target.clone()),
+                json!({ "reason": "unknown target" }),
+            )
+            .await;
+            return refuse(format!("unknown target `{}`", dest.target));
+        };
+        if target.kind != TargetKind::Ssh {
+            return refuse(format!(
+                "target `{}` is a {} target; connect to it with a {} client",
+                target.name, target.kind, target.kind
+            ));
+        }
+        let roles = policy.roles_of(user);
+        let Some(login) = dest.login.clone().or_else(|| default_login(&roles, target)) else {
+            return refuse(format!(
+                "none of your roles names a default login for `{0}`; connect as LOGIN@{0}",
+                target.name
+            ));
+        };
+        let grant = match decide(user, &roles, target, &Request::Ssh { login: &login }) {
+            Decision::Allow(g) => g,
+            Decision::Deny(reason) => {
+                self.audit(
+                    "access.deny",
+                    actor,
+                    Outcome::Deny,
+                    Some(target.name.clone()),
+                    json!({ "login": login, "reason": reason.to_string(), "decision": reason }),
+                )
+                .await;
+                return refuse(format!(
+                    "access to {login}@{} denied: {reason}",
+                    target.name
+                ));
+            }
+        };
+        let id = Uuid::new_v4().to_string();
+        let valid_before = ssh_cert::now_secs() + grant.settings.max_session_ttl.as_secs();
+        let cert = match ssh_cert::issue(
+            &self.shared.keys.target_ca,
+            &CertRequest {
+                login: &login,
+                session_id: &id,
+                user: &user.name,
+                valid_before,
+                port_forwarding: grant.settings.port_forwarding,
+            },
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot issue a session certificate");
+                return refuse(
+                    "postern could not issue a session certificate; try again or tell an admin"
+                        .into(),
+                );
+            }
+        };
+        let ctx = Arc::new(SessionCtx {
+            id: id.clone(),
+            user: user.name.clone(),
+            login: login.clone(),
+            target: target.clone(),
+            grant: grant.clone(),
+            creds: Credentials {
+                login: login.clone(),
+                key: Arc::new(cert.key),
+                cert: cert.cert,
+            },
+            cert_serial: cert.serial,
+            client_addr: self.peer.to_string(),
+            shared: self.shared.clone(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            exit_status: Mutex::new(None),
+            next_channel: AtomicU32::new(0),
+        });
+        let row = SessionRow {
+            id: id.clone(),
+            kind: "ssh".into(),
+            user: user.name.clone(),
+            target: target.name.clone(),
+            login: login.clone(),
+            client_addr: self.peer.to_string(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            end_reason: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            exit_status: None,
+            cert_serial: Some(cert.serial.to_string()),
+            recordings: vec![],
+        };
+        if let Err(e) = self.shared.store.start_session(&row).await {
+            warn!(error = %e, "cannot index the session; refusing it");
+            return refuse(
+                "postern cannot record this session right now (store unavailable); try again later"
+                    .into(),
+            );
+        }
+        ctx.audit(ctx.event(
+            "session.start",
+            Outcome::Success,
+            json!({ "login": login, "rule": grant.rule.to_string(), "roles": grant.roles, "cert_serial": cert.serial.to_string(), "valid_before": valid_before }),
+        ))
+        .await;
+        info!(session = %id, user = %user.name, target = %target.name, login = %login, "session started");
+        if let Ok(mut s) = self.state.lock() {
+            *s = Some(ctx.clone());
+        }
+        Verdict::Allowed(ctx)
+    }
+
+    fn allowed(&self) -> Option<&Arc<SessionCtx>> {
+        match &self.verdict {
+            Some(Verdict::Allowed(ctx)) => Some(ctx),
+            _ => None,
+        }
+    }
+}
+
+fn fingerprint(key: &russh::keys::PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+fn owner<'a>(policy: &'a Policy, fp: &str) -> Option<&'a User> {
+    policy
+        .users
+        .values()
+        .find(|u| u.keys.iter().any(|k| k.fingerprint == fp))
+}
+
+impl Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(offer.public_key);
+        let known = self
+            .policy()
+            .await
+            .is_some_and(|p| owner(&p, &fp).is_some());
+        Ok(if known { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        ssh_user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(key.public_key);
+        let Some(policy) = self.policy().await else {
+            return Ok(Auth::reject());
+        };
+        let Some(user) = owner(&policy, &fp).cloned() else {
+            self.audit(
+                "auth.failure",
+                Actor("unknown".into()),
+                Outcome::Failure,
+                None,
+                json!({ "method": "publickey", "reason": "key not registered", "fingerprint": fp, "ssh_user": printable(ssh_user) }),
+            )
+            .await;
+            return Ok(Auth::reject());
+        };
+        self.audit(
+            "auth.success",
+            Actor::user(&user.name),
+            Outcome::Success,
+            None,
+            json!({ "method": "publickey", "fingerprint": fp, "ssh_user": printable(ssh_user) }),
+        )
+        .await;
+        let verdict = self.verdict(&policy, &user, ssh_user).await;
+        self.verdict = Some(verdict);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(verdict) = self.verdict.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let handle = session.handle();
+        let cancel = self.cancel.child_token();
+        self.tracker
+            .spawn(relay::run(verdict, channel, handle, cancel));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if relay::env_allowed(name) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Accepted here so replies stay in order; a refusal is printed by the relay.
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = name == "sftp"
+            && self
+                .allowed()
+                .is_some_and(|c| c.grant.settings.file_transfer);
+        if ok || !matches!(self.verdict, Some(Verdict::Allowed(_))) {
+            // Refused sessions get their message from the relay.
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}

@@ -1,0 +1,96 @@
+//! SSH through postern: the server side developers' OpenSSH clients talk to
+//! (`handler`), the client side towards targets (`upstream`), and the per-channel relay
+//! that records every byte (`relay`).
+
+mod handler;
+mod relay;
+pub mod upstream;
+pub mod username;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::{self, Config};
+use russh::{MethodKind, MethodSet, SshId};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::credentials::KeyStore;
+use crate::server::Shared;
+
+pub use handler::SessionCtx;
+
+/// The russh server configuration: postern's host key, public-key authentication only.
+pub fn config(keys: &KeyStore) -> Arc<Config> {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    Arc::new(Config {
+        server_id: SshId::Standard(Cow::Borrowed(concat!(
+            "SSH-2.0-postern_",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        methods,
+        keys: vec![keys.host_key.clone()],
+        // Rejections take constant time so they do not reveal which keys exist.
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        max_auth_attempts: 6,
+        ..Default::default()
+    })
+}
+
+/// Serves one SSH connection until the client leaves, or `cancel` fires (shutdown).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let conn = handler::Conn::new(shared.clone(), peer, cancel.clone(), tracker.clone());
+    let state = conn.state();
+    let running = match server::run_stream(shared.ssh_config.clone(), stream, conn).await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "SSH handshake failed");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let mut reason = "client exit";
+    tokio::pin!(running);
+    tokio::select! {
+        r = &mut running => {
+            if let Err(e) = r {
+                debug!(error = %e, "SSH connection ended with an error");
+                reason = "connection lost";
+            }
+        }
+        _ = cancel.cancelled() => {
+            reason = "shutdown";
+            // Channels print their own message; give them a moment, then disconnect.
+            tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "postern is shutting down".into(), "en".into())
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        }
+    }
+    // Every channel finalises its recording before the session is closed in the index.
+    tracker.close();
+    tracker.wait().await;
+    let ctx = state.lock().ok().and_then(|s| s.clone());
+    if let Some(ctx) = ctx {
+        ctx.end(reason).await;
+        info!(session = %ctx.id, user = %ctx.user, target = %ctx.target.name, reason, "session ended");
+    }
+}

@@ -1,0 +1,213 @@
+//! The session index: one row per session, one per recording.
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+
+use super::StoreError;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub kind: String,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    pub client_addr: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub end_reason: Option<String>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub exit_status: Option<i64>,
+    pub cert_serial: Option<String>,
+    pub recordings: Vec<RecordingRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordingRow {
+    pub channel: i64,
+    pub path: String,
+    pub sha256: Option<String>,
+    pub bytes: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub since_ms: Option<i64>,
+    pub active: bool,
+    pub limit: Option<i64>,
+}
+
+/// What a finished session reports.
+#[derive(Clone, Debug)]
+pub struct SessionEnd {
+    pub reason: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub exit_status: Option<u32>,
+}
+
+pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&s.id)
+    .bind(&s.kind)
+    .bind(&s.user)
+    .bind(&s.target)
+    .bind(&s.login)
+    .bind(&s.client_addr)
+    .bind(s.started_ms)
+    .bind(s.cert_serial.as_ref().and_then(|c| c.parse::<i64>().ok()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn end(
+    conn: &mut SqliteConnection,
+    id: &str,
+    ended_ms: i64,
+    e: &SessionEnd,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET ended_ms = ?, end_reason = ?, bytes_in = ?, bytes_out = ?, exit_status = ?
+         WHERE id = ? AND ended_ms IS NULL",
+    )
+    .bind(ended_ms)
+    .bind(&e.reason)
+    .bind(i64::try_from(e.bytes_in).unwrap_or(i64::MAX))
+    .bind(i64::try_from(e.bytes_out).unwrap_or(i64::MAX))
+    .bind(e.exit_status.map(i64::from))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn add_recording(
+    conn: &mut SqliteConnection,
+    session: &str,
+    channel: u32,
+    path: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO recordings (session_id, channel, path) VALUES (?, ?, ?)")
+        .bind(session)
+        .bind(i64::from(channel))
+        .bind(path)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_recording(
+    conn: &mut SqliteConnection,
+    session: &str,
+    channel: u32,
+    sha256: &str,
+    bytes: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE recordings SET sha256 = ?, bytes = ? WHERE session_id = ? AND channel = ?")
+        .bind(sha256)
+        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .bind(session)
+        .bind(i64::from(channel))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn row_to_session(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreError> {
+    Ok(SessionRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        user: r.try_get("user_name")?,
+        target: r.try_get("target_name")?,
+        login: r.try_get("login")?,
+        client_addr: r.try_get("client_addr")?,
+        started_ms: r.try_get("started_ms")?,
+        ended_ms: r.try_get("ended_ms")?,
+        end_reason: r.try_get("end_reason")?,
+        bytes_in: r.try_get("bytes_in")?,
+        bytes_out: r.try_get("bytes_out")?,
+        exit_status: r.try_get("exit_status")?,
+        cert_serial: r
+            .try_get::<Option<i64>, _>("cert_serial")?
+            .map(|s| s.to_string()),
+        recordings: Vec::new(),
+    })
+}
+
+async fn recordings(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Vec<RecordingRow>, StoreError> {
+    sqlx::query(
+        "SELECT channel, path, sha256, bytes FROM recordings WHERE session_id = ? ORDER BY channel",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RecordingRow {
+            channel: r.try_get("channel")?,
+            path: r.try_get("path")?,
+            sha256: r.try_get("sha256")?,
+            bytes: r.try_get("bytes")?,
+        })
+    })
+    .collect()
+}
+
+pub async fn list(
+    conn: &mut SqliteConnection,
+    f: &SessionFilter,
+) -> Result<Vec<SessionRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM (
+           SELECT * FROM sessions
+           WHERE (?1 IS NULL OR user_name = ?1)
+             AND (?2 IS NULL OR target_name = ?2)
+             AND (?3 IS NULL OR started_ms >= ?3)
+             AND (?4 = 0 OR ended_ms IS NULL)
+           ORDER BY started_ms DESC, id LIMIT ?5
+         ) ORDER BY started_ms, id",
+    )
+    .bind(&f.user)
+    .bind(&f.target)
+    .bind(f.since_ms)
+    .bind(i64::from(f.active))
+    .bind(f.limit.unwrap_or(-1))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut s = row_to_session(r)?;
+        s.recordings = recordings(conn, &s.id).await?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A session by id, or by a unique id prefix (as `git` takes short hashes).
+pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<SessionRow>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM sessions WHERE id = ?1 OR id LIKE ?1 || '%' LIMIT 2")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let exact = rows
+        .iter()
+        .find(|r| r.try_get::<String, _>("id").ok().as_deref() == Some(id));
+    let row = match (exact, rows.len()) {
+        (Some(r), _) => r,
+        (None, 1) => &rows[0],
+        _ => return Ok(None),
+    };
+    let mut s = row_to_session(row)?;
+    s.recordings = recordings(conn, &s.id).await?;
+    Ok(Some(s))
+}

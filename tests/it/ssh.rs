@@ -1,0 +1,291 @@
+//! SSH through postern with the stock OpenSSH client, to a throwaway sshd that trusts
+//! only postern's target CA (no authorized_keys at all).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::apply::new_key;
+use crate::harness::postern::Postern;
+use crate::harness::sshd::{Options, Sshd};
+use crate::harness::{Out, whoami};
+
+pub struct Bastion {
+    pub postern: Postern,
+    pub sshd: Sshd,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub login: String,
+}
+
+impl Bastion {
+    /// postern with user `alice` (role `dev`: env=test, login = the test's OS user) and
+    /// target `t1` pointing at a throwaway sshd that trusts postern's target CA.
+    pub fn start() -> Bastion {
+        Self::start_with_role(&[])
+    }
+
+    pub fn start_with_role(extra: &[&str]) -> Bastion {
+        let p = Postern::new();
+        let ca = p.cli(&["admin", "target-ca"]);
+        let ca_line = ca.ok().lines().next().unwrap().to_string();
+        assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
+        let sshd = Sshd::start_with(Options {
+            authorized_key: false,
+            trusted_ca: Some(&ca_line),
+        });
+        let login = whoami();
+        let mut role = vec![
+            "admin", "role", "add", "dev", "--allow", "env=test", "--logins",
+        ];
+        role.push(&login);
+        role.extend_from_slice(extra);
+        p.cli(&role).ok();
+        p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+            .ok();
+        new_key(&p, "alice_key");
+        let key = p.root().join("alice_key");
+        p.cli(&[
+            "admin",
+            "user",
+            "add-key",
+            "alice",
+            key.with_extension("pub").to_str().unwrap(),
+        ])
+        .ok();
+        p.cli(&[
+            "admin",
+            "target",
+            "add",
+            "t1",
+            "--ssh",
+            &format!("127.0.0.1:{}", sshd.port),
+            "--host-key",
+            &sshd.host_key,
+            "--label",
+            "env=test",
+        ])
+        .ok();
+        let p = p.start();
+        let host_pub =
+            std::fs::read_to_string(p.data_dir().join("keys/ssh_host_ed25519_key.pub")).unwrap();
+        let known_hosts = p.write(
+            "known_hosts",
+            &format!("[127.0.0.1]:{} {}", p.ssh.port(), host_pub),
+        );
+        Bastion {
+            postern: p,
+            sshd,
+            key,
+            known_hosts,
+            login,
+        }
+    }
+
+    /// `ssh` arguments through postern, up to (not including) the destination.
+    pub fn ssh_command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(["-F", "/dev/null", "-i"])
+            .arg(&self.key)
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=15",
+            ]);
+        c
+    }
+
+    /// `ssh -p PORT USER@127.0.0.1 COMMAND` through postern.
+    pub fn ssh(&self, user: &str, command: &str) -> Out {
+        self.ssh_command("ssh")
+            .args(["-p", &self.postern.ssh.port().to_string()])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    pub fn dest(&self) -> String {
+        format!("{}@t1", self.login)
+    }
+}
+
+#[test]
+fn exec_keeps_stdout_stderr_and_exit_status_apart() {
+    let b = Bastion::start();
+    let out = b.ssh(&b.dest(), "echo out; echo err >&2; exit 7");
+    assert_eq!(
+        out.code,
+        7,
+        "{out:?}\npostern log:\n{}\nsshd log:\n{}",
+        b.postern.log(),
+        b.sshd.log()
+    );
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    // The default login (first login of the allowing rule) works with `ssh TARGET@bastion`.
+    let out = b.ssh("t1", "id -un");
+    assert_eq!(out.ok().trim(), b.login);
+}
+
+#[test]
+fn refusals_are_one_line_messages_and_audited() {
+    let b = Bastion::start();
+    let check = |user: &str, expect: &str| {
+        let out = b.ssh(user, "true");
+        assert_ne!(out.code, 0, "{user}: {out:?}");
+        assert!(
+            out.stderr.contains(expect),
+            "{user}: want {expect:?} in {:?}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    };
+    check(
+        "nobody@t1",
+        "postern: access to nobody@t1 denied: no role allows it (default deny)",
+    );
+    check(
+        &format!("{}@nope", b.login),
+        "postern: unknown target `nope`",
+    );
+    check(
+        "root@BAD_TARGET",
+        "postern: cannot read a target from the SSH username",
+    );
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    check(&b.dest(), "denied: the user is locked");
+    b.postern.cli(&["admin", "user", "unlock", "alice"]).ok();
+    // The listener still serves others.
+    assert_eq!(b.ssh(&b.dest(), "echo still").ok(), "still\n");
+    let events: serde_json::Value = serde_json::from_str(
+        b.postern
+            .cli(&["audit", "search", "--type", "access.deny", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    let reasons: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("no role allows it")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "unknown target"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("locked")), "{reasons:?}");
+}
+
+#[test]
+fn an_unregistered_key_is_refused_at_authentication() {
+    let b = Bastion::start();
+    new_key(&b.postern, "mallory");
+    let out: Out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(b.postern.root().join("mallory"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr.contains("Permission denied (publickey)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn target_trusts_only_the_ca_and_only_for_the_allowed_login() {
+    // The sshd has no authorized_keys: the session works only through the certificate,
+    // whose single principal is the allowed login.
+    let b = Bastion::start();
+    assert_eq!(b.ssh(&b.dest(), "echo via-cert").ok(), "via-cert\n");
+    let log = b.sshd.log();
+    assert!(
+        log.contains("Accepted publickey") && log.contains("ED25519-CERT"),
+        "{log}"
+    );
+    assert!(
+        log.contains("postern session="),
+        "key id names the session: {log}"
+    );
+}
+
+#[test]
+fn host_key_mismatch_and_target_down_are_refused_clearly() {
+    let b = Bastion::start();
+    let other = new_key(&b.postern, "impostor");
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "t2",
+            "--ssh",
+            &format!("127.0.0.1:{}", b.sshd.port),
+            "--host-key",
+            &other,
+            "--label",
+            "env=test",
+        ])
+        .ok();
+    let out = b.ssh(&format!("{}@t2", b.login), "true");
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains("presented host key SHA256:")
+            && out.stderr.contains("refusing to connect"),
+        "{}",
+        out.stderr
+    );
+    let port = crate::harness::free_port();
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "t3",
+            "--ssh",
+            &format!("127.0.0.1:{port}"),
+            "--host-key",
+            &other,
+            "--label",
+            "env=test",
+        ])
+        .ok();
+    let out = b.ssh(&format!("{}@t3", b.login), "true");
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot reach target `t3` at 127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.host_key_mismatch"]);
+    assert!(events.ok().contains("session.host_key_mismatch"));
+}
