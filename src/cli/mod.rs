@@ -8,6 +8,7 @@ mod audit;
 mod check_config;
 mod output;
 mod serve;
+mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,11 @@ enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// List, show, export and search recorded sessions.
+    #[command(subcommand)]
+    Sessions(sessions::Command),
+    /// Play a recorded SSH session in the terminal with its real timing.
+    Replay(sessions::ReplayArgs),
 }
 
 /// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
@@ -86,6 +92,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(cmd) => admin::run(&config, cmd).await,
         Command::Access(cmd) => access::run(&config, cmd).await,
         Command::Audit(cmd) => audit::run(&config, cmd).await,
+        Command::Sessions(cmd) => sessions::run(&config, cmd).await,
+        Command::Replay(args) => sessions::replay(&config, args).await,
     }
 }
 

@@ -289,3 +289,149 @@ fn host_key_mismatch_and_target_down_are_refused_clearly() {
         .cli(&["audit", "search", "--type", "session.host_key_mismatch"]);
     assert!(events.ok().contains("session.host_key_mismatch"));
 }
+
+/// Runs `ssh -tt` through postern, typing `lines` one by one.
+fn interactive(b: &Bastion, lines: &[&str]) -> Out {
+    use std::io::Write;
+    let mut child = b
+        .ssh_command("ssh")
+        .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(l.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    out.into()
+}
+
+fn only_session(b: &Bastion) -> serde_json::Value {
+    let list: serde_json::Value =
+        serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+    let all = list.as_array().unwrap();
+    all.last().cloned().unwrap()
+}
+
+#[test]
+fn interactive_session_is_recorded_replayed_exported_and_searchable() {
+    let b = Bastion::start();
+    let out = interactive(&b, &["echo typed-$((6*7))", "exit 4"]);
+    assert_eq!(out.code, 4, "{out:?}\n{}", b.postern.log());
+    assert!(out.stdout.contains("typed-42"), "{}", out.stdout);
+
+    let s = only_session(&b);
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["target"], "t1");
+    assert_eq!(s["exit_status"], 4);
+    assert_eq!(s["end_reason"], "client exit");
+    let rec = &s["recordings"][0];
+    assert_eq!(
+        rec["sha256"].as_str().unwrap().len(),
+        64,
+        "finished and hashed: {s}"
+    );
+
+    // The recording: header, keystrokes in, output out, in order.
+    let cast = std::fs::read_to_string(rec["path"].as_str().unwrap()).unwrap();
+    let mut lines = cast.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(header["env"]["TERM"], "xterm-256color");
+    assert!(
+        header["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("alice as {}@t1 (session {id}", b.login))
+    );
+    let events: Vec<(f64, String, String)> =
+        lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let typed: String = events
+        .iter()
+        .filter(|e| e.1 == "i")
+        .map(|e| e.2.as_str())
+        .collect();
+    assert!(typed.contains("echo typed-$((6*7))\n"), "{typed:?}");
+    let shown: String = events
+        .iter()
+        .filter(|e| e.1 == "o")
+        .map(|e| e.2.as_str())
+        .collect();
+    let input_at = events.iter().find(|e| e.1 == "i").unwrap().0;
+    let output_at = events
+        .iter()
+        .find(|e| e.1 == "o" && e.2.contains("typed-42"))
+        .unwrap()
+        .0;
+    assert!(input_at <= output_at);
+    assert!(shown.contains("typed-42"));
+
+    // Replay prints what the user saw.
+    let replay = b
+        .postern
+        .cli(&["replay", &id, "--speed", "100", "--max-idle", "0s"]);
+    assert!(replay.ok().contains("typed-42"), "{}", replay.stdout);
+
+    // Export plays in the real asciinema.
+    let file = b.postern.root().join("export.cast");
+    b.postern
+        .cli(&["sessions", "export", &id[..8], "-o", file.to_str().unwrap()])
+        .ok();
+    let cat = Command::new("asciinema")
+        .arg("cat")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("typed-42"));
+
+    // grep finds the typed line in this session only.
+    let other = interactive(&b, &["echo something-else", "exit"]);
+    assert_eq!(other.code, 0);
+    let grep = b
+        .postern
+        .cli(&["sessions", "grep", "typed-$((6*7))", "--json"]);
+    let hits: serde_json::Value = serde_json::from_str(grep.ok()).unwrap();
+    let sessions: std::collections::BTreeSet<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.into_iter().collect::<Vec<_>>(), [id.as_str()]);
+    assert_eq!(
+        b.postern
+            .cli(&["sessions", "grep", "never-typed-anywhere"])
+            .code,
+        1
+    );
+
+    // Auditors are audited.
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session"])
+        .ok()
+        .to_string();
+    for t in [
+        "session.start",
+        "session.channel",
+        "session.end",
+        "session.replay",
+        "session.export",
+    ] {
+        assert!(events.contains(t), "missing {t}: {events}");
+    }
+}

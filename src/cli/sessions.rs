@@ -1,0 +1,397 @@
+//! `postern sessions …` and `postern replay`: what auditors read.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{open_store, output};
+use crate::audit::{Actor, AuditEvent, Outcome, format_ms, now_ms};
+use crate::config::Config;
+use crate::duration::Dur;
+use crate::store::{SessionFilter, SessionRow, Store};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List sessions, oldest first.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions started within this long, e.g. 1h, 7d.
+        #[arg(long)]
+        since: Option<Dur>,
+        /// Only sessions still running.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session with its recordings.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a recording as an asciicast v2 file that `asciinema play` and `asciinema cat` read.
+    Export {
+        id: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// The channel to export (default: the first).
+        #[arg(long)]
+        channel: Option<i64>,
+    },
+    /// Search what was typed and printed; prints session, time offset and the matching line.
+    Grep {
+        pattern: String,
+        #[arg(long)]
+        since: Option<Dur>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    id: String,
+    /// Play faster (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Never wait longer than this between two outputs.
+    #[arg(long)]
+    max_idle: Option<Dur>,
+    /// The channel to replay (default: the first).
+    #[arg(long)]
+    channel: Option<i64>,
+}
+
+fn since_ms(d: Option<Dur>) -> Option<i64> {
+    d.map(|d| now_ms() - i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2000) * 1000)
+}
+
+fn duration_text(s: &SessionRow) -> String {
+    let end = s.ended_ms.unwrap_or_else(now_ms);
+    Dur::from_secs(u64::try_from((end - s.started_ms) / 1000).unwrap_or(0)).to_string()
+}
+
+async fn session(store: &Store, id: &str) -> anyhow::Result<SessionRow> {
+    store.get_session(id).await?.with_context(|| {
+        format!(
+            "session `{id}` not found (or the prefix is ambiguous); see `postern sessions list`"
+        )
+    })
+}
+
+fn recording_path(s: &SessionRow, channel: Option<i64>) -> anyhow::Result<PathBuf> {
+    let rec = match channel {
+        Some(c) => s.recordings.iter().find(|r| r.channel == c),
+        None => s.recordings.first(),
+    };
+    match rec {
+        Some(r) => Ok(PathBuf::from(&r.path)),
+        None => bail!(
+            "session {} has no recording{}",
+            s.id,
+            channel
+                .map(|c| format!(" for channel {c}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+async fn audit_read(
+    store: &Store,
+    kind: &str,
+    s: &SessionRow,
+    details: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut e = AuditEvent::new(kind, &Actor::os(), Outcome::Success, details);
+    e.session_id = Some(s.id.clone());
+    e.target = Some(s.target.clone());
+    store.append_audit(&e).await?;
+    Ok(())
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let code = match cmd {
+        Command::List {
+            user,
+            target,
+            since,
+            active,
+            limit,
+            json,
+        } => {
+            let rows = store
+                .list_sessions(&SessionFilter {
+                    user,
+                    target,
+                    since_ms: since_ms(since),
+                    active,
+                    limit: Some(limit),
+                })
+                .await?;
+            if json {
+                output::json(&rows)?;
+            } else {
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            s.kind.clone(),
+                            s.user.clone(),
+                            format!("{}@{}", s.login, s.target),
+                            format_ms(s.started_ms),
+                            duration_text(s),
+                            s.end_reason.clone().unwrap_or_else(|| "active".into()),
+                            s.exit_status
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "ID",
+                        "KIND",
+                        "USER",
+                        "DESTINATION",
+                        "STARTED",
+                        "DURATION",
+                        "END",
+                        "EXIT",
+                    ],
+                    &table,
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Show { id, json } => {
+            let s = session(&store, &id).await?;
+            if json {
+                output::json(&s)?;
+            } else {
+                println!("session      {}", s.id);
+                println!("kind         {}", s.kind);
+                println!("user         {}", s.user);
+                println!("destination  {}@{}", s.login, s.target);
+                println!("client       {}", s.client_addr);
+                println!("started      {}", format_ms(s.started_ms));
+                println!(
+                    "ended        {}",
+                    s.ended_ms
+                        .map(format_ms)
+                        .unwrap_or_else(|| "(active)".into())
+                );
+                println!("end reason   {}", s.end_reason.as_deref().unwrap_or("-"));
+                println!("bytes        {} in, {} out", s.bytes_in, s.bytes_out);
+                println!(
+                    "exit status  {}",
+                    s.exit_status
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!(
+                    "certificate  serial {}",
+                    s.cert_serial.as_deref().unwrap_or("-")
+                );
+                for r in &s.recordings {
+                    println!(
+                        "recording    channel {}  {}  sha256 {}",
+                        r.channel,
+                        r.path,
+                        r.sha256.as_deref().unwrap_or("(open)")
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Export {
+            id,
+            output,
+            channel,
+        } => {
+            let s = session(&store, &id).await?;
+            let path = recording_path(&s, channel)?;
+            std::fs::copy(&path, &output).with_context(|| {
+                format!("cannot copy {} to {}", path.display(), output.display())
+            })?;
+            audit_read(&store, "session.export", &s, serde_json::json!({ "recording": path.display().to_string(), "output": output.display().to_string() })).await?;
+            println!("wrote {}", output.display());
+            ExitCode::SUCCESS
+        }
+        Command::Grep {
+            pattern,
+            since,
+            json,
+        } => {
+            let rows = store
+                .list_sessions(&SessionFilter {
+                    since_ms: since_ms(since),
+                    ..Default::default()
+                })
+                .await?;
+            let mut hits = Vec::new();
+            for s in &rows {
+                for r in &s.recordings {
+                    for (offset, line) in grep_cast(Path::new(&r.path), &pattern) {
+                        hits.push(serde_json::json!({ "session": s.id, "channel": r.channel, "user": s.user, "target": s.target, "offset_s": offset, "line": line }));
+                    }
+                }
+            }
+            if json {
+                output::json(&hits)?;
+            } else {
+                for h in &hits {
+                    println!(
+                        "{} +{:.1}s {}: {}",
+                        h["session"].as_str().unwrap_or(""),
+                        h["offset_s"].as_f64().unwrap_or(0.0),
+                        h["user"].as_str().unwrap_or(""),
+                        h["line"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            if hits.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+/// The text lines of a recording (output and input reassembled) that contain `pattern`,
+/// with the time offset at which each line ended.
+fn grep_cast(path: &Path, pattern: &str) -> Vec<(f64, String)> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut hits = Vec::new();
+    let mut lines = [(String::new(), 0.0f64), (String::new(), 0.0f64)];
+    let flush = |buf: &mut String, t: f64, hits: &mut Vec<(f64, String)>| {
+        let clean = strip_ansi(buf);
+        if clean.contains(pattern) {
+            hits.push((t, clean.trim_end().to_string()));
+        }
+        buf.clear();
+    };
+    for line in BufReader::new(file).lines().map_while(Result::ok).skip(1) {
+        let Ok(ev) = serde_json::from_str::<(f64, String, String)>(&line) else {
+            continue;
+        };
+        let idx = match ev.1.as_str() {
+            "o" => 0,
+            "i" => 1,
+            _ => continue,
+        };
+        for c in ev.2.chars() {
+            if c == '\n' || c == '\r' {
+                let (buf, _) = &mut lines[idx];
+                if !buf.is_empty() {
+                    flush(buf, ev.0, &mut hits);
+                }
+            } else {
+                lines[idx].0.push(c);
+                lines[idx].1 = ev.0;
+            }
+        }
+    }
+    for (buf, t) in lines.iter_mut() {
+        if !buf.is_empty() {
+            let t = *t;
+            flush(buf, t, &mut hits);
+        }
+    }
+    hits.sort_by(|a, b| a.0.total_cmp(&b.0));
+    hits.dedup();
+    hits
+}
+
+/// Removes terminal escape sequences so searches match what a person read.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c == '\u{8}' {
+            out.pop();
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !(a.speed > 0.0 && a.speed.is_finite()) {
+        bail!("--speed must be a positive number");
+    }
+    let store = open_store(config).await?;
+    let s = session(&store, &a.id).await?;
+    let path = recording_path(&s, a.channel)?;
+    audit_read(
+        &store,
+        "session.replay",
+        &s,
+        serde_json::json!({ "recording": path.display().to_string(), "speed": a.speed }),
+    )
+    .await?;
+    store.close().await;
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("cannot open recording {}", path.display()))?;
+    let max_idle = a.max_idle.map(|d| d.as_secs() as f64);
+    let mut last = 0.0f64;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(file).lines().map_while(Result::ok).skip(1) {
+        let Ok((t, code, data)) = serde_json::from_str::<(f64, String, String)>(&line) else {
+            continue;
+        };
+        if code != "o" {
+            continue;
+        }
+        let mut wait = (t - last).max(0.0) / a.speed;
+        if let Some(m) = max_idle {
+            wait = wait.min(m);
+        }
+        last = t;
+        if wait > 0.0 {
+            out.flush()?;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+        out.write_all(data.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m done"), "ok done");
+        assert_eq!(strip_ansi("abx\u{8}c"), "abc");
+    }
+}
