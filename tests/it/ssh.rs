@@ -435,3 +435,131 @@ fn interactive_session_is_recorded_replayed_exported_and_searchable() {
         assert!(events.contains(t), "missing {t}: {events}");
     }
 }
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn scp_sftp_and_rsync_move_files_intact() {
+    let b = Bastion::start();
+    let dir = b.postern.root().join("files");
+    std::fs::create_dir(&dir).unwrap();
+    let src = dir.join("model.bin");
+    let status = Command::new("head")
+        .args(["-c", "52428800", "/dev/urandom"])
+        .stdout(std::fs::File::create(&src).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want = sha256(&src);
+    let port = b.postern.ssh.port().to_string();
+    let remote = |p: &std::path::Path| format!("{}@127.0.0.1:{}", b.dest(), p.display());
+
+    // scp (SFTP protocol, OpenSSH 9's default) up and down.
+    let up = dir.join("scp-up.bin");
+    let out: Out = b
+        .ssh_command("scp")
+        .args(["-q", "-P", &port])
+        .arg(&src)
+        .arg(remote(&up))
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    assert_eq!(sha256(&up), want);
+    let down = dir.join("scp-down.bin");
+    let out: Out = b
+        .ssh_command("scp")
+        .args(["-q", "-P", &port])
+        .arg(remote(&up))
+        .arg(&down)
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    assert_eq!(sha256(&down), want);
+
+    // sftp in batch mode.
+    let batch = b.postern.write(
+        "batch",
+        &format!(
+            "put {} {}\nget {} {}\n",
+            src.display(),
+            dir.join("sftp-up.bin").display(),
+            dir.join("sftp-up.bin").display(),
+            dir.join("sftp-down.bin").display()
+        ),
+    );
+    let out: Out = b
+        .ssh_command("sftp")
+        .args(["-q", "-P", &port, "-b"])
+        .arg(&batch)
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    assert_eq!(sha256(&dir.join("sftp-down.bin")), want);
+
+    // rsync over ssh.
+    let ssh = format!(
+        "ssh -F /dev/null -p {port} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes",
+        b.key.display(),
+        b.known_hosts.display()
+    );
+    let out: Out = Command::new("rsync")
+        .args(["-a", "-e", &ssh])
+        .arg(&src)
+        .arg(remote(&dir.join("rsync-up.bin")))
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    assert_eq!(sha256(&dir.join("rsync-up.bin")), want);
+
+    // sftp sessions record byte counts, not contents.
+    let sessions: serde_json::Value =
+        serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+    let first = &sessions[0]["recordings"][0]["path"];
+    let cast = std::fs::read_to_string(first.as_str().unwrap()).unwrap();
+    assert!(
+        cast.contains("subsystem sftp"),
+        "{}",
+        &cast[..cast.len().min(400)]
+    );
+    assert!(cast.contains("bytes from client"), "byte counts recorded");
+    assert!(cast.len() < 100_000, "file contents are not recorded");
+}
+
+#[test]
+fn file_transfer_can_be_turned_off() {
+    let b = Bastion::start_with_role(&["--file-transfer", "false"]);
+    let src = b.postern.write("small.txt", "hello");
+    let out: Out = b
+        .ssh_command("scp")
+        .args(["-q", "-P", &b.postern.ssh.port().to_string()])
+        .arg(&src)
+        .arg(format!(
+            "{}@127.0.0.1:/tmp/never-written-{}",
+            b.dest(),
+            std::process::id()
+        ))
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("file transfer (sftp, scp, rsync) is not allowed by your roles"),
+        "{}",
+        out.stderr
+    );
+    // Shell commands still work.
+    assert_eq!(b.ssh(&b.dest(), "echo ok").ok(), "ok\n");
+}
