@@ -363,17 +363,46 @@ impl Handler for Conn {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _host: &str,
-        _port: u32,
-        _originator: &str,
-        _originator_port: u32,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        let Some(ctx) = self.allowed().cloned() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let dest = format!("{}:{port}", printable(host));
+        if !ctx.grant.settings.port_forwarding {
+            ctx.audit(ctx.event(
+                "access.deny",
+                Outcome::Deny,
+                json!({ "reason": "port forwarding not allowed", "destination": dest }),
+            ))
             .await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let req = relay::Forward {
+            host: host.to_string(),
+            port,
+            originator: originator.to_string(),
+            originator_port,
+        };
+        self.tracker.spawn(relay::forward(
+            ctx,
+            channel,
+            reply,
+            req,
+            self.cancel.child_token(),
+        ));
         Ok(())
     }
 

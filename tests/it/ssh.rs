@@ -563,3 +563,50 @@ fn file_transfer_can_be_turned_off() {
     // Shell commands still work.
     assert_eq!(b.ssh(&b.dest(), "echo ok").ok(), "ok\n");
 }
+
+fn stdio_forward(b: &Bastion, port: u16) -> Out {
+    b.ssh_command("ssh")
+        .args([
+            "-p",
+            &b.postern.ssh.port().to_string(),
+            "-W",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn port_forwarding_only_when_the_role_allows_it() {
+    let b = Bastion::start();
+    let out = stdio_forward(&b, b.sshd.port);
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.contains("administratively prohibited"),
+        "{}",
+        out.stderr
+    );
+    let denied = b.postern.cli(&["audit", "search", "--type", "access.deny"]);
+    assert!(denied.ok().contains("port forwarding not allowed"));
+
+    b.postern
+        .cli(&["admin", "role", "set", "dev", "--port-forwarding", "true"])
+        .ok();
+    // `ssh -W` rides a direct-tcpip channel: the target's own banner comes back.
+    let out = stdio_forward(&b, b.sshd.port);
+    assert!(
+        out.stdout.starts_with("SSH-2.0-OpenSSH"),
+        "{out:?}\n{}",
+        b.postern.log()
+    );
+    let s = only_session(&b);
+    let cast = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
+    assert!(
+        cast.contains(&format!("direct-tcpip 127.0.0.1:{}", b.sshd.port)),
+        "{cast}"
+    );
+    assert!(cast.contains("bytes to client"), "{cast}");
+}
