@@ -68,6 +68,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         ssh_config,
         keys,
         store,
+        live: Default::default(),
     })
     .await?;
     let bound = server.bound();

@@ -47,6 +47,8 @@ pub enum Command {
         #[arg(long)]
         channel: Option<i64>,
     },
+    /// End a live session, wherever it runs; waits until it has ended.
+    Kill { id: String },
     /// Search what was typed and printed; prints session, time offset and the matching line.
     Grep {
         pattern: String,
@@ -227,6 +229,45 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             audit_read(&store, "session.export", &s, serde_json::json!({ "recording": path.display().to_string(), "output": output.display().to_string() })).await?;
             println!("wrote {}", output.display());
             ExitCode::SUCCESS
+        }
+        Command::Kill { id } => {
+            let s = session(&store, &id).await?;
+            if s.ended_ms.is_some() {
+                bail!(
+                    "session {} already ended ({})",
+                    s.id,
+                    s.end_reason.as_deref().unwrap_or("?")
+                );
+            }
+            let actor = Actor::os();
+            store.request_kill(&s.id, &actor).await?;
+            audit_read(
+                &store,
+                "session.kill",
+                &s,
+                serde_json::json!({ "user": s.user }),
+            )
+            .await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = session(&store, &s.id).await?;
+                if now.ended_ms.is_some() {
+                    println!(
+                        "session {} ended ({})",
+                        s.id,
+                        now.end_reason.as_deref().unwrap_or("killed")
+                    );
+                    break ExitCode::SUCCESS;
+                }
+                if std::time::Instant::now() > deadline {
+                    println!(
+                        "kill of session {} requested; it has not ended yet (is postern serve running?)",
+                        s.id
+                    );
+                    break ExitCode::from(1);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         Command::Grep {
             pattern,

@@ -2,6 +2,7 @@
 //! shuts down gracefully (stop accepting, tell sessions, wait the grace period, force).
 
 mod listener;
+pub mod live;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub struct Shared {
     pub ssh_config: Arc<russh::server::Config>,
     pub keys: KeyStore,
     pub store: Store,
+    pub live: Arc<live::Live>,
 }
 
 /// The addresses the listeners actually bound (useful when configured with port 0).
@@ -124,6 +126,11 @@ impl Server {
             .await
             .map_err(|e| warn!(error = %e, "cannot write the server.start audit event"));
 
+        let watcher = tokio::spawn(live::watch_commands(
+            shared.store.clone(),
+            shared.live.clone(),
+            shutdown.clone(),
+        ));
         let accepts = [
             ("ssh", self.ssh),
             ("postgres", self.postgres),
@@ -145,6 +152,7 @@ impl Server {
         for a in accepts {
             let _ = a.await;
         }
+        let _ = watcher.await;
         info!(
             open = tracker.len(),
             "shutting down: no longer accepting; ending sessions"

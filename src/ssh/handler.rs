@@ -41,6 +41,8 @@ pub struct SessionCtx {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub exit_status: Mutex<Option<u32>>,
+    /// Fires when an admin kills the session.
+    pub kill: CancellationToken,
     next_channel: AtomicU32,
 }
 
@@ -95,6 +97,7 @@ pub struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     cancel: CancellationToken,
+    kill: CancellationToken,
     tracker: TaskTracker,
     verdict: Option<Verdict>,
     state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
@@ -105,12 +108,14 @@ impl Conn {
         shared: Arc<Shared>,
         peer: SocketAddr,
         cancel: CancellationToken,
+        kill: CancellationToken,
         tracker: TaskTracker,
     ) -> Conn {
         Conn {
             shared,
             peer,
             cancel,
+            kill,
             tracker,
             verdict: None,
             state: Arc::new(Mutex::new(None)),
@@ -235,6 +240,7 @@ impl Conn {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             exit_status: Mutex::new(None),
+            kill: self.kill.clone(),
             next_channel: AtomicU32::new(0),
         });
         let row = SessionRow {
@@ -270,6 +276,7 @@ impl Conn {
         if let Ok(mut s) = self.state.lock() {
             *s = Some(ctx.clone());
         }
+        self.shared.live.register(&id, self.kill.clone());
         Verdict::Allowed(ctx)
     }
 

@@ -55,7 +55,14 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let conn = handler::Conn::new(shared.clone(), peer, cancel.clone(), tracker.clone());
+    let kill = CancellationToken::new();
+    let conn = handler::Conn::new(
+        shared.clone(),
+        peer,
+        cancel.clone(),
+        kill.clone(),
+        tracker.clone(),
+    );
     let state = conn.state();
     let running = match server::run_stream(shared.ssh_config.clone(), stream, conn).await {
         Ok(r) => r,
@@ -74,6 +81,15 @@ pub async fn serve(
                 reason = "connection lost";
             }
         }
+        _ = kill.cancelled() => {
+            reason = "killed";
+            tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "an admin ended this session".into(), "en".into())
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        }
         _ = cancel.cancelled() => {
             reason = "shutdown";
             // Channels print their own message; give them a moment, then disconnect.
@@ -90,6 +106,7 @@ pub async fn serve(
     tracker.wait().await;
     let ctx = state.lock().ok().and_then(|s| s.clone());
     if let Some(ctx) = ctx {
+        shared.live.unregister(&ctx.id);
         ctx.end(reason).await;
         info!(session = %ctx.id, user = %ctx.user, target = %ctx.target.name, reason, "session ended");
     }

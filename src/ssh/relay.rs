@@ -406,6 +406,9 @@ async fn relay(
             _ = cancel.cancelled() => {
                 break Err("postern is shutting down; your session has ended".to_string());
             }
+            _ = ctx.kill.cancelled() => {
+                break Err("an admin ended this session".to_string());
+            }
         }
     };
     // The client side task ends when the client closes; give it a moment after ours.
@@ -565,6 +568,7 @@ pub async fn forward(
                 Some(_) => {}
             },
             _ = cancel.cancelled() => break,
+            _ = ctx.kill.cancelled() => break,
         }
     }
     let _ = down_w.eof().await;

@@ -216,6 +216,32 @@ impl Store {
         }
     }
 
+    /// Asks whichever `serve` runs the session to end it.
+    pub async fn request_kill(&self, session: &str, actor: &Actor) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::push_command(&mut *pool.acquire().await?, session, "kill", &actor.0).await
+            }
+        }
+    }
+
+    pub async fn session_commands_after(
+        &self,
+        seq: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::commands_after(&mut *pool.acquire().await?, seq).await
+            }
+        }
+    }
+
+    pub async fn last_session_command(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sessions::last_command(&mut *pool.acquire().await?).await,
+        }
+    }
+
     /// Waits for outstanding writes and closes the store.
     pub async fn close(&self) {
         match &self.backend {

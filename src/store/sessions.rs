@@ -211,3 +211,42 @@ pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<Session
     s.recordings = recordings(conn, &s.id).await?;
     Ok(Some(s))
 }
+
+pub async fn push_command(
+    conn: &mut SqliteConnection,
+    session: &str,
+    command: &str,
+    actor: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO session_commands (session_id, command, actor, requested_ms) VALUES (?, ?, ?, ?)")
+        .bind(session)
+        .bind(command)
+        .bind(actor)
+        .bind(crate::audit::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Commands after `seq`, oldest first, as (seq, session id, command).
+pub async fn commands_after(
+    conn: &mut SqliteConnection,
+    seq: i64,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    sqlx::query("SELECT seq, session_id, command FROM session_commands WHERE seq > ? ORDER BY seq LIMIT 1000")
+        .bind(seq)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("seq")?, r.try_get("session_id")?, r.try_get("command")?)))
+        .collect()
+}
+
+pub async fn last_command(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM session_commands")
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("m")?,
+    )
+}

@@ -610,3 +610,146 @@ fn port_forwarding_only_when_the_role_allows_it() {
     );
     assert!(cast.contains("bytes to client"), "{cast}");
 }
+
+/// Starts `ssh -tt` through postern with stdin held open; returns the child.
+fn open_shell(b: &Bastion) -> std::process::Child {
+    let child = b
+        .ssh_command("ssh")
+        .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until postern lists it as active.
+    for _ in 0..100 {
+        let list: serde_json::Value = serde_json::from_str(
+            b.postern
+                .cli(&["sessions", "list", "--active", "--json"])
+                .ok(),
+        )
+        .unwrap();
+        if !list.as_array().unwrap().is_empty() {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("session never became active; log:\n{}", b.postern.log());
+}
+
+fn wait_child(mut child: std::process::Child) -> Out {
+    for _ in 0..100 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap().into();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("ssh did not exit: {:?}", child.wait_with_output().unwrap());
+}
+
+#[test]
+fn an_admin_kills_a_live_session_from_another_process() {
+    let b = Bastion::start();
+    let child = open_shell(&b);
+    let s = only_session(&b);
+    let id = s["id"].as_str().unwrap();
+    let out = b.postern.cli(&["sessions", "kill", id]);
+    assert_eq!(out.ok().trim(), format!("session {id} ended (killed)"));
+    let client = wait_child(child);
+    assert!(
+        client.stderr.contains("an admin ended this session"),
+        "{client:?}"
+    );
+    let s = only_session(&b);
+    assert_eq!(s["end_reason"], "killed");
+    assert_eq!(s["recordings"][0]["sha256"].as_str().unwrap().len(), 64);
+    // Killing it again says so.
+    assert!(
+        b.postern
+            .cli(&["sessions", "kill", id])
+            .fails(2)
+            .contains("already ended")
+    );
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.kill"]);
+    assert!(events.ok().contains("session.kill"));
+}
+
+#[test]
+fn shutdown_ends_sessions_with_a_message_and_finalises_recordings() {
+    let mut b = Bastion::start();
+    let child = open_shell(&b);
+    let status = b.postern.stop();
+    assert_eq!(status.code(), Some(0), "{}", b.postern.log());
+    let client = wait_child(child);
+    assert!(
+        client.stderr.contains("postern is shutting down"),
+        "{client:?}"
+    );
+    let s = only_session(&b);
+    assert_eq!(s["end_reason"], "shutdown");
+    assert_eq!(s["recordings"][0]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn a_session_that_cannot_be_recorded_does_not_run() {
+    let b = Bastion::start();
+    // Something that is not a directory where recordings go.
+    std::fs::write(b.postern.data_dir().join("recordings"), "not a directory").unwrap();
+    let out = b.ssh(&b.dest(), "echo should-not-run");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr
+            .contains("cannot be recorded, so it is not allowed to run"),
+        "{}",
+        out.stderr
+    );
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.recording_failed"]);
+    assert!(events.ok().contains("recording_failed"));
+}
+
+#[test]
+fn a_stalled_download_does_not_freeze_another_channel() {
+    let b = Bastion::start();
+    let sock = b.postern.root().join("mux.sock");
+    let port = b.postern.ssh.port().to_string();
+    let ctl = format!("ControlPath={}", sock.display());
+    // Channel 1: a large download whose reader never reads (stdout is a pipe we ignore).
+    let mut master = b
+        .ssh_command("ssh")
+        .args(["-p", &port, "-o", "ControlMaster=yes", "-o", &ctl])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("head -c 200000000 /dev/zero")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Channel 2 on the same connection: interactive echo must still come back.
+    let mut second = b
+        .ssh_command("ssh")
+        .args(["-p", &port, "-o", "ControlMaster=no", "-o", &ctl])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = second.stdin.take().unwrap();
+        stdin.write_all(b"typed while downloading\n").unwrap();
+    }
+    let out = wait_child(second);
+    assert_eq!(out.stdout, "typed while downloading\n", "{out:?}");
+    let _ = master.kill();
+    let _ = master.wait();
+}
