@@ -613,7 +613,7 @@ fn port_forwarding_only_when_the_role_allows_it() {
 
 /// Starts `ssh -tt` through postern with stdin held open; returns the child.
 fn open_shell(b: &Bastion) -> std::process::Child {
-    let child = b
+    let mut child = b
         .ssh_command("ssh")
         .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
         .arg(format!("{}@127.0.0.1", b.dest()))
@@ -635,6 +635,8 @@ fn open_shell(b: &Bastion) -> std::process::Child {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("session never became active; log:\n{}", b.postern.log());
 }
 
