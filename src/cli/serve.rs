@@ -27,9 +27,12 @@ pub struct Args {
 }
 
 fn init_logging(config: &Config) {
-    let filter = config
-        .tracing_filter()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // RUST_LOG, when set, overrides log.level (handy for one-off debugging).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .or_else(|| config.tracing_filter().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

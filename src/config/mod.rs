@@ -20,7 +20,7 @@ pub struct Config {
     pub shutdown_grace: Dur,
     /// Connections served at once across all listeners; more wait in the kernel backlog.
     pub max_connections: usize,
-    pub ssh: Listener,
+    pub ssh: Ssh,
     pub postgres: Listener,
     pub api: Listener,
     pub tls: Tls,
@@ -31,6 +31,19 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    pub listen: SocketAddr,
+    /// How long postern waits for a target's TCP connect and SSH handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::from_secs(10)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -67,7 +80,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Dur::from_secs(10),
             max_connections: 1024,
-            ssh: listen("127.0.0.1:2222"),
+            ssh: Ssh {
+                listen: listen("127.0.0.1:2222").listen,
+                connect_timeout: default_connect_timeout(),
+            },
             postgres: listen("127.0.0.1:6432"),
             api: listen("127.0.0.1:8443"),
             tls: Tls::default(),
@@ -160,6 +176,11 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::Value(
                 "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.ssh.connect_timeout.as_secs() == 0 {
+            return Err(ConfigError::Value(
+                "ssh.connect_timeout must be at least 1s".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

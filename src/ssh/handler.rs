@@ -98,6 +98,7 @@ pub struct Conn {
     peer: SocketAddr,
     cancel: CancellationToken,
     kill: CancellationToken,
+    gone: CancellationToken,
     tracker: TaskTracker,
     verdict: Option<Verdict>,
     state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
@@ -109,6 +110,7 @@ impl Conn {
         peer: SocketAddr,
         cancel: CancellationToken,
         kill: CancellationToken,
+        gone: CancellationToken,
         tracker: TaskTracker,
     ) -> Conn {
         Conn {
@@ -116,6 +118,7 @@ impl Conn {
             peer,
             cancel,
             kill,
+            gone,
             tracker,
             verdict: None,
             state: Arc::new(Mutex::new(None)),
@@ -280,6 +283,13 @@ impl Conn {
         Verdict::Allowed(ctx)
     }
 
+    fn stop(&self) -> relay::Stop {
+        relay::Stop {
+            cancel: self.cancel.clone(),
+            gone: self.gone.clone(),
+        }
+    }
+
     fn allowed(&self) -> Option<&Arc<SessionCtx>> {
         match &self.verdict {
             Some(Verdict::Allowed(ctx)) => Some(ctx),
@@ -362,9 +372,8 @@ impl Handler for Conn {
         };
         reply.accept().await;
         let handle = session.handle();
-        let cancel = self.cancel.child_token();
         self.tracker
-            .spawn(relay::run(verdict, channel, handle, cancel));
+            .spawn(relay::run(verdict, channel, handle, self.stop()));
         Ok(())
     }
 
@@ -403,13 +412,8 @@ impl Handler for Conn {
             originator: originator.to_string(),
             originator_port,
         };
-        self.tracker.spawn(relay::forward(
-            ctx,
-            channel,
-            reply,
-            req,
-            self.cancel.child_token(),
-        ));
+        self.tracker
+            .spawn(relay::forward(ctx, channel, reply, req, self.stop()));
         Ok(())
     }
 

@@ -56,11 +56,13 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let kill = CancellationToken::new();
+    let gone = CancellationToken::new();
     let conn = handler::Conn::new(
         shared.clone(),
         peer,
         cancel.clone(),
         kill.clone(),
+        gone.clone(),
         tracker.clone(),
     );
     let state = conn.state();
@@ -101,7 +103,9 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
     }
-    // Every channel finalises its recording before the session is closed in the index.
+    // The client is gone: channels stop waiting on it, and finalise their recordings
+    // before the session is closed in the index.
+    gone.cancel();
     tracker.close();
     tracker.wait().await;
     let ctx = state.lock().ok().and_then(|s| s.clone());

@@ -24,13 +24,29 @@ pub fn env_allowed(name: &str) -> bool {
     name == "LANG" || name == "TERM" || name.starts_with("LC_")
 }
 
-/// How long postern waits for a target to accept TCP and finish the SSH handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why a channel must stop: postern shuts down (`cancel`), or the client's connection is
+/// gone (`gone`, so nothing waits on a window that will never open again).
+#[derive(Clone)]
+pub struct Stop {
+    pub cancel: CancellationToken,
+    pub gone: CancellationToken,
+}
 
-pub async fn run(verdict: Verdict, down: Channel<Msg>, handle: Handle, cancel: CancellationToken) {
+pub async fn run(verdict: Verdict, down: Channel<Msg>, handle: Handle, stop: Stop) {
     match verdict {
         Verdict::Refused(message) => refused(down, &message).await,
-        Verdict::Allowed(ctx) => allowed(ctx, down, handle, cancel).await,
+        Verdict::Allowed(ctx) => allowed(ctx, down, handle, stop).await,
+    }
+}
+
+/// Runs a send towards the client unless the client is gone; false when it failed.
+async fn to_client<E>(
+    gone: &CancellationToken,
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    tokio::select! {
+        r = send => r.is_ok(),
+        _ = gone.cancelled() => false,
     }
 }
 
@@ -77,12 +93,7 @@ enum Start {
     Sftp,
 }
 
-async fn allowed(
-    ctx: Arc<SessionCtx>,
-    down: Channel<Msg>,
-    handle: Handle,
-    cancel: CancellationToken,
-) {
+async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop: Stop) {
     let down_id = down.id();
     let (mut down_r, down_w) = down.split();
     let mut pty: Option<PtyReq> = None;
@@ -214,7 +225,7 @@ async fn allowed(
     .await;
 
     let result = relay(
-        &ctx, &recorder, start, pty, env, down_r, &down_w, down_id, &handle, &cancel,
+        &ctx, &recorder, start, pty, env, down_r, &down_w, down_id, &handle, &stop,
     )
     .await;
     if let Err(message) = &result {
@@ -253,20 +264,28 @@ async fn allowed(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn relay(
+/// Tells the client why its channel ends: `postern: MESSAGE` on stderr, exit 255, close.
+async fn tell(down_w: &ChannelWriteHalf<Msg>, gone: &CancellationToken, message: &str) {
+    tokio::select! {
+        _ = fail(down_w, message, 255) => {}
+        _ = gone.cancelled() => {}
+    }
+}
+
+/// Connects to the target and starts the same shell, command or subsystem there.
+async fn open_upstream(
     ctx: &Arc<SessionCtx>,
-    recorder: &Arc<Recorder>,
     start: Start,
     pty: Option<PtyReq>,
     env: Vec<(String, String)>,
-    mut down_r: russh::ChannelReadHalf,
-    down_w: &ChannelWriteHalf<Msg>,
-    down_id: russh::ChannelId,
-    handle: &Handle,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let up = match upstream::connect(&ctx.target, &ctx.creds, CONNECT_TIMEOUT).await {
+) -> Result<(upstream::UpHandle, Channel<russh::client::Msg>), String> {
+    let up = match upstream::connect(
+        &ctx.target,
+        &ctx.creds,
+        ctx.shared.config.ssh.connect_timeout.0,
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             let kind = match e {
@@ -284,7 +303,6 @@ async fn relay(
             ctx.target.name
         )
     })?;
-    let sftp = matches!(start, Start::Sftp);
     let send = |r: Result<(), russh::Error>| {
         r.map_err(|e| format!("lost the target `{}`: {e}", ctx.target.name))
     };
@@ -302,6 +320,31 @@ async fn relay(
         Start::Exec(cmd) => send(upch.exec(true, cmd).await)?,
         Start::Sftp => send(upch.request_subsystem(true, "sftp").await)?,
     }
+    Ok((up, upch))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    ctx: &Arc<SessionCtx>,
+    recorder: &Arc<Recorder>,
+    start: Start,
+    pty: Option<PtyReq>,
+    env: Vec<(String, String)>,
+    mut down_r: russh::ChannelReadHalf,
+    down_w: &ChannelWriteHalf<Msg>,
+    down_id: russh::ChannelId,
+    handle: &Handle,
+    stop: &Stop,
+) -> Result<(), String> {
+    let gone = &stop.gone;
+    let sftp = matches!(start, Start::Sftp);
+    let (up, upch) = match open_upstream(ctx, start, pty, env).await {
+        Ok(x) => x,
+        Err(message) => {
+            tell(down_w, gone, &message).await;
+            return Err(message);
+        }
+    };
     let (mut up_r, up_w) = upch.split();
 
     // Client → target, in its own task so a full target window never stops output.
@@ -348,6 +391,7 @@ async fn relay(
                     _ => {}
                 }
             }
+            debug!(session = %ctx.id, "client side of the channel ended");
             let _ = up_w.close().await;
             sent
         })
@@ -365,7 +409,7 @@ async fn relay(
                     if !sftp && recorder.record(Event::Output(data.clone())).await.is_err() {
                         break Err("recording failed; the session was ended".to_string());
                     }
-                    if down_w.data_bytes(data).await.is_err() {
+                    if !to_client(gone, down_w.data_bytes(data)).await {
                         break Ok(());
                     }
                 }
@@ -374,7 +418,7 @@ async fn relay(
                     if recorder.record(Event::Stderr(data.clone())).await.is_err() {
                         break Err("recording failed; the session was ended".to_string());
                     }
-                    if down_w.extended_data_bytes(ext, data).await.is_err() {
+                    if !to_client(gone, down_w.extended_data_bytes(ext, data)).await {
                         break Ok(());
                     }
                 }
@@ -387,23 +431,24 @@ async fn relay(
                         *s = Some(exit_status);
                     }
                     let _ = recorder.record(Event::Marker(format!("exit-status {exit_status}"))).await;
-                    let _ = down_w.exit_status(exit_status).await;
+                    let _ = to_client(gone, down_w.exit_status(exit_status)).await;
                 }
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
                     let _ = recorder.record(Event::Marker(format!("exit-signal {signal_name:?}"))).await;
-                    let _ = handle.exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag).await;
+                    let _ = to_client(gone, handle.exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag)).await;
                 }
                 Some(ChannelMsg::Eof) => {
-                    let _ = down_w.eof().await;
+                    let _ = to_client(gone, down_w.eof()).await;
                 }
                 Some(ChannelMsg::Close) | None => break Ok(()),
                 Some(_) => {}
             },
+            _ = gone.cancelled() => break Ok(()),
             _ = failed.cancelled() => {
                 ctx.audit(ctx.event("session.recording_failed", Outcome::Failure, json!({ "error": "write failed" }))).await;
                 break Err("recording failed, so the session was ended (a session that cannot be recorded does not run)".to_string());
             }
-            _ = cancel.cancelled() => {
+            _ = stop.cancel.cancelled() => {
                 break Err("postern is shutting down; your session has ended".to_string());
             }
             _ = ctx.kill.cancelled() => {
@@ -413,7 +458,16 @@ async fn relay(
     };
     // The client side task ends when the client closes; give it a moment after ours.
     let mut to_target = to_target;
-    let sent = match tokio::time::timeout(Duration::from_millis(500), &mut to_target).await {
+    // Closing our side of the client channel lets the client close its own, which ends
+    // the client task; a client that does not answer is not waited for long.
+    match &outcome {
+        Ok(()) => {
+            let _ = to_client(gone, down_w.eof()).await;
+            let _ = to_client(gone, down_w.close()).await;
+        }
+        Err(message) => tell(down_w, gone, message).await,
+    }
+    let sent = match tokio::time::timeout(Duration::from_secs(2), &mut to_target).await {
         Ok(Ok(n)) => n,
         _ => {
             to_target.abort();
@@ -450,8 +504,9 @@ pub async fn forward(
     down: Channel<Msg>,
     reply: ChannelOpenHandle,
     req: Forward,
-    cancel: CancellationToken,
+    stop: Stop,
 ) {
+    let gone = &stop.gone;
     let dest = format!("{}:{}", super::username::printable(&req.host), req.port);
     let channel_no = ctx.next_channel();
     let title = format!(
@@ -482,7 +537,13 @@ pub async fn forward(
         .store
         .add_recording(&ctx.id, channel_no, &path.display().to_string())
         .await;
-    let up = match upstream::connect(&ctx.target, &ctx.creds, CONNECT_TIMEOUT).await {
+    let up = match upstream::connect(
+        &ctx.target,
+        &ctx.creds,
+        ctx.shared.config.ssh.connect_timeout.0,
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             ctx.audit(ctx.event(
@@ -557,23 +618,24 @@ pub async fn forward(
                 Some(ChannelMsg::Data { data }) => {
                     back += data.len() as u64;
                     ctx.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if down_w.data_bytes(data).await.is_err() {
+                    if !to_client(gone, down_w.data_bytes(data)).await {
                         break;
                     }
                 }
                 Some(ChannelMsg::Eof) => {
-                    let _ = down_w.eof().await;
+                    let _ = to_client(gone, down_w.eof()).await;
                 }
                 Some(ChannelMsg::Close) | None => break,
                 Some(_) => {}
             },
-            _ = cancel.cancelled() => break,
+            _ = stop.cancel.cancelled() => break,
+            _ = stop.gone.cancelled() => break,
             _ = ctx.kill.cancelled() => break,
         }
     }
-    let _ = down_w.eof().await;
-    let _ = down_w.close().await;
-    let sent = match tokio::time::timeout(Duration::from_millis(500), &mut to_target).await {
+    let _ = to_client(gone, down_w.eof()).await;
+    let _ = to_client(gone, down_w.close()).await;
+    let sent = match tokio::time::timeout(Duration::from_secs(2), &mut to_target).await {
         Ok(Ok(n)) => n,
         _ => {
             to_target.abort();

@@ -755,3 +755,59 @@ fn a_stalled_download_does_not_freeze_another_channel() {
     let _ = master.kill();
     let _ = master.wait();
 }
+
+#[test]
+fn exit_signals_env_allowlist_and_vanishing_clients_behave_like_openssh() {
+    let b = Bastion::start();
+    // A signal death: the same exit code and message as straight to sshd.
+    let direct = Sshd::start().ssh(&b.login, "kill -9 $$");
+    let via = b.ssh(&b.dest(), "kill -9 $$");
+    assert_eq!(via.code, direct.code, "direct {direct:?} via {via:?}");
+    assert_eq!(via.stdout, direct.stdout);
+
+    // Only LANG, LC_* and TERM reach the target.
+    let out: Out = b
+        .ssh_command("ssh")
+        .args([
+            "-p",
+            &b.postern.ssh.port().to_string(),
+            "-o",
+            "SendEnv=LANG LC_TIME POSTERN_TEST_X",
+        ])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("echo \"[$LANG][$LC_TIME][$POSTERN_TEST_X]\"")
+        .env("LANG", "C.UTF-8")
+        .env("LC_TIME", "C")
+        .env("POSTERN_TEST_X", "leak")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.ok(), "[C.UTF-8][C][]\n");
+
+    // A client that vanishes: the session ends, its recording is finalised.
+    let mut child = open_shell(&b);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut ended = serde_json::Value::Null;
+    for _ in 0..100 {
+        ended = only_session(&b);
+        if !ended["end_reason"].is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !ended["end_reason"].is_null(),
+        "session never ended: {ended}\n{}",
+        b.postern.log()
+    );
+    assert_eq!(
+        ended["recordings"][0]["sha256"]
+            .as_str()
+            .unwrap_or("")
+            .len(),
+        64,
+        "{ended}"
+    );
+}

@@ -64,6 +64,9 @@ impl Postern {
             .arg(self.api.to_string())
             .env_remove("POSTERN_CONFIG")
             .env("RUST_LOG", "info");
+        if let Ok(l) = std::env::var("POSTERN_TEST_LOG") {
+            c.env("RUST_LOG", l);
+        }
         c
     }
 

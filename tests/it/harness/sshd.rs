@@ -103,6 +103,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
+AcceptEnv LANG LC_* TERM POSTERN_TEST_*
 ",
             d = d.display()
         );
