@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{Out, free_port, stop_pid, wait_for_port};
+use super::{Out, free_port, wait_for_port};
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 
@@ -165,7 +165,16 @@ AcceptEnv LANG LC_* TERM POSTERN_TEST_*
 impl Drop for Sshd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            stop_pid(c.id() as i32, libc::SIGTERM, Duration::from_secs(5));
+            // SAFETY: the pid is our child's, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
