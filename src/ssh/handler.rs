@@ -162,7 +162,17 @@ impl Conn {
         let refuse = |m: String| Verdict::Refused(m);
         let dest = match username::parse(ssh_user) {
             Ok(d) => d,
-            Err(m) => return refuse(m),
+            Err(m) => {
+                self.audit(
+                    "access.deny",
+                    actor,
+                    Outcome::Deny,
+                    None,
+                    json!({ "reason": "malformed username", "ssh_user": printable(ssh_user) }),
+                )
+                .await;
+                return refuse(m);
+            }
         };
         let Some(target) = policy.targets.get(&dest.target) else {
             self.audit(

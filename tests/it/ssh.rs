@@ -184,6 +184,10 @@ fn refusals_are_one_line_messages_and_audited() {
     );
     assert!(reasons.iter().any(|r| r == "unknown target"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("locked")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "malformed username"),
+        "{reasons:?}"
+    );
 }
 
 #[test]
