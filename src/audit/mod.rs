@@ -3,6 +3,9 @@
 //! Types are dotted and stable (`user.create`, `access.check`, `server.start`); the
 //! catalogue lives in `docs/audit-events.md`.
 
+pub mod chain;
+pub mod verify;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

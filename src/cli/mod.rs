@@ -111,8 +111,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// Opens the data dir for a local command, creating it on first use like `serve` does.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?;
-    Store::open_sqlite(&config.data_dir)
+    let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
+    let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
+    Store::open_sqlite(&config.data_dir, Some(std::sync::Arc::new(signer)))
         .await
         .with_context(|| format!("data dir {}", config.data_dir.display()))
 }

@@ -60,7 +60,8 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     for path in &loaded.created {
         info!(path = %path.display(), "created");
     }
-    let store = Store::open_sqlite(&dir)
+    let signer = crate::audit::chain::Signer::new(&loaded.keys.audit_key)?;
+    let store = Store::open_sqlite(&dir, Some(std::sync::Arc::new(signer)))
         .await
         .with_context(|| format!("data dir {}", dir.display()))?;
     let keys = loaded.keys;

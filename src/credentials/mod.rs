@@ -4,7 +4,8 @@
 //! - `keys/user_ca`: signs developers' short-lived certificates;
 //! - `keys/target_ca`: signs per-session certificates postern presents to SSH targets;
 //! - `tls/ca.{crt,key}`, `tls/server.{crt,key}`: TLS for the PostgreSQL and HTTPS listeners;
-//! - `keys/master.key`: encrypts secrets in the store (see [`secrets`]).
+//! - `keys/master.key`: encrypts secrets in the store (see [`secrets`]);
+//! - `keys/audit_ed25519`: signs audit checkpoints (`.pub` verifies them offline).
 
 pub mod error;
 mod files;
@@ -28,6 +29,7 @@ pub const PRIVATE_FILES: &[&str] = &[
     "keys/user_ca",
     "keys/target_ca",
     "keys/master.key",
+    "keys/audit_ed25519",
     "tls/ca.key",
     "tls/server.key",
 ];
@@ -36,6 +38,8 @@ pub struct KeyStore {
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
     pub target_ca: PrivateKey,
+    /// Signs audit checkpoints; its public half verifies them offline.
+    pub audit_key: PrivateKey,
     pub master_key: MasterKey,
     pub tls: tls::TlsFiles,
 }
@@ -121,6 +125,12 @@ impl KeyStore {
             "postern target CA",
             &mut created,
         )?;
+        let audit_key = ssh_key(
+            data_dir,
+            "keys/audit_ed25519",
+            "postern audit key",
+            &mut created,
+        )?;
         let master_path = data_dir.join("keys/master.key");
         let master_key = if master_path.exists() {
             MasterKey::load(&master_path)?
@@ -135,6 +145,7 @@ impl KeyStore {
                 host_key,
                 user_ca,
                 target_ca,
+                audit_key,
                 master_key,
                 tls,
             },

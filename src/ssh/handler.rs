@@ -76,10 +76,30 @@ impl SessionCtx {
         if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
             warn!(session = %self.id, error = %e, "cannot close the session row");
         }
+        // Each finished recording's SHA-256 enters the audit chain here.
+        let data_dir = &self.shared.config.data_dir;
+        let recordings: Vec<serde_json::Value> = match self.shared.store.get_session(&self.id).await {
+            Ok(Some(row)) => row
+                .recordings
+                .iter()
+                .map(|r| {
+                    let path = std::path::Path::new(&r.path);
+                    let file = path.strip_prefix(data_dir).unwrap_or(path);
+                    json!({ "channel": r.channel, "file": file.display().to_string(), "sha256": r.sha256 })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         self.audit(self.event(
             "session.end",
             Outcome::Success,
-            json!({ "reason": reason, "bytes_in": end.bytes_in, "bytes_out": end.bytes_out, "exit_status": end.exit_status }),
+            json!({
+                "reason": reason,
+                "bytes_in": end.bytes_in,
+                "bytes_out": end.bytes_out,
+                "exit_status": end.exit_status,
+                "recordings": recordings,
+            }),
         ))
         .await;
     }

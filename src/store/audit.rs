@@ -1,83 +1,272 @@
-//! Audit rows: insert and filtered reads.
+//! Audit rows: chained inserts, checkpoints, filtered and sequential reads.
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::StoreError;
 use super::error::corrupt;
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::chain::{self, GENESIS, Signer};
+use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
     pub kind: Option<String>,
     pub actor: Option<String>,
     pub target: Option<String>,
+    pub session: Option<String>,
     pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events after this sequence number (for following the log).
+    pub after_seq: Option<i64>,
     /// Newest N (still returned oldest first).
     pub limit: Option<i64>,
 }
 
-pub async fn insert(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), StoreError> {
+/// An event with its place in the chain.
+#[derive(Clone, Debug)]
+pub struct ChainedEvent {
+    pub seq: i64,
+    pub event: AuditEvent,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub time_ms: i64,
+    pub signature: String,
+}
+
+/// The last link: (seq, hash) of the newest event, or of the prune anchor, or genesis.
+async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+    if let Some(r) = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        let hash: Option<String> = r.try_get("hash")?;
+        return Ok((
+            r.try_get("seq")?,
+            hash.unwrap_or_else(|| GENESIS.to_string()),
+        ));
+    }
+    if let Some(a) = anchor(conn).await? {
+        return Ok((a.seq, a.hash));
+    }
+    Ok((0, GENESIS.to_string()))
+}
+
+/// Appends events in order, each linked to the one before. Call inside a transaction
+/// that holds the write lock (`BEGIN IMMEDIATE`), so the chain has one order.
+pub async fn insert_chained(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+) -> Result<(i64, String), StoreError> {
+    let (mut seq, mut prev) = head(conn).await?;
+    for e in events {
+        seq += 1;
+        let hash = chain::event_hash(seq, e, &prev);
+        sqlx::query(
+            "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(e.id.to_string())
+        .bind(e.time_ms)
+        .bind(&e.kind)
+        .bind(&e.actor.0)
+        .bind(&e.source)
+        .bind(&e.target)
+        .bind(&e.session_id)
+        .bind(e.result.as_str())
+        .bind(e.details.to_string())
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+        prev = hash;
+    }
+    Ok((seq, prev))
+}
+
+pub async fn last_checkpoint(
+    conn: &mut SqliteConnection,
+) -> Result<Option<Checkpoint>, StoreError> {
     sqlx::query(
-        "INSERT INTO audit_events (id, time_ms, type, actor, source, target, session_id, result, details)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "SELECT seq, hash, time_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
     )
-    .bind(e.id.to_string())
-    .bind(e.time_ms)
-    .bind(&e.kind)
-    .bind(&e.actor.0)
-    .bind(&e.source)
-    .bind(&e.target)
-    .bind(&e.session_id)
-    .bind(e.result.as_str())
-    .bind(e.details.to_string())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| checkpoint_row(&r))
+    .transpose()
+}
+
+fn checkpoint_row(r: &SqliteRow) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: r.try_get("seq")?,
+        hash: r.try_get("hash")?,
+        time_ms: r.try_get("time_ms")?,
+        signature: r.try_get("signature")?,
+    })
+}
+
+/// Signs the current head if it is not signed yet.
+pub async fn checkpoint(
+    conn: &mut SqliteConnection,
+    signer: &Signer,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let (seq, hash) = head(conn).await?;
+    if seq == 0 {
+        return Ok(None);
+    }
+    if last_checkpoint(conn).await?.is_some_and(|c| c.seq >= seq) {
+        return Ok(None);
+    }
+    let cp = Checkpoint {
+        seq,
+        signature: signer.sign(seq, &hash),
+        hash,
+        time_ms: now_ms(),
+    };
+    sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time_ms, signature) VALUES (?, ?, ?, ?)")
+        .bind(cp.seq)
+        .bind(&cp.hash)
+        .bind(cp.time_ms)
+        .bind(&cp.signature)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(cp))
+}
+
+pub async fn checkpoints_in(
+    conn: &mut SqliteConnection,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<Checkpoint>, StoreError> {
+    sqlx::query("SELECT seq, hash, time_ms, signature FROM audit_checkpoints WHERE seq > ? AND seq <= ? ORDER BY seq")
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(checkpoint_row)
+        .collect()
+}
+
+pub async fn anchor(conn: &mut SqliteConnection) -> Result<Option<Checkpoint>, StoreError> {
+    sqlx::query("SELECT seq, hash, time_ms, signature FROM audit_anchor WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| checkpoint_row(&r))
+        .transpose()
+}
+
+/// Removes events older than `before_ms`, keeping a signed anchor at the last removed one.
+pub async fn prune(
+    conn: &mut SqliteConnection,
+    before_ms: i64,
+    signer: &Signer,
+) -> Result<u64, StoreError> {
+    let Some(last) = sqlx::query(
+        "SELECT seq, hash FROM audit_events WHERE time_ms < ? ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(before_ms)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(0);
+    };
+    let seq: i64 = last.try_get("seq")?;
+    let hash: Option<String> = last.try_get("hash")?;
+    let hash = hash.unwrap_or_else(|| GENESIS.to_string());
+    sqlx::query("INSERT OR REPLACE INTO audit_anchor (id, seq, hash, time_ms, signature) VALUES (1, ?, ?, ?, ?)")
+        .bind(seq)
+        .bind(&hash)
+        .bind(now_ms())
+        .bind(signer.sign(seq, &hash))
+        .execute(&mut *conn)
+        .await?;
+    let done = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM audit_checkpoints WHERE seq < ?")
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+fn event_row(r: &SqliteRow) -> Result<ChainedEvent, StoreError> {
+    let id: String = r.try_get("id")?;
+    let details: String = r.try_get("details")?;
+    let result: String = r.try_get("result")?;
+    Ok(ChainedEvent {
+        seq: r.try_get("seq")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        event: AuditEvent {
+            id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt {
+                what: format!("audit event id {id}"),
+                why: e.to_string(),
+            })?,
+            time_ms: r.try_get("time_ms")?,
+            kind: r.try_get("type")?,
+            actor: Actor(r.try_get("actor")?),
+            source: r.try_get("source")?,
+            target: r.try_get("target")?,
+            session_id: r.try_get("session_id")?,
+            result: Outcome::parse(&result),
+            details: serde_json::from_str(&details)
+                .map_err(corrupt(format!("audit event {id} details")))?,
+        },
+    })
+}
+
+/// Events in sequence order after `after`, at most `limit` (for walking the whole log).
+pub async fn page(
+    conn: &mut SqliteConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<ChainedEvent>, StoreError> {
+    sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(event_row)
+        .collect()
 }
 
 pub async fn search(
     conn: &mut SqliteConnection,
     f: &AuditFilter,
-) -> Result<Vec<AuditEvent>, StoreError> {
+) -> Result<Vec<ChainedEvent>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM (
-           SELECT seq, id, time_ms, type, actor, source, target, session_id, result, details
-           FROM audit_events
+           SELECT * FROM audit_events
            WHERE (?1 IS NULL OR type = ?1 OR type LIKE ?1 || '.%')
              AND (?2 IS NULL OR actor = ?2 OR actor LIKE '%:' || ?2)
              AND (?3 IS NULL OR target = ?3 OR target LIKE '%:' || ?3)
              AND (?4 IS NULL OR time_ms >= ?4)
-           ORDER BY seq DESC LIMIT ?5
+             AND (?5 IS NULL OR time_ms < ?5)
+             AND (?6 IS NULL OR session_id = ?6 OR session_id LIKE ?6 || '%')
+             AND (?7 IS NULL OR seq > ?7)
+           ORDER BY seq DESC LIMIT ?8
          ) ORDER BY seq",
     )
     .bind(&f.kind)
     .bind(&f.actor)
     .bind(&f.target)
     .bind(f.since_ms)
+    .bind(f.until_ms)
+    .bind(&f.session)
+    .bind(f.after_seq)
     .bind(f.limit.unwrap_or(-1))
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            let id: String = r.try_get("id")?;
-            let details: String = r.try_get("details")?;
-            let result: String = r.try_get("result")?;
-            Ok(AuditEvent {
-                id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt {
-                    what: format!("audit event id {id}"),
-                    why: e.to_string(),
-                })?,
-                time_ms: r.try_get("time_ms")?,
-                kind: r.try_get("type")?,
-                actor: Actor(r.try_get("actor")?),
-                source: r.try_get("source")?,
-                target: r.try_get("target")?,
-                session_id: r.try_get("session_id")?,
-                result: Outcome::parse(&result),
-                details: serde_json::from_str(&details)
-                    .map_err(corrupt(format!("audit event {id} details")))?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_row).collect()
 }

@@ -9,6 +9,7 @@ mod audit;
 pub mod error;
 mod policy;
 mod sessions;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,12 +18,14 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use audit::AuditFilter;
+pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
 pub use error::StoreError;
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
+use crate::audit::chain::Signer;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::policy::{Change, Policy, PolicyError, diff};
+use std::sync::Arc;
 
 #[derive(Clone)]
 enum Backend {
@@ -32,6 +35,7 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    audit: writer::AuditQueue,
 }
 
 pub fn sqlite_path(data_dir: &Path) -> PathBuf {
@@ -40,7 +44,10 @@ pub fn sqlite_path(data_dir: &Path) -> PathBuf {
 
 impl Store {
     /// Opens (creating if needed) the embedded store in `data_dir` and brings its schema up to date.
-    pub async fn open_sqlite(data_dir: &Path) -> Result<Store, StoreError> {
+    pub async fn open_sqlite(
+        data_dir: &Path,
+        signer: Option<Arc<Signer>>,
+    ) -> Result<Store, StoreError> {
         let path = sqlite_path(data_dir);
         if !path.exists() {
             // Created 0600 before SQLite touches it; its -wal and -shm files inherit the mode.
@@ -79,8 +86,10 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let audit = writer::AuditQueue::start(pool.clone(), signer);
         Ok(Store {
             backend: Backend::Sqlite(pool),
+            audit,
         })
     }
 
@@ -118,36 +127,90 @@ impl Store {
                     return Ok(changes);
                 }
                 policy::write(&mut tx, &changes).await?;
-                for change in &changes {
-                    let event = AuditEvent::new(
-                        change.event_type(),
-                        actor,
-                        Outcome::Success,
-                        change.details(),
-                    )
-                    .with_target(format!(
-                        "{}:{}",
-                        change.entity().kind(),
-                        change.entity().name()
-                    ));
-                    audit::insert(&mut tx, &event).await?;
-                }
+                let events: Vec<AuditEvent> = changes
+                    .iter()
+                    .map(|c| {
+                        AuditEvent::new(c.event_type(), actor, Outcome::Success, c.details())
+                            .with_target(format!("{}:{}", c.entity().kind(), c.entity().name()))
+                    })
+                    .collect();
+                audit::insert_chained(&mut tx, &events).await?;
                 tx.commit().await?;
                 Ok(changes)
             }
         }
     }
 
+    /// Appends an event to the chain; returns once it is durable. Concurrent callers
+    /// share one transaction (group commit).
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.audit.append(event.clone()).await
+    }
+
+    /// Appends many events in one transaction, in order.
+    pub async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                audit::insert(&mut conn, event).await
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                audit::insert_chained(&mut tx, &events).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
     }
 
-    pub async fn search_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+    /// Signs the current head of the audit chain (if it is not signed yet).
+    pub async fn audit_checkpoint(&self) -> Result<(), StoreError> {
+        self.audit.checkpoint().await
+    }
+
+    /// Events in chain order after `after_seq` (at most `limit`), for verify and export.
+    pub async fn audit_page(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                audit::page(&mut *pool.acquire().await?, after_seq, limit).await
+            }
+        }
+    }
+
+    pub async fn audit_checkpoints(
+        &self,
+        after_seq: i64,
+        upto_seq: i64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                audit::checkpoints_in(&mut *pool.acquire().await?, after_seq, upto_seq).await
+            }
+        }
+    }
+
+    pub async fn audit_anchor(&self) -> Result<Option<Checkpoint>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => audit::anchor(&mut *pool.acquire().await?).await,
+        }
+    }
+
+    /// Removes events older than `before_ms`, keeping a signed anchor; returns how many.
+    pub async fn prune_audit(&self, before_ms: i64, signer: &Signer) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let n = audit::prune(&mut tx, before_ms, signer).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+        }
+    }
+
+    pub async fn search_audit(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
@@ -242,8 +305,9 @@ impl Store {
         }
     }
 
-    /// Waits for outstanding writes and closes the store.
+    /// Waits for outstanding writes, signs the audit head and closes the store.
     pub async fn close(&self) {
+        let _ = self.audit.checkpoint().await;
         match &self.backend {
             Backend::Sqlite(pool) => pool.close().await,
         }

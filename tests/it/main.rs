@@ -3,6 +3,7 @@
 mod access;
 mod admin;
 mod apply;
+mod audit;
 mod harness;
 mod harness_check;
 mod serve;

@@ -325,6 +325,18 @@ fn only_session(b: &Bastion) -> serde_json::Value {
     all.last().cloned().unwrap()
 }
 
+/// The newest session once postern has closed it in the index (the client may exit first).
+fn ended_session(b: &Bastion) -> serde_json::Value {
+    for _ in 0..100 {
+        let s = only_session(b);
+        if !s["end_reason"].is_null() {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the session did not end; log:\n{}", b.postern.log());
+}
+
 #[test]
 fn interactive_session_is_recorded_replayed_exported_and_searchable() {
     let b = Bastion::start();
@@ -332,7 +344,7 @@ fn interactive_session_is_recorded_replayed_exported_and_searchable() {
     assert_eq!(out.code, 4, "{out:?}\n{}", b.postern.log());
     assert!(out.stdout.contains("typed-42"), "{}", out.stdout);
 
-    let s = only_session(&b);
+    let s = ended_session(&b);
     let id = s["id"].as_str().unwrap().to_string();
     assert_eq!(s["user"], "alice");
     assert_eq!(s["target"], "t1");
@@ -606,7 +618,7 @@ fn port_forwarding_only_when_the_role_allows_it() {
         "{out:?}\n{}",
         b.postern.log()
     );
-    let s = only_session(&b);
+    let s = ended_session(&b);
     let cast = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
     assert!(
         cast.contains(&format!("direct-tcpip 127.0.0.1:{}", b.sshd.port)),

@@ -1,0 +1,144 @@
+//! Group commit for audit events: callers queue events and wait for their transaction;
+//! one writer task takes everything queued so far into a single `BEGIN IMMEDIATE`
+//! transaction (chain order = queue order), and signs a checkpoint every 1,000 events
+//! or 10 seconds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::StoreError;
+use super::audit;
+use crate::audit::AuditEvent;
+use crate::audit::chain::Signer;
+
+const BATCH: usize = 4096;
+const CHECKPOINT_EVERY: u64 = 1000;
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
+
+enum Job {
+    Append(AuditEvent, oneshot::Sender<Result<(), String>>),
+    Checkpoint(oneshot::Sender<Result<(), String>>),
+}
+
+#[derive(Clone)]
+pub struct AuditQueue {
+    tx: mpsc::Sender<Job>,
+}
+
+fn failed(e: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "audit log write".into(),
+        why: e,
+    }
+}
+
+impl AuditQueue {
+    pub fn start(pool: SqlitePool, signer: Option<Arc<Signer>>) -> AuditQueue {
+        let (tx, rx) = mpsc::channel(BATCH * 2);
+        tokio::spawn(run(pool, signer, rx));
+        AuditQueue { tx }
+    }
+
+    pub async fn append(&self, e: AuditEvent) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job::Append(e, ack))
+            .await
+            .map_err(|_| failed("the audit writer stopped".into()))?;
+        done.await
+            .map_err(|_| failed("the audit writer stopped".into()))?
+            .map_err(failed)
+    }
+
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Job::Checkpoint(ack)).await.is_err() {
+            return Ok(());
+        }
+        done.await.unwrap_or(Ok(())).map_err(failed)
+    }
+}
+
+async fn write(pool: &SqlitePool, events: &[AuditEvent]) -> Result<(), StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    audit::insert_chained(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn sign(pool: &SqlitePool, signer: &Option<Arc<Signer>>) -> Result<(), StoreError> {
+    let Some(signer) = signer else {
+        return Ok(());
+    };
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    audit::checkpoint(&mut tx, signer).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiver<Job>) {
+    let mut unsigned: u64 = 0;
+    let mut last_sign = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => match job {
+                Some(j) => j,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if unsigned > 0 && last_sign.elapsed() >= CHECKPOINT_AFTER {
+                    match sign(&pool, &signer).await {
+                        Ok(()) => { unsigned = 0; last_sign = Instant::now(); }
+                        Err(e) => warn!(error = %e, "cannot sign an audit checkpoint"),
+                    }
+                }
+                continue;
+            }
+        };
+        let mut events = Vec::new();
+        let mut acks = Vec::new();
+        let mut checkpoint_acks = Vec::new();
+        let mut push = |j: Job, events: &mut Vec<AuditEvent>| match j {
+            Job::Append(e, ack) => {
+                events.push(e);
+                acks.push(ack);
+            }
+            Job::Checkpoint(ack) => checkpoint_acks.push(ack),
+        };
+        push(first, &mut events);
+        while events.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => push(j, &mut events),
+                Err(_) => break,
+            }
+        }
+        if !events.is_empty() {
+            let result = write(&pool, &events).await.map_err(|e| e.to_string());
+            if result.is_ok() {
+                unsigned += events.len() as u64;
+            }
+            for ack in acks {
+                let _ = ack.send(result.clone());
+            }
+        }
+        if !checkpoint_acks.is_empty() || unsigned >= CHECKPOINT_EVERY {
+            let result = sign(&pool, &signer).await.map_err(|e| e.to_string());
+            if result.is_ok() {
+                unsigned = 0;
+                last_sign = Instant::now();
+            }
+            for ack in checkpoint_acks {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+    if unsigned > 0 {
+        let _ = sign(&pool, &signer).await;
+    }
+}

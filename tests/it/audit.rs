@@ -1,0 +1,439 @@
+//! The audit log is a verifiable hash chain: every action leaves an event, an untouched
+//! store verifies, and every kind of tampering is caught and named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::Out;
+use crate::harness::postern::{BIN, Postern};
+use crate::ssh::Bastion;
+
+fn sqlite(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (script/bootstrap installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+fn verify(dir: &Path) -> Out {
+    Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// A data dir with admin changes, access checks and one recorded SSH session.
+fn populated() -> (Bastion, PathBuf) {
+    let mut b = Bastion::start();
+    assert_eq!(b.ssh(&b.dest(), "echo recorded").ok(), "recorded\n");
+    b.postern.cli(&[
+        "access", "check", "--user", "alice", "--target", "t1", "--login", "nobody",
+    ]);
+    // Stop serve so the store is quiet and the chain head is signed.
+    assert_eq!(b.postern.stop().code(), Some(0));
+    let dir = b.postern.data_dir();
+    (b, dir)
+}
+
+fn events(dir: &Path) -> Vec<serde_json::Value> {
+    let out: Out = Command::new(BIN)
+        .args(["audit", "search", "--limit", "1000", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+        .into();
+    serde_json::from_str::<Vec<serde_json::Value>>(out.ok()).unwrap()
+}
+
+#[test]
+fn every_action_leaves_its_event() {
+    let (b, dir) = populated();
+    let all = events(&dir);
+    let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for (kind, check) in [
+        ("role.create", "dev"),
+        ("user.create", "alice"),
+        ("user.update", "keys"),
+        ("target.create", "t1"),
+        ("server.start", "ssh"),
+        ("auth.success", "publickey"),
+        ("session.start", "cert_serial"),
+        ("session.channel", "exec"),
+        ("session.end", "recordings"),
+        ("access.check", "deny"),
+        ("server.stop", ""),
+    ] {
+        let e = all
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"));
+        assert!(e.to_string().contains(check), "{kind} lacks {check}: {e}");
+        assert!(
+            e["hash"].as_str().unwrap().len() == 64 && e["prev_hash"].as_str().unwrap().len() == 64
+        );
+        assert!(e["time_ms"].as_i64().unwrap() > 0 && e["actor"].as_str().is_some());
+    }
+    let end = all.iter().find(|e| e["type"] == "session.end").unwrap();
+    assert_eq!(
+        end["details"]["recordings"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(end["details"]["reason"], "client exit");
+    // Replays and exports are audited too.
+    let s: serde_json::Value =
+        serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+    let id = s[0]["id"].as_str().unwrap();
+    b.postern.cli(&["replay", id, "--max-idle", "0s"]).ok();
+    let kinds: Vec<String> = events(&dir)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"session.replay".to_string()));
+}
+
+#[test]
+fn untouched_store_verifies_and_each_tampering_is_named() {
+    let (b, dir) = populated();
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
+    assert!(out.stdout.contains("1 recordings intact"), "{}", out.stdout);
+    let n = events(&dir).len();
+    assert!(n > 10);
+
+    let case = |name: &str, tamper: &dyn Fn(&Path), expect: &str| {
+        let copy = b.postern.root().join(name);
+        copy_dir(&dir, &copy);
+        tamper(&copy);
+        let out = verify(&copy);
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(
+            out.stdout.contains(expect),
+            "{name}: want {expect:?} in {}",
+            out.stdout
+        );
+    };
+    let db = |d: &Path| d.join("postern.db");
+    case(
+        "modified",
+        &|d| {
+            sqlite(
+                &db(d),
+                "UPDATE audit_events SET actor = 'os:mallory' WHERE seq = 3",
+            )
+        },
+        "FAILED at seq 3: event seq 3",
+    );
+    case(
+        "modified-details",
+        &|d| {
+            sqlite(
+                &db(d),
+                "UPDATE audit_events SET details = '{}' WHERE seq = 5",
+            )
+        },
+        "was modified",
+    );
+    case(
+        "deleted",
+        &|d| sqlite(&db(d), "DELETE FROM audit_events WHERE seq = 4"),
+        "event seq 4 is missing before seq 5",
+    );
+    case(
+        "swapped",
+        &|d| {
+            sqlite(
+                &db(d),
+                "UPDATE audit_events SET seq = -1 WHERE seq = 6; UPDATE audit_events SET seq = 6 WHERE seq = 7; UPDATE audit_events SET seq = 7 WHERE seq = -1;",
+            )
+        },
+        "FAILED at seq 6",
+    );
+    case(
+        "forged",
+        &|d| {
+            sqlite(&db(d), &format!(
+            "INSERT INTO audit_events (seq, id, time_ms, type, actor, result, details, prev_hash, hash)
+             SELECT seq + 1, '00000000-0000-4000-8000-000000000000', time_ms, 'user.delete', 'os:root', 'success', '{{}}', hash, '{}' FROM audit_events ORDER BY seq DESC LIMIT 1",
+            "ab".repeat(32)
+        ))
+        },
+        &format!("FAILED at seq {}", n + 1),
+    );
+    case(
+        "truncated",
+        &|d| {
+            sqlite(
+                &db(d),
+                "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+            )
+        },
+        "events were removed from the end",
+    );
+    case(
+        "recording",
+        &|d| {
+            let rec = walk_cast(&d.join("recordings")).unwrap();
+            let mut bytes = std::fs::read(&rec).unwrap();
+            let i = bytes.len() / 2;
+            bytes[i] ^= 0x20;
+            std::fs::write(&rec, bytes).unwrap();
+        },
+        "was changed: its SHA-256 differs",
+    );
+    case(
+        "recording-missing",
+        &|d| std::fs::remove_file(walk_cast(&d.join("recordings")).unwrap()).unwrap(),
+        "cannot be read",
+    );
+}
+
+fn walk_cast(dir: &Path) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = walk_cast(&p) {
+                return Some(f);
+            }
+        } else if p.extension().is_some_and(|x| x == "cast") {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn an_export_verifies_on_its_own_and_edits_to_it_are_caught() {
+    let (b, dir) = populated();
+    let file = b.postern.root().join("audit.jsonl");
+    let out: Out = Command::new(BIN)
+        .args(["audit", "export", "--format", "jsonl", "-o"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    let pubkey = b.postern.root().join("audit.pub");
+    std::fs::copy(dir.join("keys/audit_ed25519.pub"), &pubkey).unwrap();
+    // Offline: only the file and the public key, from another directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |f: &Path| -> Out {
+        Command::new(BIN)
+            .args(["audit", "verify", "--file"])
+            .arg(f)
+            .arg("--pubkey")
+            .arg(&pubkey)
+            .arg("--data-dir")
+            .arg(elsewhere.path().join("none"))
+            .output()
+            .unwrap()
+            .into()
+    };
+    let ok = run(&file);
+    assert!(ok.ok().starts_with("OK: "), "{ok:?}");
+    assert!(
+        !ok.stdout.contains("not yet covered"),
+        "the export ends with a signed checkpoint: {}",
+        ok.stdout
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = b.postern.root().join("edited.jsonl");
+    std::fs::write(&edited, text.replacen("\"os:", "\"os:x", 1)).unwrap();
+    let out = run(&edited);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("was modified"), "{}", out.stdout);
+
+    // A checkpoint signed by another key is caught.
+    let other = Postern::new();
+    other.cli(&["admin", "user", "list"]).ok();
+    let out: Out = Command::new(BIN)
+        .args(["audit", "verify", "--file"])
+        .arg(&file)
+        .arg("--pubkey")
+        .arg(other.data_dir().join("keys/audit_ed25519.pub"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("bad signature"), "{}", out.stdout);
+
+    // CSV for spreadsheets.
+    let out: Out = Command::new(BIN)
+        .args(["audit", "export", "--format", "csv", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap()
+        .into();
+    let csv = out.ok();
+    assert!(csv.starts_with("seq,id,time,type,actor,"));
+    assert!(csv.lines().count() > 10);
+}
+
+#[test]
+fn prune_keeps_a_signed_anchor_and_the_rest_verifies() {
+    let (b, dir) = populated();
+    let before = events(&dir).len();
+    // Everything written so far is older than "now + 1s".
+    let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = b.postern.cli(&[
+        "audit",
+        "prune",
+        "--before",
+        &cutoff
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    ]);
+    assert!(
+        out.ok().starts_with(&format!("removed {before} event(s)")),
+        "{}",
+        out.stdout
+    );
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
+    let left = events(&dir);
+    let kinds: Vec<&str> = left.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["audit.prune", "user.update"]);
+    // Tampering after a prune is still caught.
+    sqlite(
+        &dir.join("postern.db"),
+        "UPDATE audit_anchor SET hash = 'ff' || substr(hash, 3)",
+    );
+    let out = verify(&dir);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("anchor"), "{}", out.stdout);
+}
+
+#[test]
+fn search_filters_by_type_user_session_and_time() {
+    let (b, dir) = populated();
+    let p = &b.postern;
+    let s: serde_json::Value =
+        serde_json::from_str(p.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+    let id = s[0]["id"].as_str().unwrap();
+    let by_session: Vec<serde_json::Value> = serde_json::from_str(
+        p.cli(&["audit", "search", "--session", &id[..8], "--json"])
+            .ok(),
+    )
+    .unwrap();
+    let kinds: Vec<&str> = by_session
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["session.start", "session.channel", "session.end"]);
+    let by_user: Vec<serde_json::Value> = serde_json::from_str(
+        p.cli(&["audit", "search", "--user", "alice", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    assert!(by_user.iter().all(|e| e["actor"] == "user:alice"));
+    assert!(!by_user.is_empty());
+    let future: Vec<serde_json::Value> = serde_json::from_str(
+        p.cli(&["audit", "search", "--since", "2999-01-01", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    assert!(future.is_empty());
+    let recent: Vec<serde_json::Value> = serde_json::from_str(
+        p.cli(&[
+            "audit", "search", "--since", "1h", "--type", "user", "--json",
+        ])
+        .ok(),
+    )
+    .unwrap();
+    assert!(
+        recent
+            .iter()
+            .all(|e| e["type"].as_str().unwrap().starts_with("user."))
+    );
+    assert!(
+        p.cli(&["audit", "search", "--since", "yesterday-ish"])
+            .fails(2)
+            .contains("cannot read `yesterday-ish` as a time")
+    );
+    let _ = dir;
+}
+
+#[test]
+fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
+    let mut b = Bastion::start();
+    crate::apply::new_key(&b.postern, "mallory");
+    let mallory = b.postern.root().join("mallory");
+    let port = b.postern.ssh.port().to_string();
+    // Many concurrent refused logins (auth.failure events) and admin changes.
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        clients.push(
+            Command::new("ssh")
+                .args(["-F", "/dev/null", "-i"])
+                .arg(&mallory)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-p",
+                    &port,
+                ])
+                .arg(format!("x{i}@t1@127.0.0.1"))
+                .arg("true")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for i in 0..5 {
+        b.postern
+            .cli(&["admin", "user", "add", &format!("u{i}")])
+            .ok();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let status = b
+        .postern
+        .stop_with(libc::SIGKILL, std::time::Duration::from_secs(5));
+    assert!(status.code().is_none(), "killed");
+    for mut c in clients {
+        let _ = c.wait();
+    }
+    let dir = b.postern.data_dir();
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "after the crash: {out:?}");
+    // Restart; the chain continues from where it stopped.
+    let cmd = b.postern.serve_command();
+    b.postern.spawn(cmd);
+    assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
+    assert_eq!(b.postern.stop().code(), Some(0));
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "after restart: {out:?}");
+    let all = events(&dir);
+    assert!(all.iter().filter(|e| e["type"] == "server.start").count() == 2);
+}
