@@ -215,12 +215,7 @@ async fn search(config: &Config, a: SearchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut last = events.last().map(|e| e.seq).unwrap_or(0);
     if last == 0 {
-        last = store
-            .audit_page(0, i64::MAX)
-            .await?
-            .last()
-            .map(|e| e.seq)
-            .unwrap_or(0);
+        last = store.audit_head_seq().await?;
     }
     filter.limit = None;
     loop {

@@ -25,6 +25,7 @@ pub struct Config {
     pub api: Listener,
     pub tls: Tls,
     pub log: Log,
+    pub audit: Audit,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -51,6 +52,13 @@ fn default_connect_timeout() -> Dur {
 pub struct Tls {
     /// Names and addresses put in the generated server certificate.
     pub hostnames: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Mirror every audit event as a JSON line for a SIEM: "" (off), "stdout", or a file path.
+    pub mirror: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -88,6 +96,7 @@ impl Default for Config {
             api: listen("127.0.0.1:8443"),
             tls: Tls::default(),
             log: Log::default(),
+            audit: Audit::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod listener;
 pub mod live;
+mod mirror;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,6 +132,14 @@ impl Server {
             shared.live.clone(),
             shutdown.clone(),
         ));
+        let mirror_stop = CancellationToken::new();
+        let mirror = (!shared.config.audit.mirror.is_empty()).then(|| {
+            tokio::spawn(mirror::run(
+                shared.store.clone(),
+                shared.config.audit.mirror.clone(),
+                mirror_stop.clone(),
+            ))
+        });
         let accepts = [
             ("ssh", self.ssh),
             ("postgres", self.postgres),
@@ -173,6 +182,10 @@ impl Server {
             ))
             .await
             .map_err(|e| warn!(error = %e, "cannot write the server.stop audit event"));
+        mirror_stop.cancel();
+        if let Some(m) = mirror {
+            let _ = m.await;
+        }
         shared.store.close().await;
         info!("stopped");
     }

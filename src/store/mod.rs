@@ -177,6 +177,18 @@ impl Store {
         }
     }
 
+    /// The sequence number of the newest event (0 when there is none).
+    pub async fn audit_head_seq(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM audit_events")
+                    .fetch_one(&mut *pool.acquire().await?)
+                    .await?;
+                Ok(sqlx::Row::try_get(&row, "m")?)
+            }
+        }
+    }
+
     pub async fn audit_checkpoints(
         &self,
         after_seq: i64,

@@ -437,3 +437,39 @@ fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
     let all = events(&dir);
     assert!(all.iter().filter(|e| e["type"] == "server.start").count() == 2);
 }
+
+#[test]
+fn events_are_mirrored_as_json_lines_for_a_siem() {
+    let mut p = Postern::new();
+    let mirror = p.root().join("siem.jsonl");
+    let cfg = p.write(
+        "postern.toml",
+        &format!(
+            "data_dir = \"{}\"\n[ssh]\nlisten = \"{}\"\n[postgres]\nlisten = \"{}\"\n[api]\nlisten = \"{}\"\n[audit]\nmirror = \"{}\"\n",
+            p.data_dir().display(),
+            p.ssh,
+            p.pg,
+            p.api,
+            mirror.display()
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    p.spawn(cmd);
+    // A change made by another process reaches the mirror too.
+    p.cli(&["admin", "user", "add", "zed"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(p.stop().code(), Some(0));
+    let text = std::fs::read_to_string(&mirror).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["user.create", "server.stop"], "{text}");
+    assert!(text.contains("\"hash\":"));
+}
