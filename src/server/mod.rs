@@ -127,6 +127,24 @@ impl Server {
             .await
             .map_err(|e| warn!(error = %e, "cannot write the server.start audit event"));
 
+        // Sessions a crash interrupted are marked so before new ones start.
+        match shared.store.close_orphan_sessions("crash-recovered").await {
+            Ok(orphans) => {
+                for o in orphans {
+                    let mut e = AuditEvent::new(
+                        "session.end",
+                        &Actor::system(),
+                        Outcome::Failure,
+                        serde_json::json!({ "reason": "crash-recovered", "user": o.user, "login": o.login }),
+                    );
+                    e.session_id = Some(o.id.clone());
+                    e.target = Some(o.target.clone());
+                    let _ = shared.store.append_audit(&e).await;
+                    warn!(session = %o.id, "session was interrupted by a crash; marked crash-recovered");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot check for sessions interrupted by a crash"),
+        }
         let watcher = tokio::spawn(live::watch_commands(
             shared.store.clone(),
             shared.live.clone(),

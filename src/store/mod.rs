@@ -279,6 +279,15 @@ impl Store {
         }
     }
 
+    /// Closes sessions a crashed process left open (single node: every open session).
+    pub async fn close_orphan_sessions(&self, reason: &str) -> Result<Vec<SessionRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sessions::close_orphans(&mut *pool.acquire().await?, reason).await
+            }
+        }
+    }
+
     pub async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => sessions::list(&mut *pool.acquire().await?, f).await,

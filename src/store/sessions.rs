@@ -250,3 +250,27 @@ pub async fn last_command(conn: &mut SqliteConnection) -> Result<i64, StoreError
             .try_get("m")?,
     )
 }
+
+/// Sessions left open by a process that died: closed with `reason`; returns their ids.
+pub async fn close_orphans(
+    conn: &mut SqliteConnection,
+    reason: &str,
+) -> Result<Vec<SessionRow>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM sessions WHERE ended_ms IS NULL")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let s = row_to_session(r)?;
+        sqlx::query(
+            "UPDATE sessions SET ended_ms = ?, end_reason = ? WHERE id = ? AND ended_ms IS NULL",
+        )
+        .bind(crate::audit::now_ms())
+        .bind(reason)
+        .bind(&s.id)
+        .execute(&mut *conn)
+        .await?;
+        out.push(s);
+    }
+    Ok(out)
+}

@@ -381,6 +381,7 @@ fn search_filters_by_type_user_session_and_time() {
 #[test]
 fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
     let mut b = Bastion::start();
+    let mut shell = crate::ssh::open_shell(&b);
     crate::apply::new_key(&b.postern, "mallory");
     let mallory = b.postern.root().join("mallory");
     let port = b.postern.ssh.port().to_string();
@@ -424,6 +425,8 @@ fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
     for mut c in clients {
         let _ = c.wait();
     }
+    let _ = shell.kill();
+    let _ = shell.wait();
     let dir = b.postern.data_dir();
     let out = verify(&dir);
     assert!(out.ok().starts_with("OK: "), "after the crash: {out:?}");
@@ -436,6 +439,14 @@ fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
     assert!(out.ok().starts_with("OK: "), "after restart: {out:?}");
     let all = events(&dir);
     assert!(all.iter().filter(|e| e["type"] == "server.start").count() == 2);
+    // The session the crash interrupted is marked so, in the index and the log.
+    let sessions: serde_json::Value =
+        serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+    assert_eq!(sessions[0]["end_reason"], "crash-recovered", "{sessions}");
+    assert!(
+        all.iter()
+            .any(|e| e["type"] == "session.end" && e["details"]["reason"] == "crash-recovered")
+    );
 }
 
 #[test]

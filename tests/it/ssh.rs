@@ -628,7 +628,7 @@ fn port_forwarding_only_when_the_role_allows_it() {
 }
 
 /// Starts `ssh -tt` through postern with stdin held open; returns the child.
-fn open_shell(b: &Bastion) -> std::process::Child {
+pub fn open_shell(b: &Bastion) -> std::process::Child {
     let mut child = b
         .ssh_command("ssh")
         .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
