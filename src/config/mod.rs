@@ -41,6 +41,13 @@ pub struct Ssh {
     /// How long postern waits for a target's TCP connect and SSH handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// How long before `max_session_ttl` ends a session its user is warned.
+    #[serde(default = "default_expiry_warning")]
+    pub expiry_warning: Dur,
+}
+
+fn default_expiry_warning() -> Dur {
+    Dur::from_secs(60)
 }
 
 fn default_connect_timeout() -> Dur {
@@ -91,6 +98,7 @@ impl Default for Config {
             ssh: Ssh {
                 listen: listen("127.0.0.1:2222").listen,
                 connect_timeout: default_connect_timeout(),
+                expiry_warning: default_expiry_warning(),
             },
             postgres: listen("127.0.0.1:6432"),
             api: listen("127.0.0.1:8443"),

@@ -5,21 +5,41 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::policy::Policy;
 use crate::store::Store;
+
+/// What the server can do to a live session of any protocol.
+pub trait LiveSession: Send + Sync {
+    /// An admin ended it.
+    fn kill(&self);
+    /// About once a second: deadlines and idle time.
+    fn tick(&self, now_ms: i64);
+    /// Every few seconds: re-decide against the current policy (locks, revocations, TTLs).
+    fn review(&self, policy: &Policy);
+}
 
 #[derive(Default)]
 pub struct Live {
-    sessions: Mutex<HashMap<String, CancellationToken>>,
+    sessions: Mutex<HashMap<String, Arc<dyn LiveSession>>>,
 }
 
 impl Live {
-    pub fn register(&self, id: &str, kill: CancellationToken) {
+    pub fn register(&self, id: &str, session: Arc<dyn LiveSession>) {
         if let Ok(mut m) = self.sessions.lock() {
-            m.insert(id.to_string(), kill);
+            m.insert(id.to_string(), session);
         }
+    }
+
+    fn all(&self) -> Vec<Arc<dyn LiveSession>> {
+        self.sessions
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn unregister(&self, id: &str) {
@@ -30,10 +50,10 @@ impl Live {
 
     /// Ends the session if it runs here; true when it did.
     pub fn kill(&self, id: &str) -> bool {
-        let token = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
-        match token {
-            Some(t) => {
-                t.cancel();
+        let session = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
+        match session {
+            Some(s) => {
+                s.kill();
                 true
             }
             None => false,
@@ -41,8 +61,11 @@ impl Live {
     }
 }
 
-/// How often `serve` looks for new session commands.
+/// How often `serve` looks for new session commands and checks deadlines.
 pub const POLL: Duration = Duration::from_millis(250);
+
+/// Live sessions are re-decided against the policy every this many polls (2 s).
+const REVIEW_EVERY: u64 = 8;
 
 /// Applies session commands written by admin commands until `stop` fires.
 pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: CancellationToken) {
@@ -55,10 +78,27 @@ pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: Canc
     };
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        n += 1;
+        let sessions = live.all();
+        let now = crate::audit::now_ms();
+        for s in &sessions {
+            s.tick(now);
+        }
+        if n % REVIEW_EVERY == 0 && !sessions.is_empty() {
+            match store.load_policy().await {
+                Ok(policy) => {
+                    for s in &sessions {
+                        s.review(&policy);
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot re-check live sessions against the policy"),
+            }
         }
         match store.session_commands_after(seq).await {
             Ok(cmds) => {

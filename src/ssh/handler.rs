@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::limits::Limits;
 use super::relay;
 use super::upstream::Credentials;
 use super::username::{self, printable};
@@ -41,9 +42,25 @@ pub struct SessionCtx {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub exit_status: Mutex<Option<u32>>,
-    /// Fires when an admin kills the session.
-    pub kill: CancellationToken,
+    /// Time limits, notices and the token that ends the session.
+    pub limits: Limits,
     next_channel: AtomicU32,
+}
+
+impl crate::server::live::LiveSession for SessionCtx {
+    fn kill(&self) {
+        self.limits
+            .terminate("killed", "an admin ended this session".into());
+    }
+
+    fn tick(&self, now_ms: i64) {
+        self.limits.tick(now_ms);
+    }
+
+    fn review(&self, policy: &Policy) {
+        self.limits
+            .review(policy, &self.user, &self.target.name, &self.login);
+    }
 }
 
 impl SessionCtx {
@@ -75,6 +92,17 @@ impl SessionCtx {
         };
         if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
             warn!(session = %self.id, error = %e, "cannot close the session row");
+        }
+        let why = match reason {
+            "expired" => Some("session.expired"),
+            "idle" => Some("session.idle_timeout"),
+            "revoked" => Some("session.revoked"),
+            _ => None,
+        };
+        if let Some(kind) = why {
+            let message = self.limits.ending().map(|e| e.message).unwrap_or_default();
+            self.audit(self.event(kind, Outcome::Success, json!({ "message": message })))
+                .await;
         }
         // Each finished recording's SHA-256 enters the audit chain here.
         let data_dir = &self.shared.config.data_dir;
@@ -273,7 +301,13 @@ impl Conn {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             exit_status: Mutex::new(None),
-            kill: self.kill.clone(),
+            limits: Limits::new(
+                grant.settings.max_session_ttl,
+                grant.settings.idle_timeout,
+                self.shared.config.ssh.expiry_warning,
+                i64::try_from(valid_before).unwrap_or(i64::MAX / 2) * 1000,
+                self.kill.clone(),
+            ),
             next_channel: AtomicU32::new(0),
         });
         let row = SessionRow {
@@ -309,7 +343,7 @@ impl Conn {
         if let Ok(mut s) = self.state.lock() {
             *s = Some(ctx.clone());
         }
-        self.shared.live.register(&id, self.kill.clone());
+        self.shared.live.register(&id, ctx.clone());
         Verdict::Allowed(ctx)
     }
 

@@ -3,6 +3,7 @@
 //! that records every byte (`relay`).
 
 mod handler;
+mod limits;
 mod relay;
 pub mod upstream;
 pub mod username;
@@ -84,11 +85,13 @@ pub async fn serve(
             }
         }
         _ = kill.cancelled() => {
-            reason = "killed";
+            let ending = state.lock().ok().and_then(|s| s.clone()).and_then(|c| c.limits.ending());
+            reason = ending.as_ref().map(|e| e.reason).unwrap_or("killed");
+            let message = ending.map(|e| e.message).unwrap_or_else(|| "an admin ended this session".into());
             tracker.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
             let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "an admin ended this session".into(), "en".into())
+                .disconnect(russh::Disconnect::ByApplication, message, "en".into())
                 .await;
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }

@@ -356,6 +356,7 @@ async fn relay(
             while let Some(m) = down_r.wait().await {
                 match m {
                     ChannelMsg::Data { data } => {
+                        ctx.limits.touch();
                         ctx.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                         sent += data.len() as u64;
                         if !sftp && rec.record(Event::Input(data.clone())).await.is_err() {
@@ -399,6 +400,11 @@ async fn relay(
 
     let mut started = false;
     let mut received: u64 = 0;
+    let mut notices = ctx.limits.notices.subscribe();
+    // A notice sent before this channel opened is still shown.
+    if notices.borrow().is_some() {
+        notices.mark_changed();
+    }
     let failed = recorder.failed();
     let outcome = loop {
         tokio::select! {
@@ -451,8 +457,16 @@ async fn relay(
             _ = stop.cancel.cancelled() => {
                 break Err("postern is shutting down; your session has ended".to_string());
             }
-            _ = ctx.kill.cancelled() => {
-                break Err("an admin ended this session".to_string());
+            _ = ctx.limits.end.cancelled() => {
+                let message = ctx.limits.ending().map(|e| e.message).unwrap_or_else(|| "this session was ended".into());
+                break Err(message);
+            }
+            changed = notices.changed() => {
+                let notice = if changed.is_ok() { notices.borrow_and_update().clone() } else { None };
+                if let Some(n) = notice {
+                    let _ = recorder.record(Event::Marker(format!("postern: {n}"))).await;
+                    let _ = to_client(gone, down_w.extended_data_bytes(1, Bytes::from(format!("\r\npostern: {n}\r\n")))).await;
+                }
             }
         }
     };
@@ -630,7 +644,7 @@ pub async fn forward(
             },
             _ = stop.cancel.cancelled() => break,
             _ = stop.gone.cancelled() => break,
-            _ = ctx.kill.cancelled() => break,
+            _ = ctx.limits.end.cancelled() => break,
         }
     }
     let _ = to_client(gone, down_w.eof()).await;

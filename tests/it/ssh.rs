@@ -827,3 +827,56 @@ fn exit_signals_env_allowlist_and_vanishing_clients_behave_like_openssh() {
         "{ended}"
     );
 }
+
+#[test]
+fn max_session_ttl_warns_then_ends_the_session() {
+    let b = Bastion::start_with_role(&["--max-session-ttl", "5s"]);
+    // expiry_warning defaults to 1m, longer than the TTL: the warning comes at once.
+    let out = b.ssh(&b.dest(), "sleep 30; echo never");
+    assert_ne!(out.code, 0);
+    assert!(!out.stdout.contains("never"));
+    assert!(
+        out.stderr.contains("postern: this session ends in"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("reached its time limit (5s, max_session_ttl)"),
+        "{}",
+        out.stderr
+    );
+    let s = ended_session(&b);
+    assert_eq!(s["end_reason"], "expired");
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.expired"]);
+    assert!(events.ok().contains("session.expired"));
+}
+
+#[test]
+fn idle_sessions_end_and_locks_reach_live_sessions() {
+    let b = Bastion::start_with_role(&["--idle-timeout", "2s"]);
+    let out = b.ssh(&b.dest(), "sleep 30");
+    assert!(
+        out.stderr.contains("no input for 2s (idle_timeout)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ended_session(&b)["end_reason"], "idle");
+
+    // A lock applies to a session already running.
+    b.postern
+        .cli(&["admin", "role", "set", "dev", "--idle-timeout", "30m"])
+        .ok();
+    let child = open_shell(&b);
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    let client = wait_child(child);
+    assert!(
+        client
+            .stderr
+            .contains("access was withdrawn: the user is locked"),
+        "{client:?}"
+    );
+    assert_eq!(ended_session(&b)["end_reason"], "revoked");
+}

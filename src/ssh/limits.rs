@@ -1,0 +1,157 @@
+//! Time limits of a live SSH session, enforced while it runs: `max_session_ttl` (with a
+//! warning before the end), `idle_timeout`, and re-authorisation against the current
+//! policy, so a lock, a revoked role or a shortened TTL reaches sessions already open.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::now_ms;
+use crate::duration::Dur;
+use crate::policy::{Decision, Policy, Request, decide};
+
+/// Why a session ended early, and what its user is told.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub struct Limits {
+    /// Unix ms at which the session ends.
+    deadline_ms: AtomicI64,
+    /// Never later than this (the upstream certificate's end), in Unix ms.
+    hard_limit_ms: i64,
+    started_ms: i64,
+    idle_ms: AtomicI64,
+    last_input_ms: AtomicI64,
+    warn_before_ms: i64,
+    warned: Mutex<bool>,
+    ending: Mutex<Option<Ending>>,
+    /// The latest notice for every channel of the session (printed on the client's
+    /// stderr); a channel opened later still sees it.
+    pub notices: watch::Sender<Option<String>>,
+    ttl_secs: AtomicI64,
+    /// Fires when the session must end (kill, expiry, idle, revocation).
+    pub end: CancellationToken,
+}
+
+impl Limits {
+    pub fn new(
+        max_session: Dur,
+        idle: Dur,
+        warn_before: Dur,
+        hard_limit_ms: i64,
+        end: CancellationToken,
+    ) -> Limits {
+        let now = now_ms();
+        Limits {
+            deadline_ms: AtomicI64::new((now + secs_ms(max_session)).min(hard_limit_ms)),
+            hard_limit_ms,
+            started_ms: now,
+            idle_ms: AtomicI64::new(secs_ms(idle)),
+            last_input_ms: AtomicI64::new(now),
+            warn_before_ms: secs_ms(warn_before),
+            warned: Mutex::new(false),
+            ending: Mutex::new(None),
+            notices: watch::channel(None).0,
+            ttl_secs: AtomicI64::new(i64::try_from(max_session.as_secs()).unwrap_or(i64::MAX)),
+            end,
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_input_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn deadline_ms(&self) -> i64 {
+        self.deadline_ms.load(Ordering::Relaxed)
+    }
+
+    /// Ends the session once; the first reason wins.
+    pub fn terminate(&self, reason: &'static str, message: String) {
+        if let Ok(mut e) = self.ending.lock()
+            && e.is_none()
+        {
+            *e = Some(Ending { reason, message });
+        }
+        self.end.cancel();
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Called about once a second: warns before the deadline, ends at it, ends when idle.
+    pub fn tick(&self, now: i64) {
+        let deadline = self.deadline_ms();
+        if now >= deadline {
+            let ttl =
+                Dur::from_secs(u64::try_from(self.ttl_secs.load(Ordering::Relaxed)).unwrap_or(0));
+            self.terminate(
+                "expired",
+                format!(
+                    "this session reached its time limit ({ttl}, max_session_ttl) and has ended"
+                ),
+            );
+            return;
+        }
+        if now + self.warn_before_ms >= deadline
+            && let Ok(mut warned) = self.warned.lock()
+            && !*warned
+        {
+            *warned = true;
+            let left = (deadline - now + 999) / 1000;
+            self.notices.send_replace(Some(format!(
+                "this session ends in {left} s (max_session_ttl); save your work"
+            )));
+        }
+        let idle = self.idle_ms.load(Ordering::Relaxed);
+        if idle > 0 && now - self.last_input_ms.load(Ordering::Relaxed) >= idle {
+            let d = Dur::from_secs(u64::try_from(idle / 1000).unwrap_or(0));
+            self.terminate(
+                "idle",
+                format!("no input for {d} (idle_timeout); this session has ended"),
+            );
+        }
+    }
+
+    /// Re-decides the session against the current policy.
+    pub fn review(&self, policy: &Policy, user: &str, target: &str, login: &str) {
+        let (Some(u), Some(t)) = (policy.users.get(user), policy.targets.get(target)) else {
+            self.terminate(
+                "revoked",
+                format!("access was withdrawn: the user or target `{target}` no longer exists"),
+            );
+            return;
+        };
+        match decide(u, &policy.roles_of(u), t, &Request::Ssh { login }) {
+            Decision::Deny(reason) => {
+                self.terminate("revoked", format!("access was withdrawn: {reason}"))
+            }
+            Decision::Allow(g) => {
+                // A shortened TTL applies at once; a longer one never outlives the certificate.
+                let wanted =
+                    (self.started_ms + secs_ms(g.settings.max_session_ttl)).min(self.hard_limit_ms);
+                let old = self.deadline_ms.swap(wanted, Ordering::Relaxed);
+                if wanted > old
+                    && let Ok(mut w) = self.warned.lock()
+                {
+                    *w = false;
+                }
+                self.idle_ms
+                    .store(secs_ms(g.settings.idle_timeout), Ordering::Relaxed);
+                self.ttl_secs.store(
+                    i64::try_from(g.settings.max_session_ttl.as_secs()).unwrap_or(i64::MAX),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+}
+
+fn secs_ms(d: Dur) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2000) * 1000
+}
