@@ -262,7 +262,7 @@ fn report(r: &Report, source: &str) -> ExitCode {
     );
     if unsigned > 0 {
         println!(
-            "note: the newest {unsigned} event(s) are not yet covered by a signed checkpoint (postern signs every 1000 events or 10 s, and at shutdown)"
+            "note: the newest {unsigned} event(s) are not yet covered by a signed checkpoint (postern signs every 10,000 events or 10 s, and at shutdown)"
         );
     }
     ExitCode::SUCCESS

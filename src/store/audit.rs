@@ -65,31 +65,38 @@ pub async fn insert_chained(
     events: &[AuditEvent],
 ) -> Result<(i64, String), StoreError> {
     let (mut seq, mut prev) = head(conn).await?;
+    // Hash in order first, then write many rows per statement.
+    let mut rows = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
         let hash = chain::event_hash(seq, e, &prev);
-        sqlx::query(
-            "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(e.id.to_string())
-        .bind(e.time_ms)
-        .bind(&e.kind)
-        .bind(&e.actor.0)
-        .bind(&e.source)
-        .bind(&e.target)
-        .bind(&e.session_id)
-        .bind(e.result.as_str())
-        .bind(e.details.to_string())
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-        prev = hash;
+        rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, (seq, e, prev_hash, hash)| {
+            b.push_bind(*seq)
+                .push_bind(e.id.to_string())
+                .push_bind(e.time_ms)
+                .push_bind(e.kind.clone())
+                .push_bind(e.actor.0.clone())
+                .push_bind(e.source.clone())
+                .push_bind(e.target.clone())
+                .push_bind(e.session_id.clone())
+                .push_bind(e.result.as_str())
+                .push_bind(e.details.to_string())
+                .push_bind(prev_hash.clone())
+                .push_bind(hash.clone());
+        });
+        q.build().execute(&mut *conn).await?;
     }
     Ok((seq, prev))
 }
+
+/// Rows per INSERT statement (12 values each, well under SQLite's variable limit).
+const ROWS_PER_INSERT: usize = 200;
 
 pub async fn last_checkpoint(
     conn: &mut SqliteConnection,

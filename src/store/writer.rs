@@ -1,7 +1,7 @@
 //! Group commit for audit events: callers queue events and wait for their transaction;
 //! one writer task takes everything queued so far into a single `BEGIN IMMEDIATE`
-//! transaction (chain order = queue order), and signs a checkpoint every 1,000 events
-//! or 10 seconds.
+//! transaction (chain order = queue order), and signs a checkpoint every 10,000 events
+//! or 10 seconds, in the same transaction as the events it covers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::audit::AuditEvent;
 use crate::audit::chain::Signer;
 
 const BATCH: usize = 4096;
-const CHECKPOINT_EVERY: u64 = 1000;
+const CHECKPOINT_EVERY: u64 = 10_000;
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
 
 enum Job {
@@ -63,9 +63,17 @@ impl AuditQueue {
     }
 }
 
-async fn write(pool: &SqlitePool, events: &[AuditEvent]) -> Result<(), StoreError> {
+/// Writes a batch; signs the new head in the same transaction when `sign_with` is given.
+async fn write(
+    pool: &SqlitePool,
+    events: &[AuditEvent],
+    sign_with: Option<&Signer>,
+) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     audit::insert_chained(&mut tx, events).await?;
+    if let Some(signer) = sign_with {
+        audit::checkpoint(&mut tx, signer).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -119,9 +127,19 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
             }
         }
         if !events.is_empty() {
-            let result = write(&pool, &events).await.map_err(|e| e.to_string());
+            let due =
+                unsigned + events.len() as u64 >= CHECKPOINT_EVERY || !checkpoint_acks.is_empty();
+            let sign_with = if due { signer.as_deref() } else { None };
+            let result = write(&pool, &events, sign_with)
+                .await
+                .map_err(|e| e.to_string());
             if result.is_ok() {
-                unsigned += events.len() as u64;
+                if sign_with.is_some() {
+                    unsigned = 0;
+                    last_sign = Instant::now();
+                } else {
+                    unsigned += events.len() as u64;
+                }
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
