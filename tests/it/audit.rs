@@ -484,3 +484,59 @@ fn events_are_mirrored_as_json_lines_for_a_siem() {
     assert_eq!(kinds, ["user.create", "server.stop"], "{text}");
     assert!(text.contains("\"hash\":"));
 }
+
+#[test]
+fn search_follow_prints_new_events_as_they_arrive() {
+    use std::io::BufRead;
+    let p = Postern::new();
+    p.cli(&["admin", "user", "add", "first"]).ok();
+    let mut child = Command::new(BIN)
+        .args([
+            "audit",
+            "search",
+            "--follow",
+            "--json",
+            "--limit",
+            "0",
+            "--data-dir",
+        ])
+        .arg(p.data_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    p.cli(&["admin", "user", "add", "second"]).ok();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(line.clone());
+            if line.contains("\"user:second\"") {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("user.create") && l.contains("user:second")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains("user:first")),
+        "only new events: {seen:?}"
+    );
+}
