@@ -51,6 +51,11 @@ async fn main() -> anyhow::Result<()> {
         last_dir = Some(dir);
     }
     let dir = last_dir.ok_or_else(|| anyhow::anyhow!("no run"))?;
+    let batched = batched(events).await?;
+    println!(
+        "postern chained, 1 producer, batches of 1024:  {batched:>9.0} events/s  ({:.1} us/event)",
+        1e6 / batched
+    );
     let plain = plain(dir.path(), events).await?;
     println!(
         "plain batched inserts (peer):         {plain:>9.0} events/s  ({:.1} us/event)",
@@ -104,6 +109,22 @@ async fn chained(events: usize, writers: usize) -> anyhow::Result<(f64, tempfile
     let elapsed = start.elapsed().as_secs_f64();
     store.close().await;
     Ok((events as f64 / elapsed, dir))
+}
+
+/// The chain alone: one producer appending 1024 events per durable transaction.
+async fn batched(events: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open_sqlite(dir.path(), None).await?;
+    let start = Instant::now();
+    let mut i = 0;
+    while i < events {
+        let chunk: Vec<AuditEvent> = (i..(i + 1024).min(events)).map(event).collect();
+        store.append_audit_batch(chunk).await?;
+        i += 1024;
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    store.close().await;
+    Ok(rate)
 }
 
 /// Peer: the same rows as plain inserts, 1024 per transaction, no chain, same durability.
