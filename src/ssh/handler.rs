@@ -2,7 +2,7 @@
 //! the access decision from the username, and one relay task per channel.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::HashAlg;
@@ -18,120 +18,14 @@ use uuid::Uuid;
 
 use super::limits::Limits;
 use super::relay;
+pub use super::session::SessionCtx;
 use super::upstream::Credentials;
 use super::username::{self, printable};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::ssh_cert::{self, CertRequest};
-use crate::policy::{
-    Decision, Grant, Policy, Request, Target, TargetKind, User, decide, default_login,
-};
+use crate::policy::{Decision, Policy, Request, TargetKind, User, decide, default_login};
 use crate::server::Shared;
-use crate::store::{SessionEnd, SessionRow};
-
-/// An authorised session: one SSH connection to one target as one login.
-pub struct SessionCtx {
-    pub id: String,
-    pub user: String,
-    pub login: String,
-    pub target: Target,
-    pub grant: Grant,
-    pub creds: Credentials,
-    pub cert_serial: u64,
-    pub client_addr: String,
-    pub shared: Arc<Shared>,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub exit_status: Mutex<Option<u32>>,
-    /// Time limits, notices and the token that ends the session.
-    pub limits: Limits,
-    next_channel: AtomicU32,
-}
-
-impl crate::server::live::LiveSession for SessionCtx {
-    fn kill(&self) {
-        self.limits
-            .terminate("killed", "an admin ended this session".into());
-    }
-
-    fn tick(&self, now_ms: i64) {
-        self.limits.tick(now_ms);
-    }
-
-    fn review(&self, policy: &Policy) {
-        self.limits
-            .review(policy, &self.user, &self.target.name, &self.login);
-    }
-}
-
-impl SessionCtx {
-    pub fn next_channel(&self) -> u32 {
-        self.next_channel.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn event(&self, kind: &str, result: Outcome, details: serde_json::Value) -> AuditEvent {
-        let mut e = AuditEvent::new(kind, &Actor::user(&self.user), result, details);
-        e.source = Some(self.client_addr.clone());
-        e.target = Some(self.target.name.clone());
-        e.session_id = Some(self.id.clone());
-        e
-    }
-
-    pub async fn audit(&self, e: AuditEvent) {
-        if let Err(err) = self.shared.store.append_audit(&e).await {
-            warn!(session = %self.id, error = %err, kind = %e.kind, "cannot write audit event");
-        }
-    }
-
-    /// Closes the session in the index and the audit log.
-    pub async fn end(&self, reason: &str) {
-        let end = SessionEnd {
-            reason: reason.to_string(),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            exit_status: self.exit_status.lock().ok().and_then(|s| *s),
-        };
-        if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
-            warn!(session = %self.id, error = %e, "cannot close the session row");
-        }
-        let why = match reason {
-            "expired" => Some("session.expired"),
-            "idle" => Some("session.idle_timeout"),
-            "revoked" => Some("session.revoked"),
-            _ => None,
-        };
-        if let Some(kind) = why {
-            let message = self.limits.ending().map(|e| e.message).unwrap_or_default();
-            self.audit(self.event(kind, Outcome::Success, json!({ "message": message })))
-                .await;
-        }
-        // Each finished recording's SHA-256 enters the audit chain here.
-        let data_dir = &self.shared.config.data_dir;
-        let recordings: Vec<serde_json::Value> = match self.shared.store.get_session(&self.id).await {
-            Ok(Some(row)) => row
-                .recordings
-                .iter()
-                .map(|r| {
-                    let path = std::path::Path::new(&r.path);
-                    let file = path.strip_prefix(data_dir).unwrap_or(path);
-                    json!({ "channel": r.channel, "file": file.display().to_string(), "sha256": r.sha256 })
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.audit(self.event(
-            "session.end",
-            Outcome::Success,
-            json!({
-                "reason": reason,
-                "bytes_in": end.bytes_in,
-                "bytes_out": end.bytes_out,
-                "exit_status": end.exit_status,
-                "recordings": recordings,
-            }),
-        ))
-        .await;
-    }
-}
+use crate::store::SessionRow;
 
 /// What the connection may do once authenticated.
 #[derive(Clone)]
@@ -470,14 +364,19 @@ impl Handler for Conn {
                 .await;
             return Ok(());
         }
-        let req = relay::Forward {
+        let req = super::forward::Forward {
             host: host.to_string(),
             port,
             originator: originator.to_string(),
             originator_port,
         };
-        self.tracker
-            .spawn(relay::forward(ctx, channel, reply, req, self.stop()));
+        self.tracker.spawn(super::forward::forward(
+            ctx,
+            channel,
+            reply,
+            req,
+            self.stop(),
+        ));
         Ok(())
     }
 

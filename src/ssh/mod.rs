@@ -2,9 +2,11 @@
 //! (`handler`), the client side towards targets (`upstream`), and the per-channel relay
 //! that records every byte (`relay`).
 
+mod forward;
 mod handler;
 mod limits;
 mod relay;
+mod session;
 pub mod upstream;
 pub mod username;
 
