@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use russh::keys::HashAlg;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
@@ -241,6 +242,17 @@ impl Conn {
         Verdict::Allowed(ctx)
     }
 
+    async fn cert_failure(&self, ssh_user: &str, serial: u64, key_id: &str, reason: &str) {
+        self.audit(
+            "auth.failure",
+            Actor("unknown".into()),
+            Outcome::Failure,
+            None,
+            json!({ "method": "certificate", "reason": reason, "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user) }),
+        )
+        .await;
+    }
+
     fn stop(&self) -> relay::Stop {
         relay::Stop {
             cancel: self.cancel.clone(),
@@ -253,6 +265,37 @@ impl Conn {
             Some(Verdict::Allowed(ctx)) => Some(ctx),
             _ => None,
         }
+    }
+}
+
+/// Everything about a user certificate that russh does not check: the issuing CA, the
+/// type, critical options, the validity window (with skew) and a single principal.
+fn check_certificate(
+    cert: &Certificate,
+    user_ca: &russh::keys::PrivateKey,
+) -> Result<String, String> {
+    if cert.signature_key() != user_ca.public_key().key_data() {
+        return Err("not signed by postern's user CA".into());
+    }
+    if cert.cert_type() != CertType::User {
+        return Err("not a user certificate".into());
+    }
+    if let Some((name, _)) = cert.critical_options().iter().next() {
+        return Err(format!("unsupported critical option `{}`", printable(name)));
+    }
+    let now = ssh_cert::now_secs();
+    if now + ssh_cert::SKEW_SECS < cert.valid_after() || now >= cert.valid_before() {
+        let until = i64::try_from(cert.valid_before())
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        return Err(format!(
+            "expired or not yet valid (valid until {})",
+            crate::audit::format_ms(until)
+        ));
+    }
+    match cert.valid_principals() {
+        [one] => Ok(one.clone()),
+        _ => Err("a postern certificate names exactly one principal, the postern user".into()),
     }
 }
 
@@ -273,14 +316,66 @@ impl Handler for Conn {
     async fn auth_publickey_offered(
         &mut self,
         _user: &str,
-        offer: PublicKeyOffer<'_>,
+        _offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let fp = fingerprint(offer.public_key);
-        let known = self
-            .policy()
-            .await
-            .is_some_and(|p| owner(&p, &fp).is_some());
-        Ok(if known { Auth::Accept } else { Auth::reject() })
+        // A certificate's offer carries only its inner key, which no user registered: let
+        // every offer proceed to the signed request, where keys and certificates are checked.
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        ssh_user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        // russh has checked the request's signature, the certificate's own signature and
+        // its validity window; everything else is postern's to check.
+        let serial = cert.serial();
+        let key_id = printable(cert.key_id());
+        let checked = check_certificate(cert, &self.shared.keys.user_ca);
+        let principal = match checked {
+            Ok(p) => p,
+            Err(reason) => {
+                self.cert_failure(ssh_user, serial, &key_id, &reason).await;
+                return Ok(Auth::reject());
+            }
+        };
+        let Some(policy) = self.policy().await else {
+            return Ok(Auth::reject());
+        };
+        let Some(user) = policy.users.get(&principal).cloned() else {
+            self.cert_failure(
+                ssh_user,
+                serial,
+                &key_id,
+                "its principal names no postern user",
+            )
+            .await;
+            return Ok(Auth::reject());
+        };
+        match self.shared.store.is_revoked(serial).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.cert_failure(ssh_user, serial, &key_id, "serial revoked")
+                    .await;
+                return Ok(Auth::reject());
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot check certificate revocation; refusing");
+                return Ok(Auth::reject());
+            }
+        }
+        self.audit(
+            "auth.success",
+            Actor::user(&user.name),
+            Outcome::Success,
+            None,
+            json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user) }),
+        )
+        .await;
+        let verdict = self.verdict(&policy, &user, ssh_user).await;
+        self.verdict = Some(verdict);
+        Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
@@ -465,5 +560,119 @@ impl Handler for Conn {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::keys::PrivateKey;
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+
+    use super::check_certificate;
+    use crate::credentials::ssh_cert::now_secs;
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
+    }
+
+    fn cert(
+        ca: &PrivateKey,
+        kind: CertType,
+        principals: &[&str],
+        from: u64,
+        to: u64,
+        option: bool,
+    ) -> russh::keys::Certificate {
+        let mut b = Builder::new(
+            [1u8; 16].to_vec(),
+            key(2).public_key().key_data().clone(),
+            from,
+            to,
+        )
+        .unwrap();
+        b.cert_type(kind).unwrap();
+        b.serial(7).unwrap();
+        b.key_id("t").unwrap();
+        for p in principals {
+            b.valid_principal(*p).unwrap();
+        }
+        if principals.is_empty() {
+            // "Valid for every principal": postern must refuse it.
+            b.all_principals_valid().unwrap();
+        }
+        if option {
+            b.critical_option("force-command", "/bin/true").unwrap();
+        }
+        b.sign(ca).unwrap()
+    }
+
+    #[test]
+    fn user_certificate_checks() {
+        let ca = key(1);
+        let now = now_secs();
+        let ok = cert(&ca, CertType::User, &["alice"], now - 10, now + 3600, false);
+        assert_eq!(check_certificate(&ok, &ca).unwrap(), "alice");
+        for (c, why) in [
+            (
+                cert(
+                    &key(9),
+                    CertType::User,
+                    &["alice"],
+                    now - 10,
+                    now + 3600,
+                    false,
+                ),
+                "user CA",
+            ),
+            (
+                cert(&ca, CertType::Host, &["alice"], now - 10, now + 3600, false),
+                "not a user certificate",
+            ),
+            (
+                cert(
+                    &ca,
+                    CertType::User,
+                    &["alice"],
+                    now - 7200,
+                    now - 3600,
+                    false,
+                ),
+                "expired",
+            ),
+            (
+                cert(
+                    &ca,
+                    CertType::User,
+                    &["alice"],
+                    now + 3600,
+                    now + 7200,
+                    false,
+                ),
+                "not yet valid",
+            ),
+            (
+                cert(
+                    &ca,
+                    CertType::User,
+                    &["alice", "bob"],
+                    now - 10,
+                    now + 3600,
+                    false,
+                ),
+                "exactly one principal",
+            ),
+            (
+                cert(&ca, CertType::User, &[], now - 10, now + 3600, false),
+                "exactly one principal",
+            ),
+            (
+                cert(&ca, CertType::User, &["alice"], now - 10, now + 3600, true),
+                "critical option",
+            ),
+        ] {
+            let e = check_certificate(&c, &ca).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 }

@@ -279,6 +279,41 @@ impl Store {
         }
     }
 
+    /// Revokes a user certificate serial (idempotent); true when it was not revoked yet.
+    pub async fn revoke_serial(
+        &self,
+        serial: u64,
+        actor: &Actor,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let done = sqlx::query(
+                    "INSERT OR IGNORE INTO revoked_certificates (serial, revoked_ms, actor, reason) VALUES (?, ?, ?, ?)",
+                )
+                .bind(serial.to_string())
+                .bind(crate::audit::now_ms())
+                .bind(&actor.0)
+                .bind(reason)
+                .execute(&mut *pool.acquire().await?)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+    }
+
+    pub async fn is_revoked(&self, serial: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Ok(sqlx::query(
+                "SELECT 1 FROM revoked_certificates WHERE serial = ?",
+            )
+            .bind(serial.to_string())
+            .fetch_optional(&mut *pool.acquire().await?)
+            .await?
+            .is_some()),
+        }
+    }
+
     /// Closes sessions a crashed process left open (single node: every open session).
     pub async fn close_orphan_sessions(&self, reason: &str) -> Result<Vec<SessionRow>, StoreError> {
         match &self.backend {

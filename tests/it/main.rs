@@ -4,6 +4,7 @@ mod access;
 mod admin;
 mod apply;
 mod audit;
+mod certs;
 mod harness;
 mod harness_check;
 mod serve;

@@ -23,6 +23,9 @@ pub enum Command {
     /// Targets: SSH hosts and PostgreSQL servers.
     #[command(subcommand)]
     Target(target::Command),
+    /// User certificates: revoke a serial so it is refused before it expires.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print the target CA public key and the sshd_config line targets need.
     TargetCa,
     /// Print the user CA public key (what signs developers' certificates).
@@ -31,8 +34,38 @@ pub enum Command {
     TlsCa,
 }
 
+#[derive(clap::Subcommand)]
+pub enum CertCommand {
+    /// Refuse the certificate with this serial from now on.
+    Revoke {
+        serial: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Cert(CertCommand::Revoke { serial, reason }) => {
+            let store = open_store(config).await?;
+            let actor = Actor::os();
+            let fresh = store.revoke_serial(serial, &actor, &reason).await?;
+            store
+                .append_audit(&crate::audit::AuditEvent::new(
+                    "credential.revoke",
+                    &actor,
+                    crate::audit::Outcome::Success,
+                    serde_json::json!({ "type": "ssh_user_certificate", "serial": serial.to_string(), "reason": reason }),
+                ))
+                .await?;
+            store.close().await;
+            if fresh {
+                println!("revoked certificate serial {serial}");
+            } else {
+                println!("certificate serial {serial} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::User(c) => user::run(config, c).await,
         Command::Role(c) => role::run(config, c).await,
         Command::Target(c) => target::run(config, c).await,
