@@ -18,20 +18,32 @@ use super::AuditEvent;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub fn canonical(seq: i64, e: &AuditEvent, prev_hash: &str) -> String {
-    json!({
-        "seq": seq,
-        "id": e.id.to_string(),
-        "time_ms": e.time_ms,
-        "type": e.kind,
-        "actor": e.actor.0,
-        "source": e.source,
-        "target": e.target,
-        "session_id": e.session_id,
-        "result": e.result.as_str(),
-        "details": e.details,
-        "prev_hash": prev_hash,
-    })
-    .to_string()
+    canonical_with(seq, e, prev_hash, &e.details.to_string())
+}
+
+/// The canonical form with `details` already encoded (the store reuses that text).
+/// Keys in sorted order, compact, as `serde_json` prints a map; strings JSON-escaped.
+pub fn canonical_with(seq: i64, e: &AuditEvent, prev_hash: &str, details: &str) -> String {
+    fn s(v: &str) -> String {
+        serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into())
+    }
+    fn o(v: &Option<String>) -> String {
+        v.as_deref().map(s).unwrap_or_else(|| "null".into())
+    }
+    format!(
+        "{{\"actor\":{},\"details\":{},\"id\":\"{}\",\"prev_hash\":{},\"result\":\"{}\",\"seq\":{},\"session_id\":{},\"source\":{},\"target\":{},\"time_ms\":{},\"type\":{}}}",
+        s(&e.actor.0),
+        details,
+        e.id,
+        s(prev_hash),
+        e.result.as_str(),
+        seq,
+        o(&e.session_id),
+        o(&e.source),
+        o(&e.target),
+        e.time_ms,
+        s(&e.kind),
+    )
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -44,6 +56,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 pub fn event_hash(seq: i64, e: &AuditEvent, prev_hash: &str) -> String {
     sha256_hex(canonical(seq, e, prev_hash).as_bytes())
+}
+
+pub fn event_hash_with(seq: i64, e: &AuditEvent, prev_hash: &str, details: &str) -> String {
+    sha256_hex(canonical_with(seq, e, prev_hash, details).as_bytes())
 }
 
 /// What a checkpoint signs.
@@ -136,6 +152,24 @@ mod tests {
         assert_ne!(h1, event_hash(2, &e, GENESIS), "position matters");
         e.details = json!({"b": 2, "a": [1, 2]});
         assert_ne!(h1, event_hash(1, &e, GENESIS), "content matters");
+    }
+
+    #[test]
+    fn canonical_form_is_the_sorted_json_object() {
+        let mut e = AuditEvent::new(
+            "session.end",
+            &Actor("user:a\"b".into()),
+            Outcome::Deny,
+            json!({"z": "é\n", "a": null}),
+        );
+        e.session_id = Some("s1".into());
+        let expected = json!({
+            "seq": 9, "id": e.id.to_string(), "time_ms": e.time_ms, "type": e.kind, "actor": e.actor.0,
+            "source": e.source, "target": e.target, "session_id": e.session_id, "result": "deny",
+            "details": e.details, "prev_hash": GENESIS,
+        })
+        .to_string();
+        assert_eq!(canonical(9, &e, GENESIS), expected);
     }
 
     #[test]

@@ -69,14 +69,21 @@ pub async fn insert_chained(
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
-        let hash = chain::event_hash(seq, e, &prev);
-        rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+        let details = e.details.to_string();
+        let hash = chain::event_hash_with(seq, e, &prev, &details);
+        rows.push((
+            seq,
+            e,
+            std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            details,
+        ));
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash) ",
         );
-        q.push_values(chunk, |mut b, (seq, e, prev_hash, hash)| {
+        q.push_values(chunk, |mut b, (seq, e, prev_hash, hash, details)| {
             b.push_bind(*seq)
                 .push_bind(e.id.to_string())
                 .push_bind(e.time_ms)
@@ -86,7 +93,7 @@ pub async fn insert_chained(
                 .push_bind(e.target.clone())
                 .push_bind(e.session_id.clone())
                 .push_bind(e.result.as_str())
-                .push_bind(e.details.to_string())
+                .push_bind(details.clone())
                 .push_bind(prev_hash.clone())
                 .push_bind(hash.clone());
         });
