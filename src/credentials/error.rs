@@ -25,6 +25,8 @@ pub enum CredentialError {
     Encode(String),
     #[error("cannot create the TLS certificate: {0}")]
     Tls(String),
+    #[error("the password is too short: use at least {0} characters")]
+    WeakPassword(usize),
     #[error("cannot decrypt a stored secret: {0}")]
     Decrypt(&'static str),
 }

@@ -9,6 +9,7 @@
 
 pub mod error;
 mod files;
+pub mod password;
 pub mod secrets;
 pub mod ssh_cert;
 mod tls;

@@ -279,6 +279,42 @@ impl Store {
         }
     }
 
+    /// Stores a user's password hash (PHC string); false when the user does not exist.
+    pub async fn set_password_hash(&self, user: &str, hash: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                let exists = sqlx::query("SELECT 1 FROM users WHERE name = ?")
+                    .bind(user)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .is_some();
+                if !exists {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT OR REPLACE INTO user_passwords (user_name, hash, updated_ms) VALUES (?, ?, ?)")
+                    .bind(user)
+                    .bind(hash)
+                    .bind(crate::audit::now_ms())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    pub async fn password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query("SELECT hash FROM user_passwords WHERE user_name = ?")
+                    .bind(user)
+                    .fetch_optional(&mut *pool.acquire().await?)
+                    .await?;
+                Ok(row.map(|r| sqlx::Row::try_get(&r, "hash")).transpose()?)
+            }
+        }
+    }
+
     /// Revokes a user certificate serial (idempotent); true when it was not revoked yet.
     pub async fn revoke_serial(
         &self,

@@ -249,3 +249,63 @@ fn bad_input_gets_one_line_errors() {
         serde_json::from_str(p.cli(&["audit", "search", "--json"]).ok()).unwrap();
     assert_eq!(events.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn passwords_are_stored_as_argon2id_and_never_shown() {
+    let p = Postern::new();
+    p.cli(&["admin", "user", "add", "alice"]).ok();
+    let secret = "tr0ub4dor-and-3-more-words";
+    let out = p.cli_stdin(
+        &["admin", "user", "set-password", "alice", "--password-stdin"],
+        &format!("{secret}\n"),
+    );
+    assert_eq!(out.ok().trim(), "password set for user alice");
+    let db = p.data_dir().join("postern.db");
+    let hash = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT hash FROM user_passwords WHERE user_name = 'alice'")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&hash.stdout).starts_with("$argon2id$"),
+        "{hash:?}"
+    );
+    // The password is nowhere: not in the store files, the audit log or the user's JSON.
+    for f in std::fs::read_dir(p.data_dir()).unwrap().flatten() {
+        if f.path().is_file() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the password",
+                f.path().display()
+            );
+        }
+    }
+    let audit = p.cli(&["audit", "search", "--json"]);
+    assert!(audit.ok().contains("user.password_set") && !audit.stdout.contains(secret));
+    assert!(
+        !p.cli(&["admin", "user", "show", "alice", "--json"])
+            .ok()
+            .contains("argon2")
+    );
+    // Bad input.
+    let out = p.cli_stdin(
+        &["admin", "user", "set-password", "alice", "--password-stdin"],
+        "short\n",
+    );
+    assert!(
+        out.fails(2)
+            .contains("too short: use at least 12 characters")
+    );
+    let out = p.cli_stdin(
+        &[
+            "admin",
+            "user",
+            "set-password",
+            "nobody",
+            "--password-stdin",
+        ],
+        &format!("{secret}\n"),
+    );
+    assert!(out.fails(2).contains("user `nobody` not found"));
+}

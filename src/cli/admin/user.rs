@@ -51,6 +51,13 @@ pub enum Command {
         name: String,
         fingerprint: String,
     },
+    /// Set the password `postern login` checks (Argon2id), read from standard input.
+    SetPassword {
+        name: String,
+        /// Read the password from standard input (one line), for scripts.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
     Grant {
         name: String,
         role: String,
@@ -189,6 +196,36 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(())
             })
             .await
+        }
+        Command::SetPassword {
+            name,
+            password_stdin: _,
+        } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            let hash = crate::credentials::password::hash(password)?;
+            let store = crate::cli::open_store(config).await?;
+            if !store.set_password_hash(&name, &hash).await? {
+                store.close().await;
+                return Err(not_found("user", &name).into());
+            }
+            store
+                .append_audit(
+                    &crate::audit::AuditEvent::new(
+                        "user.password_set",
+                        &crate::audit::Actor::os(),
+                        crate::audit::Outcome::Success,
+                        serde_json::json!({ "algorithm": "argon2id" }),
+                    )
+                    .with_target(format!("user:{name}")),
+                )
+                .await?;
+            store.close().await;
+            println!("password set for user {name}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Grant { name, role } => {
             mutate(config, |p| {
