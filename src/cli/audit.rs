@@ -339,12 +339,8 @@ async fn verify_store(store: &Store, v: &mut Verifier) -> Result<(), crate::audi
     };
     let mut after = 0;
     if let Some(a) = store.audit_anchor().await.map_err(internal)? {
-        v.anchor(&CheckpointIn {
-            seq: a.seq,
-            hash: a.hash,
-            signature: a.signature,
-        })?;
         after = a.seq;
+        v.anchor(&signed(a))?;
     }
     loop {
         let page = store.audit_page(after, 5000).await.map_err(internal)?;
@@ -356,11 +352,7 @@ async fn verify_store(store: &Store, v: &mut Verifier) -> Result<(), crate::audi
             .await
             .map_err(internal)?
         {
-            v.checkpoint(CheckpointIn {
-                seq: c.seq,
-                hash: c.hash,
-                signature: c.signature,
-            })?;
+            v.checkpoint(signed(c))?;
         }
         for c in &page {
             v.event(c.seq, &c.event, c.prev_hash.as_deref(), c.hash.as_deref())?;
@@ -372,13 +364,17 @@ async fn verify_store(store: &Store, v: &mut Verifier) -> Result<(), crate::audi
         .await
         .map_err(internal)?
     {
-        v.checkpoint(CheckpointIn {
-            seq: c.seq,
-            hash: c.hash,
-            signature: c.signature,
-        })?;
+        v.checkpoint(signed(c))?;
     }
     Ok(())
+}
+
+fn signed(c: crate::store::Checkpoint) -> CheckpointIn {
+    CheckpointIn {
+        seq: c.seq,
+        hash: c.hash,
+        signature: c.signature,
+    }
 }
 
 fn checkpoint_in(c: &serde_json::Value) -> anyhow::Result<CheckpointIn> {

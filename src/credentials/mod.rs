@@ -153,17 +153,6 @@ impl KeyStore {
             created,
         })
     }
-
-    /// Opens an existing data dir without creating anything (admin commands).
-    pub fn open_existing(data_dir: &Path) -> Result<KeyStore, CredentialError> {
-        for rel in PRIVATE_FILES {
-            let p = data_dir.join(rel);
-            if !p.exists() {
-                return Err(CredentialError::Missing { path: p });
-            }
-        }
-        Ok(Self::load_or_create(data_dir, &[])?.keys)
-    }
 }
 
 /// The OpenSSH public key line of a key, e.g. for `TrustedUserCAKeys`.

@@ -11,7 +11,6 @@ use serde_json::json;
 
 use super::handler::SessionCtx;
 use super::relay::{Stop, finish, to_client};
-use super::upstream;
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -63,23 +62,11 @@ pub async fn forward(
         .store
         .add_recording(&ctx.id, channel_no, &path.display().to_string())
         .await;
-    let up = match upstream::connect(
-        &ctx.target,
-        &ctx.creds,
-        ctx.shared.config.ssh.connect_timeout.0,
-    )
-    .await
-    {
+    let up = match ctx.connect_upstream().await {
         Ok(u) => u,
-        Err(e) => {
-            ctx.audit(ctx.event(
-                "session.upstream_error",
-                Outcome::Failure,
-                json!({ "error": e.to_string() }),
-            ))
-            .await;
+        Err(_) => {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            let _ = recorder.finish().await;
+            finish(&ctx, channel_no, recorder).await;
             return;
         }
     };

@@ -242,6 +242,27 @@ impl Conn {
         Verdict::Allowed(ctx)
     }
 
+    /// Identity is proven (key or certificate): audit it, then decide what the session may do.
+    async fn authenticated(
+        &mut self,
+        policy: &Policy,
+        user: &User,
+        ssh_user: &str,
+        details: serde_json::Value,
+    ) -> Result<Auth, russh::Error> {
+        self.audit(
+            "auth.success",
+            Actor::user(&user.name),
+            Outcome::Success,
+            None,
+            details,
+        )
+        .await;
+        let verdict = self.verdict(policy, user, ssh_user).await;
+        self.verdict = Some(verdict);
+        Ok(Auth::Accept)
+    }
+
     async fn cert_failure(&self, ssh_user: &str, serial: u64, key_id: &str, reason: &str) {
         self.audit(
             "auth.failure",
@@ -365,17 +386,8 @@ impl Handler for Conn {
                 return Ok(Auth::reject());
             }
         }
-        self.audit(
-            "auth.success",
-            Actor::user(&user.name),
-            Outcome::Success,
-            None,
-            json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user) }),
-        )
-        .await;
-        let verdict = self.verdict(&policy, &user, ssh_user).await;
-        self.verdict = Some(verdict);
-        Ok(Auth::Accept)
+        let details = json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user) });
+        self.authenticated(&policy, &user, ssh_user, details).await
     }
 
     async fn auth_publickey(
@@ -398,17 +410,9 @@ impl Handler for Conn {
             .await;
             return Ok(Auth::reject());
         };
-        self.audit(
-            "auth.success",
-            Actor::user(&user.name),
-            Outcome::Success,
-            None,
-            json!({ "method": "publickey", "fingerprint": fp, "ssh_user": printable(ssh_user) }),
-        )
-        .await;
-        let verdict = self.verdict(&policy, &user, ssh_user).await;
-        self.verdict = Some(verdict);
-        Ok(Auth::Accept)
+        let details =
+            json!({ "method": "publickey", "fingerprint": fp, "ssh_user": printable(ssh_user) });
+        self.authenticated(&policy, &user, ssh_user, details).await
     }
 
     async fn channel_open_session(

@@ -279,24 +279,7 @@ async fn open_upstream(
     pty: Option<PtyReq>,
     env: Vec<(String, String)>,
 ) -> Result<(upstream::UpHandle, Channel<russh::client::Msg>), String> {
-    let up = match upstream::connect(
-        &ctx.target,
-        &ctx.creds,
-        ctx.shared.config.ssh.connect_timeout.0,
-    )
-    .await
-    {
-        Ok(h) => h,
-        Err(e) => {
-            let kind = match e {
-                upstream::UpstreamError::HostKeyMismatch { .. } => "session.host_key_mismatch",
-                _ => "session.upstream_error",
-            };
-            ctx.audit(ctx.event(kind, Outcome::Failure, json!({ "error": e.to_string() })))
-                .await;
-            return Err(e.to_string());
-        }
-    };
+    let up = ctx.connect_upstream().await?;
     let upch = up.channel_open_session().await.map_err(|e| {
         format!(
             "target `{}` refused a session channel: {e}",

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::limits::Limits;
-use super::upstream::Credentials;
+use super::upstream::{self, Credentials, UpHandle, UpstreamError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::policy::{Grant, Policy, Target};
 use crate::server::Shared;
@@ -66,6 +66,30 @@ impl SessionCtx {
     pub async fn audit(&self, e: AuditEvent) {
         if let Err(err) = self.shared.store.append_audit(&e).await {
             warn!(session = %self.id, error = %err, kind = %e.kind, "cannot write audit event");
+        }
+    }
+
+    /// Connects to the target as this session's login; a failure is audited
+    /// (`session.host_key_mismatch` or `session.upstream_error`) and returned as the
+    /// message the user sees.
+    pub async fn connect_upstream(&self) -> Result<UpHandle, String> {
+        match upstream::connect(
+            &self.target,
+            &self.creds,
+            self.shared.config.ssh.connect_timeout.0,
+        )
+        .await
+        {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                let kind = match e {
+                    UpstreamError::HostKeyMismatch { .. } => "session.host_key_mismatch",
+                    _ => "session.upstream_error",
+                };
+                self.audit(self.event(kind, Outcome::Failure, json!({ "error": e.to_string() })))
+                    .await;
+                Err(e.to_string())
+            }
         }
     }
 

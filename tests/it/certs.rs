@@ -2,7 +2,7 @@
 //! does not: the CA, the type, the principal, the validity, revocation, the user's state.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::harness::Out;
 use crate::ssh::Bastion;
@@ -33,26 +33,7 @@ fn cert(b: &Bastion, name: &str, ca: &Path, extra: &[&str]) -> PathBuf {
 }
 
 fn ssh_with(b: &Bastion, key: &Path, command: &str) -> Out {
-    Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-p", &b.postern.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into()
+    b.ssh_with_key(key, &b.dest(), command)
 }
 
 #[test]

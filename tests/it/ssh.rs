@@ -83,9 +83,14 @@ impl Bastion {
 
     /// `ssh` arguments through postern, up to (not including) the destination.
     pub fn ssh_command(&self, program: &str) -> Command {
+        self.ssh_command_with_key(program, &self.key)
+    }
+
+    /// The same client options, offering only `key` (and its `-cert.pub`, if any).
+    pub fn ssh_command_with_key(&self, program: &str, key: &std::path::Path) -> Command {
         let mut c = Command::new(program);
         c.args(["-F", "/dev/null", "-i"])
-            .arg(&self.key)
+            .arg(key)
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args([
@@ -103,7 +108,12 @@ impl Bastion {
 
     /// `ssh -p PORT USER@127.0.0.1 COMMAND` through postern.
     pub fn ssh(&self, user: &str, command: &str) -> Out {
-        self.ssh_command("ssh")
+        self.ssh_with_key(&self.key, user, command)
+    }
+
+    /// `ssh` through postern offering only `key`.
+    pub fn ssh_with_key(&self, key: &std::path::Path, user: &str, command: &str) -> Out {
+        self.ssh_command_with_key("ssh", key)
             .args(["-p", &self.postern.ssh.port().to_string()])
             .arg(format!("{user}@127.0.0.1"))
             .arg(command)
@@ -194,26 +204,7 @@ fn refusals_are_one_line_messages_and_audited() {
 fn an_unregistered_key_is_refused_at_authentication() {
     let b = Bastion::start();
     new_key(&b.postern, "mallory");
-    let out: Out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(b.postern.root().join("mallory"))
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-p", &b.postern.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("true")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into();
+    let out = b.ssh_with_key(&b.postern.root().join("mallory"), &b.dest(), "true");
     assert_eq!(out.code, 255);
     assert!(
         out.stderr.contains("Permission denied (publickey)"),
