@@ -2,8 +2,10 @@
 //!
 //! `main.rs` only calls [`cli::main`]; see ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod duration;

@@ -128,6 +128,21 @@ pub fn now_ms() -> i64 {
 }
 
 /// `2026-11-25T12:34:56.789Z`.
+/// A wall-clock time for a person: `14:02 UTC` today, `2026-11-26 14:02 UTC` otherwise.
+pub fn format_clock(ms: i64) -> String {
+    let at = |ms: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    let t = at(ms);
+    let f = if t.date() == at(now_ms()).date() {
+        time::macros::format_description!("[hour]:[minute] UTC")
+    } else {
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")
+    };
+    t.format(&f).unwrap_or_else(|_| format_ms(ms))
+}
+
 pub fn format_ms(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);

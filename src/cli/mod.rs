@@ -6,6 +6,7 @@ mod admin;
 mod apply;
 mod audit;
 mod check_config;
+mod login;
 mod output;
 mod serve;
 mod sessions;
@@ -59,6 +60,13 @@ enum Command {
     Sessions(sessions::Command),
     /// Play a recorded SSH session in the terminal with its real timing.
     Replay(sessions::ReplayArgs),
+    /// Log in: a short-lived SSH certificate in ~/.postern for a key made here.
+    Login(login::LoginArgs),
+    /// Who you are logged in as, your roles, and how long your credential lasts.
+    Status,
+    /// Database credentials for PostgreSQL targets.
+    #[command(subcommand)]
+    Db(login::DbCommand),
 }
 
 /// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
@@ -94,6 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(&config, cmd).await,
         Command::Sessions(cmd) => sessions::run(&config, cmd).await,
         Command::Replay(args) => sessions::replay(&config, args).await,
+        Command::Login(args) => login::login(args).await,
+        Command::Status => login::status().await,
+        Command::Db(cmd) => login::db(cmd).await,
     }
 }
 

@@ -67,12 +67,15 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     let keys = loaded.keys;
     let host_fp = credentials::fingerprint(&keys.host_key);
     let ssh_config = crate::ssh::config(&keys);
+    let tls = crate::api::tls::server_config(&config, &keys).map_err(anyhow::Error::msg)?;
+    let api = crate::api::Api::new(std::sync::Arc::new(tls));
     let server = Server::bind(Shared {
         config,
         ssh_config,
         keys,
         store,
         live: Default::default(),
+        api,
     })
     .await?;
     let bound = server.bound();

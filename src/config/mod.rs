@@ -44,6 +44,13 @@ pub struct Ssh {
     /// How long before `max_session_ttl` ends a session its user is warned.
     #[serde(default = "default_expiry_warning")]
     pub expiry_warning: Dur,
+    /// End sessions when the `postern login` certificate that opened them expires.
+    #[serde(default = "yes")]
+    pub disconnect_on_credential_expiry: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_expiry_warning() -> Dur {
@@ -59,6 +66,10 @@ fn default_connect_timeout() -> Dur {
 pub struct Tls {
     /// Names and addresses put in the generated server certificate.
     pub hostnames: Vec<String>,
+    /// A certificate chain (PEM) to serve instead of the generated one; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -99,6 +110,7 @@ impl Default for Config {
                 listen: listen("127.0.0.1:2222").listen,
                 connect_timeout: default_connect_timeout(),
                 expiry_warning: default_expiry_warning(),
+                disconnect_on_credential_expiry: true,
             },
             postgres: listen("127.0.0.1:6432"),
             api: listen("127.0.0.1:8443"),
@@ -113,6 +125,8 @@ impl Default for Tls {
     fn default() -> Self {
         Tls {
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -202,6 +216,11 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Value("data_dir must not be empty".into()));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Value(
+                "tls.cert_file and tls.key_file go together: set both or neither".into(),
+            ));
         }
         if self.tracing_filter().is_err() {
             return Err(ConfigError::Value(format!(

@@ -33,6 +33,17 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
     write_mode(path, data, 0o600)
 }
 
+/// Replaces a file atomically with a new 0600 one (a temporary file renamed over it), so
+/// a reader sees the old content or the new, and the new is never briefly readable.
+pub fn replace_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let _ = fs::remove_file(tmp);
+    write_mode(tmp, data, 0o600)?;
+    fs::rename(tmp, path).map_err(io("replace", path))
+}
+
 pub fn write_public(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
     write_mode(path, data, 0o644)
 }

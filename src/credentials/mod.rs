@@ -13,6 +13,8 @@ pub mod password;
 pub mod secrets;
 pub mod ssh_cert;
 mod tls;
+pub mod token;
+pub mod totp;
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 pub use error::CredentialError;
-pub use files::{check_private, create_dir_private, write_private};
+pub use files::{check_private, create_dir_private, replace_private, write_private};
 use secrets::MasterKey;
 
 /// Every private file postern keeps, relative to the data dir.
@@ -57,7 +59,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
     Ok(buf)
 }
 
-fn new_ed25519(comment: &str) -> Result<PrivateKey, CredentialError> {
+pub fn new_ed25519(comment: &str) -> Result<PrivateKey, CredentialError> {
     let seed = random_bytes::<32>()?;
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);

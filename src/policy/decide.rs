@@ -203,14 +203,33 @@ fn combine(roles: &[&Role]) -> RoleSettings {
     }
 }
 
-/// The login used when the SSH username names only a target: the first concrete login
-/// of the first allow rule (roles in name order) that covers the target.
-pub fn default_login(roles: &[&Role], target: &Target) -> Option<String> {
+/// The first concrete entry of `list` over the allow rules (roles in name order) that
+/// cover the target.
+fn first_listed(
+    roles: &[&Role],
+    target: &Target,
+    list: impl Fn(&Rule) -> &Vec<String>,
+) -> Option<String> {
     roles
         .iter()
         .flat_map(|r| r.allow.iter())
         .filter(|r| r.targets.matches(&target.labels))
-        .flat_map(|r| r.logins.iter())
+        .flat_map(|r| list(r).iter())
         .find(|l| *l != "*")
         .cloned()
+}
+
+/// The login used when the SSH username names only a target: the first concrete login
+/// of the first allow rule (roles in name order) that covers the target.
+pub fn default_login(roles: &[&Role], target: &Target) -> Option<String> {
+    first_listed(roles, target, |r| &r.logins)
+}
+
+/// The database and database user used when `postern db login` names neither: the
+/// first concrete ones the covering allow rules list.
+pub fn default_database(roles: &[&Role], target: &Target) -> (Option<String>, Option<String>) {
+    (
+        first_listed(roles, target, |r| &r.databases),
+        first_listed(roles, target, |r| &r.db_users),
+    )
 }

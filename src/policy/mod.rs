@@ -15,7 +15,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
-pub use decide::{Decision, DenyReason, Effect, Grant, Request, RuleRef, decide, default_login};
+pub use decide::{
+    Decision, DenyReason, Effect, Grant, Request, RuleRef, decide, default_database, default_login,
+};
 pub use diff::{Change, Entity, diff};
 pub use error::PolicyError;
 pub use selector::Selector;

@@ -72,7 +72,8 @@ async fn handle(
     debug!("connection accepted");
     match name {
         "ssh" => crate::ssh::serve(stream, peer, shared, cancel).await,
-        // The PostgreSQL and HTTPS protocols are not served yet: the connection is closed.
+        "api" => crate::api::serve(stream, peer, shared, cancel).await,
+        // The PostgreSQL protocol is not served yet: the connection is closed.
         _ => {
             let _ = stream.shutdown().await;
         }

@@ -27,6 +27,7 @@ pub struct Shared {
     pub keys: KeyStore,
     pub store: Store,
     pub live: Arc<live::Live>,
+    pub api: crate::api::Api,
 }
 
 /// The addresses the listeners actually bound (useful when configured with port 0).
@@ -74,10 +75,20 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(shared: Shared) -> Result<Server, ServerError> {
+    pub async fn bind(mut shared: Shared) -> Result<Server, ServerError> {
         let ssh = bind("SSH", "ssh-listen", shared.config.ssh.listen).await?;
         let postgres = bind("PostgreSQL", "pg-listen", shared.config.postgres.listen).await?;
         let api = bind("the HTTPS API", "api-listen", shared.config.api.listen).await?;
+        // Port 0 means "any": what clients are told is what was bound.
+        for (l, addr) in [
+            (&ssh, &mut shared.config.ssh.listen),
+            (&postgres, &mut shared.config.postgres.listen),
+            (&api, &mut shared.config.api.listen),
+        ] {
+            if let Ok(a) = l.local_addr() {
+                *addr = a;
+            }
+        }
         Ok(Server {
             shared: Arc::new(shared),
             ssh,

@@ -10,7 +10,7 @@ use russh::keys::{Certificate, HashAlg};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +45,11 @@ pub struct Conn {
     tracker: TaskTracker,
     verdict: Option<Verdict>,
     state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
+    /// The end (Unix seconds) of the certificate this connection authenticated with.
+    credential_until: Option<u64>,
+    /// Told to the client through keyboard-interactive when its key's postern certificate
+    /// has expired (russh refuses expired certificates before postern sees them).
+    expired_notice: Option<String>,
 }
 
 impl Conn {
@@ -65,6 +70,8 @@ impl Conn {
             tracker,
             verdict: None,
             state: Arc::new(Mutex::new(None)),
+            credential_until: None,
+            expired_notice: None,
         }
     }
 
@@ -159,7 +166,13 @@ impl Conn {
             }
         };
         let id = Uuid::new_v4().to_string();
-        let valid_before = ssh_cert::now_secs() + grant.settings.max_session_ttl.as_secs();
+        let credential_until = self
+            .credential_until
+            .filter(|_| self.shared.config.ssh.disconnect_on_credential_expiry);
+        // The upstream certificate ends with the session: its TTL, or the developer's
+        // credential when sessions end with it.
+        let valid_before = (ssh_cert::now_secs() + grant.settings.max_session_ttl.as_secs())
+            .min(credential_until.unwrap_or(u64::MAX));
         let cert = match ssh_cert::issue(
             &self.shared.keys.target_ca,
             &CertRequest {
@@ -201,6 +214,7 @@ impl Conn {
                 grant.settings.idle_timeout,
                 self.shared.config.ssh.expiry_warning,
                 i64::try_from(valid_before).unwrap_or(i64::MAX / 2) * 1000,
+                credential_until.map(|c| i64::try_from(c).unwrap_or(i64::MAX / 2) * 1000),
                 self.kill.clone(),
             ),
             next_channel: AtomicU32::new(0),
@@ -274,6 +288,22 @@ impl Conn {
         .await;
     }
 
+    /// For a key no user registered: when postern certified it at `postern login` and that
+    /// certificate has expired, the user and what to tell them.
+    async fn expired_credential(&self, fp: &str) -> Option<(String, String)> {
+        let issued = self.shared.store.latest_cert_for_key(fp).await.ok()??;
+        let now = i64::try_from(ssh_cert::now_secs()).unwrap_or(i64::MAX);
+        (issued.valid_before <= now).then(|| {
+            (
+                issued.user,
+                format!(
+                    "your postern credential expired at {} — run postern login",
+                    crate::audit::format_clock(issued.valid_before.saturating_mul(1000))
+                ),
+            )
+        })
+    }
+
     fn stop(&self) -> relay::Stop {
         relay::Stop {
             cancel: self.cancel.clone(),
@@ -344,6 +374,31 @@ impl Handler for Conn {
         Ok(Auth::Accept)
     }
 
+    /// Only used to tell a client why its expired certificate failed: zero prompts, the
+    /// notice as the instruction OpenSSH prints, then a refusal.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        match (self.expired_notice.clone(), response) {
+            (Some(notice), None) => Ok(Auth::Partial {
+                name: "postern".into(),
+                // OpenSSH prints this through its logger, which escapes anything not ASCII.
+                instructions: notice.replace('—', "-").into(),
+                prompts: Vec::new().into(),
+            }),
+            _ => {
+                self.expired_notice = None;
+                Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+                    partial_success: false,
+                })
+            }
+        }
+    }
+
     async fn auth_openssh_certificate(
         &mut self,
         ssh_user: &str,
@@ -386,7 +441,8 @@ impl Handler for Conn {
                 return Ok(Auth::reject());
             }
         }
-        let details = json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user) });
+        let details = json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user), "valid_before": cert.valid_before() });
+        self.credential_until = Some(cert.valid_before());
         self.authenticated(&policy, &user, ssh_user, details).await
     }
 
@@ -400,6 +456,23 @@ impl Handler for Conn {
             return Ok(Auth::reject());
         };
         let Some(user) = owner(&policy, &fp).cloned() else {
+            if let Some(notice) = self.expired_credential(&fp).await {
+                self.audit(
+                    "auth.failure",
+                    Actor::user(&notice.0),
+                    Outcome::Failure,
+                    None,
+                    json!({ "method": "certificate", "reason": "expired", "fingerprint": fp, "ssh_user": printable(ssh_user) }),
+                )
+                .await;
+                self.expired_notice = Some(notice.1);
+                return Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(
+                        &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
+                    )),
+                    partial_success: false,
+                });
+            }
             self.audit(
                 "auth.failure",
                 Actor("unknown".into()),

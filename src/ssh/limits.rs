@@ -24,6 +24,9 @@ pub struct Limits {
     deadline_ms: AtomicI64,
     /// Never later than this (the upstream certificate's end), in Unix ms.
     hard_limit_ms: i64,
+    /// When the `postern login` certificate that opened the connection expires (Unix ms),
+    /// if sessions end with it.
+    credential_ms: Option<i64>,
     started_ms: i64,
     idle_ms: AtomicI64,
     last_input_ms: AtomicI64,
@@ -44,12 +47,15 @@ impl Limits {
         idle: Dur,
         warn_before: Dur,
         hard_limit_ms: i64,
+        credential_ms: Option<i64>,
         end: CancellationToken,
     ) -> Limits {
         let now = now_ms();
+        let hard_limit_ms = credential_ms.map_or(hard_limit_ms, |c| hard_limit_ms.min(c));
         Limits {
             deadline_ms: AtomicI64::new((now + secs_ms(max_session)).min(hard_limit_ms)),
             hard_limit_ms,
+            credential_ms,
             started_ms: now,
             idle_ms: AtomicI64::new(secs_ms(idle)),
             last_input_ms: AtomicI64::new(now),
@@ -87,6 +93,19 @@ impl Limits {
     /// Called about once a second: warns before the deadline, ends at it, ends when idle.
     pub fn tick(&self, now: i64) {
         let deadline = self.deadline_ms();
+        let credential_ends = self.credential_ms.filter(|c| *c <= deadline);
+        if let Some(c) = credential_ends
+            && now >= c
+        {
+            self.terminate(
+                "credential_expired",
+                format!(
+                    "your postern credential expired at {} — run postern login",
+                    crate::audit::format_clock(c)
+                ),
+            );
+            return;
+        }
         if now >= deadline {
             let ttl =
                 Dur::from_secs(u64::try_from(self.ttl_secs.load(Ordering::Relaxed)).unwrap_or(0));
@@ -104,9 +123,13 @@ impl Limits {
         {
             *warned = true;
             let left = (deadline - now + 999) / 1000;
-            self.notices.send_replace(Some(format!(
-                "this session ends in {left} s (max_session_ttl); save your work"
-            )));
+            self.notices.send_replace(Some(if credential_ends.is_some() {
+                format!(
+                    "your postern credential expires in {left} s and this session with it; save your work and run postern login"
+                )
+            } else {
+                format!("this session ends in {left} s (max_session_ttl); save your work")
+            }));
         }
         let idle = self.idle_ms.load(Ordering::Relaxed);
         if idle > 0 && now - self.last_input_ms.load(Ordering::Relaxed) >= idle {

@@ -108,6 +108,7 @@ impl SessionCtx {
             "expired" => Some("session.expired"),
             "idle" => Some("session.idle_timeout"),
             "revoked" => Some("session.revoked"),
+            "credential_expired" => Some("session.credential_expired"),
             _ => None,
         };
         if let Some(kind) = why {

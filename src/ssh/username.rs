@@ -36,13 +36,7 @@ pub fn parse(username: &str) -> Result<Destination, String> {
     })
 }
 
-/// Keeps control characters out of messages and logs.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .take(100)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
+pub use crate::policy::names::printable;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! own migrations under `migrations/postgres/`, without changes to callers.
 
 mod audit;
+mod credentials;
 pub mod error;
 mod policy;
 mod sessions;
@@ -19,6 +20,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
+pub use credentials::{ApiToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 

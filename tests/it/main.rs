@@ -7,5 +7,6 @@ mod audit;
 mod certs;
 mod harness;
 mod harness_check;
+mod login;
 mod serve;
 mod ssh;

@@ -58,6 +58,14 @@ pub enum Command {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Enrol the user in one-time codes (TOTP): prints the otpauth:// URI for their
+    /// authenticator app. Enrolling again replaces the secret.
+    Totp {
+        name: String,
+        /// Remove the enrolment instead: the password alone logs in again.
+        #[arg(long)]
+        remove: bool,
+    },
     Grant {
         name: String,
         role: String,
@@ -227,6 +235,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             println!("password set for user {name}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Totp { name, remove } => totp(config, &name, remove).await,
         Command::Grant { name, role } => {
             mutate(config, |p| {
                 role_exists(p, &role)?;
@@ -255,4 +264,46 @@ async fn set_status(config: &Config, name: String, status: UserStatus) -> anyhow
         Ok(())
     })
     .await
+}
+
+async fn totp(config: &Config, name: &str, remove: bool) -> anyhow::Result<ExitCode> {
+    use crate::audit::{Actor, AuditEvent, Outcome};
+    use crate::credentials::{KeyStore, totp};
+    let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
+    let store = crate::cli::open_store(config).await?;
+    let event = |kind: &str| {
+        AuditEvent::new(kind, &Actor::os(), Outcome::Success, serde_json::json!({}))
+            .with_target(format!("user:{name}"))
+    };
+    if remove {
+        let had = store.remove_totp(name).await?;
+        if had {
+            store.append_audit(&event("user.totp_removed")).await?;
+        }
+        store.close().await;
+        println!(
+            "{}",
+            if had {
+                format!("one-time codes removed for user {name}")
+            } else {
+                format!("user {name} was not enrolled in one-time codes")
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let secret = totp::new_secret()?;
+    let sealed = keys.master_key.seal("totp", &secret)?;
+    if !store.set_totp(name, &sealed).await? {
+        store.close().await;
+        return Err(not_found("user", name).into());
+    }
+    store.append_audit(&event("user.totp_enrolled")).await?;
+    store.close().await;
+    println!("one-time codes enrolled for user {name}; add this to their authenticator app:");
+    println!();
+    println!("{}", totp::uri("postern", name, &secret));
+    println!();
+    println!("secret (base32): {}", totp::base32(&secret));
+    println!("postern login now asks for the current code (--totp CODE in scripts).");
+    Ok(ExitCode::SUCCESS)
 }

@@ -172,12 +172,18 @@ impl Postern {
     }
 
     pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        self.cli_env(args, stdin, &[])
+    }
+
+    /// `cli_stdin` with extra environment variables (e.g. `HOME` for developer commands).
+    pub fn cli_env(&self, args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Out {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
             .env_remove("POSTERN_CONFIG")
             .env_remove("POSTERN_DATA_DIR")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

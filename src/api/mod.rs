@@ -1,0 +1,87 @@
+//! The HTTPS API: JSON under `/v1/`, served by axum over rustls on the `api` listener.
+//!
+//! - `POST /v1/login`: password (+ TOTP) for an SSH user certificate and a bearer token;
+//! - `GET /v1/whoami`: who a bearer token belongs to;
+//! - `POST /v1/db/login`: a short-lived database credential, after the RBAC decision.
+//!
+//! Errors are JSON: `{"code": "...", "message": "..."}` (see [`error::ApiError`]).
+
+mod error;
+mod limiter;
+mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use error::ApiError;
+pub use limiter::Limiter;
+
+use crate::server::Shared;
+
+/// A client gets this long to finish the TLS handshake and to send each request's headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the API keeps across connections.
+pub struct Api {
+    pub tls: TlsAcceptor,
+    pub limiter: Limiter,
+}
+
+impl Api {
+    pub fn new(tls: Arc<rustls::ServerConfig>) -> Api {
+        let mut cfg = (*tls).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Api {
+            tls: TlsAcceptor::from(Arc::new(cfg)),
+            limiter: Limiter::default(),
+        }
+    }
+}
+
+/// Serves one HTTPS connection until the client closes it or postern shuts down.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.api.tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let service = TowerToHyperService::new(routes::router(shared, peer));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "HTTPS connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn).await;
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The `/v1/` endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
+use crate::credentials::{password, ssh_cert, token, totp};
+use crate::duration::Dur;
+use crate::policy::{
+    Decision, Policy, Request, TargetKind, User, UserStatus, decide, default_database, names,
+};
+use crate::server::Shared;
+use crate::store::{ApiToken, DbToken, IssuedCert};
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+type Reply = Result<Json<Value>, ApiError>;
+
+pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/v1/login", post(login))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/db/login", post(db_login))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; the API lives under /v1/",
+            )
+        })
+        .with_state(Ctx { shared, peer })
+}
+
+/// Parses a JSON body into `T`, with an error that says what is wrong with it.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+impl Ctx {
+    async fn audit(&self, kind: &str, actor: Actor, result: Outcome, details: Value) {
+        self.audit_on(kind, actor, result, None, details).await;
+    }
+
+    async fn audit_on(
+        &self,
+        kind: &str,
+        actor: Actor,
+        result: Outcome,
+        target: Option<String>,
+        details: Value,
+    ) {
+        let mut e = AuditEvent::new(kind, &actor, result, details);
+        e.source = Some(self.peer.to_string());
+        e.target = target;
+        if let Err(err) = self.shared.store.append_audit(&e).await {
+            tracing::warn!(error = %err, kind, "cannot write audit event");
+        }
+    }
+
+    async fn policy(&self) -> Result<Policy, ApiError> {
+        self.shared
+            .store
+            .load_policy()
+            .await
+            .map_err(ApiError::store)
+    }
+
+    /// A failed login: counted for throttling, audited, answered without saying which part
+    /// was wrong.
+    async fn login_failed(&self, user: &str, known: bool, reason: &str, err: ApiError) -> ApiError {
+        self.shared.api.limiter.failed(user, self.peer.ip());
+        let actor = if known {
+            Actor::user(user)
+        } else {
+            Actor("unknown".into())
+        };
+        self.audit(
+            "auth.failure",
+            actor,
+            Outcome::Failure,
+            json!({ "method": "password", "reason": reason, "user": names::printable(user) }),
+        )
+        .await;
+        err
+    }
+
+    /// The user behind `Authorization: Bearer …`, still active.
+    async fn bearer(&self, headers: &HeaderMap) -> Result<(Policy, User, ApiToken), ApiError> {
+        let unauthorized = |code, m: String| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
+        let Some(tok) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return Err(unauthorized(
+                "not_logged_in",
+                "this request needs a login; run postern login".into(),
+            ));
+        };
+        let Some(t) = self
+            .shared
+            .store
+            .api_token(&token::hash(tok.trim()))
+            .await
+            .map_err(ApiError::store)?
+        else {
+            return Err(unauthorized(
+                "invalid_token",
+                "postern does not know this login; run postern login".into(),
+            ));
+        };
+        if t.expires_ms <= now_ms() {
+            return Err(unauthorized(
+                "credential_expired",
+                format!(
+                    "your postern credential expired at {} — run postern login",
+                    format_clock(t.expires_ms)
+                ),
+            ));
+        }
+        let serial = t.cert_serial.parse::<u64>().unwrap_or(0);
+        if self
+            .shared
+            .store
+            .is_revoked(serial)
+            .await
+            .map_err(ApiError::store)?
+        {
+            return Err(unauthorized(
+                "credential_revoked",
+                format!("your postern credential (serial {serial}) was revoked; run postern login"),
+            ));
+        }
+        let policy = self.policy().await?;
+        let user = match policy.users.get(&t.user) {
+            Some(u) if u.status == UserStatus::Active => u.clone(),
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "user_locked",
+                    format!("user `{}` is locked; ask an admin", t.user),
+                ));
+            }
+            None => {
+                return Err(unauthorized(
+                    "invalid_token",
+                    format!("user `{}` no longer exists", t.user),
+                ));
+            }
+        };
+        Ok((policy, user, t))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+    /// The client's public key, OpenSSH format: what the certificate certifies.
+    public_key: String,
+}
+
+/// The shortest `credential_ttl` of the user's roles, never beyond any role's
+/// `max_session_ttl`.
+fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
+    policy
+        .roles_of(user)
+        .iter()
+        .map(|r| r.settings.credential_ttl.min(r.settings.max_session_ttl))
+        .min()
+}
+
+async fn login(State(cx): State<Ctx>, raw: Bytes) -> Reply {
+    let req: LoginRequest = body(&raw)?;
+    let ip = cx.peer.ip();
+    if let Err(wait) = cx.shared.api.limiter.check(&req.user, ip) {
+        let secs = wait.as_secs() + 1;
+        cx.audit(
+            "auth.rate_limited",
+            Actor("unknown".into()),
+            Outcome::Deny,
+            json!({ "method": "password", "user": names::printable(&req.user), "retry_after": secs }),
+        )
+        .await;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed logins; try again in {secs} s"),
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
+    let key = names::parse_public_key(&req.public_key)
+        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
+    let policy = cx.policy().await?;
+    let user = policy.users.get(&req.user).cloned();
+    let hash = match &user {
+        Some(u) => cx
+            .shared
+            .store
+            .password_hash(&u.name)
+            .await
+            .map_err(ApiError::store)?,
+        None => None,
+    };
+    let pw = req.password.clone();
+    let verified = tokio::task::spawn_blocking(move || match &hash {
+        Some(h) => password::verify(&pw, h),
+        None => {
+            password::verify_nothing(&pw);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let wrong = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong user name or password",
+        )
+    };
+    let known = user.is_some();
+    let Some(user) = user.filter(|_| verified) else {
+        let reason = if known {
+            "wrong password"
+        } else {
+            "unknown user"
+        };
+        return Err(cx.login_failed(&req.user, known, reason, wrong()).await);
+    };
+    if user.status == UserStatus::Locked {
+        cx.audit(
+            "auth.failure",
+            Actor::user(&user.name),
+            Outcome::Deny,
+            json!({ "method": "password", "reason": "user locked" }),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "user_locked",
+            format!("user `{}` is locked; ask an admin", user.name),
+        ));
+    }
+    let mut method = "password";
+    if let Some((sealed, _)) = cx
+        .shared
+        .store
+        .totp(&user.name)
+        .await
+        .map_err(ApiError::store)?
+    {
+        method = "password+totp";
+        let Some(code) = req.totp.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "totp_required",
+                "this account needs a one-time code from its authenticator app",
+            ));
+        };
+        let secret = cx
+            .shared
+            .keys
+            .master_key
+            .open("totp", &sealed)
+            .map_err(|e| ApiError::internal("cannot unseal a TOTP secret", e))?;
+        let invalid = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "totp_invalid",
+                "the one-time code is wrong or was already used",
+            )
+        };
+        let Some(step) = totp::check(&secret, code, ssh_cert::now_secs()) else {
+            return Err(cx
+                .login_failed(&user.name, true, "wrong one-time code", invalid())
+                .await);
+        };
+        let fresh = cx
+            .shared
+            .store
+            .use_totp_step(&user.name, i64::try_from(step).unwrap_or(i64::MAX))
+            .await
+            .map_err(ApiError::store)?;
+        if !fresh {
+            return Err(cx
+                .login_failed(&user.name, true, "one-time code reused", invalid())
+                .await);
+        }
+    }
+    let Some(ttl) = credential_ttl(&policy, &user) else {
+        cx.audit(
+            "auth.failure",
+            Actor::user(&user.name),
+            Outcome::Deny,
+            json!({ "method": method, "reason": "no roles" }),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_roles",
+            format!(
+                "user `{}` has no roles, so no access to issue; ask an admin to grant one",
+                user.name
+            ),
+        ));
+    };
+    let public = russh::keys::PublicKey::from_openssh(&key.public_key)
+        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
+    let valid_before = ssh_cert::now_secs() + ttl.as_secs();
+    let (cert, serial) =
+        ssh_cert::issue_user(&cx.shared.keys.user_ca, &public, &user.name, valid_before)
+            .map_err(|e| ApiError::internal("cannot sign the certificate", e))?;
+    let cert_line = cert
+        .to_openssh()
+        .map_err(|e| ApiError::internal("cannot encode the certificate", e))?;
+    let valid_before_ms = i64::try_from(valid_before).unwrap_or(i64::MAX / 1000) * 1000;
+    cx.shared
+        .store
+        .record_user_cert(&IssuedCert {
+            serial,
+            user: user.name.clone(),
+            key_fingerprint: key.fingerprint.clone(),
+            valid_before: i64::try_from(valid_before).unwrap_or(i64::MAX),
+            issued_ms: now_ms(),
+            source: cx.peer.to_string(),
+        })
+        .await
+        .map_err(ApiError::store)?;
+    let (bearer, bearer_hash) =
+        token::new_token("pst_").map_err(|e| ApiError::internal("cannot make a token", e))?;
+    cx.shared
+        .store
+        .insert_api_token(
+            &bearer_hash,
+            &ApiToken {
+                user: user.name.clone(),
+                cert_serial: serial.to_string(),
+                expires_ms: valid_before_ms,
+            },
+        )
+        .await
+        .map_err(ApiError::store)?;
+    cx.shared.api.limiter.succeeded(&user.name, ip);
+    cx.audit(
+        "auth.login",
+        Actor::user(&user.name),
+        Outcome::Success,
+        json!({
+            "method": method,
+            "serial": serial.to_string(),
+            "key_fingerprint": key.fingerprint,
+            "ttl": ttl.to_string(),
+            "valid_before": valid_before,
+        }),
+    )
+    .await;
+    let ca = std::fs::read_to_string(&cx.shared.keys.tls.ca_cert).unwrap_or_default();
+    Ok(Json(json!({
+        "user": user.name,
+        "roles": user.roles,
+        "certificate": cert_line.trim(),
+        "serial": serial.to_string(),
+        "valid_before": valid_before,
+        "ttl": ttl.to_string(),
+        "token": bearer,
+        "ssh_port": cx.shared.config.ssh.listen.port(),
+        "postgres_port": cx.shared.config.postgres.listen.port(),
+        "tls_ca": ca,
+    })))
+}
+
+async fn whoami(State(cx): State<Ctx>, headers: HeaderMap) -> Reply {
+    let (_, user, t) = cx.bearer(&headers).await?;
+    Ok(Json(json!({
+        "user": user.name,
+        "roles": user.roles,
+        "cert_serial": t.cert_serial,
+        "expires": t.expires_ms / 1000,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbLoginRequest {
+    target: String,
+    #[serde(default)]
+    database: Option<String>,
+    #[serde(default)]
+    db_user: Option<String>,
+}
+
+async fn db_login(State(cx): State<Ctx>, headers: HeaderMap, raw: Bytes) -> Reply {
+    let (policy, user, _) = cx.bearer(&headers).await?;
+    let req: DbLoginRequest = body(&raw)?;
+    let actor = Actor::user(&user.name);
+    let Some(target) = policy.targets.get(&req.target) else {
+        cx.audit_on(
+            "access.deny",
+            actor,
+            Outcome::Deny,
+            Some(names::printable(&req.target)),
+            json!({ "reason": "unknown target", "kind": "postgres" }),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_target",
+            format!(
+                "no target named `{}`; postern access check lists what you may reach",
+                names::printable(&req.target)
+            ),
+        ));
+    };
+    if target.kind != TargetKind::Postgres {
+        return Err(ApiError::bad_request(format!(
+            "target `{}` is an {} target; `postern db login` is for postgres targets",
+            target.name, target.kind
+        )));
+    }
+    let roles = policy.roles_of(&user);
+    let (default_db, default_db_user) = default_database(&roles, target);
+    let missing = |what: &str, flag: &str| {
+        ApiError::bad_request(format!(
+            "none of your roles names a default {what} for `{}`; pass {flag}",
+            target.name
+        ))
+    };
+    let database = match req.database.or(default_db) {
+        Some(d) => d,
+        None => return Err(missing("database", "--database")),
+    };
+    let db_user = match req.db_user.or(default_db_user) {
+        Some(d) => d,
+        None => return Err(missing("database user", "--db-user")),
+    };
+    let grant = match decide(
+        &user,
+        &roles,
+        target,
+        &Request::Postgres {
+            database: &database,
+            db_user: &db_user,
+        },
+    ) {
+        Decision::Allow(g) => g,
+        Decision::Deny(reason) => {
+            cx.audit_on(
+                "access.deny",
+                actor,
+                Outcome::Deny,
+                Some(target.name.clone()),
+                json!({ "database": database, "db_user": db_user, "reason": reason.to_string(), "decision": reason }),
+            )
+            .await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}",
+                    target.name
+                ),
+            ));
+        }
+    };
+    let ttl = grant
+        .settings
+        .credential_ttl
+        .min(grant.settings.max_session_ttl);
+    let issued = now_ms();
+    let expires = issued + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2000) * 1000;
+    let (secret, hash) =
+        token::new_token("pgt_").map_err(|e| ApiError::internal("cannot make a token", e))?;
+    cx.shared
+        .store
+        .insert_db_token(
+            &hash,
+            &DbToken {
+                user: user.name.clone(),
+                target: target.name.clone(),
+                database: database.clone(),
+                db_user: db_user.clone(),
+                issued_ms: issued,
+                expires_ms: expires,
+            },
+        )
+        .await
+        .map_err(ApiError::store)?;
+    cx.audit_on(
+        "credential.db_token",
+        actor,
+        Outcome::Success,
+        Some(target.name.clone()),
+        json!({ "database": database, "db_user": db_user, "rule": grant.rule.to_string(), "ttl": ttl.to_string(), "expires": expires / 1000 }),
+    )
+    .await;
+    Ok(Json(json!({
+        "user": user.name,
+        "target": target.name,
+        "database": database,
+        "db_user": db_user,
+        "dbname": format!("{}/{}", target.name, database),
+        "token": secret,
+        "expires": expires / 1000,
+        "ttl": ttl.to_string(),
+        "postgres_port": cx.shared.config.postgres.listen.port(),
+    })))
+}

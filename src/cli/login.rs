@@ -1,0 +1,404 @@
+//! The developer's commands: `postern login`, `postern status`, `postern db login`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args as ClapArgs, Subcommand};
+use russh::keys::ssh_key::LineEnding;
+use serde_json::{Value, json};
+
+use crate::audit::format_clock;
+use crate::client::https::{Client, Reply, ServerUrl, Trust};
+use crate::client::{Home, Profile, pgpass_upsert, service_upsert};
+use crate::credentials::ssh_cert::now_secs;
+use crate::duration::Dur;
+
+/// Log in to postern: get a short-lived SSH certificate (and an API token) for a new key.
+#[derive(ClapArgs)]
+pub struct LoginArgs {
+    /// The API, e.g. https://bastion:8443 (default: the server of the last login).
+    #[arg(long, env = "POSTERN_SERVER")]
+    server: Option<String>,
+    /// Your postern user name (default: the user of the last login).
+    #[arg(long)]
+    user: Option<String>,
+    /// Read the password from the first line of standard input (scripts, service accounts).
+    #[arg(long)]
+    password_stdin: bool,
+    /// The current one-time code, for users enrolled in TOTP.
+    #[arg(long, value_name = "CODE")]
+    totp: Option<String>,
+    /// Verify the server against this CA (PEM; `postern admin tls-ca` prints it) instead of
+    /// trusting its certificate on first use.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Get a short-lived database credential: writes ~/.pgpass and ~/.pg_service.conf.
+    Login(DbLoginArgs),
+}
+
+#[derive(ClapArgs)]
+pub struct DbLoginArgs {
+    /// The postgres target.
+    target: String,
+    /// The database (default: the first one your roles list for the target).
+    #[arg(long)]
+    database: Option<String>,
+    /// The database user (default: the first one your roles list for the target).
+    #[arg(long)]
+    db_user: Option<String>,
+}
+
+/// A refusal the user can act on: printed as one line, exit status 1.
+fn refused(cmd: &str, message: &str) -> ExitCode {
+    eprintln!("postern {cmd}: {message}");
+    ExitCode::from(1)
+}
+
+/// The server's `message` for an error reply.
+fn message(r: &Reply) -> String {
+    r.body["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the server answered HTTP {}", r.status))
+}
+
+fn ask(prompt: &str, hidden: bool) -> Result<String, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "no terminal to ask for the {prompt}; use --password-stdin and --totp CODE"
+        ));
+    }
+    if hidden {
+        rpassword::prompt_password(format!("{prompt}: ")).map_err(|e| e.to_string())
+    } else {
+        eprint!("{prompt}: ");
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(line.trim().to_string())
+    }
+}
+
+fn left(secs: u64) -> String {
+    Dur::from_secs(secs).to_string()
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let home = Home::locate().map_err(anyhow::Error::msg)?;
+    let previous = home.profile().ok();
+    let Some(server) = args
+        .server
+        .clone()
+        .or_else(|| previous.as_ref().map(|p| p.server.clone()))
+    else {
+        return Ok(refused(
+            "login",
+            "which server? pass --server https://HOST:8443",
+        ));
+    };
+    let url = match ServerUrl::parse(&server) {
+        Ok(u) => u,
+        Err(e) => return Ok(refused("login", &e)),
+    };
+    let Some(user) = args
+        .user
+        .clone()
+        .or_else(|| previous.as_ref().map(|p| p.user.clone()))
+    else {
+        return Ok(refused("login", "which user? pass --user NAME"));
+    };
+    let same_server = previous
+        .as_ref()
+        .is_some_and(|p| p.server == url.to_string());
+    let ca_pem = match &args.ca_file {
+        Some(f) => Some(
+            std::fs::read(f)
+                .map_err(|e| anyhow::anyhow!("cannot read the CA file {}: {e}", f.display()))?,
+        ),
+        None if same_server && previous.as_ref().is_some_and(|p| p.trust == "ca") => {
+            std::fs::read(home.path("ca.crt")).ok()
+        }
+        None => None,
+    };
+    let trust = match (&ca_pem, home.pinned(&url.authority())) {
+        (Some(pem), _) => Trust::Ca(pem.clone()),
+        (None, Some(fp)) => Trust::Pinned(fp),
+        (None, None) => Trust::FirstUse,
+    };
+    let client = match Client::new(url.clone(), &trust) {
+        Ok(c) => c,
+        Err(e) => return Ok(refused("login", &e)),
+    };
+
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        match ask(&format!("password for {user} at {url}"), true) {
+            Ok(p) => p,
+            Err(e) => return Ok(refused("login", &e)),
+        }
+    };
+    let key = crate::credentials::new_ed25519(&format!("postern {user}"))?;
+    let public = key.public_key().to_openssh()?;
+    let mut totp = args.totp.clone();
+    let reply = loop {
+        let mut req = json!({ "user": user, "password": password, "public_key": public });
+        if let Some(code) = &totp {
+            req["totp"] = json!(code);
+        }
+        let reply = match client.call("POST", "/v1/login", None, Some(&req)).await {
+            Ok(r) => r,
+            Err(e) => return Ok(refused("login", &e)),
+        };
+        if reply.status == 401 && reply.body["code"] == "totp_required" && totp.is_none() {
+            match ask("one-time code", false) {
+                Ok(c) => {
+                    totp = Some(c);
+                    continue;
+                }
+                Err(_) => {
+                    return Ok(refused(
+                        "login",
+                        "this account needs a one-time code: pass --totp CODE",
+                    ));
+                }
+            }
+        }
+        break reply;
+    };
+    if reply.status != 200 {
+        return Ok(refused("login", &message(&reply)));
+    }
+    let b = &reply.body;
+    let field = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+
+    home.create().map_err(anyhow::Error::msg)?;
+    let trust_kind = if let Some(pem) = &ca_pem {
+        home.write("ca.crt", pem).map_err(anyhow::Error::msg)?;
+        "ca"
+    } else {
+        if let (Trust::FirstUse, Some(fp)) = (&trust, client.seen()) {
+            home.pin(&url.authority(), &fp)
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "trusting {url} on first use: its TLS certificate is {fp} (saved in {})",
+                home.path("known_servers").display()
+            );
+        }
+        let ca = field("tls_ca");
+        if !ca.is_empty() {
+            home.write("ca.crt", ca.as_bytes())
+                .map_err(anyhow::Error::msg)?;
+        }
+        "pin"
+    };
+    let private = key.to_openssh(LineEnding::LF)?;
+    let key_path = home
+        .write("id_ed25519", private.as_bytes())
+        .map_err(anyhow::Error::msg)?;
+    home.write("id_ed25519.pub", format!("{public}\n").as_bytes())
+        .map_err(anyhow::Error::msg)?;
+    let cert_path = home
+        .write(
+            "id_ed25519-cert.pub",
+            format!("{}\n", field("certificate")).as_bytes(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    let roles: Vec<String> = b["roles"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let valid_before = b["valid_before"].as_u64().unwrap_or(0);
+    let profile = Profile {
+        server: url.to_string(),
+        user: user.clone(),
+        roles: roles.clone(),
+        token: field("token"),
+        valid_before,
+        serial: field("serial"),
+        ssh_port: b["ssh_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(2222),
+        postgres_port: b["postgres_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(6432),
+        trust: trust_kind.into(),
+    };
+    home.save_profile(&profile).map_err(anyhow::Error::msg)?;
+
+    let until_ms = i64::try_from(valid_before).unwrap_or(0) * 1000;
+    println!("logged in to {url} as {user} (roles: {})", roles.join(", "));
+    println!(
+        "certificate serial {}, valid until {} ({})",
+        profile.serial,
+        format_clock(until_ms),
+        field("ttl")
+    );
+    println!("  key:         {}", key_path.display());
+    println!("  certificate: {}", cert_path.display());
+    println!();
+    println!("Add this to ~/.ssh/config so plain ssh uses the certificate:");
+    println!();
+    println!("Host {}", url.host);
+    println!("    Port {}", profile.ssh_port);
+    println!("    IdentityFile {}", key_path.display());
+    println!("    CertificateFile {}", cert_path.display());
+    println!();
+    println!("then: ssh LOGIN@TARGET@{}", url.host);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the certificate's serial and end from `id_ed25519-cert.pub`.
+fn local_cert(home: &Home) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(home.path("id_ed25519-cert.pub")).ok()?;
+    let cert = russh::keys::Certificate::from_openssh(text.trim()).ok()?;
+    Some((cert.serial(), cert.valid_before()))
+}
+
+pub async fn status() -> anyhow::Result<ExitCode> {
+    let home = Home::locate().map_err(anyhow::Error::msg)?;
+    let profile = match home.profile() {
+        Ok(p) => p,
+        Err(e) => return Ok(refused("status", &e)),
+    };
+    let (serial, until) = local_cert(&home)
+        .map(|(s, u)| (s.to_string(), u))
+        .unwrap_or((profile.serial.clone(), profile.valid_before));
+    println!("server:       {}", profile.server);
+    println!("user:         {}", profile.user);
+    println!("roles:        {}", profile.roles.join(", "));
+    println!(
+        "certificate:  {} (serial {serial})",
+        home.path("id_ed25519-cert.pub").display()
+    );
+    let now = now_secs();
+    let at = format_clock(i64::try_from(until).unwrap_or(0) * 1000);
+    if until > now {
+        println!("valid until:  {at} ({} left)", left(until - now));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("valid until:  {at}");
+        Ok(refused(
+            "status",
+            &format!("your postern credential expired at {at} — run postern login"),
+        ))
+    }
+}
+
+/// A client for the server of the last login, trusting it the same way.
+fn session(home: &Home) -> Result<(Profile, ServerUrl, Client), String> {
+    let profile = home.profile()?;
+    let url = ServerUrl::parse(&profile.server)?;
+    let trust =
+        if profile.trust == "ca" {
+            Trust::Ca(std::fs::read(home.path("ca.crt")).map_err(|e| {
+                format!(
+                    "cannot read {}: {e}; run postern login --ca-file FILE",
+                    home.path("ca.crt").display()
+                )
+            })?)
+        } else {
+            Trust::Pinned(home.pinned(&url.authority()).ok_or(
+                "~/.postern/known_servers does not pin the server; run postern login again",
+            )?)
+        };
+    let client = Client::new(url.clone(), &trust)?;
+    Ok((profile, url, client))
+}
+
+pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
+    let DbCommand::Login(args) = cmd;
+    let home = Home::locate().map_err(anyhow::Error::msg)?;
+    let (profile, url, client) = match session(&home) {
+        Ok(s) => s,
+        Err(e) => return Ok(refused("db login", &e)),
+    };
+    if profile.valid_before <= now_secs() {
+        let at = format_clock(i64::try_from(profile.valid_before).unwrap_or(0) * 1000);
+        return Ok(refused(
+            "db login",
+            &format!("your postern credential expired at {at} — run postern login"),
+        ));
+    }
+    let mut req = json!({ "target": args.target });
+    if let Some(d) = &args.database {
+        req["database"] = json!(d);
+    }
+    if let Some(u) = &args.db_user {
+        req["db_user"] = json!(u);
+    }
+    let reply = match client
+        .call("POST", "/v1/db/login", Some(&profile.token), Some(&req))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(refused("db login", &e)),
+    };
+    if reply.status != 200 {
+        return Ok(refused("db login", &message(&reply)));
+    }
+    let b: &Value = &reply.body;
+    let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+    let (dbname, token, target) = (s("dbname"), s("token"), s("target"));
+    let port = b["postgres_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(profile.postgres_port);
+    let user_home = home
+        .dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+
+    let pgpass = user_home.join(".pgpass");
+    let old = std::fs::read_to_string(&pgpass).unwrap_or_default();
+    let new = pgpass_upsert(&old, &url.host, port, &dbname, &profile.user, &token);
+    crate::credentials::replace_private(&pgpass, new.as_bytes())?;
+
+    let service_file = user_home.join(".pg_service.conf");
+    let old = std::fs::read_to_string(&service_file).unwrap_or_default();
+    let ca = home.path("ca.crt");
+    let mut body = vec![
+        ("host", url.host.clone()),
+        ("port", port.to_string()),
+        ("dbname", dbname.clone()),
+        ("user", profile.user.clone()),
+    ];
+    if ca.exists() {
+        body.push(("sslmode", "verify-full".into()));
+        body.push(("sslrootcert", ca.display().to_string()));
+    } else {
+        body.push(("sslmode", "require".into()));
+    }
+    let new = service_upsert(&old, &target, &body);
+    crate::credentials::replace_private(&service_file, new.as_bytes())?;
+
+    let until = format_clock(b["expires"].as_i64().unwrap_or(0) * 1000);
+    println!(
+        "database credential for {} on {target} ({} as {}), valid until {until} ({})",
+        profile.user,
+        s("database"),
+        s("db_user"),
+        s("ttl")
+    );
+    println!("  password in {}", pgpass.display());
+    println!("  service [{target}] in {}", service_file.display());
+    println!();
+    println!("psql \"service={target}\"");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,246 @@
+//! Issued credentials: user certificates, TOTP secrets (sealed), API and database tokens
+//! (hashes only).
+
+use sqlx::Row;
+
+use super::{Backend, Store, StoreError};
+
+/// Expired tokens are kept a day, so a late client hears "expired", not "unknown".
+const KEEP_EXPIRED_MS: i64 = 24 * 3600 * 1000;
+
+/// A user certificate postern issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCert {
+    pub serial: u64,
+    pub user: String,
+    pub key_fingerprint: String,
+    /// Unix seconds.
+    pub valid_before: i64,
+    pub issued_ms: i64,
+    pub source: String,
+}
+
+/// The identity behind an API bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    pub user: String,
+    pub cert_serial: String,
+    pub expires_ms: i64,
+}
+
+/// A database credential as `postern db login` issued it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbToken {
+    pub user: String,
+    pub target: String,
+    pub database: String,
+    pub db_user: String,
+    pub issued_ms: i64,
+    pub expires_ms: i64,
+}
+
+impl Store {
+    pub async fn record_user_cert(&self, c: &IssuedCert) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query(
+                    "INSERT INTO user_certificates (serial, user_name, key_fingerprint, valid_before, issued_ms, source) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(c.serial.to_string())
+                .bind(&c.user)
+                .bind(&c.key_fingerprint)
+                .bind(c.valid_before)
+                .bind(c.issued_ms)
+                .bind(&c.source)
+                .execute(&mut *pool.acquire().await?)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The latest certificate issued for a key (by its `SHA256:` fingerprint), if any.
+    pub async fn latest_cert_for_key(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<IssuedCert>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query(
+                    "SELECT serial, user_name, key_fingerprint, valid_before, issued_ms, source FROM user_certificates WHERE key_fingerprint = ? ORDER BY issued_ms DESC LIMIT 1",
+                )
+                .bind(fingerprint)
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?;
+                let Some(r) = row else { return Ok(None) };
+                let serial: String = r.try_get("serial")?;
+                Ok(Some(IssuedCert {
+                    serial: serial.parse().unwrap_or(0),
+                    user: r.try_get("user_name")?,
+                    key_fingerprint: r.try_get("key_fingerprint")?,
+                    valid_before: r.try_get("valid_before")?,
+                    issued_ms: r.try_get("issued_ms")?,
+                    source: r.try_get("source")?,
+                }))
+            }
+        }
+    }
+
+    /// Stores a user's sealed TOTP secret, replacing any earlier one; false when the user
+    /// does not exist.
+    pub async fn set_totp(&self, user: &str, sealed: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                let exists = sqlx::query("SELECT 1 FROM users WHERE name = ?")
+                    .bind(user)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .is_some();
+                if !exists {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT OR REPLACE INTO user_totp (user_name, sealed, last_step, enrolled_ms) VALUES (?, ?, 0, ?)")
+                    .bind(user)
+                    .bind(sealed)
+                    .bind(crate::audit::now_ms())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a user's TOTP enrolment; true when there was one.
+    pub async fn remove_totp(&self, user: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Ok(sqlx::query("DELETE FROM user_totp WHERE user_name = ?")
+                .bind(user)
+                .execute(&mut *pool.acquire().await?)
+                .await?
+                .rows_affected()
+                == 1),
+        }
+    }
+
+    /// The sealed secret and the last time step used, when the user enrolled.
+    pub async fn totp(&self, user: &str) -> Result<Option<(String, i64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row =
+                    sqlx::query("SELECT sealed, last_step FROM user_totp WHERE user_name = ?")
+                        .bind(user)
+                        .fetch_optional(&mut *pool.acquire().await?)
+                        .await?;
+                row.map(|r| Ok((r.try_get("sealed")?, r.try_get("last_step")?)))
+                    .transpose()
+            }
+        }
+    }
+
+    /// Marks a time step used; false when it (or a later one) already was, so a code
+    /// cannot be replayed.
+    pub async fn use_totp_step(&self, user: &str, step: i64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Ok(sqlx::query(
+                "UPDATE user_totp SET last_step = ? WHERE user_name = ? AND last_step < ?",
+            )
+            .bind(step)
+            .bind(user)
+            .bind(step)
+            .execute(&mut *pool.acquire().await?)
+            .await?
+            .rows_affected()
+                == 1),
+        }
+    }
+
+    pub async fn insert_api_token(&self, hash: &str, t: &ApiToken) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                sqlx::query("DELETE FROM api_tokens WHERE expires_ms < ?")
+                    .bind(crate::audit::now_ms() - KEEP_EXPIRED_MS)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("INSERT INTO api_tokens (token_hash, user_name, cert_serial, expires_ms) VALUES (?, ?, ?, ?)")
+                    .bind(hash)
+                    .bind(&t.user)
+                    .bind(&t.cert_serial)
+                    .bind(t.expires_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn api_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query(
+                    "SELECT user_name, cert_serial, expires_ms FROM api_tokens WHERE token_hash = ?",
+                )
+                .bind(hash)
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?;
+                row.map(|r| {
+                    Ok(ApiToken {
+                        user: r.try_get("user_name")?,
+                        cert_serial: r.try_get("cert_serial")?,
+                        expires_ms: r.try_get("expires_ms")?,
+                    })
+                })
+                .transpose()
+            }
+        }
+    }
+
+    pub async fn insert_db_token(&self, hash: &str, t: &DbToken) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                sqlx::query("DELETE FROM db_tokens WHERE expires_ms < ?")
+                    .bind(crate::audit::now_ms() - KEEP_EXPIRED_MS)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("INSERT INTO db_tokens (token_hash, user_name, target, database, db_user, issued_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    .bind(hash)
+                    .bind(&t.user)
+                    .bind(&t.target)
+                    .bind(&t.database)
+                    .bind(&t.db_user)
+                    .bind(t.issued_ms)
+                    .bind(t.expires_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The database credential with this hash, expired or not (the caller tells which).
+    pub async fn db_token(&self, hash: &str) -> Result<Option<DbToken>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query(
+                    "SELECT user_name, target, database, db_user, issued_ms, expires_ms FROM db_tokens WHERE token_hash = ?",
+                )
+                .bind(hash)
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?;
+                row.map(|r| {
+                    Ok(DbToken {
+                        user: r.try_get("user_name")?,
+                        target: r.try_get("target")?,
+                        database: r.try_get("database")?,
+                        db_user: r.try_get("db_user")?,
+                        issued_ms: r.try_get("issued_ms")?,
+                        expires_ms: r.try_get("expires_ms")?,
+                    })
+                })
+                .transpose()
+            }
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! `postern login`, `postern status` and `postern db login` over the HTTPS API, with the
+//! certificates they issue used by the stock `ssh` client.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::Out;
+use crate::ssh::Bastion;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A developer's machine: its own HOME, where `~/.postern` goes.
+struct Dev {
+    home: tempfile::TempDir,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        Dev {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.home().join(".postern").join(name)
+    }
+
+    fn run(&self, b: &Bastion, args: &[&str], stdin: &str) -> Out {
+        b.postern.cli_env(args, stdin, &[("HOME", self.home())])
+    }
+
+    fn login(&self, b: &Bastion, extra: &[&str], password: &str) -> Out {
+        let server = format!("https://127.0.0.1:{}", b.postern.api.port());
+        let mut args = vec![
+            "login",
+            "--server",
+            &server,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        self.run(b, &args, &format!("{password}\n"))
+    }
+}
+
+fn with_password(b: &Bastion) {
+    b.postern
+        .cli_stdin(
+            &["admin", "user", "set-password", "alice", "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .ok();
+}
+
+fn ca_file(b: &Bastion) -> PathBuf {
+    let pem = b.postern.cli(&["admin", "tls-ca"]);
+    b.postern.write("tls-ca.pem", pem.ok())
+}
+
+fn events(b: &Bastion, kind: &str) -> Vec<serde_json::Value> {
+    let out = b
+        .postern
+        .cli(&["audit", "search", "--type", kind, "--json"]);
+    serde_json::from_str::<serde_json::Value>(out.ok())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// `ssh-keygen -L`'s validity, in seconds.
+fn validity_secs(cert: &Path) -> i64 {
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.trim().starts_with("Valid:"))
+        .unwrap()
+        .to_string();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // Valid: from 2026-11-25T15:06:19 to 2026-11-25T17:07:19
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let from = time::PrimitiveDateTime::parse(words[2], &fmt).unwrap();
+    let to = time::PrimitiveDateTime::parse(words[4], &fmt).unwrap();
+    (to - from).whole_seconds()
+}
+
+#[test]
+fn login_issues_a_certificate_plain_ssh_uses_with_the_shortest_role_ttl() {
+    // alice's two roles: dev (credential_ttl 2h) and ops (credential_ttl 90m but sessions
+    // capped at 45m): her certificate lives 45m, never beyond a session cap.
+    let b = Bastion::start_with_role(&["--credential-ttl", "2h"]);
+    b.postern
+        .cli(&[
+            "admin",
+            "role",
+            "add",
+            "ops",
+            "--allow",
+            "env=none",
+            "--credential-ttl",
+            "90m",
+            "--max-session-ttl",
+            "45m",
+        ])
+        .ok();
+    b.postern
+        .cli(&["admin", "user", "grant", "alice", "ops"])
+        .ok();
+    with_password(&b);
+    let dev = Dev::new();
+    let ca = ca_file(&b);
+    let out = dev.login(&b, &["--ca-file", ca.to_str().unwrap()], PASSWORD);
+    let printed = out.ok();
+    assert!(
+        printed.starts_with("logged in to https://127.0.0.1:"),
+        "{printed}"
+    );
+    assert!(printed.contains("as alice (roles: dev, ops)"), "{printed}");
+    assert!(printed.contains("(45m)"), "{printed}");
+
+    for f in [
+        "id_ed25519",
+        "id_ed25519-cert.pub",
+        "profile.json",
+        "ca.crt",
+    ] {
+        let mode = std::fs::metadata(dev.file(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let cert = dev.file("id_ed25519-cert.pub");
+    let listing = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(listing.contains("user certificate"), "{listing}");
+    assert!(
+        listing.contains("Principals: \n                alice\n"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("Key ID: \"postern user=alice\""),
+        "{listing}"
+    );
+    // 45 minutes, plus the minute of clock skew allowed before now.
+    assert_eq!(validity_secs(&cert), 45 * 60 + 60);
+
+    // The printed ~/.ssh/config block is all plain ssh needs.
+    let block: String = printed
+        .lines()
+        .skip_while(|l| !l.starts_with("Host "))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(block.contains("CertificateFile"), "{printed}");
+    let config = b.postern.write(
+        "ssh_config",
+        &format!(
+            "{block}    UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    BatchMode yes\n",
+            b.known_hosts.display()
+        ),
+    );
+    let out: Out = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("echo via-login-cert")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.ok(), "via-login-cert\n");
+
+    // The login and the certificate's use are on the record, tied by the serial.
+    let login = &events(&b, "auth.login")[0];
+    assert_eq!(login["actor"], "user:alice");
+    assert_eq!(login["details"]["ttl"], "45m");
+    let serial = login["details"]["serial"].as_str().unwrap().to_string();
+    assert!(listing.contains(&format!("Serial: {serial}")), "{listing}");
+    let used = events(&b, "auth.success");
+    assert!(
+        used.iter().any(|e| e["details"]["method"] == "certificate"
+            && e["details"]["serial"] == serial.as_str()),
+        "{used:?}"
+    );
+    // The password never reaches the store or the audit log.
+    for entry in walk(&b.postern.data_dir()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "{} holds the password",
+            entry.display()
+        );
+    }
+
+    let status = dev.run(&b, &["status"], "");
+    let s = status.ok();
+    assert!(s.contains("user:         alice"), "{s}");
+    assert!(s.contains("roles:        dev, ops"), "{s}");
+    assert!(s.contains("left)"), "{s}");
+    assert!(s.contains(&format!("serial {serial}")), "{s}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_server_is_trusted_on_first_use_then_pinned() {
+    let b = Bastion::start();
+    with_password(&b);
+    let dev = Dev::new();
+    let first = dev.login(&b, &[], PASSWORD);
+    first.ok();
+    assert!(
+        first
+            .stderr
+            .contains("on first use: its TLS certificate is SHA256:"),
+        "{}",
+        first.stderr
+    );
+    let pinned = std::fs::read_to_string(dev.file("known_servers")).unwrap();
+    assert!(pinned.starts_with(&format!("127.0.0.1:{} SHA256:", b.postern.api.port())));
+    let again = dev.login(&b, &[], PASSWORD);
+    again.ok();
+    assert!(!again.stderr.contains("first use"), "{}", again.stderr);
+
+    // A different certificate at the same address is refused, loudly.
+    std::fs::write(
+        dev.file("known_servers"),
+        format!(
+            "127.0.0.1:{} SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+            b.postern.api.port()
+        ),
+    )
+    .unwrap();
+    let out = dev.login(&b, &[], PASSWORD);
+    assert!(
+        out.fails(1).contains("someone may be intercepting"),
+        "{}",
+        out.stderr
+    );
+    // A CA that did not sign the server's certificate is refused too.
+    let other = tempfile::tempdir().unwrap();
+    let other_data = other.path().join("data");
+    let made = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("--data-dir")
+        .arg(&other_data)
+        .args(["admin", "tls-ca"])
+        .output()
+        .unwrap();
+    let wrong_ca = b
+        .postern
+        .write("wrong-ca.pem", &String::from_utf8_lossy(&made.stdout));
+    let out = dev.login(&b, &["--ca-file", wrong_ca.to_str().unwrap()], PASSWORD);
+    assert!(
+        out.fails(1).contains("TLS with https://127.0.0.1:"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn failed_logins_are_audited_and_slowed_down() {
+    let b = Bastion::start();
+    with_password(&b);
+    let dev = Dev::new();
+    // An unknown user and a wrong password read the same.
+    let server = format!("https://127.0.0.1:{}", b.postern.api.port());
+    let unknown = dev.run(
+        &b,
+        &[
+            "login",
+            "--server",
+            &server,
+            "--user",
+            "nobody",
+            "--password-stdin",
+        ],
+        "whatever-password\n",
+    );
+    assert_eq!(
+        unknown.fails(1).trim_end(),
+        "postern login: wrong user name or password"
+    );
+    for _ in 0..3 {
+        let out = dev.login(&b, &[], "not the password");
+        assert_eq!(
+            out.fails(1).trim_end(),
+            "postern login: wrong user name or password"
+        );
+    }
+    // The right password now waits its turn.
+    let out = dev.login(&b, &[], PASSWORD);
+    assert!(
+        out.fails(1)
+            .contains("too many failed logins; try again in"),
+        "{}",
+        out.stderr
+    );
+    let failures = events(&b, "auth.failure");
+    assert_eq!(
+        failures
+            .iter()
+            .filter(|e| e["actor"] == "user:alice" && e["details"]["reason"] == "wrong password")
+            .count(),
+        3,
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["details"]["reason"] == "unknown user")
+    );
+    let limited = events(&b, "auth.rate_limited");
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert!(
+        limited[0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // The first delay is a second; after it the password works again.
+    std::thread::sleep(Duration::from_millis(1500));
+    dev.login(&b, &[], PASSWORD).ok();
+}
+
+fn oathtool(secret: &str) -> String {
+    let out = Command::new("oathtool")
+        .args(["--totp", "-b", secret])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn an_enrolled_user_needs_a_fresh_one_time_code() {
+    let b = Bastion::start();
+    with_password(&b);
+    let out = b.postern.cli(&["admin", "user", "totp", "alice"]);
+    let uri = out
+        .ok()
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/postern:alice?secret="))
+        .unwrap()
+        .to_string();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    // The secret is sealed in the store, never in the audit log.
+    let audit = b
+        .postern
+        .cli(&["audit", "search", "--type", "user.totp_enrolled"]);
+    assert!(audit.ok().contains("user.totp_enrolled"));
+    assert!(!b.postern.cli(&["audit", "export"]).ok().contains(&secret));
+
+    let dev = Dev::new();
+    let out = dev.login(&b, &[], PASSWORD);
+    assert!(
+        out.fails(1)
+            .contains("needs a one-time code: pass --totp CODE"),
+        "{}",
+        out.stderr
+    );
+    let out = dev.login(&b, &["--totp", "000000"], PASSWORD);
+    let wrong = out.fails(1).to_string();
+    let code = oathtool(&secret);
+    if code != "000000" {
+        assert!(wrong.contains("the one-time code is wrong"), "{wrong}");
+    }
+    dev.login(&b, &["--totp", &code], PASSWORD).ok();
+    assert_eq!(
+        events(&b, "auth.login")[0]["details"]["method"],
+        "password+totp"
+    );
+    // The same code twice is a replay.
+    let out = dev.login(&b, &["--totp", &code], PASSWORD);
+    assert!(out.fails(1).contains("already used"), "{}", out.stderr);
+
+    b.postern
+        .cli(&["admin", "user", "totp", "alice", "--remove"])
+        .ok();
+    dev.login(&b, &[], PASSWORD).ok();
+}
+
+#[test]
+fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
+    let b = Bastion::start_with_role(&["--credential-ttl", "4s"]);
+    with_password(&b);
+    let dev = Dev::new();
+    dev.login(&b, &[], PASSWORD).ok();
+    let key = dev.file("id_ed25519");
+    // A session opened with the certificate ends when it expires.
+    let out = b.ssh_with_key(&key, &b.dest(), "sleep 30; echo never");
+    assert_ne!(out.code, 0);
+    assert!(!out.stdout.contains("never"));
+    assert!(
+        out.stderr.contains("your postern credential expires in"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("your postern credential expired at")
+            && out.stderr.contains("UTC — run postern login"),
+        "{}",
+        out.stderr
+    );
+    let ended = events(&b, "session.credential_expired");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let end = events(&b, "session.end");
+    assert_eq!(end[0]["details"]["reason"], "credential_expired");
+
+    // Connecting again with the expired certificate: a human message, not just
+    // "Permission denied" (needs keyboard-interactive, which BatchMode turns off).
+    let out: Out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(&key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr.contains("your postern credential expired at")
+            && out.stderr.contains("UTC - run postern login"),
+        "{}",
+        out.stderr
+    );
+    let status = dev.run(&b, &["status"], "");
+    assert!(
+        status
+            .fails(1)
+            .contains("your postern credential expired at")
+    );
+
+    // A fresh login works again.
+    dev.login(&b, &[], PASSWORD).ok();
+    assert_eq!(b.ssh_with_key(&key, &b.dest(), "echo back").ok(), "back\n");
+}
+
+#[test]
+fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
+    let b = Bastion::start_with_role(&["--databases", "features", "--db-users", "app,reader"]);
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "pg1",
+            "--postgres",
+            "127.0.0.1:5999",
+            "--label",
+            "env=test",
+        ])
+        .ok();
+    with_password(&b);
+    let dev = Dev::new();
+    // Without a login there is nothing to present.
+    let out = dev.run(&b, &["db", "login", "pg1"], "");
+    assert!(
+        out.fails(1).contains("not logged in; run postern login"),
+        "{}",
+        out.stderr
+    );
+    let ca = ca_file(&b);
+    dev.login(&b, &["--ca-file", ca.to_str().unwrap()], PASSWORD)
+        .ok();
+
+    let out = dev.run(&b, &["db", "login", "pg1"], "");
+    let printed = out.ok();
+    assert!(printed.contains("on pg1 (features as app)"), "{printed}");
+    assert!(
+        printed.trim_end().ends_with("psql \"service=pg1\""),
+        "{printed}"
+    );
+    let pgpass_path = dev.home().join(".pgpass");
+    assert_eq!(
+        std::fs::metadata(&pgpass_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let pgpass = std::fs::read_to_string(&pgpass_path).unwrap();
+    let prefix = format!("127.0.0.1:{}:pg1/features:alice:pgt_", b.postern.pg.port());
+    assert!(pgpass.starts_with(&prefix), "{pgpass}");
+    let token = pgpass.trim_end().rsplit(':').next().unwrap().to_string();
+    assert!(token.len() >= 4 + 43, "256 bits: {token}");
+    let service = std::fs::read_to_string(dev.home().join(".pg_service.conf")).unwrap();
+    assert!(service.starts_with("[pg1]\nhost=127.0.0.1\n"), "{service}");
+    assert!(
+        service.contains("dbname=pg1/features\nuser=alice\nsslmode=verify-full\n"),
+        "{service}"
+    );
+
+    // Another database user the role lists: the pgpass line is replaced, not duplicated.
+    dev.run(&b, &["db", "login", "pg1", "--db-user", "reader"], "")
+        .ok();
+    let pgpass = std::fs::read_to_string(&pgpass_path).unwrap();
+    assert_eq!(pgpass.lines().count(), 1, "{pgpass}");
+
+    // Denied: a database user no role lists; unknown target; an SSH target.
+    let out = dev.run(&b, &["db", "login", "pg1", "--db-user", "postgres"], "");
+    assert!(
+        out.fails(1).contains(
+            "access to database `features` as `postgres` on `pg1` denied: no role allows it"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = dev.run(&b, &["db", "login", "nope"], "");
+    assert!(
+        out.fails(1).contains("no target named `nope`"),
+        "{}",
+        out.stderr
+    );
+    let out = dev.run(&b, &["db", "login", "t1"], "");
+    assert!(
+        out.fails(1).contains("is for postgres targets"),
+        "{}",
+        out.stderr
+    );
+
+    // The store keeps only a hash of the token; the audit log records the issue.
+    for f in walk(&b.postern.data_dir()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds the token",
+            f.display()
+        );
+    }
+    let issued = events(&b, "credential.db_token");
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!(issued[0]["details"]["db_user"], "app");
+    assert_eq!(issued[1]["target"], "pg1");
+    assert!(!events(&b, "access.deny").is_empty());
+}
