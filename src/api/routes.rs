@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,12 +47,27 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
                 "no such endpoint; the API lives under /v1/",
             )
         })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Ctx { shared, peer })
 }
 
+/// Request bodies are small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+
 /// Parses a JSON body into `T`, with an error that says what is wrong with it.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
+fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = raw.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "bad_request",
+            format!(
+                "cannot read the request body ({}); bodies are JSON of at most {} KiB",
+                e.body_text(),
+                MAX_BODY / 1024
+            ),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
 }
 
@@ -192,8 +208,8 @@ fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
         .min()
 }
 
-async fn login(State(cx): State<Ctx>, raw: Bytes) -> Reply {
-    let req: LoginRequest = body(&raw)?;
+async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
+    let req: LoginRequest = body(raw)?;
     let ip = cx.peer.ip();
     if let Err(wait) = cx.shared.api.limiter.check(&req.user, ip) {
         let secs = wait.as_secs() + 1;
@@ -413,9 +429,13 @@ struct DbLoginRequest {
     db_user: Option<String>,
 }
 
-async fn db_login(State(cx): State<Ctx>, headers: HeaderMap, raw: Bytes) -> Reply {
+async fn db_login(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Reply {
     let (policy, user, _) = cx.bearer(&headers).await?;
-    let req: DbLoginRequest = body(&raw)?;
+    let req: DbLoginRequest = body(raw)?;
     let actor = Actor::user(&user.name);
     let Some(target) = policy.targets.get(&req.target) else {
         cx.audit_on(

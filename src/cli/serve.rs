@@ -80,7 +80,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     .await?;
     let bound = server.bound();
     if first_start {
-        print_next_steps(&dir, &bound.ssh, &host_fp);
+        print_next_steps(&dir, &bound.ssh, &bound.api, &host_fp);
     }
     println!(
         "postern ready: ssh {} postgres {} api {} (data dir {})",
@@ -105,7 +105,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_next_steps(dir: &std::path::Path, ssh: &SocketAddr, host_fp: &str) {
+fn print_next_steps(dir: &std::path::Path, ssh: &SocketAddr, api: &SocketAddr, host_fp: &str) {
     let d = dir.display();
     println!(
         "\
@@ -116,12 +116,16 @@ Next steps (in another terminal):
   1. a role:    postern --data-dir {d} admin role add dev --allow 'env=dev' --logins ubuntu
   2. a user:    postern --data-dir {d} admin user add alice --role dev
                 postern --data-dir {d} admin user add-key alice ~/.ssh/id_ed25519.pub
+                (or, for short-lived certificates instead of a key:
+                 postern --data-dir {d} admin user set-password alice --password-stdin)
   3. a target:  postern --data-dir {d} admin target add gpu-1 --ssh 10.0.0.5:22 --label env=dev \\
                   --host-key \"$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)\"
   4. check:     postern --data-dir {d} access check --user alice --target gpu-1 --login ubuntu
 Or describe all of it in a file and run: postern --data-dir {d} apply -f config/policy.toml
 Developers then connect with: ssh -p {port} ubuntu@gpu-1@{host}
+  (after `postern login --server https://{api} --user alice` when using certificates)
 ",
+        api = api,
         port = ssh.port(),
         host = ssh.ip(),
     );

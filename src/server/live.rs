@@ -1,7 +1,7 @@
 //! Live sessions of this process, by id: how a kill (from another process, through the
 //! store's session commands), a TTL deadline or a lock reaches a running session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,7 +20,14 @@ pub trait LiveSession: Send + Sync {
     /// About once a second: deadlines and idle time.
     fn tick(&self, now_ms: i64);
     /// Every few seconds: re-decide against the current policy (locks, revocations, TTLs).
-    fn review(&self, policy: &Policy);
+    fn review(&self, now: &Current);
+}
+
+/// What live sessions are re-checked against.
+pub struct Current {
+    pub policy: Policy,
+    /// Serials of revoked user certificates.
+    pub revoked: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -91,10 +98,11 @@ pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: Canc
             s.tick(now);
         }
         if n % REVIEW_EVERY == 0 && !sessions.is_empty() {
-            match store.load_policy().await {
-                Ok(policy) => {
+            match tokio::try_join!(store.load_policy(), store.revoked_serials()) {
+                Ok((policy, revoked)) => {
+                    let now = Current { policy, revoked };
                     for s in &sessions {
-                        s.review(&policy);
+                        s.review(&now);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot re-check live sessions against the policy"),

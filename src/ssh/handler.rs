@@ -45,8 +45,9 @@ pub struct Conn {
     tracker: TaskTracker,
     verdict: Option<Verdict>,
     state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
-    /// The end (Unix seconds) of the certificate this connection authenticated with.
+    /// The end (Unix seconds) and serial of the certificate this connection authenticated with.
     credential_until: Option<u64>,
+    credential_serial: Option<u64>,
     /// Told to the client through keyboard-interactive when its key's postern certificate
     /// has expired (russh refuses expired certificates before postern sees them).
     expired_notice: Option<String>,
@@ -71,6 +72,7 @@ impl Conn {
             verdict: None,
             state: Arc::new(Mutex::new(None)),
             credential_until: None,
+            credential_serial: None,
             expired_notice: None,
         }
     }
@@ -204,6 +206,7 @@ impl Conn {
                 cert: cert.cert,
             },
             cert_serial: cert.serial,
+            client_serial: self.credential_serial,
             client_addr: self.peer.to_string(),
             shared: self.shared.clone(),
             bytes_in: AtomicU64::new(0),
@@ -443,6 +446,7 @@ impl Handler for Conn {
         }
         let details = json!({ "method": "certificate", "serial": serial.to_string(), "key_id": key_id, "ssh_user": printable(ssh_user), "valid_before": cert.valid_before() });
         self.credential_until = Some(cert.valid_before());
+        self.credential_serial = Some(serial);
         self.authenticated(&policy, &user, ssh_user, details).await
     }
 

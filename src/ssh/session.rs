@@ -11,7 +11,7 @@ use tracing::warn;
 use super::limits::Limits;
 use super::upstream::{self, Credentials, UpHandle, UpstreamError};
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::policy::{Grant, Policy, Target};
+use crate::policy::{Grant, Target};
 use crate::server::Shared;
 use crate::store::SessionEnd;
 
@@ -24,6 +24,8 @@ pub struct SessionCtx {
     pub grant: Grant,
     pub creds: Credentials,
     pub cert_serial: u64,
+    /// The serial of the user certificate the client authenticated with, if any.
+    pub client_serial: Option<u64>,
     pub client_addr: String,
     pub shared: Arc<Shared>,
     pub bytes_in: AtomicU64,
@@ -44,9 +46,20 @@ impl crate::server::live::LiveSession for SessionCtx {
         self.limits.tick(now_ms);
     }
 
-    fn review(&self, policy: &Policy) {
+    fn review(&self, now: &crate::server::live::Current) {
+        if let Some(serial) = self.client_serial
+            && now.revoked.contains(&serial)
+        {
+            self.limits.terminate(
+                "revoked",
+                format!(
+                    "access was withdrawn: your postern credential (serial {serial}) was revoked"
+                ),
+            );
+            return;
+        }
         self.limits
-            .review(policy, &self.user, &self.target.name, &self.login);
+            .review(&now.policy, &self.user, &self.target.name, &self.login);
     }
 }
 

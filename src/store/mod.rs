@@ -352,6 +352,22 @@ impl Store {
         }
     }
 
+    /// Every revoked serial (a small table: revocations are rare and certificates short).
+    pub async fn revoked_serials(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query("SELECT serial FROM revoked_certificates")
+                    .fetch_all(&mut *pool.acquire().await?)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| sqlx::Row::try_get::<String, _>(r, "serial").ok())
+                    .filter_map(|s| s.parse().ok())
+                    .collect())
+            }
+        }
+    }
+
     /// Closes sessions a crashed process left open (single node: every open session).
     pub async fn close_orphan_sessions(&self, reason: &str) -> Result<Vec<SessionRow>, StoreError> {
         match &self.backend {

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::Out;
+use crate::harness::postern::Postern;
 use crate::ssh::Bastion;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -31,12 +32,12 @@ impl Dev {
         self.home().join(".postern").join(name)
     }
 
-    fn run(&self, b: &Bastion, args: &[&str], stdin: &str) -> Out {
-        b.postern.cli_env(args, stdin, &[("HOME", self.home())])
+    fn run(&self, p: &Postern, args: &[&str], stdin: &str) -> Out {
+        p.cli_env(args, stdin, &[("HOME", self.home())])
     }
 
-    fn login(&self, b: &Bastion, extra: &[&str], password: &str) -> Out {
-        let server = format!("https://127.0.0.1:{}", b.postern.api.port());
+    fn login(&self, p: &Postern, extra: &[&str], password: &str) -> Out {
+        let server = format!("https://127.0.0.1:{}", p.api.port());
         let mut args = vec![
             "login",
             "--server",
@@ -46,17 +47,20 @@ impl Dev {
             "--password-stdin",
         ];
         args.extend_from_slice(extra);
-        self.run(b, &args, &format!("{password}\n"))
+        self.run(p, &args, &format!("{password}\n"))
     }
 }
 
 fn with_password(b: &Bastion) {
-    b.postern
-        .cli_stdin(
-            &["admin", "user", "set-password", "alice", "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
-        .ok();
+    set_password(&b.postern);
+}
+
+fn set_password(p: &Postern) {
+    p.cli_stdin(
+        &["admin", "user", "set-password", "alice", "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    )
+    .ok();
 }
 
 fn ca_file(b: &Bastion) -> PathBuf {
@@ -122,7 +126,7 @@ fn login_issues_a_certificate_plain_ssh_uses_with_the_shortest_role_ttl() {
     with_password(&b);
     let dev = Dev::new();
     let ca = ca_file(&b);
-    let out = dev.login(&b, &["--ca-file", ca.to_str().unwrap()], PASSWORD);
+    let out = dev.login(&b.postern, &["--ca-file", ca.to_str().unwrap()], PASSWORD);
     let printed = out.ok();
     assert!(
         printed.starts_with("logged in to https://127.0.0.1:"),
@@ -210,7 +214,7 @@ fn login_issues_a_certificate_plain_ssh_uses_with_the_shortest_role_ttl() {
         );
     }
 
-    let status = dev.run(&b, &["status"], "");
+    let status = dev.run(&b.postern, &["status"], "");
     let s = status.ok();
     assert!(s.contains("user:         alice"), "{s}");
     assert!(s.contains("roles:        dev, ops"), "{s}");
@@ -236,7 +240,7 @@ fn the_server_is_trusted_on_first_use_then_pinned() {
     let b = Bastion::start();
     with_password(&b);
     let dev = Dev::new();
-    let first = dev.login(&b, &[], PASSWORD);
+    let first = dev.login(&b.postern, &[], PASSWORD);
     first.ok();
     assert!(
         first
@@ -247,7 +251,7 @@ fn the_server_is_trusted_on_first_use_then_pinned() {
     );
     let pinned = std::fs::read_to_string(dev.file("known_servers")).unwrap();
     assert!(pinned.starts_with(&format!("127.0.0.1:{} SHA256:", b.postern.api.port())));
-    let again = dev.login(&b, &[], PASSWORD);
+    let again = dev.login(&b.postern, &[], PASSWORD);
     again.ok();
     assert!(!again.stderr.contains("first use"), "{}", again.stderr);
 
@@ -260,7 +264,7 @@ fn the_server_is_trusted_on_first_use_then_pinned() {
         ),
     )
     .unwrap();
-    let out = dev.login(&b, &[], PASSWORD);
+    let out = dev.login(&b.postern, &[], PASSWORD);
     assert!(
         out.fails(1).contains("someone may be intercepting"),
         "{}",
@@ -278,7 +282,11 @@ fn the_server_is_trusted_on_first_use_then_pinned() {
     let wrong_ca = b
         .postern
         .write("wrong-ca.pem", &String::from_utf8_lossy(&made.stdout));
-    let out = dev.login(&b, &["--ca-file", wrong_ca.to_str().unwrap()], PASSWORD);
+    let out = dev.login(
+        &b.postern,
+        &["--ca-file", wrong_ca.to_str().unwrap()],
+        PASSWORD,
+    );
     assert!(
         out.fails(1).contains("TLS with https://127.0.0.1:"),
         "{}",
@@ -294,7 +302,7 @@ fn failed_logins_are_audited_and_slowed_down() {
     // An unknown user and a wrong password read the same.
     let server = format!("https://127.0.0.1:{}", b.postern.api.port());
     let unknown = dev.run(
-        &b,
+        &b.postern,
         &[
             "login",
             "--server",
@@ -310,14 +318,14 @@ fn failed_logins_are_audited_and_slowed_down() {
         "postern login: wrong user name or password"
     );
     for _ in 0..3 {
-        let out = dev.login(&b, &[], "not the password");
+        let out = dev.login(&b.postern, &[], "not the password");
         assert_eq!(
             out.fails(1).trim_end(),
             "postern login: wrong user name or password"
         );
     }
     // The right password now waits its turn.
-    let out = dev.login(&b, &[], PASSWORD);
+    let out = dev.login(&b.postern, &[], PASSWORD);
     assert!(
         out.fails(1)
             .contains("too many failed logins; try again in"),
@@ -348,7 +356,7 @@ fn failed_logins_are_audited_and_slowed_down() {
     );
     // The first delay is a second; after it the password works again.
     std::thread::sleep(Duration::from_millis(1500));
-    dev.login(&b, &[], PASSWORD).ok();
+    dev.login(&b.postern, &[], PASSWORD).ok();
 }
 
 fn oathtool(secret: &str) -> String {
@@ -387,32 +395,32 @@ fn an_enrolled_user_needs_a_fresh_one_time_code() {
     assert!(!b.postern.cli(&["audit", "export"]).ok().contains(&secret));
 
     let dev = Dev::new();
-    let out = dev.login(&b, &[], PASSWORD);
+    let out = dev.login(&b.postern, &[], PASSWORD);
     assert!(
         out.fails(1)
             .contains("needs a one-time code: pass --totp CODE"),
         "{}",
         out.stderr
     );
-    let out = dev.login(&b, &["--totp", "000000"], PASSWORD);
+    let out = dev.login(&b.postern, &["--totp", "000000"], PASSWORD);
     let wrong = out.fails(1).to_string();
     let code = oathtool(&secret);
     if code != "000000" {
         assert!(wrong.contains("the one-time code is wrong"), "{wrong}");
     }
-    dev.login(&b, &["--totp", &code], PASSWORD).ok();
+    dev.login(&b.postern, &["--totp", &code], PASSWORD).ok();
     assert_eq!(
         events(&b, "auth.login")[0]["details"]["method"],
         "password+totp"
     );
     // The same code twice is a replay.
-    let out = dev.login(&b, &["--totp", &code], PASSWORD);
+    let out = dev.login(&b.postern, &["--totp", &code], PASSWORD);
     assert!(out.fails(1).contains("already used"), "{}", out.stderr);
 
     b.postern
         .cli(&["admin", "user", "totp", "alice", "--remove"])
         .ok();
-    dev.login(&b, &[], PASSWORD).ok();
+    dev.login(&b.postern, &[], PASSWORD).ok();
 }
 
 #[test]
@@ -420,7 +428,7 @@ fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
     let b = Bastion::start_with_role(&["--credential-ttl", "4s"]);
     with_password(&b);
     let dev = Dev::new();
-    dev.login(&b, &[], PASSWORD).ok();
+    dev.login(&b.postern, &[], PASSWORD).ok();
     let key = dev.file("id_ed25519");
     // A session opened with the certificate ends when it expires.
     let out = b.ssh_with_key(&key, &b.dest(), "sleep 30; echo never");
@@ -469,7 +477,7 @@ fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
         "{}",
         out.stderr
     );
-    let status = dev.run(&b, &["status"], "");
+    let status = dev.run(&b.postern, &["status"], "");
     assert!(
         status
             .fails(1)
@@ -477,7 +485,7 @@ fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
     );
 
     // A fresh login works again.
-    dev.login(&b, &[], PASSWORD).ok();
+    dev.login(&b.postern, &[], PASSWORD).ok();
     assert_eq!(b.ssh_with_key(&key, &b.dest(), "echo back").ok(), "back\n");
 }
 
@@ -499,17 +507,17 @@ fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
     with_password(&b);
     let dev = Dev::new();
     // Without a login there is nothing to present.
-    let out = dev.run(&b, &["db", "login", "pg1"], "");
+    let out = dev.run(&b.postern, &["db", "login", "pg1"], "");
     assert!(
         out.fails(1).contains("not logged in; run postern login"),
         "{}",
         out.stderr
     );
     let ca = ca_file(&b);
-    dev.login(&b, &["--ca-file", ca.to_str().unwrap()], PASSWORD)
+    dev.login(&b.postern, &["--ca-file", ca.to_str().unwrap()], PASSWORD)
         .ok();
 
-    let out = dev.run(&b, &["db", "login", "pg1"], "");
+    let out = dev.run(&b.postern, &["db", "login", "pg1"], "");
     let printed = out.ok();
     assert!(printed.contains("on pg1 (features as app)"), "{printed}");
     assert!(
@@ -538,13 +546,21 @@ fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
     );
 
     // Another database user the role lists: the pgpass line is replaced, not duplicated.
-    dev.run(&b, &["db", "login", "pg1", "--db-user", "reader"], "")
-        .ok();
+    dev.run(
+        &b.postern,
+        &["db", "login", "pg1", "--db-user", "reader"],
+        "",
+    )
+    .ok();
     let pgpass = std::fs::read_to_string(&pgpass_path).unwrap();
     assert_eq!(pgpass.lines().count(), 1, "{pgpass}");
 
     // Denied: a database user no role lists; unknown target; an SSH target.
-    let out = dev.run(&b, &["db", "login", "pg1", "--db-user", "postgres"], "");
+    let out = dev.run(
+        &b.postern,
+        &["db", "login", "pg1", "--db-user", "postgres"],
+        "",
+    );
     assert!(
         out.fails(1).contains(
             "access to database `features` as `postgres` on `pg1` denied: no role allows it"
@@ -552,13 +568,13 @@ fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
         "{}",
         out.stderr
     );
-    let out = dev.run(&b, &["db", "login", "nope"], "");
+    let out = dev.run(&b.postern, &["db", "login", "nope"], "");
     assert!(
         out.fails(1).contains("no target named `nope`"),
         "{}",
         out.stderr
     );
-    let out = dev.run(&b, &["db", "login", "t1"], "");
+    let out = dev.run(&b.postern, &["db", "login", "t1"], "");
     assert!(
         out.fails(1).contains("is for postgres targets"),
         "{}",
@@ -579,4 +595,176 @@ fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
     assert_eq!(issued[0]["details"]["db_user"], "app");
     assert_eq!(issued[1]["target"], "pg1");
     assert!(!events(&b, "access.deny").is_empty());
+}
+
+#[test]
+fn revoking_a_login_certificate_ends_its_live_sessions() {
+    let b = Bastion::start();
+    with_password(&b);
+    let dev = Dev::new();
+    dev.login(&b.postern, &[], PASSWORD).ok();
+    let key = dev.file("id_ed25519");
+    let child = b
+        .ssh_command_with_key("ssh", &key)
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("sleep 30; echo never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serial = events(&b, "auth.login")[0]["details"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..100 {
+        if !events(&b, "session.start").is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.postern
+        .cli(&[
+            "admin",
+            "cert",
+            "revoke",
+            &serial,
+            "--reason",
+            "laptop stolen",
+        ])
+        .ok();
+    let out = crate::ssh::wait_child(child);
+    assert!(!out.stdout.contains("never"));
+    assert!(
+        out.stderr.contains(&format!(
+            "access was withdrawn: your postern credential (serial {serial}) was revoked"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(crate::ssh::ended_session(&b)["end_reason"], "revoked");
+    // And the API no longer honours the login's token.
+    let out = dev.run(&b.postern, &["db", "login", "t1"], "");
+    assert!(out.fails(1).contains("was revoked"), "{}", out.stderr);
+}
+
+#[test]
+fn a_configured_tls_certificate_replaces_the_generated_one() {
+    // Another CA and a server certificate it signed: those of a second data dir.
+    let other = Postern::new();
+    let other_ca = other.cli(&["admin", "tls-ca"]);
+    let other_ca = other.write("other-ca.pem", other_ca.ok());
+    let tls = other.data_dir().join("tls");
+
+    let mut p = Postern::new();
+    p.cli(&["admin", "role", "add", "dev", "--allow", "*"]).ok();
+    p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+        .ok();
+    set_password(&p);
+    let own_ca = p.write("own-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
+    let cfg = p.write(
+        "postern.toml",
+        &format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display()
+        ),
+    );
+    let mut cmd = p.serve_command();
+    cmd.arg("--config").arg(&cfg);
+    p.spawn(cmd);
+
+    let dev = Dev::new();
+    dev.login(&p, &["--ca-file", other_ca.to_str().unwrap()], PASSWORD)
+        .ok();
+    let dev = Dev::new();
+    let out = dev.login(&p, &["--ca-file", own_ca.to_str().unwrap()], PASSWORD);
+    assert!(out.fails(1).contains("TLS with"), "{}", out.stderr);
+
+    // Half a configuration is an error at start, not a silent fallback.
+    let half = p.write("half.toml", "[tls]\ncert_file = \"/etc/hostname\"\n");
+    let out: Out = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["check-config", "--config"])
+        .arg(&half)
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        out.fails(2)
+            .contains("tls.cert_file and tls.key_file go together"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_api_answers_bad_requests_with_json_errors_and_survives_garbage() {
+    use postern::client::https::{Client, ServerUrl, Trust};
+    use std::io::{Read, Write};
+
+    let b = Bastion::start();
+    let pem = std::fs::read(ca_file(&b)).unwrap();
+    let url = ServerUrl::parse(&format!("https://127.0.0.1:{}", b.postern.api.port())).unwrap();
+    let client = Client::new(url, &Trust::Ca(pem)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let call = |method: &str, path: &str, bearer: Option<&str>, body: Option<serde_json::Value>| {
+        let r = rt
+            .block_on(client.call(method, path, bearer, body.as_ref()))
+            .unwrap();
+        (r.status, r.body)
+    };
+
+    // Garbage instead of a TLS handshake, and a connection that sends nothing: neither
+    // stops the API from serving others.
+    let mut raw = std::net::TcpStream::connect(b.postern.api).unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage")
+        .unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = raw.read_to_end(&mut buf);
+    let _idle = std::net::TcpStream::connect(b.postern.api).unwrap();
+
+    let (status, body) = call("GET", "/v1/health", None, None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = call("GET", "/v2/nothing", None, None);
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = call(
+        "POST",
+        "/v1/login",
+        None,
+        Some(serde_json::json!({"user": 1})),
+    );
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
+    assert!(
+        body["message"].as_str().unwrap().contains("not valid"),
+        "{body}"
+    );
+    let big = serde_json::json!({ "user": "x".repeat(100_000) });
+    let (status, body) = call("POST", "/v1/login", None, Some(big));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("bad_request")),
+        "{body}"
+    );
+    let bad_key =
+        serde_json::json!({ "user": "alice", "password": "p", "public_key": "ssh-ed25519 nope" });
+    let (status, body) = call("POST", "/v1/login", None, Some(bad_key));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("public_key:"),
+        "{body}"
+    );
+    let (status, body) = call("GET", "/v1/whoami", None, None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("not_logged_in"))
+    );
+    let (status, body) = call("GET", "/v1/whoami", Some("pst_forged"), None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
 }

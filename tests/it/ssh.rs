@@ -309,7 +309,7 @@ fn interactive(b: &Bastion, lines: &[&str]) -> Out {
     out.into()
 }
 
-fn only_session(b: &Bastion) -> serde_json::Value {
+pub fn only_session(b: &Bastion) -> serde_json::Value {
     let list: serde_json::Value =
         serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
     let all = list.as_array().unwrap();
@@ -317,7 +317,7 @@ fn only_session(b: &Bastion) -> serde_json::Value {
 }
 
 /// The newest session once postern has closed it in the index (the client may exit first).
-fn ended_session(b: &Bastion) -> serde_json::Value {
+pub fn ended_session(b: &Bastion) -> serde_json::Value {
     for _ in 0..100 {
         let s = only_session(b);
         if !s["end_reason"].is_null() {
@@ -647,7 +647,7 @@ pub fn open_shell(b: &Bastion) -> std::process::Child {
     panic!("session never became active; log:\n{}", b.postern.log());
 }
 
-fn wait_child(mut child: std::process::Child) -> Out {
+pub fn wait_child(mut child: std::process::Child) -> Out {
     for _ in 0..100 {
         if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap().into();
@@ -843,6 +843,26 @@ fn max_session_ttl_warns_then_ends_the_session() {
         .postern
         .cli(&["audit", "search", "--type", "session.expired"]);
     assert!(events.ok().contains("session.expired"));
+}
+
+#[test]
+fn a_live_interactive_session_is_warned_then_cut_at_its_deadline() {
+    let b = Bastion::start_with_role(&["--max-session-ttl", "4s"]);
+    let shell = open_shell(&b);
+    let out = wait_child(shell);
+    let warned = out.stderr.find("this session ends in");
+    let ended = out
+        .stderr
+        .find("reached its time limit (4s, max_session_ttl)");
+    assert!(
+        matches!((warned, ended), (Some(w), Some(e)) if w < e),
+        "warning first, then the end: {out:?}"
+    );
+    // The deadline holds to within two seconds.
+    let s = ended_session(&b);
+    assert_eq!(s["end_reason"], "expired");
+    let lasted = s["ended_ms"].as_i64().unwrap() - s["started_ms"].as_i64().unwrap();
+    assert!((lasted - 4000).abs() <= 2000, "lasted {lasted} ms");
 }
 
 #[test]
