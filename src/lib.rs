@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+pub mod pg;
 pub mod policy;
 pub mod recording;
 pub mod server;

@@ -38,10 +38,8 @@ pub struct Api {
 
 impl Api {
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Api {
-        let mut cfg = (*tls).clone();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Api {
-            tls: TlsAcceptor::from(Arc::new(cfg)),
+            tls: tls::with_alpn(&tls, b"http/1.1"),
             limiter: Limiter::default(),
         }
     }

@@ -53,3 +53,10 @@ pub fn server_config(config: &Config, keys: &KeyStore) -> Result<ServerConfig, S
             )
         })
 }
+
+/// An acceptor for `config` announcing one ALPN protocol (`http/1.1`, `postgresql`).
+pub fn with_alpn(config: &Arc<ServerConfig>, protocol: &[u8]) -> tokio_rustls::TlsAcceptor {
+    let mut cfg = (**config).clone();
+    cfg.alpn_protocols = vec![protocol.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}

@@ -68,7 +68,9 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     let host_fp = credentials::fingerprint(&keys.host_key);
     let ssh_config = crate::ssh::config(&keys);
     let tls = crate::api::tls::server_config(&config, &keys).map_err(anyhow::Error::msg)?;
-    let api = crate::api::Api::new(std::sync::Arc::new(tls));
+    let tls = std::sync::Arc::new(tls);
+    let api = crate::api::Api::new(tls.clone());
+    let pg_tls = crate::api::tls::with_alpn(&tls, b"postgresql");
     let server = Server::bind(Shared {
         config,
         ssh_config,
@@ -76,8 +78,22 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         store,
         live: Default::default(),
         api,
+        pg_tls,
+        pg_cancel: Default::default(),
     })
     .await?;
+    // Signals are watched before the ready line: whoever waits for it may stop us at once.
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        }
+        trigger.cancel();
+    });
     let bound = server.bound();
     if first_start {
         print_next_steps(&dir, &bound.ssh, &bound.api, &host_fp);
@@ -90,17 +106,6 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         dir.display()
     );
 
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
-        }
-        trigger.cancel();
-    });
     server.run(shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -283,7 +283,13 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             let mut hits = Vec::new();
             for s in &rows {
                 for r in &s.recordings {
-                    for (offset, line) in grep_cast(Path::new(&r.path), &pattern) {
+                    let path = Path::new(&r.path);
+                    let found = if is_transcript(path) {
+                        grep_transcript(path, &pattern)
+                    } else {
+                        grep_cast(path, &pattern)
+                    };
+                    for (offset, line) in found {
                         hits.push(serde_json::json!({ "session": s.id, "channel": r.channel, "user": s.user, "target": s.target, "offset_s": offset, "line": line }));
                     }
                 }
@@ -310,6 +316,52 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     };
     store.close().await;
     Ok(code)
+}
+
+/// A PostgreSQL session's transcript (JSON lines), not an asciicast.
+fn is_transcript(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".pg.jsonl")
+}
+
+/// The statements of a transcript: (offset s, the statement's JSON).
+fn transcript_lines(path: &Path) -> Vec<(f64, serde_json::Value)> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .map(|v| (v["t"].as_f64().unwrap_or(0.0), v))
+        .collect()
+}
+
+/// One transcript entry as a line: `SQL  → TAG (N rows, D ms)` or the error.
+fn statement_text(v: &serde_json::Value) -> String {
+    let mut line = v["sql"].as_str().unwrap_or("").replace('\n', " ");
+    if let Some(p) = v.get("params").filter(|p| !p.is_null()) {
+        line.push_str(&format!("  params {p}"));
+    }
+    let ms = v["duration_ms"].as_f64().unwrap_or(0.0);
+    match (&v["error"], v["tag"].as_str()) {
+        (e, _) if e.is_object() => line.push_str(&format!(
+            "  → ERROR {} {} ({ms} ms)",
+            e["code"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        )),
+        (_, Some(tag)) => line.push_str(&format!("  → {tag} ({ms} ms)")),
+        _ => line.push_str(&format!("  ({ms} ms)")),
+    }
+    line
+}
+
+fn grep_transcript(path: &Path, pattern: &str) -> Vec<(f64, String)> {
+    transcript_lines(path)
+        .into_iter()
+        .map(|(t, v)| (t, statement_text(&v)))
+        .filter(|(_, l)| l.contains(pattern))
+        .collect()
 }
 
 /// The text lines of a recording (output and input reassembled) that contain `pattern`,
@@ -399,6 +451,16 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
     )
     .await?;
     store.close().await;
+    if is_transcript(&path) {
+        if !path.exists() {
+            bail!("cannot open recording {}", path.display());
+        }
+        let mut out = std::io::stdout().lock();
+        for (t, v) in transcript_lines(&path) {
+            writeln!(out, "+{t:>9.3}s  {}", statement_text(&v))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let file = std::fs::File::open(&path)
         .with_context(|| format!("cannot open recording {}", path.display()))?;
     let max_idle = a.max_idle.map(|d| d.as_secs() as f64);

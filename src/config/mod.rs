@@ -21,7 +21,7 @@ pub struct Config {
     /// Connections served at once across all listeners; more wait in the kernel backlog.
     pub max_connections: usize,
     pub ssh: Ssh,
-    pub postgres: Listener,
+    pub postgres: Postgres,
     pub api: Listener,
     pub tls: Tls,
     pub log: Log,
@@ -51,6 +51,21 @@ pub struct Ssh {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub listen: SocketAddr,
+    /// Accept clients without TLS (development only: tokens would cross the network in clear).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// How long postern waits for a target's TCP connect and authentication.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// CA certificates (PEM) for targets with `tls_mode = verify-full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ca_file: Option<PathBuf>,
 }
 
 fn default_expiry_warning() -> Dur {
@@ -112,7 +127,12 @@ impl Default for Config {
                 expiry_warning: default_expiry_warning(),
                 disconnect_on_credential_expiry: true,
             },
-            postgres: listen("127.0.0.1:6432"),
+            postgres: Postgres {
+                listen: listen("127.0.0.1:6432").listen,
+                allow_plaintext: false,
+                connect_timeout: default_connect_timeout(),
+                target_ca_file: None,
+            },
             api: listen("127.0.0.1:8443"),
             tls: Tls::default(),
             log: Log::default(),

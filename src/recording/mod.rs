@@ -37,6 +37,8 @@ pub enum Event {
     },
     /// A labelled point in time (`exit-status 3`, `sftp …`).
     Marker(String),
+    /// One complete line, written as is (JSON-lines transcripts of PostgreSQL sessions).
+    Line(String),
 }
 
 /// The result of a finished recording.
@@ -58,6 +60,15 @@ const QUEUE: usize = 256;
 
 /// `recordings/YYYY/MM/DD/<session>-<channel>.cast` under the data dir.
 pub fn path_for(data_dir: &Path, started_ms: i64, session_id: &str, channel: u32) -> PathBuf {
+    path_with(
+        data_dir,
+        started_ms,
+        &format!("{session_id}-{channel}.cast"),
+    )
+}
+
+/// `recordings/YYYY/MM/DD/<name>` under the data dir.
+pub fn path_with(data_dir: &Path, started_ms: i64, name: &str) -> PathBuf {
     let date = time::OffsetDateTime::from_unix_timestamp(started_ms / 1000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     data_dir
@@ -65,12 +76,17 @@ pub fn path_for(data_dir: &Path, started_ms: i64, session_id: &str, channel: u32
         .join(format!("{:04}", date.year()))
         .join(format!("{:02}", u8::from(date.month())))
         .join(format!("{:02}", date.day()))
-        .join(format!("{session_id}-{channel}.cast"))
+        .join(name)
 }
 
 impl Recorder {
     /// Creates the file and writes the header; an error here means the session must not start.
     pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
+        Self::create_with(path, header.to_line()).await
+    }
+
+    /// Creates a recording whose first line is `line` (newline included).
+    pub async fn create_with(path: PathBuf, line: String) -> Result<Recorder, RecordingError> {
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| RecordingError::Io {
@@ -95,7 +111,6 @@ impl Recorder {
             .await
             .map_err(io("create", &path))?;
         let mut hash = Context::new(&SHA256);
-        let line = header.to_line();
         file.write_all(line.as_bytes())
             .await
             .map_err(io("write", &path))?;
@@ -237,6 +252,10 @@ impl Writer {
                     .await?
             }
             Event::Marker(m) => self.line(cast::event(t, "m", &m)).await?,
+            Event::Line(mut l) => {
+                l.push('\n');
+                self.line(l).await?
+            }
         }
         Ok(())
     }

@@ -73,7 +73,7 @@ async fn handle(
     match name {
         "ssh" => crate::ssh::serve(stream, peer, shared, cancel).await,
         "api" => crate::api::serve(stream, peer, shared, cancel).await,
-        // The PostgreSQL protocol is not served yet: the connection is closed.
+        "postgres" => crate::pg::serve(stream, peer, shared, cancel).await,
         _ => {
             let _ = stream.shutdown().await;
         }

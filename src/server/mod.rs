@@ -1,6 +1,7 @@
 //! The running bastion: binds every listener, accepts connections under one limit, and
 //! shuts down gracefully (stop accepting, tell sessions, wait the grace period, force).
 
+pub mod limits;
 mod listener;
 pub mod live;
 mod mirror;
@@ -28,6 +29,9 @@ pub struct Shared {
     pub store: Store,
     pub live: Arc<live::Live>,
     pub api: crate::api::Api,
+    /// TLS for PostgreSQL clients (ALPN `postgresql`).
+    pub pg_tls: tokio_rustls::TlsAcceptor,
+    pub pg_cancel: crate::pg::CancelMap,
 }
 
 /// The addresses the listeners actually bound (useful when configured with port 0).

@@ -17,7 +17,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::limits::Limits;
 use super::relay;
 pub use super::session::SessionCtx;
 use super::upstream::Credentials;
@@ -26,6 +25,7 @@ use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::ssh_cert::{self, CertRequest};
 use crate::policy::{Decision, Policy, Request, TargetKind, User, decide, default_login};
 use crate::server::Shared;
+use crate::server::limits::Limits;
 use crate::store::SessionRow;
 
 /// What the connection may do once authenticated.

@@ -4,7 +4,6 @@
 
 mod forward;
 mod handler;
-mod limits;
 mod relay;
 mod session;
 pub mod upstream;

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde_json::json;
 use tracing::warn;
 
-use super::limits::Limits;
 use super::upstream::{self, Credentials, UpHandle, UpstreamError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::policy::{Grant, Target};
 use crate::server::Shared;
+use crate::server::limits::Limits;
 use crate::store::SessionEnd;
 
 /// An authorised session: one SSH connection to one target as one login.
@@ -58,8 +58,12 @@ impl crate::server::live::LiveSession for SessionCtx {
             );
             return;
         }
-        self.limits
-            .review(&now.policy, &self.user, &self.target.name, &self.login);
+        self.limits.review(
+            &now.policy,
+            &self.user,
+            &self.target.name,
+            &crate::policy::Request::Ssh { login: &self.login },
+        );
     }
 }
 

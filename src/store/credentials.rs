@@ -243,4 +243,46 @@ impl Store {
             }
         }
     }
+
+    /// Stores a target's sealed password for one database user, replacing any earlier one.
+    pub async fn set_target_credential(
+        &self,
+        target: &str,
+        db_user: &str,
+        sealed: &str,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query("INSERT OR REPLACE INTO target_credentials (target, db_user, sealed, updated_ms) VALUES (?, ?, ?, ?)")
+                    .bind(target)
+                    .bind(db_user)
+                    .bind(sealed)
+                    .bind(crate::audit::now_ms())
+                    .execute(&mut *pool.acquire().await?)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn target_credential(
+        &self,
+        target: &str,
+        db_user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let row = sqlx::query(
+                    "SELECT sealed FROM target_credentials WHERE target = ? AND db_user = ?",
+                )
+                .bind(target)
+                .bind(db_user)
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?;
+                row.map(|r| r.try_get("sealed"))
+                    .transpose()
+                    .map_err(Into::into)
+            }
+        }
+    }
 }

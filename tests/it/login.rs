@@ -10,21 +10,21 @@ use crate::harness::Out;
 use crate::harness::postern::Postern;
 use crate::ssh::Bastion;
 
-const PASSWORD: &str = "correct horse battery staple";
+pub const PASSWORD: &str = "correct horse battery staple";
 
 /// A developer's machine: its own HOME, where `~/.postern` goes.
-struct Dev {
+pub struct Dev {
     home: tempfile::TempDir,
 }
 
 impl Dev {
-    fn new() -> Dev {
+    pub fn new() -> Dev {
         Dev {
             home: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn home(&self) -> &Path {
+    pub fn home(&self) -> &Path {
         self.home.path()
     }
 
@@ -32,11 +32,11 @@ impl Dev {
         self.home().join(".postern").join(name)
     }
 
-    fn run(&self, p: &Postern, args: &[&str], stdin: &str) -> Out {
+    pub fn run(&self, p: &Postern, args: &[&str], stdin: &str) -> Out {
         p.cli_env(args, stdin, &[("HOME", self.home())])
     }
 
-    fn login(&self, p: &Postern, extra: &[&str], password: &str) -> Out {
+    pub fn login(&self, p: &Postern, extra: &[&str], password: &str) -> Out {
         let server = format!("https://127.0.0.1:{}", p.api.port());
         let mut args = vec![
             "login",
@@ -55,7 +55,7 @@ fn with_password(b: &Bastion) {
     set_password(&b.postern);
 }
 
-fn set_password(p: &Postern) {
+pub fn set_password(p: &Postern) {
     p.cli_stdin(
         &["admin", "user", "set-password", "alice", "--password-stdin"],
         &format!("{PASSWORD}\n"),

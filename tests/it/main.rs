@@ -8,5 +8,6 @@ mod certs;
 mod harness;
 mod harness_check;
 mod login;
+mod pg;
 mod serve;
 mod ssh;

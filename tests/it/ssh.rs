@@ -629,7 +629,7 @@ pub fn open_shell(b: &Bastion) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until postern lists it as active.
+    // Wait until postern lists it as active with its shell channel recording.
     for _ in 0..100 {
         let list: serde_json::Value = serde_json::from_str(
             b.postern
@@ -637,7 +637,12 @@ pub fn open_shell(b: &Bastion) -> std::process::Child {
                 .ok(),
         )
         .unwrap();
-        if !list.as_array().unwrap().is_empty() {
+        if list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| !s["recordings"].as_array().unwrap().is_empty())
+        {
             return child;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

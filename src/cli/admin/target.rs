@@ -46,6 +46,16 @@ pub enum Command {
     Rm {
         name: String,
     },
+    /// Store the password postern logs in to a PostgreSQL target with, for one database
+    /// user (sealed with the master key; developers never see it).
+    SetCredential {
+        name: String,
+        #[arg(long, value_name = "USER")]
+        db_user: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
@@ -170,6 +180,11 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::SetCredential {
+            name,
+            db_user,
+            password_stdin: _,
+        } => set_credential(config, &name, &db_user).await,
         Command::Rm { name } => {
             mutate(config, |p| {
                 p.targets
@@ -180,4 +195,48 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             .await
         }
     }
+}
+
+async fn set_credential(config: &Config, name: &str, db_user: &str) -> anyhow::Result<ExitCode> {
+    use crate::audit::{Actor, AuditEvent, Outcome};
+    let policy = load(config).await?;
+    let target = policy
+        .targets
+        .get(name)
+        .ok_or_else(|| not_found("target", name))?;
+    if target.kind != TargetKind::Postgres {
+        anyhow::bail!(
+            "target `{name}` is an {} target; credentials are for postgres targets",
+            target.kind
+        );
+    }
+    crate::policy::names::check_user_name(db_user)
+        .map_err(|_| anyhow::anyhow!("`{db_user}` is not a usable database user name"))?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input");
+    }
+    let keys = super::keys(config)?;
+    let sealed = keys.master_key.seal(
+        &crate::pg::credential_purpose(name, db_user),
+        password.as_bytes(),
+    )?;
+    let store = crate::cli::open_store(config).await?;
+    store.set_target_credential(name, db_user, &sealed).await?;
+    store
+        .append_audit(
+            &AuditEvent::new(
+                "target.credential_set",
+                &Actor::os(),
+                Outcome::Success,
+                serde_json::json!({ "db_user": db_user }),
+            )
+            .with_target(format!("target:{name}")),
+        )
+        .await?;
+    store.close().await;
+    println!("credential for database user {db_user} on {name} stored (sealed)");
+    Ok(ExitCode::SUCCESS)
 }

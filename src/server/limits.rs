@@ -1,4 +1,4 @@
-//! Time limits of a live SSH session, enforced while it runs: `max_session_ttl` (with a
+//! Time limits of a live session (SSH or PostgreSQL), enforced while it runs: `max_session_ttl` (with a
 //! warning before the end), `idle_timeout`, and re-authorisation against the current
 //! policy, so a lock, a revoked role or a shortened TTL reaches sessions already open.
 
@@ -142,7 +142,7 @@ impl Limits {
     }
 
     /// Re-decides the session against the current policy.
-    pub fn review(&self, policy: &Policy, user: &str, target: &str, login: &str) {
+    pub fn review(&self, policy: &Policy, user: &str, target: &str, req: &Request) {
         let (Some(u), Some(t)) = (policy.users.get(user), policy.targets.get(target)) else {
             self.terminate(
                 "revoked",
@@ -150,7 +150,7 @@ impl Limits {
             );
             return;
         };
-        match decide(u, &policy.roles_of(u), t, &Request::Ssh { login }) {
+        match decide(u, &policy.roles_of(u), t, req) {
             Decision::Deny(reason) => {
                 self.terminate("revoked", format!("access was withdrawn: {reason}"))
             }

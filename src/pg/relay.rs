@@ -1,0 +1,503 @@
+//! The relay of an authenticated PostgreSQL session: both directions at once, forwarding
+//! whole messages untouched, and a tracker that pairs each statement (simple `Query`, or
+//! extended `Parse`/`Bind`/`Execute`) with its outcome (`CommandComplete`, `ErrorResponse`)
+//! for the transcript. A statement's line is queued to the recorder before its completion
+//! reaches the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{Io, wire};
+use crate::recording::{Event, Recorder};
+use crate::server::limits::Limits;
+
+pub struct Relay<'a> {
+    pub client: &'a mut Box<dyn Io>,
+    pub upstream: Box<dyn Io>,
+    pub recorder: &'a Recorder,
+    pub limits: &'a Limits,
+    pub cancel: &'a CancellationToken,
+    /// Leave `Bind` parameter values out of the transcript.
+    pub redact: bool,
+}
+
+pub struct Outcome {
+    pub reason: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Longest parameter text kept in a transcript line.
+const PARAM_CHARS: usize = 4096;
+
+struct Stmt {
+    protocol: &'static str,
+    sql: String,
+    params: Option<Vec<Value>>,
+    t: f64,
+    start: Instant,
+    tags: Vec<String>,
+    error: Option<(String, String)>,
+}
+
+enum Pending {
+    Simple(Stmt),
+    Exec(Stmt),
+    Sync,
+}
+
+struct Tracker {
+    start: Instant,
+    redact: bool,
+    pending: VecDeque<Pending>,
+    statements: HashMap<String, String>,
+    portals: HashMap<String, (String, Option<Vec<Value>>)>,
+}
+
+/// A bounds-checked reader over a message body.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn cstr(&mut self) -> Option<String> {
+        wire::cstr(&mut self.0)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        (self.0.remaining() >= 2).then(|| self.0.get_i16())
+    }
+    fn i32(&mut self) -> Option<i32> {
+        (self.0.remaining() >= 4).then(|| self.0.get_i32())
+    }
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let (a, b) = (self.0.len() >= n).then(|| self.0.split_at(n))?;
+        self.0 = b;
+        Some(a)
+    }
+}
+
+fn param_value(raw: &[u8], binary: bool) -> Value {
+    if binary {
+        let shown = &raw[..raw.len().min(PARAM_CHARS / 2)];
+        let mut s = String::with_capacity(2 + shown.len() * 2);
+        s.push_str("\\x");
+        for b in shown {
+            s.push_str(&format!("{b:02x}"));
+        }
+        if shown.len() < raw.len() {
+            s.push('…');
+        }
+        Value::String(s)
+    } else {
+        let text = String::from_utf8_lossy(raw);
+        let mut s: String = text.chars().take(PARAM_CHARS).collect();
+        if s.len() < text.len() {
+            s.push('…');
+        }
+        Value::String(s)
+    }
+}
+
+/// `Bind`: (portal, statement, parameters).
+fn parse_bind(body: &[u8]) -> Option<(String, String, Vec<Value>)> {
+    let mut r = Reader(body);
+    let portal = r.cstr()?;
+    let stmt = r.cstr()?;
+    let nfmt = usize::try_from(r.i16()?).ok()?;
+    let mut formats = Vec::with_capacity(nfmt.min(1024));
+    for _ in 0..nfmt {
+        formats.push(r.i16()?);
+    }
+    let n = usize::try_from(r.i16()?).ok()?;
+    let mut params = Vec::with_capacity(n.min(1024));
+    for i in 0..n {
+        let len = r.i32()?;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).copied() == Some(1),
+        };
+        if len < 0 {
+            params.push(Value::Null);
+        } else {
+            params.push(param_value(r.bytes(len as usize)?, binary));
+        }
+    }
+    Some((portal, stmt, params))
+}
+
+/// Rows a command tag reports: the last number (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
+fn rows(tag: &str) -> Option<u64> {
+    tag.rsplit(' ').next().and_then(|n| n.parse().ok())
+}
+
+impl Tracker {
+    fn stmt(&self, protocol: &'static str, sql: String, params: Option<Vec<Value>>) -> Stmt {
+        Stmt {
+            protocol,
+            sql,
+            params,
+            t: self.start.elapsed().as_secs_f64(),
+            start: Instant::now(),
+            tags: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn client(&mut self, tag: u8, body: &[u8]) {
+        let mut r = Reader(body);
+        match tag {
+            b'Q' => {
+                let sql = r.cstr().unwrap_or_default();
+                let s = self.stmt("simple", sql, None);
+                self.pending.push_back(Pending::Simple(s));
+            }
+            b'P' => {
+                if let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) {
+                    self.statements.insert(name, sql);
+                }
+            }
+            b'B' => {
+                if let Some((portal, stmt, params)) = parse_bind(body) {
+                    let sql = self.statements.get(&stmt).cloned().unwrap_or_default();
+                    let params = (!self.redact).then_some(params);
+                    self.portals.insert(portal, (sql, params));
+                }
+            }
+            b'E' => {
+                let portal = r.cstr().unwrap_or_default();
+                let (sql, params) = self.portals.get(&portal).cloned().unwrap_or_default();
+                let s = self.stmt("extended", sql, params);
+                self.pending.push_back(Pending::Exec(s));
+            }
+            b'S' => self.pending.push_back(Pending::Sync),
+            b'C' => {
+                if let (Some(kind), Some(name)) = (r.bytes(1).map(|b| b[0]), r.cstr()) {
+                    match kind {
+                        b'S' => {
+                            self.statements.remove(&name);
+                        }
+                        b'P' => {
+                            self.portals.remove(&name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            b'F' => {
+                let oid = r.i32().unwrap_or(0);
+                let s = self.stmt("function", format!("function call (oid {oid})"), None);
+                self.pending.push_back(Pending::Simple(s));
+            }
+            _ => {}
+        }
+    }
+
+    fn line(&self, s: Stmt) -> String {
+        let mut v = json!({
+            "t": (s.t * 1000.0).round() / 1000.0,
+            "type": "statement",
+            "protocol": s.protocol,
+            "sql": s.sql,
+            "duration_ms": (s.start.elapsed().as_secs_f64() * 1e6).round() / 1000.0,
+        });
+        if let Some(p) = s.params {
+            v["params"] = Value::Array(p);
+        } else if self.redact && s.protocol == "extended" {
+            v["params"] = json!("redacted");
+        }
+        if !s.tags.is_empty() {
+            v["tag"] = json!(s.tags.join("; "));
+            let total: u64 = s.tags.iter().filter_map(|t| rows(t)).sum();
+            if s.tags.iter().any(|t| rows(t).is_some()) {
+                v["rows"] = json!(total);
+            }
+        }
+        if let Some((code, message)) = s.error {
+            v["error"] = json!({ "code": code, "message": message });
+        }
+        v.to_string()
+    }
+
+    /// A backend message; returns the transcript lines it completes.
+    fn server(&mut self, tag: u8, body: &[u8], out: &mut Vec<String>) {
+        match tag {
+            b'C' | b'I' | b's' => {
+                let text = match tag {
+                    b'C' => Reader(body).cstr().unwrap_or_default(),
+                    b's' => "(portal suspended)".into(),
+                    _ => String::new(),
+                };
+                match self.pending.front_mut() {
+                    Some(Pending::Simple(s)) if tag == b'C' => s.tags.push(text),
+                    Some(Pending::Exec(_)) => {
+                        if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
+                            if !text.is_empty() {
+                                s.tags.push(text);
+                            }
+                            out.push(self.line(s));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'E' => {
+                let err = wire::error_fields(body);
+                match self.pending.front_mut() {
+                    Some(Pending::Simple(s)) => s.error = Some(err),
+                    Some(Pending::Exec(_)) => {
+                        if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
+                            s.error = Some(err);
+                            out.push(self.line(s));
+                        }
+                        // The server skips everything up to the next Sync.
+                        while matches!(self.pending.front(), Some(Pending::Exec(_))) {
+                            self.pending.pop_front();
+                        }
+                    }
+                    _ => out.push(
+                        json!({
+                            "t": (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                            "type": "error",
+                            "error": { "code": err.0, "message": err.1 },
+                        })
+                        .to_string(),
+                    ),
+                }
+            }
+            b'Z' => {
+                while let Some(p) = self.pending.pop_front() {
+                    match p {
+                        Pending::Simple(s) => {
+                            out.push(self.line(s));
+                            break;
+                        }
+                        Pending::Sync => break,
+                        Pending::Exec(s) => out.push(self.line(s)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits the complete messages off the front of `buf`, letting `each` see them.
+fn complete(
+    buf: &mut BytesMut,
+    max: usize,
+    mut each: impl FnMut(u8, &[u8]),
+) -> Result<BytesMut, wire::WireError> {
+    let mut pos = 0;
+    while let Some((tag, len)) = wire::frame(&buf[pos..], max)? {
+        each(tag, wire::body(&buf[pos..pos + len]));
+        pos += len;
+    }
+    Ok(buf.split_to(pos))
+}
+
+pub async fn run(r: Relay<'_>) -> Outcome {
+    let Relay {
+        client,
+        upstream,
+        recorder,
+        limits,
+        cancel,
+        redact,
+    } = r;
+    let tracker = Mutex::new(Tracker {
+        start: Instant::now(),
+        redact,
+        pending: VecDeque::new(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+    });
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut bytes_in = 0u64;
+    let mut bytes_out = 0u64;
+    let end = limits.end.clone();
+    let failed = recorder.failed();
+
+    let from_client = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            match cr.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return "client exit",
+                Ok(_) => {}
+            }
+            limits.touch();
+            let mut terminate = false;
+            let ready = {
+                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                complete(&mut buf, wire::MAX_MESSAGE, |tag, body| {
+                    terminate |= tag == b'X';
+                    t.client(tag, body);
+                })
+            };
+            let Ok(ready) = ready else {
+                return "protocol violation by the client";
+            };
+            if !ready.is_empty() {
+                bytes_in += ready.len() as u64;
+                if uw.write_all(&ready).await.is_err() {
+                    return "target closed the connection";
+                }
+            }
+            if terminate {
+                return "client exit";
+            }
+        }
+    };
+
+    let to_client = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut notices = limits.notices.subscribe();
+        let mut lines = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = end.cancelled() => return "ended",
+                _ = failed.cancelled() => return "recording failed",
+                _ = cancel.cancelled() => {
+                    limits.terminate("shutdown", "postern is shutting down".into());
+                    return "ended";
+                }
+                Ok(()) = notices.changed() => {
+                    let text = notices.borrow_and_update().clone();
+                    if let Some(text) = text
+                        && cw.write_all(&wire::notice(&format!("postern: {text}"))).await.is_err()
+                    {
+                        return "client exit";
+                    }
+                    continue;
+                }
+                r = ur.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return "target closed the connection",
+                    Ok(_) => {}
+                },
+            }
+            let ready = {
+                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                complete(&mut buf, usize::MAX, |tag, body| {
+                    t.server(tag, body, &mut lines)
+                })
+            };
+            let Ok(ready) = ready else {
+                return "protocol violation by the target";
+            };
+            for l in lines.drain(..) {
+                if recorder.record(Event::Line(l)).await.is_err() {
+                    return "recording failed";
+                }
+            }
+            if !ready.is_empty() {
+                bytes_out += ready.len() as u64;
+                if cw.write_all(&ready).await.is_err() {
+                    return "client exit";
+                }
+            }
+        }
+    };
+
+    let reason = tokio::select! {
+        r = from_client => r,
+        r = to_client => r,
+        // A client that stops reading cannot hold a session past its end.
+        _ = async { end.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => "ended",
+    };
+    Outcome {
+        reason: reason.to_string(),
+        bytes_in,
+        bytes_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn tracker() -> Tracker {
+        Tracker {
+            start: Instant::now(),
+            redact: false,
+            pending: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn simple_and_extended_statements_pair_with_their_outcome() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        t.client(b'Q', b"select 1; select 2\0");
+        t.server(b'C', b"SELECT 1\0", &mut out);
+        t.server(b'C', b"SELECT 1\0", &mut out);
+        assert!(out.is_empty());
+        t.server(b'Z', b"I", &mut out);
+        let v: Value = serde_json::from_str(&out.remove(0)).unwrap();
+        assert_eq!(v["sql"], "select 1; select 2");
+        assert_eq!(v["rows"], 2);
+
+        // Parse/Bind/Execute ×2 in one pipeline; the second fails; then Sync.
+        t.client(b'P', b"s1\0select $1::int\0\0\0");
+        let mut bind = b"\0s1\0\0\0\0\x01\0\0\0\x0242".to_vec();
+        bind.extend_from_slice(b"\0\0");
+        t.client(b'B', &bind);
+        t.client(b'E', b"\0\0\0\0\0");
+        t.client(b'E', b"\0\0\0\0\0");
+        t.client(b'S', b"");
+        t.server(b'C', b"SELECT 1\0", &mut out);
+        let mut err = b"SERROR\0C22P02\0Mbad\0".to_vec();
+        err.push(0);
+        t.server(b'E', &err, &mut out);
+        t.server(b'Z', b"I", &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let a: Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(a["sql"], "select $1::int");
+        assert_eq!(a["params"], json!(["42"]));
+        let b: Value = serde_json::from_str(&out[1]).unwrap();
+        assert_eq!(b["error"]["code"], "22P02");
+        assert!(t.pending.is_empty());
+    }
+
+    #[test]
+    fn complete_frames_only() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&msg(b'Q', b"x\0"));
+        buf.extend_from_slice(&msg(b'Q', b"yy\0")[..4]);
+        let mut seen = Vec::new();
+        let ready = complete(&mut buf, 100, |t, b| seen.push((t, b.to_vec()))).unwrap();
+        assert_eq!(ready.len(), 7);
+        assert_eq!(buf.len(), 4);
+        assert_eq!(seen, vec![(b'Q', b"x\0".to_vec())]);
+    }
+
+    #[test]
+    fn bind_with_binary_and_null_parameters() {
+        let mut b = b"p\0s\0".to_vec();
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(b"hi");
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        let (portal, stmt, params) = parse_bind(&b).unwrap();
+        assert_eq!((portal.as_str(), stmt.as_str()), ("p", "s"));
+        assert_eq!(params, vec![json!("hi"), Value::Null]);
+        assert!(parse_bind(&b[..b.len() - 2]).is_none());
+    }
+}

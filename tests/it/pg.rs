@@ -1,0 +1,532 @@
+//! PostgreSQL through postern with real clients (psql, pgbench), a throwaway cluster with
+//! SCRAM authentication, and the database tokens of `postern db login`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Out;
+use crate::harness::postern::Postern;
+use crate::harness::postgres::Postgres;
+use crate::login::{Dev, set_password};
+
+/// The target database user's password: postern holds it, developers never see it.
+const APP_PASSWORD: &str = "app-secret-4c1d9e77";
+
+pub struct PgBastion {
+    pub postern: Postern,
+    pub pg: Postgres,
+    pub dev: Dev,
+}
+
+impl PgBastion {
+    /// postern with user `alice` (role `dev`: database `features` as `app` on env=test),
+    /// target `pg1` (a throwaway cluster), alice logged in and holding a database token.
+    pub fn start() -> PgBastion {
+        Self::start_with_role(&[])
+    }
+
+    pub fn start_with_role(extra: &[&str]) -> PgBastion {
+        let pg = Postgres::start();
+        pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"))
+            .ok();
+        pg.psql("CREATE DATABASE features OWNER app").ok();
+        let p = Postern::new();
+        let mut role = vec![
+            "admin",
+            "role",
+            "add",
+            "dev",
+            "--allow",
+            "env=test",
+            "--databases",
+            "features,postgres",
+            "--db-users",
+            "app",
+        ];
+        role.extend_from_slice(extra);
+        p.cli(&role).ok();
+        p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+            .ok();
+        set_password(&p);
+        p.cli(&[
+            "admin",
+            "target",
+            "add",
+            "pg1",
+            "--postgres",
+            &format!("127.0.0.1:{}", pg.port),
+            "--tls-mode",
+            "disable",
+            "--label",
+            "env=test",
+        ])
+        .ok();
+        p.cli_stdin(
+            &[
+                "admin",
+                "target",
+                "set-credential",
+                "pg1",
+                "--db-user",
+                "app",
+                "--password-stdin",
+            ],
+            &format!("{APP_PASSWORD}\n"),
+        )
+        .ok();
+        let p = p.start();
+        let dev = Dev::new();
+        let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
+        dev.login(
+            &p,
+            &["--ca-file", ca.to_str().unwrap()],
+            crate::login::PASSWORD,
+        )
+        .ok();
+        dev.run(&p, &["db", "login", "pg1"], "").ok();
+        PgBastion {
+            postern: p,
+            pg,
+            dev,
+        }
+    }
+
+    fn libpq_env(&self, c: &mut Command) {
+        let home = self.dev.home();
+        c.env("HOME", home)
+            .env("PGSERVICEFILE", home.join(".pg_service.conf"))
+            .env("PGPASSFILE", home.join(".pgpass"))
+            .env("PGCONNECT_TIMEOUT", "15")
+            .env_remove("PGSERVICE")
+            .env_remove("PGPASSWORD");
+    }
+
+    /// `psql "service=pg1" ARGS…`, as the developer runs it after `postern db login`.
+    pub fn psql_command(&self, conn: &str) -> Command {
+        let mut c = Command::new("psql");
+        c.arg(conn)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        self.libpq_env(&mut c);
+        c
+    }
+
+    pub fn psql(&self, args: &[&str]) -> Out {
+        self.psql_command("service=pg1")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    pub fn pgbench(&self, args: &[&str]) -> Out {
+        let mut c = Command::new("pgbench");
+        c.args(args).arg("service=pg1");
+        self.libpq_env(&mut c);
+        c.stdin(Stdio::null()).output().unwrap().into()
+    }
+
+    /// The token `postern db login` wrote into ~/.pgpass.
+    pub fn token(&self) -> String {
+        let pgpass = std::fs::read_to_string(self.dev.home().join(".pgpass")).unwrap();
+        pgpass.trim_end().rsplit(':').next().unwrap().to_string()
+    }
+
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = self.postern.cli(&["sessions", "list", "--json"]);
+        serde_json::from_str::<serde_json::Value>(out.ok())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The newest session once it has ended.
+    pub fn ended(&self) -> serde_json::Value {
+        for _ in 0..100 {
+            if let Some(s) = self.sessions().last()
+                && !s["end_reason"].is_null()
+            {
+                return s.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no session ended; log:\n{}", self.postern.log());
+    }
+
+    /// The statements of a session's transcript, in order.
+    pub fn transcript(&self, session: &serde_json::Value) -> Vec<serde_json::Value> {
+        let path = PathBuf::from(session["recordings"][0]["path"].as_str().unwrap());
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn psql_runs_statements_through_postern_and_every_one_is_recorded() {
+    let b = PgBastion::start();
+    let out = b.psql(&["-c", "select current_user, current_database()"]);
+    assert_eq!(out.ok(), "app|features\n");
+
+    // A script with a transaction.
+    let script = b.postern.write(
+        "script.sql",
+        "BEGIN;\nCREATE TABLE models (id int primary key, name text);\nINSERT INTO models VALUES (1, 'llama'), (2, 'mistral');\nUPDATE models SET name = upper(name) WHERE id = 2;\nCOMMIT;\nSELECT name FROM models ORDER BY id;\n",
+    );
+    let out = b.psql(&["-f", script.to_str().unwrap()]);
+    assert!(out.ok().ends_with("llama\nMISTRAL\n"), "{}", out.stdout);
+    let s = b.ended();
+    assert_eq!(s["kind"], "postgres");
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["target"], "pg1");
+    assert_eq!(s["login"], "app/features");
+    assert_eq!(s["end_reason"], "client exit");
+    let lines = b.transcript(&s);
+    let sql: Vec<&str> = lines
+        .iter()
+        .map(|l| l["sql"].as_str().unwrap_or(""))
+        .collect();
+    let want = [
+        "BEGIN;",
+        "CREATE TABLE models (id int primary key, name text);",
+        "INSERT INTO models VALUES (1, 'llama'), (2, 'mistral');",
+        "UPDATE models SET name = upper(name) WHERE id = 2;",
+        "COMMIT;",
+        "SELECT name FROM models ORDER BY id;",
+    ];
+    assert_eq!(sql, want, "{lines:?}");
+    assert_eq!(lines[2]["tag"], "INSERT 0 2");
+    assert_eq!(lines[2]["rows"], 2);
+    assert_eq!(lines[3]["rows"], 1);
+    assert_eq!(lines[5]["rows"], 2);
+
+    // An error is recorded with its SQLSTATE.
+    let out = b.psql(&["-c", "select * from no_such_table"]);
+    assert!(
+        out.fails(1)
+            .contains("relation \"no_such_table\" does not exist"),
+        "{}",
+        out.stderr
+    );
+    let failed = b.transcript(&b.ended());
+    assert_eq!(failed[0]["error"]["code"], "42P01");
+
+    // Auditors: replay prints the timeline, grep finds statements.
+    let id = s["id"].as_str().unwrap();
+    let replay = b.postern.cli(&["replay", id]);
+    let text = replay.ok();
+    assert!(
+        text.contains("INSERT INTO models VALUES (1, 'llama'), (2, 'mistral');"),
+        "{text}"
+    );
+    assert!(text.contains("INSERT 0 2"), "{text}");
+    let grep = b.postern.cli(&["sessions", "grep", "upper(name)"]);
+    assert!(grep.ok().contains(id), "{}", grep.stdout);
+
+    // The target's password is nowhere: store, recordings, audit log, server log.
+    let mut files = Vec::new();
+    walk(&b.postern.data_dir(), &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes
+                .windows(APP_PASSWORD.len())
+                .any(|w| w == APP_PASSWORD.as_bytes()),
+            "{} holds the target password",
+            f.display()
+        );
+    }
+    assert!(
+        !b.postern
+            .cli(&["audit", "export"])
+            .ok()
+            .contains(APP_PASSWORD)
+    );
+    assert!(!b.postern.log().contains(APP_PASSWORD));
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--session", id, "--json"]);
+    let kinds: Vec<String> = serde_json::from_str::<serde_json::Value>(events.ok())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["session.start", "session.end", "session.replay"]);
+    b.postern.cli(&["audit", "verify"]).ok();
+}
+
+fn checksum(b: &PgBastion, table: &str) -> String {
+    b.psql(&[
+        "-c",
+        &format!(
+            "select count(*), sum(id), md5(string_agg(payload, ',' order by id)) from {table}"
+        ),
+    ])
+    .ok()
+    .to_string()
+}
+
+#[test]
+fn copy_of_100000_rows_in_and_out_and_pgbench() {
+    let b = PgBastion::start();
+    b.psql(&["-c", "create table src as select g as id, md5(g::text) as payload from generate_series(1, 100000) g"]).ok();
+    b.psql(&["-c", "create table dst (id int, payload text)"])
+        .ok();
+    let file = b.postern.root().join("rows.csv");
+    let out = b.psql(&["-c", &format!("\\copy src to '{}' csv", file.display())]);
+    assert_eq!(out.ok().trim(), "COPY 100000");
+    let out = b.psql(&["-c", &format!("\\copy dst from '{}' csv", file.display())]);
+    assert_eq!(out.ok().trim(), "COPY 100000");
+    assert_eq!(checksum(&b, "src"), checksum(&b, "dst"));
+    b.ended();
+    let copies: Vec<serde_json::Value> = b
+        .sessions()
+        .iter()
+        .flat_map(|s| b.transcript(s))
+        .filter(|l| l["sql"].as_str().unwrap_or("").starts_with("COPY"))
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert!(copies.iter().all(|c| c["rows"] == 100000), "{copies:?}");
+
+    // pgbench initialises and runs through postern, simple and prepared.
+    let out = b.pgbench(&["-i", "-s", "1", "-q"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for mode in ["simple", "prepared"] {
+        let out = b.pgbench(&["-M", mode, "-c", "4", "-j", "2", "-t", "50", "-n"]);
+        let text = out.ok();
+        assert!(
+            text.contains("number of transactions actually processed: 200/200"),
+            "{text}"
+        );
+        assert!(text.contains("number of failed transactions: 0"), "{text}");
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_a_running_query_through_postern() {
+    let b = PgBastion::start();
+    let mut child = b
+        .psql_command("service=pg1")
+        .args(["-c", "select pg_sleep(30)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the query runs on the target.
+    for _ in 0..100 {
+        if b.pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'").ok().trim() == "1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = Instant::now();
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = sent.elapsed();
+    let _ = child.kill();
+    let out: Out = child.wait_with_output().unwrap().into();
+    assert!(
+        status.is_some(),
+        "psql still running {waited:?} after Ctrl-C: {out:?}"
+    );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        out.stderr
+            .contains("canceling statement due to user request"),
+        "{out:?}"
+    );
+    let t = b.transcript(&b.ended());
+    assert_eq!(t[0]["error"]["code"], "57014");
+}
+
+#[test]
+fn listen_receives_notify_from_another_connection() {
+    let b = PgBastion::start();
+    let listener = b
+        .psql_command("service=pg1")
+        .args([
+            "-c",
+            "LISTEN jobs",
+            "-c",
+            "select pg_sleep(3)",
+            "-c",
+            "select 'after'",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    b.psql(&["-c", "NOTIFY jobs, 'train-42'"]).ok();
+    let out: Out = listener.wait_with_output().unwrap().into();
+    assert!(
+        out.ok()
+            .contains("Asynchronous notification \"jobs\" with payload \"train-42\" received"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn refusals_are_postgres_errors_with_the_right_sqlstate() {
+    let b = PgBastion::start();
+    let port = b.postern.pg.port();
+    let ca = b.dev.home().join(".postern/ca.crt");
+    let token = b.token();
+    let conn = |db: &str, sslmode: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user=alice dbname={db} sslmode={sslmode} sslrootcert={}",
+            ca.display()
+        )
+    };
+    let run = |c: &str, password: &str| -> Out {
+        let mut cmd = Command::new("psql");
+        cmd.arg(c)
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "VERBOSITY=verbose",
+                "-c",
+                "select 1",
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGPASSFILE", "/dev/null")
+            .env_remove("PGSERVICE")
+            .stdin(Stdio::null());
+        cmd.output().unwrap().into()
+    };
+    // verify-full against postern's CA works.
+    assert_eq!(
+        run(&conn("pg1/features", "verify-full"), &token).ok(),
+        "1\n"
+    );
+    // No TLS: refused.
+    let out = run(&conn("pg1/features", "disable"), &token);
+    assert!(out.fails(2).contains("over TLS only"), "{}", out.stderr);
+    // A token for another database.
+    let out = run(&conn("pg1/postgres", "require"), &token);
+    assert!(
+        out.fails(2)
+            .contains("password authentication failed for user \"alice\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("run postern db login pg1"),
+        "{}",
+        out.stderr
+    );
+    // Unknown target, wrong password.
+    let out = run(&conn("nope/features", "require"), &token);
+    assert!(
+        out.fails(2).contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&conn("pg1/features", "require"), "pgt_guessed");
+    assert!(
+        out.fails(2).contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+    // Three failures in a row: the next attempt waits, whatever its password.
+    let out = run(&conn("pg1/features", "require"), &token);
+    assert!(
+        out.fails(2)
+            .contains("too many failed logins; try again in"),
+        "{}",
+        out.stderr
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    // A database the role does not allow cannot even get a token.
+    let out = b.dev.run(
+        &b.postern,
+        &["db", "login", "pg1", "--database", "secrets"],
+        "",
+    );
+    assert!(
+        out.fails(1).contains("denied: no role allows it"),
+        "{}",
+        out.stderr
+    );
+    // Policy changes after the token was issued apply at connection time.
+    b.postern
+        .cli(&["admin", "user", "revoke", "alice", "dev"])
+        .ok();
+    let out = run(&conn("pg1/features", "require"), &token);
+    assert!(
+        out.fails(2)
+            .contains("access to database `features` as `app` on `pg1` denied: no role allows it"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("denied: no role allows it"),
+        "{}",
+        out.stderr
+    );
+    b.postern
+        .cli(&["admin", "user", "grant", "alice", "dev"])
+        .ok();
+    // An expired token.
+    let db = b.postern.data_dir().join("postern.db");
+    let done = Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE db_tokens SET expires_ms = 1000")
+        .status()
+        .unwrap();
+    assert!(done.success());
+    let out = run(&conn("pg1/features", "require"), &token);
+    let err = out.fails(2);
+    assert!(
+        err.contains("token expired at") && err.contains("run postern db login pg1"),
+        "{err}"
+    );
+    // Garbage instead of a startup packet, and a target that is down.
+    let mut s = std::net::TcpStream::connect(b.postern.pg).unwrap();
+    std::io::Write::write_all(&mut s, b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut reply);
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    // The target goes down: a clear error naming it.
+    b.dev.run(&b.postern, &["db", "login", "pg1"], "").ok();
+    let token = b.token();
+    let PgBastion { postern, pg, dev } = b;
+    drop(pg);
+    let out = run(&conn("pg1/features", "require"), &token);
+    assert!(
+        out.fails(2).contains("cannot reach target `pg1`"),
+        "{}",
+        out.stderr
+    );
+    drop((postern, dev));
+}
