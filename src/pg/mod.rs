@@ -308,6 +308,36 @@ async fn run(
         {
             t
         }
+        // A valid token of this user, for another target: say what is wrong with the
+        // database name (an unknown target is only named to token holders).
+        Some(t) if t.user == user && t.expires_ms > now_ms() && t.target != target_name => {
+            let known = shared
+                .store
+                .load_policy()
+                .await
+                .map(|p| p.targets.contains_key(&target_name))
+                .unwrap_or(true);
+            if !known {
+                return Err(refuse(
+                    "3D000",
+                    format!(
+                        "no target named `{}`; connect with database TARGET/DATABASE",
+                        printable(&target_name)
+                    ),
+                ));
+            }
+            shared.api.limiter.failed(&user, ip);
+            audit(shared, fail("token for another target"), peer).await;
+            return Err(refuse(
+                "28P01",
+                format!(
+                    "password authentication failed for user \"{}\": this token is for `{}/{}`; {again}",
+                    printable(&user),
+                    t.target,
+                    t.database
+                ),
+            ));
+        }
         _ => {
             shared.api.limiter.failed(&user, ip);
             audit(

@@ -448,16 +448,18 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
     // Unknown target, wrong password.
     let out = run(&conn("nope/features", "require"), &token);
     assert!(
-        out.fails(2).contains("password authentication failed"),
+        out.fails(2).contains("no target named `nope`"),
         "{}",
         out.stderr
     );
-    let out = run(&conn("pg1/features", "require"), "pgt_guessed");
-    assert!(
-        out.fails(2).contains("password authentication failed"),
-        "{}",
-        out.stderr
-    );
+    for guess in ["pgt_guessed", "pgt_guessed_again"] {
+        let out = run(&conn("pg1/features", "require"), guess);
+        assert!(
+            out.fails(2).contains("password authentication failed"),
+            "{}",
+            out.stderr
+        );
+    }
     // Three failures in a row: the next attempt waits, whatever its password.
     let out = run(&conn("pg1/features", "require"), &token);
     assert!(
@@ -529,4 +531,138 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
         out.stderr
     );
     drop((postern, dev));
+}
+
+#[test]
+fn drivers_work_through_postern_and_see_real_sqlstates() {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+    use tokio_postgres::error::SqlState;
+
+    let b = PgBastion::start();
+    b.psql(&[
+        "-c",
+        "create table features (id int primary key, v float8[], blob bytea)",
+    ])
+    .ok();
+    let token = b.token();
+    let port = b.postern.pg.port();
+    let ca = b.dev.home().join(".postern/ca.crt");
+    let pem = std::fs::read(&ca).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = || {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+    };
+    let conn_str = |db: &str, password: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user=alice password={password} dbname={db} sslmode=require"
+        )
+    };
+    rt.block_on(async {
+        // tokio-postgres: prepared statements with binary parameters.
+        let (client, conn) = tokio_postgres::connect(&conn_str("pg1/features", &token), tls())
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let insert = client
+            .prepare("insert into features values ($1, $2, $3)")
+            .await
+            .unwrap();
+        for i in 0..3i32 {
+            let v = vec![f64::from(i), 0.5];
+            client
+                .execute(&insert, &[&i, &v, &vec![0u8, 1, 255]])
+                .await
+                .unwrap();
+        }
+        let row = client
+            .query_one(
+                "select count(*), sum(v[1]), (array_agg(blob))[1] from features where id >= $1",
+                &[&0i32],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 3);
+        assert_eq!(row.get::<_, f64>(1), 3.0);
+        assert_eq!(row.get::<_, Vec<u8>>(2), vec![0u8, 1, 255]);
+        // A pipeline of queries at once.
+        let (a, c) = tokio::join!(
+            client.query_one("select 1::int4", &[]),
+            client.query_one("select 2::int4", &[])
+        );
+        assert_eq!(a.unwrap().get::<_, i32>(0) + c.unwrap().get::<_, i32>(0), 3);
+        drop(client);
+        let _ = task.await;
+
+        // SQLSTATEs a driver can act on.
+        let code = |r: Result<_, tokio_postgres::Error>| r.err().and_then(|e| e.code().cloned());
+        let nope = tokio_postgres::connect(&conn_str("nope/features", &token), tls()).await;
+        assert_eq!(code(nope.map(|_| ())), Some(SqlState::UNDEFINED_DATABASE));
+        let wrong = tokio_postgres::connect(&conn_str("pg1/features", "pgt_wrong"), tls()).await;
+        assert_eq!(code(wrong.map(|_| ())), Some(SqlState::INVALID_PASSWORD));
+
+        // sqlx, verifying postern's certificate.
+        let opts = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("alice")
+            .password(&token)
+            .database("pg1/features")
+            .ssl_mode(PgSslMode::VerifyFull)
+            .ssl_root_cert(&ca);
+        let mut conn = PgConnection::connect_with(&opts).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("select count(*) from features where id < $1")
+            .bind(2i32)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        conn.close().await.unwrap();
+    });
+
+    // psycopg 3.
+    let script = format!(
+        "import psycopg\nwith psycopg.connect(host='127.0.0.1', port={port}, user='alice', password='{token}', dbname='pg1/features', sslmode='verify-full', sslrootcert='{}') as c:\n    c.execute('insert into features (id) values (%s)', (10,))\n    print(c.execute('select count(*) from features').fetchone()[0])\n",
+        ca.display()
+    );
+    let out: Out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.ok(), "4\n");
+
+    // The transcripts hold the prepared statement with its parameters.
+    let lines: Vec<serde_json::Value> = b.sessions().iter().flat_map(|s| b.transcript(s)).collect();
+    let inserts: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["sql"] == "insert into features values ($1, $2, $3)")
+        .collect();
+    assert_eq!(inserts.len(), 3, "{lines:?}");
+    assert_eq!(inserts[2]["protocol"], "extended");
+    assert_eq!(inserts[2]["rows"], 1);
+    assert_eq!(inserts[2]["params"][2], "\\x0001ff", "{}", inserts[2]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["sql"] == "insert into features (id) values ($1)"
+                && l["params"][0] == "\\x000a"),
+        "{lines:?}"
+    );
 }
