@@ -580,6 +580,10 @@ async fn run(
             bytes_out: 0,
         },
     };
+    if session.limits.ending().is_some() {
+        // Ended by postern (kill, TTL, lock): stop whatever the target is still running.
+        shared.pg_cancel.forward(key.0, key.1).await;
+    }
     shared.pg_cancel.unregister(key);
     shared.live.unregister(&id);
     let recording_failed = recorder.failed().is_cancelled();

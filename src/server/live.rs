@@ -71,8 +71,8 @@ impl Live {
 /// How often `serve` looks for new session commands and checks deadlines.
 pub const POLL: Duration = Duration::from_millis(250);
 
-/// Live sessions are re-decided against the policy every this many polls (2 s).
-const REVIEW_EVERY: u64 = 8;
+/// Live sessions are re-decided against the policy every this many polls (1 s).
+const REVIEW_EVERY: u64 = 4;
 
 /// Applies session commands written by admin commands until `stop` fires.
 pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: CancellationToken) {

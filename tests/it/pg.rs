@@ -127,6 +127,16 @@ impl PgBastion {
         c.stdin(Stdio::null()).output().unwrap().into()
     }
 
+    /// Logs in again and gets a fresh database token (for roles with second-long TTLs).
+    pub fn refresh(&self) {
+        self.dev
+            .login(&self.postern, &[], crate::login::PASSWORD)
+            .ok();
+        self.dev
+            .run(&self.postern, &["db", "login", "pg1"], "")
+            .ok();
+    }
+
     /// The token `postern db login` wrote into ~/.pgpass.
     pub fn token(&self) -> String {
         let pgpass = std::fs::read_to_string(self.dev.home().join(".pgpass")).unwrap();
@@ -665,4 +675,139 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
                 && l["params"][0] == "\\x000a"),
         "{lines:?}"
     );
+}
+
+/// Starts `psql -c SQL` in the background and waits until its query runs on the target.
+fn running(b: &PgBastion, sql: &str) -> std::process::Child {
+    let child = b
+        .psql_command("service=pg1")
+        .args(["-c", sql])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        let q = format!(
+            "select count(*) from pg_stat_activity where query = '{sql}' and state = 'active'"
+        );
+        if b.pg.psql(&q).ok().trim() == "1" {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("query never ran; log:\n{}", b.postern.log());
+}
+
+fn finished(mut child: std::process::Child) -> Out {
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap().into();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("psql did not end: {:?}", child.wait_with_output().unwrap());
+}
+
+#[test]
+fn kill_lock_and_session_ttl_end_postgres_sessions_with_a_fatal_error() {
+    let b = PgBastion::start_with_role(&["--max-session-ttl", "4s"]);
+    // The TTL: a long query is cut at the deadline, and the target stops running it.
+    let out = finished(running(&b, "select pg_sleep(20)"));
+    assert!(
+        out.stderr
+            .contains("FATAL:  postern: this session reached its time limit (4s, max_session_ttl)"),
+        "{out:?}"
+    );
+    assert_eq!(b.ended()["end_reason"], "expired");
+    for _ in 0..50 {
+        let n = b.pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(20)' and state = 'active'");
+        if n.ok().trim() == "0" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        b.pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(20)' and state = 'active'").ok().trim(),
+        "0"
+    );
+
+    // An admin kill (the 4 s credentials are renewed first).
+    b.refresh();
+    let child = running(&b, "select pg_sleep(3.5)");
+    let id = b.sessions().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.postern.cli(&["sessions", "kill", &id]).ok();
+    let out = finished(child);
+    assert!(
+        out.stderr
+            .contains("FATAL:  postern: an admin ended this session"),
+        "{out:?}"
+    );
+
+    // A lock.
+    b.refresh();
+    let child = running(&b, "select pg_sleep(3.6)");
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    let out = finished(child);
+    assert!(
+        out.stderr
+            .contains("access was withdrawn: the user is locked"),
+        "{out:?}"
+    );
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.revoked"]);
+    assert!(events.ok().contains("session.revoked"));
+}
+
+#[test]
+fn bad_input_gets_errors_and_the_listener_keeps_serving() {
+    use std::io::{Read, Write};
+    let b = PgBastion::start();
+    let addr = b.postern.pg;
+    let answer = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        reply
+    };
+    let fatal = |reply: &[u8]| String::from_utf8_lossy(reply).to_string();
+    // A truncated startup packet: closed at the startup timeout, with nothing said.
+    let truncated = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&[0, 0, 0, 40, 0, 3]).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        reply
+    });
+    // A negative length, an oversized length, an unknown protocol version.
+    for bad in [
+        &(-8i32).to_be_bytes()[..],
+        &(1i32 << 30).to_be_bytes()[..],
+        &[0, 0, 0, 8, 0, 9, 0, 0][..],
+    ] {
+        let reply = answer(bad);
+        assert_eq!(reply.first(), Some(&b'E'), "{bad:?}: {reply:?}");
+        assert!(fatal(&reply).contains("08P01"), "{}", fatal(&reply));
+    }
+    assert!(
+        fatal(&answer(&[0, 0, 0, 8, 0, 9, 0, 0])).contains("unsupported frontend protocol 9.0")
+    );
+
+    // 1,000 connections that send nothing do not stop the listener.
+    let idle: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    assert_eq!(
+        b.psql(&["-c", "select 'still serving'"]).ok(),
+        "still serving\n"
+    );
+    drop(idle);
 }
