@@ -679,7 +679,7 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
 
 /// Starts `psql -c SQL` in the background and waits until its query runs on the target.
 fn running(b: &PgBastion, sql: &str) -> std::process::Child {
-    let child = b
+    let mut child = b
         .psql_command("service=pg1")
         .args(["-c", sql])
         .stdin(Stdio::null())
@@ -696,6 +696,8 @@ fn running(b: &PgBastion, sql: &str) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("query never ran; log:\n{}", b.postern.log());
 }
 
@@ -810,4 +812,5 @@ fn bad_input_gets_errors_and_the_listener_keeps_serving() {
         "still serving\n"
     );
     drop(idle);
+    assert!(truncated.join().unwrap().is_empty());
 }
