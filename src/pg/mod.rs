@@ -570,7 +570,7 @@ async fn run(
                 recorder: &recorder,
                 limits: &session.limits,
                 cancel: &cancel,
-                redact: false,
+                redact: grant.settings.redact_parameters,
             })
             .await
         }

@@ -200,6 +200,7 @@ fn combine(roles: &[&Role]) -> RoleSettings {
         idle_timeout: s(|r| r.idle_timeout),
         port_forwarding: roles.iter().all(|r| r.settings.port_forwarding),
         file_transfer: roles.iter().all(|r| r.settings.file_transfer),
+        redact_parameters: roles.iter().any(|r| r.settings.redact_parameters),
     }
 }
 

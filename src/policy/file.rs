@@ -39,6 +39,7 @@ struct RoleSpec {
     idle_timeout: Option<Dur>,
     port_forwarding: Option<bool>,
     file_transfer: Option<bool>,
+    redact_parameters: Option<bool>,
     #[serde(default)]
     allow: Vec<RuleSpec>,
     #[serde(default)]
@@ -148,6 +149,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
                 idle_timeout: r.idle_timeout.unwrap_or(d.idle_timeout),
                 port_forwarding: r.port_forwarding.unwrap_or(d.port_forwarding),
                 file_transfer: r.file_transfer.unwrap_or(d.file_transfer),
+                redact_parameters: r.redact_parameters.unwrap_or(d.redact_parameters),
             },
             allow: convert(r.allow)?,
             deny: convert(r.deny)?,

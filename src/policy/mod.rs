@@ -78,6 +78,9 @@ pub struct RoleSettings {
     pub idle_timeout: Dur,
     pub port_forwarding: bool,
     pub file_transfer: bool,
+    /// Leave `Bind` parameter values out of PostgreSQL transcripts (the SQL stays).
+    #[serde(default)]
+    pub redact_parameters: bool,
 }
 
 impl Default for RoleSettings {
@@ -88,6 +91,7 @@ impl Default for RoleSettings {
             idle_timeout: Dur::from_secs(30 * 60),
             port_forwarding: false,
             file_transfer: true,
+            redact_parameters: false,
         }
     }
 }

@@ -82,6 +82,7 @@ fn role(name: String, with_deny: bool) -> impl Strategy<Value = Role> {
                 idle_timeout: i,
                 port_forwarding: pf,
                 file_transfer: ft,
+                redact_parameters: false,
             },
             allow,
             deny,
@@ -203,7 +204,7 @@ proptest! {
     ) {
         let roles: Vec<Role> = ttls.iter().enumerate().map(|(i, (c, m, idle, pf, ft))| {
             let mut r = Role::new(&format!("r{i}"));
-            r.settings = RoleSettings { credential_ttl: *c, max_session_ttl: *m, idle_timeout: *idle, port_forwarding: *pf, file_transfer: *ft };
+            r.settings = RoleSettings { credential_ttl: *c, max_session_ttl: *m, idle_timeout: *idle, port_forwarding: *pf, file_transfer: *ft, redact_parameters: false };
             r.allow.push(Rule { targets: Selector::All, logins: vec!["root".into()], databases: vec![], db_users: vec![] });
             r
         }).collect();

@@ -814,3 +814,28 @@ fn bad_input_gets_errors_and_the_listener_keeps_serving() {
     drop(idle);
     assert!(truncated.join().unwrap().is_empty());
 }
+
+#[test]
+fn a_role_can_keep_statement_parameters_out_of_transcripts() {
+    let b = PgBastion::start_with_role(&["--redact-parameters", "true"]);
+    let port = b.postern.pg.port();
+    let script = format!(
+        "import psycopg\nwith psycopg.connect(host='127.0.0.1', port={port}, user='alice', password='{}', dbname='pg1/features', sslmode='require') as c:\n    print(c.execute('select %s::text', ('card-4242-secret',)).fetchone()[0])\n",
+        b.token()
+    );
+    let out: Out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.ok(), "card-4242-secret\n");
+    let s = b.ended();
+    let lines = b.transcript(&s);
+    let stmt = lines
+        .iter()
+        .find(|l| l["sql"] == "select $1::text")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(stmt["params"], "redacted");
+    let raw = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
+    assert!(!raw.contains("card-4242"), "{raw}");
+}

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Allow sftp, scp and rsync.
     #[arg(long)]
     file_transfer: Option<bool>,
+    /// Keep statement parameters out of PostgreSQL transcripts.
+    #[arg(long)]
+    redact_parameters: Option<bool>,
 }
 
 impl Settings {
@@ -45,6 +48,9 @@ impl Settings {
         }
         if let Some(v) = self.file_transfer {
             s.file_transfer = v;
+        }
+        if let Some(v) = self.redact_parameters {
+            s.redact_parameters = v;
         }
     }
 }
@@ -193,6 +199,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("idle_timeout     {}", s.idle_timeout);
                 println!("port_forwarding  {}", s.port_forwarding);
                 println!("file_transfer    {}", s.file_transfer);
+                println!("redact_parameters {}", s.redact_parameters);
                 for (effect, rules) in [("allow", &r.allow), ("deny", &r.deny)] {
                     for (i, rule) in rules.iter().enumerate() {
                         println!(

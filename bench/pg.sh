@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# PostgreSQL benchmark: pgbench select-only (-S) and TPC-B-like, with -M simple and
+# -M prepared, -c 8 -j 2, against one throwaway cluster directly, through a throwaway
+# pgbouncer (session mode), and through postern with every statement recorded, in one
+# run. Prints TPS and mean latency for each and the ratios postern/direct and
+# postern/pgbouncer. postern is measured over TLS (as developers use it) and, for parity
+# with the plaintext peers, without.
+#
+#   bench/pg.sh                  # 10 s per run, scale 10
+#   SECONDS_PER_RUN=5 SCALE=2 bench/pg.sh
+#
+# Everything runs on 127.0.0.1 ports chosen by the kernel, in a temp dir, stopped on exit.
+# Needs: postgresql, postgresql-client, pgbouncer (script/bootstrap installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${SECONDS_PER_RUN:-10}
+SCALE=${SCALE:-10}
+CLIENTS=8
+THREADS=2
+
+cargo build --release --quiet
+BIN=$PWD/target/release/postern
+T=$(mktemp -d /tmp/postern-pgbench.XXXXXX)
+chmod 755 "$T"
+PIDS=()
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -f $T/pg/postmaster.pid ]] && as_pg "$PGBIN/pg_ctl" -D "$T/pg" -m immediate stop >/dev/null 2>&1 || true
+  wait 2>/dev/null || true
+  rm -rf "$T"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PGPORT=$(port); BOUNCER=$(port); PG_LISTEN=$(port); API=$(port)
+SUPER_PW=super-$RANDOM$RANDOM
+APP_PW=app-$RANDOM$RANDOM
+mkdir -p "$T/run"
+echo "$SUPER_PW" > "$T/pwfile"
+[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$T/run" "$T/pwfile"
+as_pg "$PGBIN/initdb" -D "$T/pg" -U postgres --no-sync --auth-local=trust --auth-host=scram-sha-256 \
+  --pwfile="$T/pwfile" >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$T/pg" -l "$T/run/pg.log" -w -o \
+  "-p $PGPORT -k $T/run -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
+  start >/dev/null
+export PGPASSFILE=/dev/null PGSERVICEFILE=/dev/null
+PGPASSWORD=$SUPER_PW psql -X -q "host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres" \
+  -c "CREATE ROLE app LOGIN PASSWORD '$APP_PW'" -c "CREATE DATABASE bench OWNER app"
+echo "initialising pgbench scale $SCALE ..."
+PGPASSWORD=$APP_PW pgbench -q -i -s "$SCALE" "host=127.0.0.1 port=$PGPORT user=app dbname=bench" >/dev/null 2>&1
+
+# pgbouncer, session mode, SCRAM both ways (it refuses to run as root).
+cat > "$T/run/userlist.txt" <<U
+"app" "$APP_PW"
+U
+cat > "$T/run/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$PGPORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $T/run/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = $T/run/pgbouncer.log
+pidfile = $T/run/pgbouncer.pid
+INI
+[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$T/run"
+as_pg pgbouncer "$T/run/pgbouncer.ini" >/dev/null 2>&1 &
+PIDS+=($!)
+
+# postern: a user, a role, the target, its brokered credential; a developer token.
+P="$BIN --data-dir $T/data"
+$P admin role add bench --allow '*' --databases bench --db-users app >/dev/null
+$P admin user add dev --role bench >/dev/null
+echo "bench password 123" | $P admin user set-password dev --password-stdin >/dev/null
+$P admin target add pg1 --postgres "127.0.0.1:$PGPORT" --tls-mode disable >/dev/null
+echo "$APP_PW" | $P admin target set-credential pg1 --db-user app --password-stdin >/dev/null
+cat > "$T/postern.toml" <<CFG
+[postgres]
+listen = "127.0.0.1:$PG_LISTEN"
+allow_plaintext = true
+CFG
+RUST_LOG=warn $BIN serve --config "$T/postern.toml" --data-dir "$T/data" --ssh-listen 127.0.0.1:0 \
+  --api-listen "127.0.0.1:$API" > "$T/serve.out" 2> "$T/serve.log" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q "postern ready" "$T/serve.out" 2>/dev/null && break; sleep 0.1; done
+export HOME=$T/home
+mkdir -p "$HOME"
+echo "bench password 123" | $BIN login --server "https://127.0.0.1:$API" --user dev --password-stdin >/dev/null 2>&1
+$BIN db login pg1 >/dev/null
+TOKEN=$(cut -d: -f5 "$HOME/.pgpass")
+CA=$HOME/.postern/ca.crt
+
+declare -A CONN=(
+  [direct]="host=127.0.0.1 port=$PGPORT user=app dbname=bench sslmode=disable"
+  [pgbouncer]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=disable"
+  [postern]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=disable"
+  [postern-tls]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=verify-full sslrootcert=$CA"
+)
+declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [postern]=$TOKEN [postern-tls]=$TOKEN)
+ORDER=(direct pgbouncer postern postern-tls)
+
+bench() { # name script mode -> "tps latency_ms"
+  local out
+  out=$(PGPASSWORD=${PW[$1]} pgbench -n $2 -M "$3" -c $CLIENTS -j $THREADS -T "$RUN" "${CONN[$1]}" 2>&1) ||
+    { echo "pgbench failed for $1:" >&2; echo "$out" >&2; tail -20 "$T/serve.log" >&2; exit 1; }
+  local tps lat
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+  echo "$tps $lat"
+}
+
+echo "pgbench -c $CLIENTS -j $THREADS -T $RUN, scale $SCALE, $(nproc) CPUs; postern records every statement"
+for script in "-S" ""; do
+  name=${script:+select-only}; name=${name:-tpcb-like}
+  for mode in simple prepared; do
+    declare -A TPS=()
+    for who in "${ORDER[@]}"; do
+      read -r tps lat < <(bench "$who" "$script" "$mode")
+      TPS[$who]=$tps
+      printf "%-11s %-8s %-12s tps %10.1f   latency %6.3f ms\n" "$name" "$mode" "$who" "$tps" "$lat"
+    done
+    python3 -c "
+d, b, p, t = ${TPS[direct]}, ${TPS[pgbouncer]}, ${TPS[postern]}, ${TPS[postern-tls]}
+print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer {t/b:.2f}x')"
+  done
+done
+statements=$(find "$T/data/recordings" -name '*.pg.jsonl' -exec cat {} + | grep -c '"type":"statement"' || true)
+echo "statements recorded by postern: $statements"
