@@ -27,7 +27,8 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [[ -f $T/pg/postmaster.pid ]] && as_pg "$PGBIN/pg_ctl" -D "$T/pg" -m immediate stop >/dev/null 2>&1 || true
+  [[ -f $T/run/pgbouncer.pid ]] && kill "$(cat "$T/run/pgbouncer.pid")" 2>/dev/null || true
+  [[ -f $T/run/pg/postmaster.pid ]] && as_pg "$PGBIN/pg_ctl" -D "$T/run/pg" -m immediate stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   rm -rf "$T"
 }
@@ -40,9 +41,9 @@ APP_PW=app-$RANDOM$RANDOM
 mkdir -p "$T/run"
 echo "$SUPER_PW" > "$T/pwfile"
 [[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$T/run" "$T/pwfile"
-as_pg "$PGBIN/initdb" -D "$T/pg" -U postgres --no-sync --auth-local=trust --auth-host=scram-sha-256 \
+as_pg "$PGBIN/initdb" -D "$T/run/pg" -U postgres --no-sync --auth-local=trust --auth-host=scram-sha-256 \
   --pwfile="$T/pwfile" >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$T/pg" -l "$T/run/pg.log" -w -o \
+as_pg "$PGBIN/pg_ctl" -D "$T/run/pg" -l "$T/run/pg.log" -w -o \
   "-p $PGPORT -k $T/run -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
   start >/dev/null
 export PGPASSFILE=/dev/null PGSERVICEFILE=/dev/null
@@ -117,9 +118,9 @@ bench() { # name script mode -> "tps latency_ms"
 }
 
 echo "pgbench -c $CLIENTS -j $THREADS -T $RUN, scale $SCALE, $(nproc) CPUs; postern records every statement"
-for script in "-S" ""; do
+for script in ${SCRIPTS:-"-S" ""}; do
   name=${script:+select-only}; name=${name:-tpcb-like}
-  for mode in simple prepared; do
+  for mode in ${MODES:-simple prepared}; do
     declare -A TPS=()
     for who in "${ORDER[@]}"; do
       read -r tps lat < <(bench "$who" "$script" "$mode")

@@ -27,7 +27,7 @@ pub use cancel::CancelMap;
 use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
 use crate::credentials::token;
 use crate::policy::{Decision, Request, Target, TargetKind, UserStatus, decide};
-use crate::recording::{self, Recorder};
+use crate::recording::{self, LineRecorder};
 use crate::server::Shared;
 use crate::server::limits::Limits;
 use crate::store::{SessionEnd, SessionRow};
@@ -510,7 +510,7 @@ async fn run(
         "version": 1, "kind": "postgres", "session": id, "user": user, "target": target.name,
         "database": database, "db_user": db_user, "client": peer.to_string(), "started_ms": started,
     });
-    let recorder = match Recorder::create_with(path.clone(), format!("{header}\n")).await {
+    let recorder = match LineRecorder::create(path.clone(), &header.to_string()).await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "cannot create the recording");

@@ -14,13 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Io, wire};
-use crate::recording::{Event, Recorder};
+use crate::recording::LineRecorder;
 use crate::server::limits::Limits;
 
 pub struct Relay<'a> {
     pub client: &'a mut Box<dyn Io>,
     pub upstream: Box<dyn Io>,
-    pub recorder: &'a Recorder,
+    pub recorder: &'a LineRecorder,
     pub limits: &'a Limits,
     pub cancel: &'a CancellationToken,
     /// Leave `Bind` parameter values out of the transcript.
@@ -197,30 +197,41 @@ impl Tracker {
         }
     }
 
+    /// The statement's transcript line, written directly (this runs per statement).
     fn line(&self, s: Stmt) -> String {
-        let mut v = json!({
-            "t": (s.t * 1000.0).round() / 1000.0,
-            "type": "statement",
-            "protocol": s.protocol,
-            "sql": s.sql,
-            "duration_ms": (s.start.elapsed().as_secs_f64() * 1e6).round() / 1000.0,
-        });
-        if let Some(p) = s.params {
-            v["params"] = Value::Array(p);
+        use std::fmt::Write;
+        let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+        let mut l = String::with_capacity(128 + s.sql.len());
+        let _ = write!(
+            l,
+            "{{\"t\":{:.3},\"type\":\"statement\",\"protocol\":\"{}\",\"sql\":{},\"duration_ms\":{:.3}",
+            s.t,
+            s.protocol,
+            json(&s.sql),
+            s.start.elapsed().as_secs_f64() * 1000.0
+        );
+        if let Some(p) = &s.params {
+            let _ = write!(l, ",\"params\":{}", Value::Array(p.clone()));
         } else if self.redact && s.protocol == "extended" {
-            v["params"] = json!("redacted");
+            l.push_str(",\"params\":\"redacted\"");
         }
         if !s.tags.is_empty() {
-            v["tag"] = json!(s.tags.join("; "));
-            let total: u64 = s.tags.iter().filter_map(|t| rows(t)).sum();
-            if s.tags.iter().any(|t| rows(t).is_some()) {
-                v["rows"] = json!(total);
+            let _ = write!(l, ",\"tag\":{}", json(&s.tags.join("; ")));
+            let counted: Vec<u64> = s.tags.iter().filter_map(|t| rows(t)).collect();
+            if !counted.is_empty() {
+                let _ = write!(l, ",\"rows\":{}", counted.iter().sum::<u64>());
             }
         }
-        if let Some((code, message)) = s.error {
-            v["error"] = json!({ "code": code, "message": message });
+        if let Some((code, message)) = &s.error {
+            let _ = write!(
+                l,
+                ",\"error\":{{\"code\":{},\"message\":{}}}",
+                json(code),
+                json(message)
+            );
         }
-        v.to_string()
+        l.push('}');
+        l
     }
 
     /// A backend message; returns the transcript lines it completes.
@@ -326,6 +337,9 @@ pub async fn run(r: Relay<'_>) -> Outcome {
     let from_client = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
+            if buf.capacity() - buf.len() < 8192 {
+                buf.reserve(64 * 1024);
+            }
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return "client exit",
                 Ok(_) => {}
@@ -358,15 +372,23 @@ pub async fn run(r: Relay<'_>) -> Outcome {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut notices = limits.notices.subscribe();
         let mut lines = Vec::new();
+        // What can interrupt the relay, made once rather than per message (each
+        // `cancelled()` future registers with its token).
+        let stop = async {
+            tokio::select! {
+                _ = end.cancelled() => "ended",
+                _ = failed.cancelled() => "recording failed",
+                _ = cancel.cancelled() => {
+                    limits.terminate("shutdown", "postern is shutting down".into());
+                    "ended"
+                }
+            }
+        };
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 biased;
-                _ = end.cancelled() => return "ended",
-                _ = failed.cancelled() => return "recording failed",
-                _ = cancel.cancelled() => {
-                    limits.terminate("shutdown", "postern is shutting down".into());
-                    return "ended";
-                }
+                r = &mut stop => return r,
                 Ok(()) = notices.changed() => {
                     let text = notices.borrow_and_update().clone();
                     if let Some(text) = text
@@ -376,7 +398,12 @@ pub async fn run(r: Relay<'_>) -> Outcome {
                     }
                     continue;
                 }
-                r = ur.read_buf(&mut buf) => match r {
+                r = async {
+                    if buf.capacity() - buf.len() < 8192 {
+                        buf.reserve(64 * 1024);
+                    }
+                    ur.read_buf(&mut buf).await
+                } => match r {
                     Ok(0) | Err(_) => return "target closed the connection",
                     Ok(_) => {}
                 },
@@ -391,7 +418,7 @@ pub async fn run(r: Relay<'_>) -> Outcome {
                 return "protocol violation by the target";
             };
             for l in lines.drain(..) {
-                if recorder.record(Event::Line(l)).await.is_err() {
+                if recorder.record(&l).await.is_err() {
                     return "recording failed";
                 }
             }
@@ -405,6 +432,7 @@ pub async fn run(r: Relay<'_>) -> Outcome {
     };
 
     let reason = tokio::select! {
+        biased;
         r = from_client => r,
         r = to_client => r,
         // A client that stops reading cannot hold a session past its end.

@@ -7,6 +7,7 @@
 
 mod cast;
 pub mod error;
+mod lines;
 mod utf8;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cast::Header;
 pub use error::RecordingError;
+pub use lines::LineRecorder;
 use utf8::Utf8Stream;
 
 /// What a recording holds.
@@ -37,8 +39,6 @@ pub enum Event {
     },
     /// A labelled point in time (`exit-status 3`, `sftp …`).
     Marker(String),
-    /// One complete line, written as is (JSON-lines transcripts of PostgreSQL sessions).
-    Line(String),
 }
 
 /// The result of a finished recording.
@@ -82,11 +82,7 @@ pub fn path_with(data_dir: &Path, started_ms: i64, name: &str) -> PathBuf {
 impl Recorder {
     /// Creates the file and writes the header; an error here means the session must not start.
     pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
-        Self::create_with(path, header.to_line()).await
-    }
-
-    /// Creates a recording whose first line is `line` (newline included).
-    pub async fn create_with(path: PathBuf, line: String) -> Result<Recorder, RecordingError> {
+        let line = header.to_line();
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| RecordingError::Io {
@@ -252,10 +248,6 @@ impl Writer {
                     .await?
             }
             Event::Marker(m) => self.line(cast::event(t, "m", &m)).await?,
-            Event::Line(mut l) => {
-                l.push('\n');
-                self.line(l).await?
-            }
         }
         Ok(())
     }

@@ -79,6 +79,18 @@ fn events(b: &Bastion, kind: &str) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// The events of one type once there are at least `n` of them.
+fn wait_events(b: &Bastion, kind: &str, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let e = events(b, kind);
+        if e.len() >= n {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("fewer than {n} {kind} events; log:\n{}", b.postern.log());
+}
+
 /// `ssh-keygen -L`'s validity, in seconds.
 fn validity_secs(cert: &Path) -> i64 {
     let out = Command::new("ssh-keygen")
@@ -445,10 +457,11 @@ fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
         "{}",
         out.stderr
     );
+    // The client may exit before postern has written the session's end.
+    let ended = wait_events(&b, "session.end", 1);
+    assert_eq!(ended[0]["details"]["reason"], "credential_expired");
     let ended = events(&b, "session.credential_expired");
     assert_eq!(ended.len(), 1, "{ended:?}");
-    let end = events(&b, "session.end");
-    assert_eq!(end[0]["details"]["reason"], "credential_expired");
 
     // Connecting again with the expired certificate: a human message, not just
     // "Permission denied" (needs keyboard-interactive, which BatchMode turns off).
