@@ -619,7 +619,6 @@ async fn run(
             .await;
         }
     }
-    end_row(shared, &id, &reason, result.bytes_in, result.bytes_out).await;
     let kind = match reason.as_str() {
         "expired" => Some("session.expired"),
         "idle" => Some("session.idle_timeout"),
@@ -635,6 +634,8 @@ async fn run(
         .await;
     }
     audit(shared, event("session.end", Outcome::Success, json!({ "reason": reason, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out, "recordings": recordings })), peer).await;
+    // The row is closed last: whoever sees the session ended finds its events.
+    end_row(shared, &id, &reason, result.bytes_in, result.bytes_out).await;
     match message {
         // 57P05 is PostgreSQL's own idle-session timeout; the other endings are 57P01.
         Some(m) => Err(refuse(

@@ -118,9 +118,6 @@ impl SessionCtx {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             exit_status: self.exit_status.lock().ok().and_then(|s| *s),
         };
-        if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
-            warn!(session = %self.id, error = %e, "cannot close the session row");
-        }
         let why = match reason {
             "expired" => Some("session.expired"),
             "idle" => Some("session.idle_timeout"),
@@ -159,5 +156,9 @@ impl SessionCtx {
             }),
         ))
         .await;
+        // The row is closed last: whoever sees the session ended finds its events.
+        if let Err(e) = self.shared.store.end_session(&self.id, &end).await {
+            warn!(session = %self.id, error = %e, "cannot close the session row");
+        }
     }
 }
