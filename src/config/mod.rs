@@ -63,6 +63,9 @@ pub struct Postgres {
     /// How long postern waits for a target's TCP connect and authentication.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Threads serving PostgreSQL connections, each with its own event loop; 0 = one per CPU.
+    #[serde(default)]
+    pub threads: usize,
     /// CA certificates (PEM) for targets with `tls_mode = verify-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ca_file: Option<PathBuf>,
@@ -131,6 +134,7 @@ impl Default for Config {
                 listen: listen("127.0.0.1:6432").listen,
                 allow_plaintext: false,
                 connect_timeout: default_connect_timeout(),
+                threads: 0,
                 target_ca_file: None,
             },
             api: listen("127.0.0.1:8443"),

@@ -5,11 +5,11 @@
 //! reaches the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -38,8 +38,9 @@ const PARAM_CHARS: usize = 4096;
 
 struct Stmt {
     protocol: &'static str,
-    sql: String,
-    params: Option<Vec<Value>>,
+    sql: Arc<str>,
+    /// The parameters as a JSON array, rendered once at `Bind`.
+    params: Option<Arc<str>>,
     t: f64,
     start: Instant,
     tags: Vec<String>,
@@ -56,14 +57,14 @@ struct Tracker {
     start: Instant,
     redact: bool,
     pending: VecDeque<Pending>,
-    statements: HashMap<String, String>,
-    portals: HashMap<String, (String, Option<Vec<Value>>)>,
+    statements: HashMap<String, Arc<str>>,
+    portals: HashMap<String, (Arc<str>, Option<Arc<str>>)>,
 }
 
 /// A bounds-checked reader over a message body.
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn cstr(&mut self) -> Option<String> {
         wire::cstr(&mut self.0)
     }
@@ -73,61 +74,81 @@ impl Reader<'_> {
     fn i32(&mut self) -> Option<i32> {
         (self.0.remaining() >= 4).then(|| self.0.get_i32())
     }
-    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let (a, b) = (self.0.len() >= n).then(|| self.0.split_at(n))?;
         self.0 = b;
         Some(a)
     }
 }
 
-fn param_value(raw: &[u8], binary: bool) -> Value {
+/// Appends one parameter as a JSON value: text (lossy UTF-8) or, for binary, `\x` hex;
+/// long values are cut at `PARAM_CHARS` with an ellipsis.
+fn push_param(out: &mut Vec<u8>, raw: &[u8], binary: bool) {
     if binary {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let shown = &raw[..raw.len().min(PARAM_CHARS / 2)];
-        let mut s = String::with_capacity(2 + shown.len() * 2);
-        s.push_str("\\x");
+        out.extend_from_slice(b"\"\\\\x");
         for b in shown {
-            s.push_str(&format!("{b:02x}"));
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
         }
         if shown.len() < raw.len() {
-            s.push('…');
+            out.extend_from_slice("…".as_bytes());
         }
-        Value::String(s)
+        out.push(b'"');
     } else {
         let text = String::from_utf8_lossy(raw);
-        let mut s: String = text.chars().take(PARAM_CHARS).collect();
-        if s.len() < text.len() {
-            s.push('…');
+        let cut = text
+            .char_indices()
+            .nth(PARAM_CHARS)
+            .map_or(text.len(), |(i, _)| i);
+        if cut < text.len() {
+            let _ = serde_json::to_writer(&mut *out, &format!("{}…", &text[..cut]));
+        } else {
+            let _ = serde_json::to_writer(&mut *out, &*text);
         }
-        Value::String(s)
     }
 }
 
-/// `Bind`: (portal, statement, parameters).
-fn parse_bind(body: &[u8]) -> Option<(String, String, Vec<Value>)> {
+/// A NUL-terminated name, borrowed (names are ASCII in practice; others read as empty).
+fn name<'a>(r: &mut Reader<'a>) -> Option<&'a str> {
+    let end = r.0.iter().position(|&b| b == 0)?;
+    let (n, rest) = r.0.split_at(end);
+    r.0 = &rest[1..];
+    Some(std::str::from_utf8(n).unwrap_or(""))
+}
+
+/// `Bind`: (portal, statement, the parameters as a JSON array).
+fn parse_bind(body: &[u8]) -> Option<(&str, &str, String)> {
     let mut r = Reader(body);
-    let portal = r.cstr()?;
-    let stmt = r.cstr()?;
+    let portal = name(&mut r)?;
+    let stmt = name(&mut r)?;
     let nfmt = usize::try_from(r.i16()?).ok()?;
-    let mut formats = Vec::with_capacity(nfmt.min(1024));
-    for _ in 0..nfmt {
-        formats.push(r.i16()?);
-    }
-    let n = usize::try_from(r.i16()?).ok()?;
-    let mut params = Vec::with_capacity(n.min(1024));
-    for i in 0..n {
-        let len = r.i32()?;
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i).copied() == Some(1),
+    let formats = r.bytes(nfmt * 2)?;
+    let format = |i: usize| -> bool {
+        let at = match nfmt {
+            0 => return false,
+            1 => 0,
+            _ => i,
         };
+        formats.get(at * 2..at * 2 + 2) == Some(&[0, 1])
+    };
+    let n = usize::try_from(r.i16()?).ok()?;
+    let mut out = Vec::with_capacity(16 + r.0.len().min(1024));
+    out.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        let len = r.i32()?;
         if len < 0 {
-            params.push(Value::Null);
+            out.extend_from_slice(b"null");
         } else {
-            params.push(param_value(r.bytes(len as usize)?, binary));
+            push_param(&mut out, r.bytes(len as usize)?, format(i));
         }
     }
-    Some((portal, stmt, params))
+    out.push(b']');
+    Some((portal, stmt, String::from_utf8(out).ok()?))
 }
 
 /// Rows a command tag reports: the last number (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
@@ -136,7 +157,7 @@ fn rows(tag: &str) -> Option<u64> {
 }
 
 impl Tracker {
-    fn stmt(&self, protocol: &'static str, sql: String, params: Option<Vec<Value>>) -> Stmt {
+    fn stmt(&self, protocol: &'static str, sql: Arc<str>, params: Option<Arc<str>>) -> Stmt {
         Stmt {
             protocol,
             sql,
@@ -153,24 +174,37 @@ impl Tracker {
         match tag {
             b'Q' => {
                 let sql = r.cstr().unwrap_or_default();
-                let s = self.stmt("simple", sql, None);
+                let s = self.stmt("simple", sql.into(), None);
                 self.pending.push_back(Pending::Simple(s));
             }
             b'P' => {
                 if let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) {
-                    self.statements.insert(name, sql);
+                    self.statements.insert(name, sql.into());
                 }
             }
             b'B' => {
                 if let Some((portal, stmt, params)) = parse_bind(body) {
-                    let sql = self.statements.get(&stmt).cloned().unwrap_or_default();
-                    let params = (!self.redact).then_some(params);
-                    self.portals.insert(portal, (sql, params));
+                    let sql = self
+                        .statements
+                        .get(stmt)
+                        .cloned()
+                        .unwrap_or_else(|| "".into());
+                    let params = (!self.redact).then(|| params.into());
+                    match self.portals.get_mut(portal) {
+                        Some(p) => *p = (sql, params),
+                        None => {
+                            self.portals.insert(portal.to_string(), (sql, params));
+                        }
+                    }
                 }
             }
             b'E' => {
-                let portal = r.cstr().unwrap_or_default();
-                let (sql, params) = self.portals.get(&portal).cloned().unwrap_or_default();
+                let portal = name(&mut r).unwrap_or("");
+                let (sql, params) = self
+                    .portals
+                    .get(portal)
+                    .cloned()
+                    .unwrap_or_else(|| ("".into(), None));
                 let s = self.stmt("extended", sql, params);
                 self.pending.push_back(Pending::Exec(s));
             }
@@ -190,7 +224,11 @@ impl Tracker {
             }
             b'F' => {
                 let oid = r.i32().unwrap_or(0);
-                let s = self.stmt("function", format!("function call (oid {oid})"), None);
+                let s = self.stmt(
+                    "function",
+                    format!("function call (oid {oid})").into(),
+                    None,
+                );
                 self.pending.push_back(Pending::Simple(s));
             }
             _ => {}
@@ -211,7 +249,7 @@ impl Tracker {
             s.start.elapsed().as_secs_f64() * 1000.0
         );
         if let Some(p) = &s.params {
-            let _ = write!(l, ",\"params\":{}", Value::Array(p.clone()));
+            let _ = write!(l, ",\"params\":{p}");
         } else if self.redact && s.protocol == "extended" {
             l.push_str(",\"params\":\"redacted\"");
         }
@@ -448,6 +486,7 @@ pub async fn run(r: Relay<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
@@ -496,6 +535,10 @@ mod tests {
         let a: Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(a["sql"], "select $1::int");
         assert_eq!(a["params"], json!(["42"]));
+        assert_eq!(
+            parse_bind(b"\0s\0\0\0\0\0").unwrap(),
+            ("", "s", "[]".to_string())
+        );
         let b: Value = serde_json::from_str(&out[1]).unwrap();
         assert_eq!(b["error"]["code"], "22P02");
         assert!(t.pending.is_empty());
@@ -524,8 +567,15 @@ mod tests {
         b.extend_from_slice(b"hi");
         b.extend_from_slice(&(-1i32).to_be_bytes());
         let (portal, stmt, params) = parse_bind(&b).unwrap();
-        assert_eq!((portal.as_str(), stmt.as_str()), ("p", "s"));
-        assert_eq!(params, vec![json!("hi"), Value::Null]);
+        assert_eq!((portal, stmt), ("p", "s"));
+        assert_eq!(params, r#"["hi",null]"#);
+        let mut bin = b"\0\0".to_vec();
+        bin.extend_from_slice(&1i16.to_be_bytes());
+        bin.extend_from_slice(&1i16.to_be_bytes());
+        bin.extend_from_slice(&1i16.to_be_bytes());
+        bin.extend_from_slice(&2i32.to_be_bytes());
+        bin.extend_from_slice(&[0x0a, 0xff]);
+        assert_eq!(parse_bind(&bin).unwrap().2, r#"["\\x0aff"]"#);
         assert!(parse_bind(&b[..b.len() - 2]).is_none());
     }
 }

@@ -20,6 +20,8 @@ pub struct Ctx {
     pub sessions: CancellationToken,
     pub tracker: TaskTracker,
     pub shared: Arc<Shared>,
+    /// Connections go to these threads instead of the main runtime.
+    pub threads: Option<Arc<super::threads::Pool>>,
 }
 
 pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
@@ -44,13 +46,37 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
                 let cancel = cx.sessions.child_token();
                 let shared = cx.shared.clone();
                 let name = cx.name;
-                cx.tracker.spawn(
-                    async move {
-                        handle(name, stream, peer, shared, cancel).await;
-                        drop(permit);
+                match &cx.threads {
+                    None => {
+                        cx.tracker.spawn(
+                            async move {
+                                handle(name, stream, peer, shared, cancel).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
                     }
-                    .instrument(span),
-                );
+                    Some(pool) => {
+                        // The socket moves to the connection thread's runtime.
+                        let Ok(std_stream) = stream.into_std() else {
+                            continue;
+                        };
+                        let tracker = cx.tracker.clone();
+                        pool.dispatch(Box::new(move || {
+                            Box::pin(
+                                tracker.track_future(
+                                    async move {
+                                        if let Ok(stream) = TcpStream::from_std(std_stream) {
+                                            handle(name, stream, peer, shared, cancel).await;
+                                        }
+                                        drop(permit);
+                                    }
+                                    .instrument(span),
+                                ),
+                            )
+                        }));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors and similar: wait rather than spin.

@@ -5,6 +5,7 @@ pub mod limits;
 mod listener;
 pub mod live;
 mod mirror;
+mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,17 @@ impl Server {
                 mirror_stop.clone(),
             ))
         });
+        let n = match shared.config.postgres.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pg_threads = match threads::Pool::start("pg", n) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                warn!(error = %e, "cannot start PostgreSQL connection threads; serving them on the main runtime");
+                None
+            }
+        };
         let accepts = [
             ("ssh", self.ssh),
             ("postgres", self.postgres),
@@ -186,6 +198,11 @@ impl Server {
                 sessions: sessions.clone(),
                 tracker: tracker.clone(),
                 shared: shared.clone(),
+                threads: if name == "postgres" {
+                    pg_threads.clone()
+                } else {
+                    None
+                },
             };
             tokio::spawn(listener::accept_loop(l, ctx))
         });
@@ -204,6 +221,10 @@ impl Server {
         let grace: Duration = shared.config.shutdown_grace.0;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(open = tracker.len(), grace = %shared.config.shutdown_grace, "grace period over; closing remaining connections");
+        }
+        if let Some(pool) = pg_threads.and_then(Arc::into_inner) {
+            // Their runtimes drop whatever is left when the threads end.
+            let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
         }
         let _ = shared
             .store
