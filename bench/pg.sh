@@ -6,14 +6,19 @@
 # postern/pgbouncer. postern is measured over TLS (as developers use it) and, for parity
 # with the plaintext peers, without.
 #
-#   bench/pg.sh                  # 10 s per run, scale 10
-#   SECONDS_PER_RUN=5 SCALE=2 bench/pg.sh
+#   bench/pg.sh                  # 10 s per run, 3 rounds, scale 10
+#   SECONDS_PER_RUN=5 ROUNDS=1 SCALE=2 bench/pg.sh
+#   SCRIPTS=-S MODES=prepared bench/pg.sh    # one workload
+#
+# Each round runs every path once, in a rotating order; each figure is the median over
+# the rounds (this 2-core VM varies by ±10% from run to run).
 #
 # Everything runs on 127.0.0.1 ports chosen by the kernel, in a temp dir, stopped on exit.
 # Needs: postgresql, postgresql-client, pgbouncer (script/bootstrap installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${SECONDS_PER_RUN:-10}
+ROUNDS=${ROUNDS:-3}
 SCALE=${SCALE:-10}
 CLIENTS=8
 THREADS=2
@@ -117,18 +122,30 @@ bench() { # name script mode -> "tps latency_ms"
   echo "$tps $lat"
 }
 
-echo "pgbench -c $CLIENTS -j $THREADS -T $RUN, scale $SCALE, $(nproc) CPUs; postern records every statement"
+echo "pgbench -c $CLIENTS -j $THREADS -T $RUN, scale $SCALE, $(nproc) CPUs, median of $ROUNDS rounds; postern records every statement"
 for script in ${SCRIPTS:-"-S" ""}; do
   name=${script:+select-only}; name=${name:-tpcb-like}
   for mode in ${MODES:-simple prepared}; do
-    declare -A TPS=()
+    declare -A TPS=() LAT=()
+    for round in $(seq "$ROUNDS"); do
+      for i in 0 1 2 3; do
+        who=${ORDER[$(( (i + round) % 4 ))]}
+        read -r tps lat < <(bench "$who" "$script" "$mode")
+        TPS[$who]+="$tps "
+        LAT[$who]+="$lat "
+      done
+    done
+    declare -A MED=()
     for who in "${ORDER[@]}"; do
-      read -r tps lat < <(bench "$who" "$script" "$mode")
-      TPS[$who]=$tps
-      printf "%-11s %-8s %-12s tps %10.1f   latency %6.3f ms\n" "$name" "$mode" "$who" "$tps" "$lat"
+      read -r tps lat < <(python3 -c "
+import statistics, sys
+t = [float(x) for x in '${TPS[$who]}'.split()]; l = [float(x) for x in '${LAT[$who]}'.split()]
+print(statistics.median(t), statistics.median(l))")
+      MED[$who]=$tps
+      printf "%-11s %-8s %-12s tps %10.1f   latency %6.3f ms   (runs: %s)\n" "$name" "$mode" "$who" "$tps" "$lat" "${TPS[$who]% }"
     done
     python3 -c "
-d, b, p, t = ${TPS[direct]}, ${TPS[pgbouncer]}, ${TPS[postern]}, ${TPS[postern-tls]}
+d, b, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[postern]}, ${MED[postern-tls]}
 print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer {t/b:.2f}x')"
   done
 done
