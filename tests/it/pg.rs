@@ -839,3 +839,74 @@ fn a_role_can_keep_statement_parameters_out_of_transcripts() {
     let raw = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
     assert!(!raw.contains("card-4242"), "{raw}");
 }
+
+#[test]
+fn a_session_that_cannot_be_recorded_does_not_run_and_large_rows_pass() {
+    let b = PgBastion::start();
+    // A 20 MB value in one row, both ways.
+    let out = b.psql(&[
+        "-c",
+        "select length(repeat('ab', 10000000)), md5(repeat('ab', 10000000))",
+    ]);
+    let direct =
+        b.pg.psql("select length(repeat('ab', 10000000)), md5(repeat('ab', 10000000))");
+    assert_eq!(out.ok(), direct.ok());
+    let out = b.psql(&["-c", "select repeat('x', 20000000)"]);
+    assert_eq!(out.ok().trim_end().len(), 20_000_000);
+
+    // Something that is not a directory where recordings go: the session never starts.
+    let rec = b.postern.data_dir().join("recordings");
+    std::fs::rename(&rec, b.postern.root().join("recordings.moved")).unwrap();
+    std::fs::write(&rec, "not a directory").unwrap();
+    let out = b.psql(&["-c", "select 'should not run'"]);
+    assert!(
+        out.fails(2)
+            .contains("cannot record this session right now, so it is not allowed to run"),
+        "{}",
+        out.stderr
+    );
+    let events = b
+        .postern
+        .cli(&["audit", "search", "--type", "session.recording_failed"]);
+    assert!(events.ok().contains("recording_failed"));
+}
+
+#[test]
+fn postgres_17_direct_tls_with_alpn_is_accepted() {
+    use std::io::{Read, Write};
+    let b = PgBastion::start();
+    let pem = std::fs::read(b.dev.home().join(".postern/ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(b.postern.pg).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    // A startup message straight after the handshake, no SSLRequest.
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    for kv in ["user", "alice", "database", "pg1/features"] {
+        startup.extend_from_slice(kv.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    tls.write_all(&msg).unwrap();
+    let mut reply = [0u8; 9];
+    tls.read_exact(&mut reply).unwrap();
+    // AuthenticationCleartextPassword: the token is asked for inside TLS.
+    assert_eq!(reply, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"postgresql"[..]));
+}
