@@ -184,13 +184,8 @@ struct PgSession {
 }
 
 impl crate::server::live::LiveSession for PgSession {
-    fn kill(&self) {
-        self.limits
-            .terminate("killed", "an admin ended this session".into());
-    }
-
-    fn tick(&self, now_ms: i64) {
-        self.limits.tick(now_ms);
+    fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     fn review(&self, now: &crate::server::live::Current) {

@@ -5,7 +5,7 @@
 //! appends it to the file (hashing as it goes). Over 4 MiB unwritten, producers wait:
 //! backpressure, nothing dropped. A write error fails the recording (fail closed).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Finished, RecordingError};
+use super::{Finished, RecordingError, io};
 
 /// The writer is woken early when this much is waiting.
 const FLUSH_AT: usize = 64 * 1024;
@@ -36,34 +36,11 @@ pub struct LineRecorder {
     done: oneshot::Receiver<Result<Finished, RecordingError>>,
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RecordingError {
-    let path = path.to_path_buf();
-    move |source| RecordingError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 impl LineRecorder {
     /// Creates the file (0600, never overwriting) with `first` as its first line; an
     /// error here means the session must not start.
     pub async fn create(path: PathBuf, first: &str) -> Result<LineRecorder, RecordingError> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .await
-                .map_err(io("create directory", parent))?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .await
-            .map_err(io("create", &path))?;
+        let mut file = super::create_file(&path).await?;
         let mut hash = Context::new(&SHA256);
         let head = format!("{first}\n");
         file.write_all(head.as_bytes())

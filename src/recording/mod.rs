@@ -58,6 +58,34 @@ pub struct Recorder {
 /// Capacity of each recording's queue, in events.
 const QUEUE: usize = 256;
 
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RecordingError {
+    let path = path.to_path_buf();
+    move |source| RecordingError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A new recording file: its directories 0700, the file 0600, never overwriting one.
+async fn create_file(path: &Path) -> Result<tokio::fs::File, RecordingError> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .await
+            .map_err(io("create directory", parent))?;
+    }
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io("create", path))
+}
+
 /// `recordings/YYYY/MM/DD/<session>-<channel>.cast` under the data dir.
 pub fn path_for(data_dir: &Path, started_ms: i64, session_id: &str, channel: u32) -> PathBuf {
     path_with(
@@ -83,29 +111,7 @@ impl Recorder {
     /// Creates the file and writes the header; an error here means the session must not start.
     pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
         let line = header.to_line();
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RecordingError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        if let Some(parent) = path.parent() {
-            tokio::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .await
-                .map_err(io("create directory", parent))?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .await
-            .map_err(io("create", &path))?;
+        let mut file = create_file(&path).await?;
         let mut hash = Context::new(&SHA256);
         file.write_all(line.as_bytes())
             .await

@@ -15,10 +15,17 @@ use crate::store::Store;
 
 /// What the server can do to a live session of any protocol.
 pub trait LiveSession: Send + Sync {
+    /// Its time limits and the token that ends it.
+    fn limits(&self) -> &super::limits::Limits;
     /// An admin ended it.
-    fn kill(&self);
-    /// About once a second: deadlines and idle time.
-    fn tick(&self, now_ms: i64);
+    fn kill(&self) {
+        self.limits()
+            .terminate("killed", "an admin ended this session".into());
+    }
+    /// About four times a second: deadlines and idle time.
+    fn tick(&self, now_ms: i64) {
+        self.limits().tick(now_ms);
+    }
     /// Every few seconds: re-decide against the current policy (locks, revocations, TTLs).
     fn review(&self, now: &Current);
 }

@@ -92,12 +92,7 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                let exists = sqlx::query("SELECT 1 FROM users WHERE name = ?")
-                    .bind(user)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .is_some();
-                if !exists {
+                if !super::user_exists(&mut conn, user).await? {
                     return Ok(false);
                 }
                 sqlx::query("INSERT OR REPLACE INTO user_totp (user_name, sealed, last_step, enrolled_ms) VALUES (?, ?, 0, ?)")

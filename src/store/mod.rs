@@ -286,12 +286,7 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                let exists = sqlx::query("SELECT 1 FROM users WHERE name = ?")
-                    .bind(user)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .is_some();
-                if !exists {
+                if !user_exists(&mut conn, user).await? {
                     return Ok(false);
                 }
                 sqlx::query("INSERT OR REPLACE INTO user_passwords (user_name, hash, updated_ms) VALUES (?, ?, ?)")
@@ -425,3 +420,11 @@ impl Store {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+async fn user_exists(conn: &mut sqlx::SqliteConnection, user: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE name = ?")
+        .bind(user)
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}

@@ -620,6 +620,19 @@ fn port_forwarding_only_when_the_role_allows_it() {
 
 /// Starts `ssh -tt` through postern with stdin held open; returns the child.
 pub fn open_shell(b: &Bastion) -> std::process::Child {
+    // Sessions from before may still be closing: only a new one counts.
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = b.postern.cli(args);
+        serde_json::from_str::<serde_json::Value>(out.ok())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before: Vec<serde_json::Value> = list(&["sessions", "list", "--json"])
+        .into_iter()
+        .map(|s| s["id"].clone())
+        .collect();
     let mut child = b
         .ssh_command("ssh")
         .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
@@ -631,17 +644,9 @@ pub fn open_shell(b: &Bastion) -> std::process::Child {
         .unwrap();
     // Wait until postern lists it as active with its shell channel recording.
     for _ in 0..100 {
-        let list: serde_json::Value = serde_json::from_str(
-            b.postern
-                .cli(&["sessions", "list", "--active", "--json"])
-                .ok(),
-        )
-        .unwrap();
-        if list
-            .as_array()
-            .unwrap()
+        if list(&["sessions", "list", "--active", "--json"])
             .iter()
-            .any(|s| !s["recordings"].as_array().unwrap().is_empty())
+            .any(|s| !before.contains(&s["id"]) && !s["recordings"].as_array().unwrap().is_empty())
         {
             return child;
         }
