@@ -34,12 +34,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Api {
     pub tls: TlsAcceptor,
     pub limiter: Limiter,
+    /// postern's TLS CA (PEM), handed to clients at login; read once at start.
+    pub tls_ca: String,
 }
 
 impl Api {
-    pub fn new(tls: Arc<rustls::ServerConfig>) -> Api {
+    pub fn new(tls: Arc<rustls::ServerConfig>, tls_ca: String) -> Api {
         Api {
             tls: tls::with_alpn(&tls, b"http/1.1"),
+            tls_ca,
             limiter: Limiter::default(),
         }
     }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
+use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::{password, ssh_cert, token, totp};
 use crate::duration::Dur;
 use crate::policy::{
@@ -147,10 +147,7 @@ impl Ctx {
         if t.expires_ms <= now_ms() {
             return Err(unauthorized(
                 "credential_expired",
-                format!(
-                    "your postern credential expired at {} — run postern login",
-                    format_clock(t.expires_ms)
-                ),
+                crate::credentials::expired_message(t.expires_ms),
             ));
         }
         let serial = t.cert_serial.parse::<u64>().unwrap_or(0);
@@ -394,7 +391,6 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
         }),
     )
     .await;
-    let ca = std::fs::read_to_string(&cx.shared.keys.tls.ca_cert).unwrap_or_default();
     Ok(Json(json!({
         "user": user.name,
         "roles": user.roles,
@@ -405,7 +401,7 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
         "token": bearer,
         "ssh_port": cx.shared.config.ssh.listen.port(),
         "postgres_port": cx.shared.config.postgres.listen.port(),
-        "tls_ca": ca,
+        "tls_ca": cx.shared.api.tls_ca,
     })))
 }
 

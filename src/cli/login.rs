@@ -287,7 +287,8 @@ pub async fn status() -> anyhow::Result<ExitCode> {
         home.path("id_ed25519-cert.pub").display()
     );
     let now = now_secs();
-    let at = format_clock(i64::try_from(until).unwrap_or(0) * 1000);
+    let until_ms = i64::try_from(until).unwrap_or(0) * 1000;
+    let at = format_clock(until_ms);
     if until > now {
         println!("valid until:  {at} ({} left)", left(until - now));
         Ok(ExitCode::SUCCESS)
@@ -295,7 +296,7 @@ pub async fn status() -> anyhow::Result<ExitCode> {
         println!("valid until:  {at}");
         Ok(refused(
             "status",
-            &format!("your postern credential expired at {at} — run postern login"),
+            &crate::credentials::expired_message(until_ms),
         ))
     }
 }
@@ -329,10 +330,11 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(refused("db login", &e)),
     };
     if profile.valid_before <= now_secs() {
-        let at = format_clock(i64::try_from(profile.valid_before).unwrap_or(0) * 1000);
         return Ok(refused(
             "db login",
-            &format!("your postern credential expired at {at} — run postern login"),
+            &crate::credentials::expired_message(
+                i64::try_from(profile.valid_before).unwrap_or(0) * 1000,
+            ),
         ));
     }
     let mut req = json!({ "target": args.target });

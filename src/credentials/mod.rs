@@ -158,6 +158,14 @@ impl KeyStore {
 }
 
 /// The OpenSSH public key line of a key, e.g. for `TrustedUserCAKeys`.
+/// What a person is told when their `postern login` credential has expired.
+pub fn expired_message(valid_before_ms: i64) -> String {
+    format!(
+        "your postern credential expired at {} — run postern login",
+        crate::audit::format_clock(valid_before_ms)
+    )
+}
+
 pub fn public_line(key: &PrivateKey) -> String {
     key.public_key().to_openssh().unwrap_or_default()
 }

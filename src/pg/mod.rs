@@ -614,13 +614,7 @@ async fn run(
             .await;
         }
     }
-    let kind = match reason.as_str() {
-        "expired" => Some("session.expired"),
-        "idle" => Some("session.idle_timeout"),
-        "revoked" => Some("session.revoked"),
-        _ => None,
-    };
-    if let (Some(kind), Some(m)) = (kind, &message) {
+    if let (Some(kind), Some(m)) = (crate::server::limits::ending_event(&reason), &message) {
         audit(
             shared,
             event(kind, Outcome::Success, json!({ "message": m })),

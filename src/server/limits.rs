@@ -12,6 +12,18 @@ use crate::audit::now_ms;
 use crate::duration::Dur;
 use crate::policy::{Decision, Policy, Request, decide};
 
+/// The audit event of a session that `Limits` ended, by reason (kills are audited when
+/// asked for, shutdowns by the server).
+pub fn ending_event(reason: &str) -> Option<&'static str> {
+    match reason {
+        "expired" => Some("session.expired"),
+        "idle" => Some("session.idle_timeout"),
+        "revoked" => Some("session.revoked"),
+        "credential_expired" => Some("session.credential_expired"),
+        _ => None,
+    }
+}
+
 /// Why a session ended early, and what its user is told.
 #[derive(Clone, Debug)]
 pub struct Ending {
@@ -97,13 +109,7 @@ impl Limits {
         if let Some(c) = credential_ends
             && now >= c
         {
-            self.terminate(
-                "credential_expired",
-                format!(
-                    "your postern credential expired at {} — run postern login",
-                    crate::audit::format_clock(c)
-                ),
-            );
+            self.terminate("credential_expired", crate::credentials::expired_message(c));
             return;
         }
         if now >= deadline {

@@ -299,10 +299,7 @@ impl Conn {
         (issued.valid_before <= now).then(|| {
             (
                 issued.user,
-                format!(
-                    "your postern credential expired at {} — run postern login",
-                    crate::audit::format_clock(issued.valid_before.saturating_mul(1000))
-                ),
+                crate::credentials::expired_message(issued.valid_before.saturating_mul(1000)),
             )
         })
     }

@@ -113,14 +113,7 @@ impl SessionCtx {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             exit_status: self.exit_status.lock().ok().and_then(|s| *s),
         };
-        let why = match reason {
-            "expired" => Some("session.expired"),
-            "idle" => Some("session.idle_timeout"),
-            "revoked" => Some("session.revoked"),
-            "credential_expired" => Some("session.credential_expired"),
-            _ => None,
-        };
-        if let Some(kind) = why {
+        if let Some(kind) = crate::server::limits::ending_event(reason) {
             let message = self.limits.ending().map(|e| e.message).unwrap_or_default();
             self.audit(self.event(kind, Outcome::Success, json!({ "message": message })))
                 .await;

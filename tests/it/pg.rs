@@ -9,6 +9,7 @@ use crate::harness::Out;
 use crate::harness::postern::Postern;
 use crate::harness::postgres::Postgres;
 use crate::login::{Dev, set_password};
+use crate::ssh::wait_child;
 
 /// The target database user's password: postern holds it, developers never see it.
 const APP_PASSWORD: &str = "app-secret-4c1d9e77";
@@ -137,6 +138,24 @@ impl PgBastion {
             .ok();
     }
 
+    /// A rustls client trusting postern's CA (the `ca.crt` login saved), aws-lc-rs.
+    pub fn tls_client(&self) -> rustls::ClientConfig {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(self.dev.home().join(".postern/ca.crt")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+
     /// The token `postern db login` wrote into ~/.pgpass.
     pub fn token(&self) -> String {
         let pgpass = std::fs::read_to_string(self.dev.home().join(".pgpass")).unwrap();
@@ -174,17 +193,6 @@ impl PgBastion {
             .skip(1)
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-}
-
-fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
     }
 }
 
@@ -250,18 +258,7 @@ fn psql_runs_statements_through_postern_and_every_one_is_recorded() {
     assert!(grep.ok().contains(id), "{}", grep.stdout);
 
     // The target's password is nowhere: store, recordings, audit log, server log.
-    let mut files = Vec::new();
-    walk(&b.postern.data_dir(), &mut files);
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap();
-        assert!(
-            !bytes
-                .windows(APP_PASSWORD.len())
-                .any(|w| w == APP_PASSWORD.as_bytes()),
-            "{} holds the target password",
-            f.display()
-        );
-    }
+    assert_eq!(b.postern.files_holding(APP_PASSWORD), Vec::<PathBuf>::new());
     assert!(
         !b.postern
             .cli(&["audit", "export"])
@@ -553,27 +550,11 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
     let token = b.token();
     let port = b.postern.pg.port();
     let ca = b.dev.home().join(".postern/ca.crt");
-    let pem = std::fs::read(&ca).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let tls = || {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
-    };
+    let tls = || tokio_postgres_rustls::MakeRustlsConnect::new(b.tls_client());
     let conn_str = |db: &str, password: &str| {
         format!(
             "host=127.0.0.1 port={port} user=alice password={password} dbname={db} sslmode=require"
@@ -646,11 +627,7 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
         "import psycopg\nwith psycopg.connect(host='127.0.0.1', port={port}, user='alice', password='{token}', dbname='pg1/features', sslmode='verify-full', sslrootcert='{}') as c:\n    c.execute('insert into features (id) values (%s)', (10,))\n    print(c.execute('select count(*) from features').fetchone()[0])\n",
         ca.display()
     );
-    let out: Out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap()
-        .into();
+    let out = python(&script);
     assert_eq!(out.ok(), "4\n");
 
     // The transcripts hold the prepared statement with its parameters.
@@ -670,6 +647,15 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
                 && l["params"][0] == "\\x000a"),
         "{lines:?}"
     );
+}
+
+/// `python3 -c SCRIPT` (psycopg 3 is installed by script/bootstrap).
+fn python(script: &str) -> Out {
+    Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap()
+        .into()
 }
 
 /// Starts `psql -c SQL` in the background and waits until its query runs on the target.
@@ -696,22 +682,11 @@ fn running(b: &PgBastion, sql: &str) -> std::process::Child {
     panic!("query never ran; log:\n{}", b.postern.log());
 }
 
-fn finished(mut child: std::process::Child) -> Out {
-    for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap().into();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("psql did not end: {:?}", child.wait_with_output().unwrap());
-}
-
 #[test]
 fn kill_lock_and_session_ttl_end_postgres_sessions_with_a_fatal_error() {
     let b = PgBastion::start_with_role(&["--max-session-ttl", "4s"]);
     // The TTL: a long query is cut at the deadline, and the target stops running it.
-    let out = finished(running(&b, "select pg_sleep(20)"));
+    let out = wait_child(running(&b, "select pg_sleep(20)"));
     assert!(
         out.stderr
             .contains("FATAL:  postern: this session reached its time limit (4s, max_session_ttl)"),
@@ -738,7 +713,7 @@ fn kill_lock_and_session_ttl_end_postgres_sessions_with_a_fatal_error() {
         .unwrap()
         .to_string();
     b.postern.cli(&["sessions", "kill", &id]).ok();
-    let out = finished(child);
+    let out = wait_child(child);
     assert!(
         out.stderr
             .contains("FATAL:  postern: an admin ended this session"),
@@ -749,7 +724,7 @@ fn kill_lock_and_session_ttl_end_postgres_sessions_with_a_fatal_error() {
     b.refresh();
     let child = running(&b, "select pg_sleep(3.6)");
     b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
-    let out = finished(child);
+    let out = wait_child(child);
     assert!(
         out.stderr
             .contains("access was withdrawn: the user is locked"),
@@ -818,11 +793,7 @@ fn a_role_can_keep_statement_parameters_out_of_transcripts() {
         "import psycopg\nwith psycopg.connect(host='127.0.0.1', port={port}, user='alice', password='{}', dbname='pg1/features', sslmode='require') as c:\n    print(c.execute('select %s::text', ('card-4242-secret',)).fetchone()[0])\n",
         b.token()
     );
-    let out: Out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap()
-        .into();
+    let out = python(&script);
     assert_eq!(out.ok(), "card-4242-secret\n");
     let s = b.ended();
     let lines = b.transcript(&s);
@@ -870,18 +841,7 @@ fn a_session_that_cannot_be_recorded_does_not_run_and_large_rows_pass() {
 fn postgres_17_direct_tls_with_alpn_is_accepted() {
     use std::io::{Read, Write};
     let b = PgBastion::start();
-    let pem = std::fs::read(b.dev.home().join(".postern/ca.crt")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = b.tls_client();
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();

@@ -195,6 +195,25 @@ impl Postern {
         child.wait_with_output().expect("postern output").into()
     }
 
+    /// Every file under the data dir (store, keys, recordings) whose bytes contain `needle`.
+    pub fn files_holding(&self, needle: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, needle: &[u8], hits: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, needle, hits);
+                } else if std::fs::read(&p)
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+                {
+                    hits.push(p);
+                }
+            }
+        }
+        let mut hits = Vec::new();
+        walk(&self.data_dir(), needle.as_bytes(), &mut hits);
+        hits
+    }
+
     /// Writes a file under the test's temp dir and returns its path.
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let p = self.dir.path().join(name);
