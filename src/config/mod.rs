@@ -63,7 +63,8 @@ pub struct Postgres {
     /// How long postern waits for a target's TCP connect and authentication.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
-    /// Threads serving PostgreSQL connections, each with its own event loop; 0 = one per CPU.
+    /// Threads serving PostgreSQL connections, each with its own event loop; 0 = one per two
+    /// CPUs (at least one).
     #[serde(default)]
     pub threads: usize,
     /// CA certificates (PEM) for targets with `tls_mode = verify-full`.

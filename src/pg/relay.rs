@@ -5,9 +5,12 @@
 //! reaches the client.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,10 +44,25 @@ struct Stmt {
     sql: Arc<str>,
     /// The parameters as a JSON array, rendered once at `Bind`.
     params: Option<Arc<str>>,
-    t: f64,
+    /// When the statement was sent, from the session's start.
+    t: Duration,
     start: Instant,
-    tags: Vec<String>,
+    /// Command tags, `; `-separated (a simple query may hold several statements).
+    tag: String,
+    rows: Option<u64>,
     error: Option<(String, String)>,
+}
+
+impl Stmt {
+    fn complete(&mut self, tag: &str) {
+        if !self.tag.is_empty() {
+            self.tag.push_str("; ");
+        }
+        self.tag.push_str(tag);
+        if let Some(n) = rows(tag) {
+            self.rows = Some(self.rows.unwrap_or(0) + n);
+        }
+    }
 }
 
 enum Pending {
@@ -158,13 +176,15 @@ fn rows(tag: &str) -> Option<u64> {
 
 impl Tracker {
     fn stmt(&self, protocol: &'static str, sql: Arc<str>, params: Option<Arc<str>>) -> Stmt {
+        let start = Instant::now();
         Stmt {
             protocol,
             sql,
             params,
-            t: self.start.elapsed().as_secs_f64(),
-            start: Instant::now(),
-            tags: Vec::new(),
+            t: start.saturating_duration_since(self.start),
+            start,
+            tag: String::new(),
+            rows: None,
             error: None,
         }
     }
@@ -173,8 +193,8 @@ impl Tracker {
         let mut r = Reader(body);
         match tag {
             b'Q' => {
-                let sql = r.cstr().unwrap_or_default();
-                let s = self.stmt("simple", sql.into(), None);
+                let sql = text(&mut r);
+                let s = self.stmt("simple", Arc::from(&*sql), None);
                 self.pending.push_back(Pending::Simple(s));
             }
             b'P' => {
@@ -235,60 +255,64 @@ impl Tracker {
         }
     }
 
-    /// The statement's transcript line, written directly (this runs per statement).
-    fn line(&self, s: Stmt) -> String {
-        use std::fmt::Write;
-        let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
-        let mut l = String::with_capacity(128 + s.sql.len());
+    /// Appends the statement's transcript line to `out`, written directly (this runs per
+    /// statement).
+    fn line(&self, s: Stmt, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let json = |out: &mut Vec<u8>, v: &str| {
+            if serde_json::to_writer(&mut *out, v).is_err() {
+                out.extend_from_slice(b"\"\"");
+            }
+        };
+        let took = s.start.elapsed();
         let _ = write!(
-            l,
-            "{{\"t\":{:.3},\"type\":\"statement\",\"protocol\":\"{}\",\"sql\":{},\"duration_ms\":{:.3}",
-            s.t,
-            s.protocol,
-            json(&s.sql),
-            s.start.elapsed().as_secs_f64() * 1000.0
+            out,
+            "{{\"t\":{},\"type\":\"statement\",\"protocol\":\"{}\",\"sql\":",
+            Thousandths(s.t.as_millis()),
+            s.protocol
         );
+        json(out, &s.sql);
+        let _ = write!(out, ",\"duration_ms\":{}", Thousandths(took.as_micros()));
         if let Some(p) = &s.params {
-            let _ = write!(l, ",\"params\":{p}");
+            out.extend_from_slice(b",\"params\":");
+            out.extend_from_slice(p.as_bytes());
         } else if self.redact && s.protocol == "extended" {
-            l.push_str(",\"params\":\"redacted\"");
+            out.extend_from_slice(b",\"params\":\"redacted\"");
         }
-        if !s.tags.is_empty() {
-            let _ = write!(l, ",\"tag\":{}", json(&s.tags.join("; ")));
-            let counted: Vec<u64> = s.tags.iter().filter_map(|t| rows(t)).collect();
-            if !counted.is_empty() {
-                let _ = write!(l, ",\"rows\":{}", counted.iter().sum::<u64>());
+        if !s.tag.is_empty() {
+            out.extend_from_slice(b",\"tag\":");
+            json(out, &s.tag);
+            if let Some(n) = s.rows {
+                let _ = write!(out, ",\"rows\":{n}");
             }
         }
         if let Some((code, message)) = &s.error {
-            let _ = write!(
-                l,
-                ",\"error\":{{\"code\":{},\"message\":{}}}",
-                json(code),
-                json(message)
-            );
+            out.extend_from_slice(b",\"error\":{\"code\":");
+            json(out, code);
+            out.extend_from_slice(b",\"message\":");
+            json(out, message);
+            out.push(b'}');
         }
-        l.push('}');
-        l
+        out.extend_from_slice(b"}\n");
     }
 
-    /// A backend message; returns the transcript lines it completes.
-    fn server(&mut self, tag: u8, body: &[u8], out: &mut Vec<String>) {
+    /// A backend message; appends the transcript lines it completes to `out`.
+    fn server(&mut self, tag: u8, body: &[u8], out: &mut Vec<u8>) {
         match tag {
             b'C' | b'I' | b's' => {
                 let text = match tag {
-                    b'C' => Reader(body).cstr().unwrap_or_default(),
-                    b's' => "(portal suspended)".into(),
-                    _ => String::new(),
+                    b'C' => name(&mut Reader(body)).unwrap_or(""),
+                    b's' => "(portal suspended)",
+                    _ => "",
                 };
                 match self.pending.front_mut() {
-                    Some(Pending::Simple(s)) if tag == b'C' => s.tags.push(text),
+                    Some(Pending::Simple(s)) if tag == b'C' => s.complete(text),
                     Some(Pending::Exec(_)) => {
                         if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
                             if !text.is_empty() {
-                                s.tags.push(text);
+                                s.complete(text);
                             }
-                            out.push(self.line(s));
+                            self.line(s, out);
                         }
                     }
                     _ => {}
@@ -301,32 +325,35 @@ impl Tracker {
                     Some(Pending::Exec(_)) => {
                         if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
                             s.error = Some(err);
-                            out.push(self.line(s));
+                            self.line(s, out);
                         }
                         // The server skips everything up to the next Sync.
                         while matches!(self.pending.front(), Some(Pending::Exec(_))) {
                             self.pending.pop_front();
                         }
                     }
-                    _ => out.push(
-                        json!({
+                    _ => {
+                        let mut line = json!({
                             "t": (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                             "type": "error",
                             "error": { "code": err.0, "message": err.1 },
                         })
-                        .to_string(),
-                    ),
+                        .to_string()
+                        .into_bytes();
+                        line.push(b'\n');
+                        out.extend_from_slice(&line);
+                    }
                 }
             }
             b'Z' => {
                 while let Some(p) = self.pending.pop_front() {
                     match p {
                         Pending::Simple(s) => {
-                            out.push(self.line(s));
+                            self.line(s, out);
                             break;
                         }
                         Pending::Sync => break,
-                        Pending::Exec(s) => out.push(self.line(s)),
+                        Pending::Exec(s) => self.line(s, out),
                     }
                 }
             }
@@ -335,18 +362,120 @@ impl Tracker {
     }
 }
 
-/// Splits the complete messages off the front of `buf`, letting `each` see them.
+/// A count of thousandths shown with three decimals (`1234` → `1.234`): seconds from
+/// milliseconds, milliseconds from microseconds. Integer formatting keeps floats off the
+/// per-statement path.
+struct Thousandths(u128);
+
+impl std::fmt::Display for Thousandths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// A NUL-terminated text, borrowed when it is UTF-8 (lossy otherwise).
+fn text<'a>(r: &mut Reader<'a>) -> std::borrow::Cow<'a, str> {
+    let Some(end) = r.0.iter().position(|&b| b == 0) else {
+        return std::borrow::Cow::Borrowed("");
+    };
+    let (n, rest) = r.0.split_at(end);
+    r.0 = &rest[1..];
+    String::from_utf8_lossy(n)
+}
+
+/// The length of the complete messages at the front of `buf`, letting `each` see them.
 fn complete(
-    buf: &mut BytesMut,
+    buf: &[u8],
     max: usize,
     mut each: impl FnMut(u8, &[u8]),
-) -> Result<BytesMut, wire::WireError> {
+) -> Result<usize, wire::WireError> {
     let mut pos = 0;
     while let Some((tag, len)) = wire::frame(&buf[pos..], max)? {
         each(tag, wire::body(&buf[pos..pos + len]));
         pos += len;
     }
-    Ok(buf.split_to(pos))
+    Ok(pos)
+}
+
+/// Drops the first `n` bytes of `buf`, keeping room to read into.
+fn consume(buf: &mut BytesMut, n: usize) {
+    if n == buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(n);
+    }
+    if buf.capacity() - buf.len() < 8192 {
+        buf.reserve(64 * 1024);
+    }
+}
+
+/// What can interrupt a relay: its end, a failed recording, shutdown, or a notice for
+/// the user. A watcher task waits on those sources and raises the alarm, so the relay's
+/// hot path checks one atomic per wake-up instead of polling a notifier per source.
+struct Alarm {
+    state: AtomicU8,
+    waker: AtomicWaker,
+    notice: Mutex<Option<String>>,
+}
+
+const ENDED: u8 = 1;
+const RECORDING_FAILED: u8 = 2;
+const SHUTDOWN: u8 = 4;
+const NOTICE: u8 = 8;
+const STOPS: u8 = ENDED | RECORDING_FAILED | SHUTDOWN;
+
+impl Alarm {
+    fn raise(&self, bit: u8) {
+        self.state.fetch_or(bit, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready with the raised bits among `mask`.
+    fn poll(&self, cx: &mut Context<'_>, mask: u8) -> Poll<u8> {
+        self.waker.register(cx.waker());
+        match self.state.load(Ordering::Acquire) & mask {
+            0 => Poll::Pending,
+            bits => Poll::Ready(bits),
+        }
+    }
+
+    async fn wait(&self, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| self.poll(cx, mask)).await
+    }
+
+    fn take_notice(&self) -> Option<String> {
+        self.state.fetch_and(!NOTICE, Ordering::AcqRel);
+        self.notice.lock().ok()?.take()
+    }
+}
+
+async fn watch(
+    alarm: Arc<Alarm>,
+    end: CancellationToken,
+    failed: CancellationToken,
+    shutdown: CancellationToken,
+    mut notices: tokio::sync::watch::Receiver<Option<String>>,
+) {
+    let mut notices_open = true;
+    loop {
+        tokio::select! {
+            _ = end.cancelled() => return alarm.raise(ENDED),
+            _ = failed.cancelled() => return alarm.raise(RECORDING_FAILED),
+            _ = shutdown.cancelled() => return alarm.raise(SHUTDOWN),
+            r = notices.changed(), if notices_open => match r {
+                Ok(()) => {
+                    let text = notices.borrow_and_update().clone();
+                    if let Some(text) = text {
+                        if let Ok(mut n) = alarm.notice.lock() {
+                            *n = Some(text);
+                        }
+                        alarm.raise(NOTICE);
+                    }
+                }
+                Err(_) => notices_open = false,
+            },
+        }
+    }
 }
 
 pub async fn run(r: Relay<'_>) -> Outcome {
@@ -365,19 +494,26 @@ pub async fn run(r: Relay<'_>) -> Outcome {
         statements: HashMap::new(),
         portals: HashMap::new(),
     });
+    let alarm = Arc::new(Alarm {
+        state: AtomicU8::new(0),
+        waker: AtomicWaker::new(),
+        notice: Mutex::new(None),
+    });
+    let watcher = tokio::spawn(watch(
+        alarm.clone(),
+        limits.end.clone(),
+        recorder.failed(),
+        cancel.clone(),
+        limits.notices.subscribe(),
+    ));
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut bytes_in = 0u64;
     let mut bytes_out = 0u64;
-    let end = limits.end.clone();
-    let failed = recorder.failed();
 
     let from_client = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
-            if buf.capacity() - buf.len() < 8192 {
-                buf.reserve(64 * 1024);
-            }
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return "client exit",
                 Ok(_) => {}
@@ -386,7 +522,7 @@ pub async fn run(r: Relay<'_>) -> Outcome {
             let mut terminate = false;
             let ready = {
                 let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                complete(&mut buf, wire::MAX_MESSAGE, |tag, body| {
+                complete(&buf, wire::MAX_MESSAGE, |tag, body| {
                     terminate |= tag == b'X';
                     t.client(tag, body);
                 })
@@ -394,78 +530,70 @@ pub async fn run(r: Relay<'_>) -> Outcome {
             let Ok(ready) = ready else {
                 return "protocol violation by the client";
             };
-            if !ready.is_empty() {
-                bytes_in += ready.len() as u64;
-                if uw.write_all(&ready).await.is_err() {
+            if ready > 0 {
+                bytes_in += ready as u64;
+                if uw.write_all(&buf[..ready]).await.is_err() {
                     return "target closed the connection";
                 }
             }
             if terminate {
                 return "client exit";
             }
+            consume(&mut buf, ready);
         }
     };
 
     let to_client = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut notices = limits.notices.subscribe();
-        let mut lines = Vec::new();
-        // What can interrupt the relay, made once rather than per message (each
-        // `cancelled()` future registers with its token).
-        let stop = async {
-            tokio::select! {
-                _ = end.cancelled() => "ended",
-                _ = failed.cancelled() => "recording failed",
-                _ = cancel.cancelled() => {
-                    limits.terminate("shutdown", "postern is shutting down".into());
-                    "ended"
-                }
-            }
-        };
-        tokio::pin!(stop);
+        let mut lines = Vec::with_capacity(4096);
         loop {
             tokio::select! {
                 biased;
-                r = &mut stop => return r,
-                Ok(()) = notices.changed() => {
-                    let text = notices.borrow_and_update().clone();
-                    if let Some(text) = text
+                bits = alarm.wait(STOPS | NOTICE) => {
+                    if bits & ENDED != 0 {
+                        return "ended";
+                    }
+                    if bits & RECORDING_FAILED != 0 {
+                        return "recording failed";
+                    }
+                    if bits & SHUTDOWN != 0 {
+                        limits.terminate("shutdown", "postern is shutting down".into());
+                        return "ended";
+                    }
+                    if let Some(text) = alarm.take_notice()
                         && cw.write_all(&wire::notice(&format!("postern: {text}"))).await.is_err()
                     {
                         return "client exit";
                     }
                     continue;
                 }
-                r = async {
-                    if buf.capacity() - buf.len() < 8192 {
-                        buf.reserve(64 * 1024);
-                    }
-                    ur.read_buf(&mut buf).await
-                } => match r {
+                r = ur.read_buf(&mut buf) => match r {
                     Ok(0) | Err(_) => return "target closed the connection",
                     Ok(_) => {}
                 },
             }
             let ready = {
                 let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                complete(&mut buf, usize::MAX, |tag, body| {
+                complete(&buf, usize::MAX, |tag, body| {
                     t.server(tag, body, &mut lines)
                 })
             };
             let Ok(ready) = ready else {
                 return "protocol violation by the target";
             };
-            for l in lines.drain(..) {
-                if recorder.record(&l).await.is_err() {
+            if !lines.is_empty() {
+                if recorder.append(&lines).await.is_err() {
                     return "recording failed";
                 }
+                lines.clear();
             }
-            if !ready.is_empty() {
-                bytes_out += ready.len() as u64;
-                if cw.write_all(&ready).await.is_err() {
+            if ready > 0 {
+                bytes_out += ready as u64;
+                if cw.write_all(&buf[..ready]).await.is_err() {
                     return "client exit";
                 }
             }
+            consume(&mut buf, ready);
         }
     };
 
@@ -474,8 +602,9 @@ pub async fn run(r: Relay<'_>) -> Outcome {
         r = from_client => r,
         r = to_client => r,
         // A client that stops reading cannot hold a session past its end.
-        _ = async { end.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => "ended",
+        _ = async { alarm.wait(STOPS).await; tokio::time::sleep(Duration::from_secs(5)).await } => "ended",
     };
+    watcher.abort();
     Outcome {
         reason: reason.to_string(),
         bytes_in,
@@ -514,7 +643,8 @@ mod tests {
         t.server(b'C', b"SELECT 1\0", &mut out);
         assert!(out.is_empty());
         t.server(b'Z', b"I", &mut out);
-        let v: Value = serde_json::from_str(&out.remove(0)).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        out.clear();
         assert_eq!(v["sql"], "select 1; select 2");
         assert_eq!(v["rows"], 2);
 
@@ -531,15 +661,17 @@ mod tests {
         err.push(0);
         t.server(b'E', &err, &mut out);
         t.server(b'Z', b"I", &mut out);
+        let out = String::from_utf8(out).unwrap();
+        let out: Vec<&str> = out.lines().collect();
         assert_eq!(out.len(), 2, "{out:?}");
-        let a: Value = serde_json::from_str(&out[0]).unwrap();
+        let a: Value = serde_json::from_str(out[0]).unwrap();
         assert_eq!(a["sql"], "select $1::int");
         assert_eq!(a["params"], json!(["42"]));
         assert_eq!(
             parse_bind(b"\0s\0\0\0\0\0").unwrap(),
             ("", "s", "[]".to_string())
         );
-        let b: Value = serde_json::from_str(&out[1]).unwrap();
+        let b: Value = serde_json::from_str(out[1]).unwrap();
         assert_eq!(b["error"]["code"], "22P02");
         assert!(t.pending.is_empty());
     }
@@ -550,8 +682,9 @@ mod tests {
         buf.extend_from_slice(&msg(b'Q', b"x\0"));
         buf.extend_from_slice(&msg(b'Q', b"yy\0")[..4]);
         let mut seen = Vec::new();
-        let ready = complete(&mut buf, 100, |t, b| seen.push((t, b.to_vec()))).unwrap();
-        assert_eq!(ready.len(), 7);
+        let ready = complete(&buf, 100, |t, b| seen.push((t, b.to_vec()))).unwrap();
+        assert_eq!(ready, 7);
+        consume(&mut buf, ready);
         assert_eq!(buf.len(), 4);
         assert_eq!(seen, vec![(b'Q', b"x\0".to_vec())]);
     }

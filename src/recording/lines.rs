@@ -6,6 +6,7 @@
 //! backpressure, nothing dropped. A write error fails the recording (fail closed).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ struct Shared {
     room: Notify,
     closing: CancellationToken,
     failed: CancellationToken,
+    /// `failed`, readable without a lock (checked on every append).
+    failed_flag: AtomicBool,
 }
 
 pub struct LineRecorder {
@@ -53,12 +56,14 @@ impl LineRecorder {
             room: Notify::new(),
             closing: CancellationToken::new(),
             failed: CancellationToken::new(),
+            failed_flag: AtomicBool::new(false),
         });
         let (tx, done) = oneshot::channel();
         let s = shared.clone();
         tokio::spawn(async move {
             let result = write_loop(&s, file, path, hash, head.len() as u64).await;
             if result.is_err() {
+                s.failed_flag.store(true, Ordering::Release);
                 s.failed.cancel();
             }
             // Nobody may wait for room that will never come.
@@ -68,10 +73,11 @@ impl LineRecorder {
         Ok(LineRecorder { shared, done })
     }
 
-    /// Appends one line (without its newline), waiting while too much is unwritten.
-    pub async fn record(&self, line: &str) -> Result<(), RecordingError> {
+    /// Appends whole lines (each ending in a newline), waiting while too much is
+    /// unwritten. A relay hands over everything one read produced in one call.
+    pub async fn append(&self, lines: &[u8]) -> Result<(), RecordingError> {
         loop {
-            if self.shared.failed.is_cancelled() {
+            if self.shared.failed_flag.load(Ordering::Acquire) {
                 return Err(RecordingError::Stopped);
             }
             let room = self.shared.room.notified();
@@ -82,8 +88,7 @@ impl LineRecorder {
                     .lock()
                     .map_err(|_| RecordingError::Stopped)?;
                 if buf.len() < HIGH_WATER {
-                    buf.extend_from_slice(line.as_bytes());
-                    buf.push(b'\n');
+                    buf.extend_from_slice(lines);
                     if buf.len() >= FLUSH_AT {
                         self.shared.more.notify_one();
                     }
@@ -159,7 +164,7 @@ mod tests {
             .unwrap();
         let big = "x".repeat(1000);
         for i in 0..10_000 {
-            r.record(&format!("{i} {big}")).await.unwrap();
+            r.append(format!("{i} {big}\n").as_bytes()).await.unwrap();
         }
         let done = r.finish().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

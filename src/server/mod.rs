@@ -175,7 +175,9 @@ impl Server {
             ))
         });
         let n = match shared.config.postgres.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Half the CPUs: the other half is left to TLS, transcript writers, SSH and
+            // the kernel's network stack (measured in BENCHMARKS.md).
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
         };
         let pg_threads = match threads::Pool::start("pg", n) {

@@ -687,6 +687,12 @@ fn kill_lock_and_session_ttl_end_postgres_sessions_with_a_fatal_error() {
     let b = PgBastion::start_with_role(&["--max-session-ttl", "4s"]);
     // The TTL: a long query is cut at the deadline, and the target stops running it.
     let out = wait_child(running(&b, "select pg_sleep(20)"));
+    // The warning arrives first, as a NoticeResponse psql prints while the query runs.
+    assert!(
+        out.stderr
+            .contains("WARNING:  postern: this session ends in"),
+        "{out:?}"
+    );
     assert!(
         out.stderr
             .contains("FATAL:  postern: this session reached its time limit (4s, max_session_ttl)"),
