@@ -180,7 +180,7 @@ struct PgSession {
     target: String,
     database: String,
     db_user: String,
-    limits: Limits,
+    limits: Arc<Limits>,
 }
 
 impl crate::server::live::LiveSession for PgSession {
@@ -529,14 +529,14 @@ async fn run(
         target: target.name.clone(),
         database: database.clone(),
         db_user: db_user.clone(),
-        limits: Limits::new(
+        limits: Arc::new(Limits::new(
             grant.settings.max_session_ttl,
             grant.settings.idle_timeout,
             shared.config.ssh.expiry_warning,
             i64::MAX / 2,
             None,
             end.clone(),
-        ),
+        )),
     });
     let event = |kind: &str, result: Outcome, details: serde_json::Value| {
         let mut e = AuditEvent::new(kind, &actor, result, details);
@@ -559,20 +559,28 @@ async fn run(
     hello.extend_from_slice(&ready_idle());
     let result = match io.write_all(&hello).await {
         Ok(()) => {
-            relay::run(relay::Relay {
-                client: io,
+            // The relay owns the connection while it runs and hands it back for a last
+            // word (unless it had to abandon a peer that stopped reading).
+            let client = std::mem::replace(io, closed());
+            let mut outcome = relay::run(relay::Relay {
+                client,
                 upstream: up.io,
-                recorder: &recorder,
-                limits: &session.limits,
-                cancel: &cancel,
+                recorder: recorder.sink(),
+                limits: session.limits.clone(),
+                cancel: cancel.clone(),
                 redact: grant.settings.redact_parameters,
             })
-            .await
+            .await;
+            if let Some(client) = outcome.client.take() {
+                *io = client;
+            }
+            outcome
         }
         Err(_) => relay::Outcome {
             reason: "connection lost".into(),
             bytes_in: 0,
             bytes_out: 0,
+            client: None,
         },
     };
     if session.limits.ending().is_some() {
@@ -645,6 +653,11 @@ async fn end_row(shared: &Shared, id: &str, reason: &str, bytes_in: u64, bytes_o
     if let Err(e) = shared.store.end_session(id, &end).await {
         warn!(session = %id, error = %e, "cannot close the session row");
     }
+}
+
+/// A stand-in connection: reads nothing, discards writes.
+fn closed() -> Box<dyn Io> {
+    Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()))
 }
 
 /// `ReadyForQuery` (idle).

@@ -5,7 +5,7 @@
 //! reaches the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,19 +13,21 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Io, wire};
-use crate::recording::LineRecorder;
+use crate::recording::LineSink;
 use crate::server::limits::Limits;
 
-pub struct Relay<'a> {
-    pub client: &'a mut Box<dyn Io>,
+pub struct Relay {
+    pub client: Box<dyn Io>,
     pub upstream: Box<dyn Io>,
-    pub recorder: &'a LineRecorder,
-    pub limits: &'a Limits,
-    pub cancel: &'a CancellationToken,
+    pub recorder: LineSink,
+    pub limits: Arc<Limits>,
+    /// Server shutdown.
+    pub cancel: CancellationToken,
     /// Leave `Bind` parameter values out of the transcript.
     pub redact: bool,
 }
@@ -34,6 +36,9 @@ pub struct Outcome {
     pub reason: String,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The client's connection, for a last word; `None` when a direction had to be
+    /// abandoned (a peer that stopped reading).
+    pub client: Option<Box<dyn Io>>,
 }
 
 /// Longest parameter text kept in a transcript line.
@@ -258,21 +263,15 @@ impl Tracker {
     /// Appends the statement's transcript line to `out`, written directly (this runs per
     /// statement).
     fn line(&self, s: Stmt, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let json = |out: &mut Vec<u8>, v: &str| {
-            if serde_json::to_writer(&mut *out, v).is_err() {
-                out.extend_from_slice(b"\"\"");
-            }
-        };
         let took = s.start.elapsed();
-        let _ = write!(
-            out,
-            "{{\"t\":{},\"type\":\"statement\",\"protocol\":\"{}\",\"sql\":",
-            Thousandths(s.t.as_millis()),
-            s.protocol
-        );
-        json(out, &s.sql);
-        let _ = write!(out, ",\"duration_ms\":{}", Thousandths(took.as_micros()));
+        out.extend_from_slice(b"{\"t\":");
+        thousandths(out, s.t.as_millis());
+        out.extend_from_slice(b",\"type\":\"statement\",\"protocol\":\"");
+        out.extend_from_slice(s.protocol.as_bytes());
+        out.extend_from_slice(b"\",\"sql\":");
+        json_str(out, &s.sql);
+        out.extend_from_slice(b",\"duration_ms\":");
+        thousandths(out, took.as_micros());
         if let Some(p) = &s.params {
             out.extend_from_slice(b",\"params\":");
             out.extend_from_slice(p.as_bytes());
@@ -281,16 +280,17 @@ impl Tracker {
         }
         if !s.tag.is_empty() {
             out.extend_from_slice(b",\"tag\":");
-            json(out, &s.tag);
+            json_str(out, &s.tag);
             if let Some(n) = s.rows {
-                let _ = write!(out, ",\"rows\":{n}");
+                out.extend_from_slice(b",\"rows\":");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             }
         }
         if let Some((code, message)) = &s.error {
             out.extend_from_slice(b",\"error\":{\"code\":");
-            json(out, code);
+            json_str(out, code);
             out.extend_from_slice(b",\"message\":");
-            json(out, message);
+            json_str(out, message);
             out.push(b'}');
         }
         out.extend_from_slice(b"}\n");
@@ -362,14 +362,32 @@ impl Tracker {
     }
 }
 
-/// A count of thousandths shown with three decimals (`1234` → `1.234`): seconds from
-/// milliseconds, milliseconds from microseconds. Integer formatting keeps floats off the
-/// per-statement path.
-struct Thousandths(u128);
+/// A count of thousandths with three decimals (`1234` → `1.234`): seconds from
+/// milliseconds, milliseconds from microseconds. Integers only: this runs per statement.
+fn thousandths(out: &mut Vec<u8>, n: u128) {
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
+    let frac = n % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
 
-impl std::fmt::Display for Thousandths {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+/// A JSON string, as `serde_json` writes it; text with nothing to escape (most SQL) is
+/// copied as is.
+fn json_str(out: &mut Vec<u8>, v: &str) {
+    let plain = !v.bytes().fold(false, |esc, b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 
@@ -380,7 +398,10 @@ fn text<'a>(r: &mut Reader<'a>) -> std::borrow::Cow<'a, str> {
     };
     let (n, rest) = r.0.split_at(end);
     r.0 = &rest[1..];
-    String::from_utf8_lossy(n)
+    match std::str::from_utf8(n) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(n),
+    }
 }
 
 /// The length of the complete messages at the front of `buf`, letting `each` see them.
@@ -409,38 +430,51 @@ fn consume(buf: &mut BytesMut, n: usize) {
     }
 }
 
-/// What can interrupt a relay: its end, a failed recording, shutdown, or a notice for
-/// the user. A watcher task waits on those sources and raises the alarm, so the relay's
-/// hot path checks one atomic per wake-up instead of polling a notifier per source.
-struct Alarm {
+/// What the two directions of a relay share: an alarm for what can interrupt them (the
+/// session's end, a failed recording, shutdown, a notice for the user, the other
+/// direction finishing) and the byte counts. A watcher task waits on the outside sources
+/// and raises the alarm, so the hot path checks one atomic per wake-up instead of polling
+/// a notifier per source.
+struct Link {
     state: AtomicU8,
-    waker: AtomicWaker,
+    /// One per direction (each runs as its own task).
+    wakers: [AtomicWaker; 2],
     notice: Mutex<Option<String>>,
+    /// Bytes forwarded each way, kept here so a direction abandoned at the end still
+    /// counts.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
 }
 
 const ENDED: u8 = 1;
 const RECORDING_FAILED: u8 = 2;
 const SHUTDOWN: u8 = 4;
 const NOTICE: u8 = 8;
+const DONE: u8 = 16;
 const STOPS: u8 = ENDED | RECORDING_FAILED | SHUTDOWN;
 
-impl Alarm {
+const FROM_CLIENT: usize = 0;
+const TO_CLIENT: usize = 1;
+
+impl Link {
     fn raise(&self, bit: u8) {
         self.state.fetch_or(bit, Ordering::AcqRel);
-        self.waker.wake();
+        for w in &self.wakers {
+            w.wake();
+        }
     }
 
     /// Ready with the raised bits among `mask`.
-    fn poll(&self, cx: &mut Context<'_>, mask: u8) -> Poll<u8> {
-        self.waker.register(cx.waker());
+    fn poll(&self, cx: &mut Context<'_>, slot: usize, mask: u8) -> Poll<u8> {
+        self.wakers[slot].register(cx.waker());
         match self.state.load(Ordering::Acquire) & mask {
             0 => Poll::Pending,
             bits => Poll::Ready(bits),
         }
     }
 
-    async fn wait(&self, mask: u8) -> u8 {
-        std::future::poll_fn(|cx| self.poll(cx, mask)).await
+    async fn wait(&self, slot: usize, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| self.poll(cx, slot, mask)).await
     }
 
     fn take_notice(&self) -> Option<String> {
@@ -450,7 +484,7 @@ impl Alarm {
 }
 
 async fn watch(
-    alarm: Arc<Alarm>,
+    link: Arc<Link>,
     end: CancellationToken,
     failed: CancellationToken,
     shutdown: CancellationToken,
@@ -459,17 +493,17 @@ async fn watch(
     let mut notices_open = true;
     loop {
         tokio::select! {
-            _ = end.cancelled() => return alarm.raise(ENDED),
-            _ = failed.cancelled() => return alarm.raise(RECORDING_FAILED),
-            _ = shutdown.cancelled() => return alarm.raise(SHUTDOWN),
+            _ = end.cancelled() => return link.raise(ENDED),
+            _ = failed.cancelled() => return link.raise(RECORDING_FAILED),
+            _ = shutdown.cancelled() => return link.raise(SHUTDOWN),
             r = notices.changed(), if notices_open => match r {
                 Ok(()) => {
                     let text = notices.borrow_and_update().clone();
                     if let Some(text) = text {
-                        if let Ok(mut n) = alarm.notice.lock() {
+                        if let Ok(mut n) = link.notice.lock() {
                             *n = Some(text);
                         }
-                        alarm.raise(NOTICE);
+                        link.raise(NOTICE);
                     }
                 }
                 Err(_) => notices_open = false,
@@ -478,7 +512,123 @@ async fn watch(
     }
 }
 
-pub async fn run(r: Relay<'_>) -> Outcome {
+type ClientRead = ReadHalf<Box<dyn Io>>;
+type ClientWrite = WriteHalf<Box<dyn Io>>;
+
+/// Client → target: forwards complete messages, noting statements as they go out.
+async fn from_client(
+    mut cr: ClientRead,
+    mut uw: WriteHalf<Box<dyn Io>>,
+    tracker: Arc<Mutex<Tracker>>,
+    limits: Arc<Limits>,
+    link: Arc<Link>,
+) -> (ClientRead, &'static str) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = link.wait(FROM_CLIENT, STOPS | DONE) => break "ended",
+            r = cr.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break "client exit",
+                Ok(_) => {}
+            },
+        }
+        limits.touch();
+        let mut terminate = false;
+        let ready = {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            complete(&buf, wire::MAX_MESSAGE, |tag, body| {
+                terminate |= tag == b'X';
+                t.client(tag, body);
+            })
+        };
+        let Ok(ready) = ready else {
+            break "protocol violation by the client";
+        };
+        if ready > 0 {
+            link.bytes_in.fetch_add(ready as u64, Ordering::Relaxed);
+            if uw.write_all(&buf[..ready]).await.is_err() {
+                break "target closed the connection";
+            }
+        }
+        if terminate {
+            break "client exit";
+        }
+        consume(&mut buf, ready);
+    };
+    (cr, reason)
+}
+
+/// Target → client: forwards complete messages; a statement's transcript line is
+/// recorded before its completion reaches the client.
+async fn to_client(
+    mut ur: ReadHalf<Box<dyn Io>>,
+    mut cw: ClientWrite,
+    tracker: Arc<Mutex<Tracker>>,
+    recorder: LineSink,
+    limits: Arc<Limits>,
+    link: Arc<Link>,
+) -> (ClientWrite, &'static str) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut lines = Vec::with_capacity(4096);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            bits = link.wait(TO_CLIENT, STOPS | NOTICE | DONE) => {
+                if bits & ENDED != 0 {
+                    break "ended";
+                }
+                if bits & RECORDING_FAILED != 0 {
+                    break "recording failed";
+                }
+                if bits & SHUTDOWN != 0 {
+                    limits.terminate("shutdown", "postern is shutting down".into());
+                    break "ended";
+                }
+                if bits & DONE != 0 {
+                    break "client exit";
+                }
+                if let Some(text) = link.take_notice()
+                    && cw.write_all(&wire::notice(&format!("postern: {text}"))).await.is_err()
+                {
+                    break "client exit";
+                }
+                continue;
+            }
+            r = ur.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break "target closed the connection",
+                Ok(_) => {}
+            },
+        }
+        let ready = {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            complete(&buf, usize::MAX, |tag, body| {
+                t.server(tag, body, &mut lines)
+            })
+        };
+        let Ok(ready) = ready else {
+            break "protocol violation by the target";
+        };
+        if !lines.is_empty() {
+            if recorder.append(&lines).await.is_err() {
+                break "recording failed";
+            }
+            lines.clear();
+        }
+        if ready > 0 {
+            link.bytes_out.fetch_add(ready as u64, Ordering::Relaxed);
+            if cw.write_all(&buf[..ready]).await.is_err() {
+                break "client exit";
+            }
+        }
+        consume(&mut buf, ready);
+    };
+    (cw, reason)
+}
+
+/// Relays until either side leaves or the session ends. Each direction runs as its own
+/// task (on the connection's thread), so a message wakes and polls only its direction.
+pub async fn run(r: Relay) -> Outcome {
     let Relay {
         client,
         upstream,
@@ -487,128 +637,69 @@ pub async fn run(r: Relay<'_>) -> Outcome {
         cancel,
         redact,
     } = r;
-    let tracker = Mutex::new(Tracker {
+    let tracker = Arc::new(Mutex::new(Tracker {
         start: Instant::now(),
         redact,
         pending: VecDeque::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
-    });
-    let alarm = Arc::new(Alarm {
+    }));
+    let link = Arc::new(Link {
         state: AtomicU8::new(0),
-        waker: AtomicWaker::new(),
+        wakers: [AtomicWaker::new(), AtomicWaker::new()],
         notice: Mutex::new(None),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
     });
-    let watcher = tokio::spawn(watch(
-        alarm.clone(),
+    let _watcher = AbortOnDropHandle::new(tokio::spawn(watch(
+        link.clone(),
         limits.end.clone(),
         recorder.failed(),
-        cancel.clone(),
+        cancel,
         limits.notices.subscribe(),
-    ));
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let mut bytes_in = 0u64;
-    let mut bytes_out = 0u64;
-
-    let from_client = async {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            match cr.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return "client exit",
-                Ok(_) => {}
-            }
-            limits.touch();
-            let mut terminate = false;
-            let ready = {
-                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                complete(&buf, wire::MAX_MESSAGE, |tag, body| {
-                    terminate |= tag == b'X';
-                    t.client(tag, body);
-                })
-            };
-            let Ok(ready) = ready else {
-                return "protocol violation by the client";
-            };
-            if ready > 0 {
-                bytes_in += ready as u64;
-                if uw.write_all(&buf[..ready]).await.is_err() {
-                    return "target closed the connection";
-                }
-            }
-            if terminate {
-                return "client exit";
-            }
-            consume(&mut buf, ready);
+    )));
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let mut up = AbortOnDropHandle::new(tokio::spawn(from_client(
+        cr,
+        uw,
+        tracker.clone(),
+        limits.clone(),
+        link.clone(),
+    )));
+    let mut down = AbortOnDropHandle::new(tokio::spawn(to_client(
+        ur,
+        cw,
+        tracker,
+        recorder,
+        limits,
+        link.clone(),
+    )));
+    // The first direction to finish gives the reason; the other is told and has a few
+    // seconds to return its half (a peer that stopped reading cannot hold it longer).
+    let grace = Duration::from_secs(5);
+    let (up_first, up, down) = tokio::select! {
+        r = &mut up => {
+            link.raise(DONE);
+            (true, r.ok(), tokio::time::timeout(grace, down).await.ok().and_then(Result::ok))
+        }
+        r = &mut down => {
+            link.raise(DONE);
+            (false, tokio::time::timeout(grace, up).await.ok().and_then(Result::ok), r.ok())
         }
     };
-
-    let to_client = async {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut lines = Vec::with_capacity(4096);
-        loop {
-            tokio::select! {
-                biased;
-                bits = alarm.wait(STOPS | NOTICE) => {
-                    if bits & ENDED != 0 {
-                        return "ended";
-                    }
-                    if bits & RECORDING_FAILED != 0 {
-                        return "recording failed";
-                    }
-                    if bits & SHUTDOWN != 0 {
-                        limits.terminate("shutdown", "postern is shutting down".into());
-                        return "ended";
-                    }
-                    if let Some(text) = alarm.take_notice()
-                        && cw.write_all(&wire::notice(&format!("postern: {text}"))).await.is_err()
-                    {
-                        return "client exit";
-                    }
-                    continue;
-                }
-                r = ur.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return "target closed the connection",
-                    Ok(_) => {}
-                },
-            }
-            let ready = {
-                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                complete(&buf, usize::MAX, |tag, body| {
-                    t.server(tag, body, &mut lines)
-                })
-            };
-            let Ok(ready) = ready else {
-                return "protocol violation by the target";
-            };
-            if !lines.is_empty() {
-                if recorder.append(&lines).await.is_err() {
-                    return "recording failed";
-                }
-                lines.clear();
-            }
-            if ready > 0 {
-                bytes_out += ready as u64;
-                if cw.write_all(&buf[..ready]).await.is_err() {
-                    return "client exit";
-                }
-            }
-            consume(&mut buf, ready);
-        }
+    let reason = match (up_first, &up, &down) {
+        (true, Some((_, r)), _) | (false, _, Some((_, r))) => *r,
+        _ => "relay failed",
     };
-
-    let reason = tokio::select! {
-        biased;
-        r = from_client => r,
-        r = to_client => r,
-        // A client that stops reading cannot hold a session past its end.
-        _ = async { alarm.wait(STOPS).await; tokio::time::sleep(Duration::from_secs(5)).await } => "ended",
-    };
-    watcher.abort();
     Outcome {
         reason: reason.to_string(),
-        bytes_in,
-        bytes_out,
+        bytes_in: link.bytes_in.load(Ordering::Relaxed),
+        bytes_out: link.bytes_out.load(Ordering::Relaxed),
+        client: match (up, down) {
+            (Some((cr, _)), Some((cw, _))) => Some(cr.unsplit(cw)),
+            _ => None,
+        },
     }
 }
 
@@ -674,6 +765,29 @@ mod tests {
         let b: Value = serde_json::from_str(out[1]).unwrap();
         assert_eq!(b["error"]["code"], "22P02");
         assert!(t.pending.is_empty());
+    }
+
+    #[test]
+    fn numbers_and_strings_are_written_as_json() {
+        let mut out = Vec::new();
+        for n in [0u128, 5, 1234, 60_000_001] {
+            out.clear();
+            thousandths(&mut out, n);
+            let want = format!("{:.3}", n as f64 / 1000.0);
+            assert_eq!(String::from_utf8_lossy(&out), want);
+        }
+        for v in [
+            "select 1",
+            "say \"hi\"",
+            "a\\b",
+            "line\nbreak\t",
+            "caf\u{e9} \u{1}",
+            "",
+        ] {
+            out.clear();
+            json_str(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{v}");
+        }
     }
 
     #[test]

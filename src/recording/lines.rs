@@ -73,6 +73,38 @@ impl LineRecorder {
         Ok(LineRecorder { shared, done })
     }
 
+    /// A handle that appends to this recording from another task.
+    pub fn sink(&self) -> LineSink {
+        LineSink {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Fires when the recording can no longer be written.
+    pub fn failed(&self) -> CancellationToken {
+        self.shared.failed.clone()
+    }
+
+    /// Writes what is left, syncs and hashes.
+    pub async fn finish(self) -> Result<Finished, RecordingError> {
+        self.shared.closing.cancel();
+        self.shared.more.notify_one();
+        self.done.await.unwrap_or(Err(RecordingError::Stopped))
+    }
+}
+
+/// Appends lines to a `LineRecorder` (which alone can finish it).
+#[derive(Clone)]
+pub struct LineSink {
+    shared: Arc<Shared>,
+}
+
+impl LineSink {
+    /// Fires when the recording can no longer be written.
+    pub fn failed(&self) -> CancellationToken {
+        self.shared.failed.clone()
+    }
+
     /// Appends whole lines (each ending in a newline), waiting while too much is
     /// unwritten. A relay hands over everything one read produced in one call.
     pub async fn append(&self, lines: &[u8]) -> Result<(), RecordingError> {
@@ -98,18 +130,6 @@ impl LineRecorder {
             self.shared.more.notify_one();
             room.await;
         }
-    }
-
-    /// Fires when the recording can no longer be written.
-    pub fn failed(&self) -> CancellationToken {
-        self.shared.failed.clone()
-    }
-
-    /// Writes what is left, syncs and hashes.
-    pub async fn finish(self) -> Result<Finished, RecordingError> {
-        self.shared.closing.cancel();
-        self.shared.more.notify_one();
-        self.done.await.unwrap_or(Err(RecordingError::Stopped))
     }
 }
 
@@ -163,8 +183,11 @@ mod tests {
             .await
             .unwrap();
         let big = "x".repeat(1000);
+        let sink = r.sink();
         for i in 0..10_000 {
-            r.append(format!("{i} {big}\n").as_bytes()).await.unwrap();
+            sink.append(format!("{i} {big}\n").as_bytes())
+                .await
+                .unwrap();
         }
         let done = r.finish().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cast::Header;
 pub use error::RecordingError;
-pub use lines::LineRecorder;
+pub use lines::{LineRecorder, LineSink};
 use utf8::Utf8Stream;
 
 /// What a recording holds.

@@ -3,7 +3,7 @@
 //! policy, so a lock, a revoked role or a shortened TTL reaches sessions already open.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,9 @@ pub struct Limits {
     started_ms: i64,
     idle_ms: AtomicI64,
     last_input_ms: AtomicI64,
+    /// Set by every input, folded into `last_input_ms` by `tick` (so input costs one
+    /// store, not a clock read).
+    input: AtomicBool,
     warn_before_ms: i64,
     warned: Mutex<bool>,
     ending: Mutex<Option<Ending>>,
@@ -71,6 +74,7 @@ impl Limits {
             started_ms: now,
             idle_ms: AtomicI64::new(secs_ms(idle)),
             last_input_ms: AtomicI64::new(now),
+            input: AtomicBool::new(false),
             warn_before_ms: secs_ms(warn_before),
             warned: Mutex::new(false),
             ending: Mutex::new(None),
@@ -81,7 +85,7 @@ impl Limits {
     }
 
     pub fn touch(&self) {
-        self.last_input_ms.store(now_ms(), Ordering::Relaxed);
+        self.input.store(true, Ordering::Relaxed);
     }
 
     pub fn deadline_ms(&self) -> i64 {
@@ -136,6 +140,9 @@ impl Limits {
             } else {
                 format!("this session ends in {left} s (max_session_ttl); save your work")
             }));
+        }
+        if self.input.swap(false, Ordering::Relaxed) {
+            self.last_input_ms.store(now, Ordering::Relaxed);
         }
         let idle = self.idle_ms.load(Ordering::Relaxed);
         if idle > 0 && now - self.last_input_ms.load(Ordering::Relaxed) >= idle {
