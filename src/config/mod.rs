@@ -31,12 +31,14 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
+    #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ssh {
+    #[serde(default = "default_ssh_listen")]
     pub listen: SocketAddr,
     /// How long postern waits for a target's TCP connect and SSH handshake.
     #[serde(default = "default_connect_timeout")]
@@ -56,6 +58,7 @@ fn yes() -> bool {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Postgres {
+    #[serde(default = "default_pg_listen")]
     pub listen: SocketAddr,
     /// Accept clients without TLS (development only: tokens would cross the network in clear).
     #[serde(default)]
@@ -119,6 +122,19 @@ fn listen(s: &str) -> Listener {
     }
 }
 
+// A section that sets only some keys keeps the default address.
+fn default_ssh_listen() -> SocketAddr {
+    listen("127.0.0.1:2222").listen
+}
+
+fn default_pg_listen() -> SocketAddr {
+    listen("127.0.0.1:6432").listen
+}
+
+fn default_api_listen() -> SocketAddr {
+    listen("127.0.0.1:8443").listen
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -126,19 +142,21 @@ impl Default for Config {
             shutdown_grace: Dur::from_secs(10),
             max_connections: 1024,
             ssh: Ssh {
-                listen: listen("127.0.0.1:2222").listen,
+                listen: default_ssh_listen(),
                 connect_timeout: default_connect_timeout(),
                 expiry_warning: default_expiry_warning(),
                 disconnect_on_credential_expiry: true,
             },
             postgres: Postgres {
-                listen: listen("127.0.0.1:6432").listen,
+                listen: default_pg_listen(),
                 allow_plaintext: false,
                 connect_timeout: default_connect_timeout(),
                 threads: 0,
                 target_ca_file: None,
             },
-            api: listen("127.0.0.1:8443"),
+            api: Listener {
+                listen: default_api_listen(),
+            },
             tls: Tls::default(),
             log: Log::default(),
             audit: Audit::default(),
@@ -281,6 +299,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("p.toml:5:1: unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn a_section_with_some_keys_keeps_the_other_defaults() {
+        let src =
+            "[postgres]\ntarget_ca_file = \"/etc/ca.pem\"\n[ssh]\nexpiry_warning = \"2m\"\n[api]\n";
+        let cfg = Config::parse(Path::new("p.toml"), src).unwrap();
+        assert_eq!(cfg.postgres.listen.to_string(), "127.0.0.1:6432");
+        assert_eq!(cfg.ssh.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(cfg.ssh.connect_timeout.as_secs(), 10);
     }
 
     #[test]

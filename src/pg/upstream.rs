@@ -170,7 +170,13 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         let tls = TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
-            .map_err(|e| tls_err(e.to_string()))?;
+            .map_err(|e| match (mode, c.ca_file) {
+                (TlsMode::VerifyFull, Some(ca)) => tls_err(format!(
+                    "{e} (verified against postgres.target_ca_file {})",
+                    ca.display()
+                )),
+                _ => tls_err(e.to_string()),
+            })?;
         Box::new(tls)
     };
 

@@ -28,7 +28,16 @@ impl PgBastion {
     }
 
     pub fn start_with_role(extra: &[&str]) -> PgBastion {
-        let pg = Postgres::start();
+        Self::build(Postgres::start(), extra)
+    }
+
+    /// As `start`, with a TLS-only cluster that `pg1` reaches with `tls_mode =
+    /// verify-full` against the cluster's CA (`[postgres] target_ca_file`).
+    pub fn start_tls() -> PgBastion {
+        Self::build(Postgres::start_tls(), &[])
+    }
+
+    fn build(pg: Postgres, extra: &[&str]) -> PgBastion {
         pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"))
             .ok();
         pg.psql("CREATE DATABASE features OWNER app").ok();
@@ -58,7 +67,11 @@ impl PgBastion {
             "--postgres",
             &format!("127.0.0.1:{}", pg.port),
             "--tls-mode",
-            "disable",
+            if pg.ca_file.is_some() {
+                "verify-full"
+            } else {
+                "disable"
+            },
             "--label",
             "env=test",
         ])
@@ -76,7 +89,23 @@ impl PgBastion {
             &format!("{APP_PASSWORD}\n"),
         )
         .ok();
-        let p = p.start();
+        let p = match &pg.ca_file {
+            Some(ca) => {
+                let cfg = p.write(
+                    "postern.toml",
+                    &format!(
+                        "[postgres]\ntarget_ca_file = {:?}\n",
+                        ca.display().to_string()
+                    ),
+                );
+                let mut p = p;
+                let mut cmd = p.serve_command();
+                cmd.arg("--config").arg(cfg);
+                p.spawn(cmd);
+                p
+            }
+            None => p.start(),
+        };
         let dev = Dev::new();
         let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
         dev.login(
@@ -870,4 +899,97 @@ fn postgres_17_direct_tls_with_alpn_is_accepted() {
     // AuthenticationCleartextPassword: the token is asked for inside TLS.
     assert_eq!(reply, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"postgresql"[..]));
+}
+
+#[test]
+fn targets_that_require_tls_are_reached_over_tls_and_verified() {
+    let b = PgBastion::start_tls();
+    // The cluster itself turns away clients without TLS.
+    let plain: Out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=app dbname=features sslmode=disable connect_timeout=10",
+            b.pg.port
+        ))
+        .args(["-X", "-c", "select 1"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGPASSFILE", "/dev/null")
+        .env_remove("PGSERVICE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        plain.code != 0 && plain.stderr.contains("no encryption"),
+        "{plain:?}"
+    );
+
+    // verify-full against the cluster's CA: the backend sees an encrypted connection.
+    let ssl = "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()";
+    assert_eq!(b.psql(&["-c", ssl]).ok().trim(), "t|TLSv1.3");
+
+    // require: encrypted, the certificate not checked (as libpq's sslmode=require).
+    let add = |name: &str, port: u16, mode: &str| {
+        b.postern
+            .cli(&[
+                "admin",
+                "target",
+                "add",
+                name,
+                "--postgres",
+                &format!("127.0.0.1:{port}"),
+                "--tls-mode",
+                mode,
+                "--label",
+                "env=test",
+            ])
+            .ok();
+        b.postern
+            .cli_stdin(
+                &[
+                    "admin",
+                    "target",
+                    "set-credential",
+                    name,
+                    "--db-user",
+                    "app",
+                    "--password-stdin",
+                ],
+                &format!("{APP_PASSWORD}\n"),
+            )
+            .ok();
+        b.dev.run(&b.postern, &["db", "login", name], "").ok();
+    };
+    let psql_to = |service: &str| -> Out {
+        b.psql_command(&format!("service={service}"))
+            .args(["-c", ssl])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    add("pg2", b.pg.port, "require");
+    assert_eq!(psql_to("pg2").ok().trim(), "t|TLSv1.3");
+
+    // disable: the cluster refuses postern, and the developer is told why.
+    add("pg3", b.pg.port, "disable");
+    let out = psql_to("pg3");
+    assert!(
+        out.code != 0
+            && out.stderr.contains("target `pg3` refused postern")
+            && out.stderr.contains("no encryption"),
+        "{out:?}"
+    );
+
+    // verify-full against a CA that did not sign the target's certificate: refused.
+    let other = Postgres::start_tls();
+    add("pg4", other.port, "verify-full");
+    let out = psql_to("pg4");
+    assert!(
+        out.code != 0
+            && out
+                .stderr
+                .contains("TLS with target `pg4` failed: invalid peer certificate")
+            && out.stderr.contains("target_ca_file"),
+        "{out:?}"
+    );
 }

@@ -14,6 +14,35 @@ pub struct Postgres {
     pub port: u16,
     /// The `postgres` superuser's password (SCRAM-SHA-256).
     pub password: String,
+    /// For a TLS-only cluster: the CA (PEM) that signed its certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost, written to
+/// `dir` as ca.crt, server.crt and server.key (0600).
+fn make_certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.distinguished_name
+        .push(DnType::CommonName, "throwaway target CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("ca.crt");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("server.crt");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod server.key");
 }
 
 /// The newest installed server's bin dir, e.g. /usr/lib/postgresql/15/bin.
@@ -61,6 +90,16 @@ fn run(mut c: Command, what: &str) {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// A cluster that accepts TCP clients only over TLS (`hostssl` in pg_hba.conf), with
+    /// a certificate from its own CA (`ca_file`).
+    pub fn start_tls() -> Postgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("pg-it")
@@ -69,6 +108,9 @@ impl Postgres {
         let d = dir.path();
         let password = format!("pw-{}", uuid_like());
         std::fs::write(d.join("pwfile"), &password).expect("pwfile");
+        if tls {
+            make_certificates(d);
+        }
         if is_root() {
             run(
                 {
@@ -95,6 +137,24 @@ impl Postgres {
             ])
             .arg(format!("--pwfile={}", d.join("pwfile").display()));
         run(initdb, "initdb");
+        let mut options = String::new();
+        if tls {
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            let text: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, text).expect("pg_hba.conf");
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                d.join("server.crt").display(),
+                d.join("server.key").display()
+            );
+        }
         let port = free_port();
         let mut pg_ctl = as_postgres(bin.join("pg_ctl"));
         pg_ctl
@@ -104,15 +164,17 @@ impl Postgres {
             .arg(d.join("postgres.log"))
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=scram-sha-256",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=scram-sha-256{options}",
                 d.display()
             ))
             .arg("start");
         run(pg_ctl, "pg_ctl start");
+        let ca_file = tls.then(|| d.join("ca.crt"));
         Postgres {
             dir,
             port,
             password,
+            ca_file,
         }
     }
 
@@ -124,7 +186,7 @@ impl Postgres {
     pub fn psql_as(&self, user: &str, password: &str, sql: &str) -> Out {
         Command::new("psql")
             .arg(format!(
-                "host=127.0.0.1 port={} user={user} dbname=postgres sslmode=disable connect_timeout=10",
+                "host=127.0.0.1 port={} user={user} dbname=postgres sslmode=prefer connect_timeout=10",
                 self.port
             ))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
