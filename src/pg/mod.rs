@@ -34,8 +34,33 @@ use crate::store::{SessionEnd, SessionRow};
 use wire::Startup;
 
 /// Any byte stream a session runs over: TCP, or TLS over TCP.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP connection itself when nothing is layered on it (the relay then splits
+    /// it into halves that need no lock).
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn Io>>;
+}
+
+impl Io for TcpStream {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn Io>> {
+        Ok(*self)
+    }
+}
+
+macro_rules! layered_io {
+    ($($t:ty),*) => {$(
+        impl Io for $t {
+            fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn Io>> {
+                Err(self)
+            }
+        }
+    )*};
+}
+
+layered_io!(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+    tokio::io::Join<tokio::io::Empty, tokio::io::Sink>
+);
 
 /// A client gets this long from connecting to being authenticated.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);

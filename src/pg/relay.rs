@@ -5,6 +5,7 @@
 //! reaches the client.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -512,17 +514,88 @@ async fn watch(
     }
 }
 
-type ClientRead = ReadHalf<Box<dyn Io>>;
-type ClientWrite = WriteHalf<Box<dyn Io>>;
+/// A connection's read half: TCP's own (no lock), or a shared half of anything else.
+enum ReadSide {
+    Tcp(OwnedReadHalf),
+    Any(ReadHalf<Box<dyn Io>>),
+}
+
+enum WriteSide {
+    Tcp(OwnedWriteHalf),
+    Any(WriteHalf<Box<dyn Io>>),
+}
+
+fn split(io: Box<dyn Io>) -> (ReadSide, WriteSide) {
+    match io.into_tcp() {
+        Ok(tcp) => {
+            let (r, w) = tcp.into_split();
+            (ReadSide::Tcp(r), WriteSide::Tcp(w))
+        }
+        Err(io) => {
+            let (r, w) = tokio::io::split(io);
+            (ReadSide::Any(r), WriteSide::Any(w))
+        }
+    }
+}
+
+fn unsplit(r: ReadSide, w: WriteSide) -> Option<Box<dyn Io>> {
+    match (r, w) {
+        (ReadSide::Tcp(r), WriteSide::Tcp(w)) => {
+            r.reunite(w).ok().map(|t| Box::new(t) as Box<dyn Io>)
+        }
+        (ReadSide::Any(r), WriteSide::Any(w)) => Some(r.unsplit(w)),
+        _ => None,
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadSide::Any(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteSide::Any(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteSide::Any(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteSide::Any(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Client → target: forwards complete messages, noting statements as they go out.
 async fn from_client(
-    mut cr: ClientRead,
-    mut uw: WriteHalf<Box<dyn Io>>,
+    mut cr: ReadSide,
+    mut uw: WriteSide,
     tracker: Arc<Mutex<Tracker>>,
     limits: Arc<Limits>,
     link: Arc<Link>,
-) -> (ClientRead, &'static str) {
+) -> (ReadSide, &'static str) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let reason = loop {
         tokio::select! {
@@ -562,13 +635,13 @@ async fn from_client(
 /// Target → client: forwards complete messages; a statement's transcript line is
 /// recorded before its completion reaches the client.
 async fn to_client(
-    mut ur: ReadHalf<Box<dyn Io>>,
-    mut cw: ClientWrite,
+    mut ur: ReadSide,
+    mut cw: WriteSide,
     tracker: Arc<Mutex<Tracker>>,
     recorder: LineSink,
     limits: Arc<Limits>,
     link: Arc<Link>,
-) -> (ClientWrite, &'static str) {
+) -> (WriteSide, &'static str) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut lines = Vec::with_capacity(4096);
     let reason = loop {
@@ -658,8 +731,8 @@ pub async fn run(r: Relay) -> Outcome {
         cancel,
         limits.notices.subscribe(),
     )));
-    let (cr, cw) = tokio::io::split(client);
-    let (ur, uw) = tokio::io::split(upstream);
+    let (cr, cw) = split(client);
+    let (ur, uw) = split(upstream);
     let mut up = AbortOnDropHandle::new(tokio::spawn(from_client(
         cr,
         uw,
@@ -697,7 +770,7 @@ pub async fn run(r: Relay) -> Outcome {
         bytes_in: link.bytes_in.load(Ordering::Relaxed),
         bytes_out: link.bytes_out.load(Ordering::Relaxed),
         client: match (up, down) {
-            (Some((cr, _)), Some((cw, _))) => Some(cr.unsplit(cw)),
+            (Some((cr, _)), Some((cw, _))) => unsplit(cr, cw),
             _ => None,
         },
     }
