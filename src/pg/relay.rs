@@ -78,12 +78,18 @@ enum Pending {
     Sync,
 }
 
+/// A bound portal: its statement's SQL and parameters.
+type Portal = (Arc<str>, Option<Arc<str>>);
+
 struct Tracker {
     start: Instant,
     redact: bool,
     pending: VecDeque<Pending>,
     statements: HashMap<String, Arc<str>>,
-    portals: HashMap<String, (Arc<str>, Option<Arc<str>>)>,
+    portals: HashMap<String, Portal>,
+    /// The unnamed portal, which most drivers bind for every statement: kept apart from
+    /// the map (no hashing per `Bind` and `Execute`).
+    unnamed: Option<Portal>,
 }
 
 /// A bounds-checked reader over a message body.
@@ -122,7 +128,14 @@ fn push_param(out: &mut Vec<u8>, raw: &[u8], binary: bool) {
         }
         out.push(b'"');
     } else {
-        let text = String::from_utf8_lossy(raw);
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
+        if raw.len() <= PARAM_CHARS {
+            // At most as many characters as bytes: nothing to cut.
+            return json_str(out, &text);
+        }
         let cut = text
             .char_indices()
             .nth(PARAM_CHARS)
@@ -217,21 +230,25 @@ impl Tracker {
                         .cloned()
                         .unwrap_or_else(|| "".into());
                     let params = (!self.redact).then(|| params.into());
-                    match self.portals.get_mut(portal) {
-                        Some(p) => *p = (sql, params),
-                        None => {
-                            self.portals.insert(portal.to_string(), (sql, params));
+                    if portal.is_empty() {
+                        self.unnamed = Some((sql, params));
+                    } else {
+                        match self.portals.get_mut(portal) {
+                            Some(p) => *p = (sql, params),
+                            None => {
+                                self.portals.insert(portal.to_string(), (sql, params));
+                            }
                         }
                     }
                 }
             }
             b'E' => {
                 let portal = name(&mut r).unwrap_or("");
-                let (sql, params) = self
-                    .portals
-                    .get(portal)
-                    .cloned()
-                    .unwrap_or_else(|| ("".into(), None));
+                let bound = match portal {
+                    "" => self.unnamed.as_ref(),
+                    _ => self.portals.get(portal),
+                };
+                let (sql, params) = bound.cloned().unwrap_or_else(|| ("".into(), None));
                 let s = self.stmt("extended", sql, params);
                 self.pending.push_back(Pending::Exec(s));
             }
@@ -242,6 +259,7 @@ impl Tracker {
                         b'S' => {
                             self.statements.remove(&name);
                         }
+                        b'P' if name.is_empty() => self.unnamed = None,
                         b'P' => {
                             self.portals.remove(&name);
                         }
@@ -716,6 +734,7 @@ pub async fn run(r: Relay) -> Outcome {
         pending: VecDeque::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
+        unnamed: None,
     }));
     let link = Arc::new(Link {
         state: AtomicU8::new(0),
@@ -795,6 +814,7 @@ mod tests {
             pending: VecDeque::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            unnamed: None,
         }
     }
 
@@ -838,6 +858,24 @@ mod tests {
         let b: Value = serde_json::from_str(out[1]).unwrap();
         assert_eq!(b["error"]["code"], "22P02");
         assert!(t.pending.is_empty());
+
+        // A named portal next to the unnamed one; each Execute finds its own.
+        t.client(b'P', b"s2\0select 'named'\0\0\0");
+        t.client(b'B', b"p1\0s2\0\0\0\0\0\0\0");
+        t.client(b'B', b"\0s1\0\0\0\0\0\0\0");
+        t.client(b'E', b"p1\0\0\0\0\0");
+        t.client(b'E', b"\0\0\0\0\0");
+        t.client(b'S', b"");
+        let mut out = Vec::new();
+        t.server(b'C', b"SELECT 1\0", &mut out);
+        t.server(b'C', b"SELECT 1\0", &mut out);
+        t.server(b'Z', b"I", &mut out);
+        let out = String::from_utf8(out).unwrap();
+        let sql: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["sql"].clone())
+            .collect();
+        assert_eq!(sql, vec![json!("select 'named'"), json!("select $1::int")]);
     }
 
     #[test]
