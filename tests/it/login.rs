@@ -414,6 +414,25 @@ fn an_enrolled_user_needs_a_fresh_one_time_code() {
 }
 
 #[test]
+fn sessions_can_outlive_the_login_certificate_when_configured() {
+    let b = Bastion::start_with(
+        &["--credential-ttl", "3s"],
+        Some("[ssh]\ndisconnect_on_credential_expiry = false\n"),
+    );
+    with_password(&b);
+    let dev = Dev::new();
+    dev.login(&b.postern, &[], PASSWORD).ok();
+    let key = dev.file("id_ed25519");
+    let out = b.ssh_with_key(&key, &b.dest(), "sleep 6; echo survived");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "survived");
+    assert!(!out.stderr.contains("credential"), "{}", out.stderr);
+    let ended = wait_events(&b, "session.end", 1);
+    assert_ne!(ended[0]["details"]["reason"], "credential_expired");
+    assert!(events(&b, "session.credential_expired").is_empty());
+}
+
+#[test]
 fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
     let b = Bastion::start_with_role(&["--credential-ttl", "4s"]);
     with_password(&b);

@@ -25,6 +25,11 @@ impl Bastion {
     }
 
     pub fn start_with_role(extra: &[&str]) -> Bastion {
+        Self::start_with(extra, None)
+    }
+
+    /// As `start_with_role`, with `serve` reading `config` (TOML) as its config file.
+    pub fn start_with(extra: &[&str], config: Option<&str>) -> Bastion {
         let p = Postern::new();
         let ca = p.cli(&["admin", "target-ca"]);
         let ca_line = ca.ok().lines().next().unwrap().to_string();
@@ -65,7 +70,17 @@ impl Bastion {
             "env=test",
         ])
         .ok();
-        let p = p.start();
+        let p = match config {
+            Some(text) => {
+                let cfg = p.write("postern.toml", text);
+                let mut p = p;
+                let mut cmd = p.serve_command();
+                cmd.arg("--config").arg(cfg);
+                p.spawn(cmd);
+                p
+            }
+            None => p.start(),
+        };
         let host_pub =
             std::fs::read_to_string(p.data_dir().join("keys/ssh_host_ed25519_key.pub")).unwrap();
         let known_hosts = p.write(
