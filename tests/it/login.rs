@@ -225,6 +225,83 @@ fn login_issues_a_certificate_plain_ssh_uses_with_the_shortest_role_ttl() {
     assert!(s.contains(&format!("serial {serial}")), "{s}");
 }
 
+/// Runs `postern ARGS…` on a pseudo-terminal with HOME set, answering the first prompt
+/// that contains `prompt` with `answer`; returns the exit code and what the terminal showed.
+fn on_terminal(home: &Path, args: &[&str], prompt: &str, answer: &str) -> (i32, String) {
+    const SCRIPT: &str = r#"
+import json, os, pty, select, sys
+home, prompt, answer, argv = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode(), sys.argv[4:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["HOME"] = home
+    os.execv(argv[0], argv)
+shown, sent = b"", False
+while True:
+    ready, _, _ = select.select([fd], [], [], 30)
+    if not ready:
+        break
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    shown += data
+    if not sent and prompt in shown:
+        os.write(fd, answer + b"\n")
+        sent = True
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "shown": shown.decode("utf-8", "replace")}))
+"#;
+    let out: Out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(home)
+        .args([prompt, answer, crate::harness::postern::BIN])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    (
+        v["code"].as_i64().unwrap() as i32,
+        v["shown"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn login_asks_for_the_password_on_a_terminal_without_echo() {
+    let b = Bastion::start();
+    with_password(&b);
+    let ca = ca_file(&b);
+    let dev = Dev::new();
+    let server = format!("https://127.0.0.1:{}", b.postern.api.port());
+    let args = [
+        "login",
+        "--server",
+        &server,
+        "--user",
+        "alice",
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ];
+    let (code, shown) = on_terminal(dev.home(), &args, "password for alice", PASSWORD);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains(&format!("password for alice at {server}: ")),
+        "{shown}"
+    );
+    // The terminal never showed what was typed.
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(dev.file("id_ed25519-cert.pub").exists(), "{shown}");
+
+    // A wrong password typed at the prompt is refused like any other.
+    let (code, shown) = on_terminal(dev.home(), &args, "password for alice", "not it");
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("wrong user name or password"), "{shown}");
+    assert!(!shown.contains("not it"), "{shown}");
+}
+
 #[test]
 fn the_server_is_trusted_on_first_use_then_pinned() {
     let b = Bastion::start();
