@@ -226,10 +226,11 @@ fn login_issues_a_certificate_plain_ssh_uses_with_the_shortest_role_ttl() {
 }
 
 /// Runs `postern ARGS…` on a pseudo-terminal with HOME set, answering the first prompt
-/// that contains `prompt` with `answer`; returns the exit code and what the terminal showed.
+/// that contains `prompt` with `answer` once echo is off (a hidden prompt); returns the
+/// exit code and what the terminal showed.
 fn on_terminal(home: &Path, args: &[&str], prompt: &str, answer: &str) -> (i32, String) {
     const SCRIPT: &str = r#"
-import json, os, pty, select, sys
+import json, os, pty, select, sys, termios, time
 home, prompt, answer, argv = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode(), sys.argv[4:]
 pid, fd = pty.fork()
 if pid == 0:
@@ -248,6 +249,14 @@ while True:
         break
     shown += data
     if not sent and prompt in shown:
+        # Type only once the program has turned echo off, as a person would after
+        # reading the prompt; never turning it off fails the test.
+        for _ in range(1000):
+            if not termios.tcgetattr(fd)[3] & termios.ECHO:
+                break
+            time.sleep(0.01)
+        else:
+            shown += b"[echo was never turned off]"
         os.write(fd, answer + b"\n")
         sent = True
 _, status = os.waitpid(pid, 0)
@@ -293,6 +302,7 @@ fn login_asks_for_the_password_on_a_terminal_without_echo() {
     );
     // The terminal never showed what was typed.
     assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(!shown.contains("echo was never turned off"), "{shown}");
     assert!(dev.file("id_ed25519-cert.pub").exists(), "{shown}");
 
     // A wrong password typed at the prompt is refused like any other.
