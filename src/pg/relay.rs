@@ -4,6 +4,7 @@
 //! for the transcript. A statement's line is queued to the recorder before its completion
 //! reaches the client.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -96,8 +97,16 @@ struct Tracker {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn cstr(&mut self) -> Option<String> {
-        wire::cstr(&mut self.0)
+    /// A NUL-terminated string (SQL, a statement or portal name, a command tag):
+    /// borrowed when it is UTF-8, lossy otherwise.
+    fn text(&mut self) -> Option<Cow<'a, str>> {
+        let end = self.0.iter().position(|&b| b == 0)?;
+        let (n, rest) = self.0.split_at(end);
+        self.0 = &rest[1..];
+        Some(match std::str::from_utf8(n) {
+            Ok(t) => Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(n),
+        })
     }
     fn i16(&mut self) -> Option<i16> {
         (self.0.remaining() >= 2).then(|| self.0.get_i16())
@@ -129,7 +138,7 @@ fn push_param(out: &mut Vec<u8>, raw: &[u8], binary: bool) {
         out.push(b'"');
     } else {
         let text = match std::str::from_utf8(raw) {
-            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Ok(t) => Cow::Borrowed(t),
             Err(_) => String::from_utf8_lossy(raw),
         };
         if raw.len() <= PARAM_CHARS {
@@ -141,26 +150,18 @@ fn push_param(out: &mut Vec<u8>, raw: &[u8], binary: bool) {
             .nth(PARAM_CHARS)
             .map_or(text.len(), |(i, _)| i);
         if cut < text.len() {
-            let _ = serde_json::to_writer(&mut *out, &format!("{}…", &text[..cut]));
+            json_str(out, &format!("{}…", &text[..cut]));
         } else {
-            let _ = serde_json::to_writer(&mut *out, &*text);
+            json_str(out, &text);
         }
     }
 }
 
-/// A NUL-terminated name, borrowed (names are ASCII in practice; others read as empty).
-fn name<'a>(r: &mut Reader<'a>) -> Option<&'a str> {
-    let end = r.0.iter().position(|&b| b == 0)?;
-    let (n, rest) = r.0.split_at(end);
-    r.0 = &rest[1..];
-    Some(std::str::from_utf8(n).unwrap_or(""))
-}
-
 /// `Bind`: (portal, statement, the parameters as a JSON array).
-fn parse_bind(body: &[u8]) -> Option<(&str, &str, String)> {
+fn parse_bind(body: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, String)> {
     let mut r = Reader(body);
-    let portal = name(&mut r)?;
-    let stmt = name(&mut r)?;
+    let portal = r.text()?;
+    let stmt = r.text()?;
     let nfmt = usize::try_from(r.i16()?).ok()?;
     let formats = r.bytes(nfmt * 2)?;
     let format = |i: usize| -> bool {
@@ -213,40 +214,40 @@ impl Tracker {
         let mut r = Reader(body);
         match tag {
             b'Q' => {
-                let sql = text(&mut r);
+                let sql = r.text().unwrap_or_default();
                 let s = self.stmt("simple", Arc::from(&*sql), None);
                 self.pending.push_back(Pending::Simple(s));
             }
             b'P' => {
-                if let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) {
-                    self.statements.insert(name, sql.into());
+                if let (Some(name), Some(sql)) = (r.text(), r.text()) {
+                    self.statements.insert(name.into_owned(), Arc::from(&*sql));
                 }
             }
             b'B' => {
                 if let Some((portal, stmt, params)) = parse_bind(body) {
                     let sql = self
                         .statements
-                        .get(stmt)
+                        .get(&*stmt)
                         .cloned()
                         .unwrap_or_else(|| "".into());
                     let params = (!self.redact).then(|| params.into());
                     if portal.is_empty() {
                         self.unnamed = Some((sql, params));
                     } else {
-                        match self.portals.get_mut(portal) {
+                        match self.portals.get_mut(&*portal) {
                             Some(p) => *p = (sql, params),
                             None => {
-                                self.portals.insert(portal.to_string(), (sql, params));
+                                self.portals.insert(portal.into_owned(), (sql, params));
                             }
                         }
                     }
                 }
             }
             b'E' => {
-                let portal = name(&mut r).unwrap_or("");
-                let bound = match portal {
+                let portal = r.text().unwrap_or_default();
+                let bound = match &*portal {
                     "" => self.unnamed.as_ref(),
-                    _ => self.portals.get(portal),
+                    p => self.portals.get(p),
                 };
                 let (sql, params) = bound.cloned().unwrap_or_else(|| ("".into(), None));
                 let s = self.stmt("extended", sql, params);
@@ -254,14 +255,14 @@ impl Tracker {
             }
             b'S' => self.pending.push_back(Pending::Sync),
             b'C' => {
-                if let (Some(kind), Some(name)) = (r.bytes(1).map(|b| b[0]), r.cstr()) {
+                if let (Some(kind), Some(name)) = (r.bytes(1).map(|b| b[0]), r.text()) {
                     match kind {
                         b'S' => {
-                            self.statements.remove(&name);
+                            self.statements.remove(&*name);
                         }
                         b'P' if name.is_empty() => self.unnamed = None,
                         b'P' => {
-                            self.portals.remove(&name);
+                            self.portals.remove(&*name);
                         }
                         _ => {}
                     }
@@ -321,16 +322,16 @@ impl Tracker {
         match tag {
             b'C' | b'I' | b's' => {
                 let text = match tag {
-                    b'C' => name(&mut Reader(body)).unwrap_or(""),
-                    b's' => "(portal suspended)",
-                    _ => "",
+                    b'C' => Reader(body).text().unwrap_or_default(),
+                    b's' => Cow::Borrowed("(portal suspended)"),
+                    _ => Cow::Borrowed(""),
                 };
                 match self.pending.front_mut() {
-                    Some(Pending::Simple(s)) if tag == b'C' => s.complete(text),
+                    Some(Pending::Simple(s)) if tag == b'C' => s.complete(&text),
                     Some(Pending::Exec(_)) => {
                         if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
                             if !text.is_empty() {
-                                s.complete(text);
+                                s.complete(&text);
                             }
                             self.line(s, out);
                         }
@@ -408,19 +409,6 @@ fn json_str(out: &mut Vec<u8>, v: &str) {
         out.push(b'"');
     } else if serde_json::to_writer(&mut *out, v).is_err() {
         out.extend_from_slice(b"\"\"");
-    }
-}
-
-/// A NUL-terminated text, borrowed when it is UTF-8 (lossy otherwise).
-fn text<'a>(r: &mut Reader<'a>) -> std::borrow::Cow<'a, str> {
-    let Some(end) = r.0.iter().position(|&b| b == 0) else {
-        return std::borrow::Cow::Borrowed("");
-    };
-    let (n, rest) = r.0.split_at(end);
-    r.0 = &rest[1..];
-    match std::str::from_utf8(n) {
-        Ok(t) => std::borrow::Cow::Borrowed(t),
-        Err(_) => String::from_utf8_lossy(n),
     }
 }
 
@@ -853,7 +841,7 @@ mod tests {
         assert_eq!(a["params"], json!(["42"]));
         assert_eq!(
             parse_bind(b"\0s\0\0\0\0\0").unwrap(),
-            ("", "s", "[]".to_string())
+            ("".into(), "s".into(), "[]".to_string())
         );
         let b: Value = serde_json::from_str(out[1]).unwrap();
         assert_eq!(b["error"]["code"], "22P02");
@@ -925,7 +913,7 @@ mod tests {
         b.extend_from_slice(b"hi");
         b.extend_from_slice(&(-1i32).to_be_bytes());
         let (portal, stmt, params) = parse_bind(&b).unwrap();
-        assert_eq!((portal, stmt), ("p", "s"));
+        assert_eq!((portal, stmt), ("p".into(), "s".into()));
         assert_eq!(params, r#"["hi",null]"#);
         let mut bin = b"\0\0".to_vec();
         bin.extend_from_slice(&1i16.to_be_bytes());

@@ -171,6 +171,15 @@ impl Postern {
         self.cli_stdin(args, "")
     }
 
+    /// The audit events whose type starts with `kind`, as `audit search --json` lists them.
+    pub fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        let out = self.cli(&["audit", "search", "--type", kind, "--json"]);
+        match serde_json::from_str(out.ok()) {
+            Ok(serde_json::Value::Array(events)) => events,
+            other => panic!("audit search printed {other:?}"),
+        }
+    }
+
     pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Out {
         self.cli_env(args, stdin, &[])
     }
