@@ -59,6 +59,7 @@ macro_rules! push_packet {
     }};
 }
 
+mod backlog;
 mod channels;
 pub use channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf};
 

@@ -59,6 +59,8 @@ pub(crate) struct Encrypted {
     pub rekey_wanted: bool,
     pub received_extensions: Vec<String>,
     pub extension_info_awaiters: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Each channel's close handshake and whether its EOF went out.
+    pub closing: crate::backlog::Closing,
 }
 
 pub(crate) struct CommonSession<Config> {
@@ -189,6 +191,7 @@ impl<C> CommonSession<C> {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            closing: Default::default(),
         });
         self.remote_to_local = newkeys.cipher.remote_to_local;
         self.packet_writer
@@ -275,23 +278,79 @@ impl Encrypted {
         Ok(())
     }
 
+    /// Sends CHANNEL_EOF once per channel (after any data still waiting for window).
     pub fn eof(&mut self, channel: ChannelId) -> Result<(), crate::Error> {
-        if let Some(channel) = self.has_pending_data_mut(channel) {
-            channel.pending_eof = true;
+        if !self.channels.contains_key(&channel) || self.closing.eof_sent.contains(&channel) {
+            return Ok(());
+        }
+        if let Some(params) = self.has_pending_data_mut(channel) {
+            params.pending_eof = true;
         } else {
+            self.closing.first_eof(channel);
             self.byte(channel, msg::CHANNEL_EOF)?;
         }
         Ok(())
     }
 
+    /// Sends CHANNEL_CLOSE once per channel. When the peer closed first, this is the
+    /// reply and the channel is gone; otherwise the channel is gone when the peer's
+    /// CLOSE arrives (`closed_by_peer`).
     pub fn close(&mut self, channel: ChannelId) -> Result<(), crate::Error> {
-        if let Some(channel) = self.has_pending_data_mut(channel) {
-            channel.pending_close = true;
-        } else {
-            self.byte(channel, msg::CHANNEL_CLOSE)?;
-            self.channels.remove(&channel);
+        if !self.channels.contains_key(&channel) {
+            return Ok(());
+        }
+        let peer_closed = self.closing.received.contains(&channel);
+        if peer_closed {
+            // The peer takes nothing more: data still waiting for its window is moot.
+            if let Some(params) = self.channels.get_mut(&channel) {
+                params.pending_data.clear();
+                params.pending_eof = false;
+                params.pending_close = false;
+            }
+        } else if let Some(params) = self.has_pending_data_mut(channel) {
+            params.pending_close = true;
+            return Ok(());
+        }
+        self.byte(channel, msg::CHANNEL_CLOSE)?;
+        self.channels.remove(&channel);
+        self.closing.forget(channel);
+        if !peer_closed {
+            self.closing.sent.insert(channel);
         }
         Ok(())
+    }
+
+    /// The peer's CHANNEL_CLOSE arrived. True when it answers ours (the channel is gone);
+    /// otherwise ours is owed, and sent when the application closes the channel.
+    pub fn closed_by_peer(&mut self, channel: ChannelId) -> bool {
+        if self.closing.answered(channel) {
+            return true;
+        }
+        if self.channels.contains_key(&channel) {
+            self.closing.peer_closed(channel);
+        }
+        false
+    }
+
+    /// Debits received channel data from the window we granted (extra data is ignored,
+    /// RFC 4254 5.2) without granting more.
+    pub fn record_received_data(&mut self, channel: ChannelId, len: usize) {
+        if let Some(params) = self.channels.get_mut(&channel) {
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            if len <= params.sender_window_size {
+                params.sender_window_size -= len;
+            }
+        }
+    }
+
+    /// Grants the peer window up to `target` once less than half of it is left; true
+    /// when a CHANNEL_WINDOW_ADJUST was queued.
+    pub fn replenish_window(
+        &mut self,
+        channel: ChannelId,
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        self.adjust_window_size(channel, &[], target)
     }
 
     pub fn sender_window_size(&self, channel: ChannelId) -> usize {
@@ -891,6 +950,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            closing: Default::default(),
         }
     }
 

@@ -526,21 +526,24 @@ impl Session {
                 debug!("channel_close");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 map_err!(ensure_end(&r))?;
-                if !self.common.is_established_channel(channel_num) {
+                let answered = match self.common.encrypted.as_mut() {
+                    Some(enc) => enc.closed_by_peer(channel_num),
+                    None => false,
+                };
+                if !answered && !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(ref mut enc) = self.common.encrypted {
-                    // The CHANNEL_CLOSE message must be sent to the server at this point or the session
-                    // will not be released.
+                // The consumer sees an explicit `ChannelMsg::Close`. Unless this answers
+                // our own CLOSE, ours follows when the application closes the channel;
+                // a consumer that is gone gets it now.
+                let delivered = self.deliver(channel_num, ChannelMsg::Close)?;
+                self.channels.remove(&channel_num);
+                if !answered
+                    && delivered == crate::backlog::Delivered::Gone
+                    && let Some(ref mut enc) = self.common.encrypted
+                {
                     enc.close(channel_num)?;
                 }
-                // Forward the close to the channel before removing it, so that
-                // consumers waiting on `Channel::wait()` receive an explicit
-                // `ChannelMsg::Close` instead of just seeing `None`.
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Close).await;
-                }
-                self.channels.remove(&channel_num);
                 client.channel_close(channel_num, self).await
             }
             Some((&msg::CHANNEL_EOF, mut r)) => {
@@ -550,9 +553,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Eof).await;
-                }
+                self.deliver(channel_num, ChannelMsg::Eof)?;
                 client.channel_eof(channel_num, self).await
             }
             Some((&msg::CHANNEL_OPEN_FAILURE, mut r)) => {
@@ -595,20 +596,25 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                    enc.record_received_data(channel_num, data.len());
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
+                self.deliver(channel_num, ChannelMsg::Data { data: data.clone() })?;
+                // Window is granted again only while the consumer keeps up; a backlog
+                // holds it back until drained (`Session::drain_backlogs`).
+                let target = self.common.config.window_size;
+                #[allow(clippy::collapsible_if)]
+                if !self.backlogs.is_queued(channel_num) {
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        if enc.replenish_window(channel_num, target)? {
+                            let next_window =
+                                client.adjust_window(channel_num, self.target_window_size);
+                            if next_window > 0 {
+                                self.target_window_size = next_window
+                            }
+                        }
+                    }
                 }
 
                 client.data(channel_num, &data, self).await
@@ -622,25 +628,31 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                    enc.record_received_data(channel_num, data.len());
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan
-                        .send(ChannelMsg::ExtendedData {
-                            ext: extended_code,
-                            data: data.clone(),
-                        })
-                        .await;
+                self.deliver(
+                    channel_num,
+                    ChannelMsg::ExtendedData {
+                        ext: extended_code,
+                        data: data.clone(),
+                    },
+                )?;
+                // Window is granted again only while the consumer keeps up; a backlog
+                // holds it back until drained (`Session::drain_backlogs`).
+                let target = self.common.config.window_size;
+                #[allow(clippy::collapsible_if)]
+                if !self.backlogs.is_queued(channel_num) {
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        if enc.replenish_window(channel_num, target)? {
+                            let next_window =
+                                client.adjust_window(channel_num, self.target_window_size);
+                            if next_window > 0 {
+                                self.target_window_size = next_window
+                            }
+                        }
+                    }
                 }
 
                 client
@@ -659,18 +671,14 @@ impl Session {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let client_can_do = map_err!(u8::decode(&mut r))? != 0;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan.send(ChannelMsg::XonXoff { client_can_do }).await;
-                        }
+                        self.deliver(channel_num, ChannelMsg::XonXoff { client_can_do })?;
                         client.xon_xoff(channel_num, client_can_do, self).await
                     }
                     "exit-status" => {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let exit_status = map_err!(u32::decode(&mut r))?;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan.send(ChannelMsg::ExitStatus { exit_status }).await;
-                        }
+                        self.deliver(channel_num, ChannelMsg::ExitStatus { exit_status })?;
                         client.exit_status(channel_num, exit_status, self).await
                     }
                     "exit-signal" => {
@@ -681,16 +689,12 @@ impl Session {
                         let error_message = map_err!(String::decode(&mut r))?;
                         let lang_tag = map_err!(String::decode(&mut r))?;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::ExitSignal {
+                        self.deliver(channel_num, ChannelMsg::ExitSignal {
                                     signal_name: signal_name.clone(),
                                     core_dumped,
                                     error_message: error_message.to_string(),
                                     lang_tag: lang_tag.to_string(),
-                                })
-                                .await;
-                        }
+                                })?;
                         client
                             .exit_signal(
                                 channel_num,
@@ -769,9 +773,12 @@ impl Session {
                 if let Some(chan) = self.channels.get(&channel_num) {
                     chan.window_size().grow(amount).await;
                     // Use try_send to avoid blocking the session loop when channel buffer is full.
+                    // It never jumps ahead of waiting messages.
                     // WindowAdjusted is informational - the critical side effect (updating
                     // WindowSizeRef and notifying ChannelTx) already happens in grow().
-                    let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    if !self.backlogs.is_queued(channel_num) {
+                        let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    }
                 }
                 client.window_adjusted(channel_num, new_size, self).await
             }
@@ -818,9 +825,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Success).await;
-                }
+                self.deliver(channel_num, ChannelMsg::Success)?;
                 client.channel_success(channel_num, self).await
             }
             Some((&msg::CHANNEL_FAILURE, mut r)) => {
@@ -829,9 +834,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Failure).await;
-                }
+                self.deliver(channel_num, ChannelMsg::Failure)?;
                 client.channel_failure(channel_num, self).await
             }
             Some((&msg::CHANNEL_OPEN, mut r)) => {
@@ -1156,6 +1159,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            closing: Default::default(),
         }
     }
 

@@ -92,6 +92,8 @@ pub struct Session {
     receiver: Receiver<Msg>,
     sender: UnboundedSender<Reply>,
     channels: HashMap<ChannelId, ChannelRef>,
+    /// Channel messages waiting for their consumer (the loop never waits for one).
+    backlogs: crate::backlog::Backlogs,
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
@@ -1330,6 +1332,7 @@ impl Session {
             inbound_channel_sender,
             inbound_channel_receiver,
             channels: HashMap::new(),
+            backlogs: Default::default(),
             pending_reads: Vec::new(),
             pending_len: 0,
             open_global_requests: VecDeque::new(),
@@ -1430,7 +1433,12 @@ impl Session {
             let rekey_timer =
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
+            let backlog_room = self.backlogs.room();
+            let has_backlog = !self.backlogs.is_empty();
             tokio::select! {
+                () = backlog_room, if has_backlog => {
+                    self.drain_backlogs()?;
+                }
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
@@ -1603,6 +1611,30 @@ impl Session {
             message,
             lang_tag,
         })
+    }
+
+    /// Hands a message to a channel's consumer without waiting (see `backlog`).
+    fn deliver(
+        &mut self,
+        id: ChannelId,
+        msg: ChannelMsg,
+    ) -> Result<crate::backlog::Delivered, crate::Error> {
+        match self.channels.get(&id) {
+            Some(chan) => self.backlogs.deliver(id, chan, msg),
+            None => Ok(crate::backlog::Delivered::Gone),
+        }
+    }
+
+    /// Moves waiting channel messages to consumers that made room, and grants window
+    /// again to channels whose backlog emptied.
+    fn drain_backlogs(&mut self) -> Result<(), crate::Error> {
+        let target = self.common.config.window_size;
+        for id in self.backlogs.drain() {
+            if let Some(enc) = self.common.encrypted.as_mut() {
+                enc.replenish_window(id, target)?;
+            }
+        }
+        Ok(())
     }
 
     /// Channel open replies must be dispatched before any channel traffic
@@ -2178,6 +2210,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    closing: Default::default(),
                 }),
                 config,
                 wants_reply: false,
@@ -2485,6 +2518,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    closing: Default::default(),
                 }),
                 config,
                 wants_reply: false,

@@ -1444,20 +1444,24 @@ impl Session {
             msg::CHANNEL_CLOSE => {
                 let channel_num = map_err!(ChannelId::decode(r))?;
                 map_err!(ensure_end(r))?;
-                if !self.common.is_established_channel(channel_num) {
+                let answered = match self.common.encrypted.as_mut() {
+                    Some(enc) => enc.closed_by_peer(channel_num),
+                    None => false,
+                };
+                if !answered && !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(ref mut enc) = self.common.encrypted {
-                    // Reply with CHANNEL_CLOSE per RFC 4254 Section 5.3.
+                // The consumer sees an explicit `ChannelMsg::Close`. Unless this answers
+                // our own CLOSE, ours follows when the application closes the channel,
+                // after its last exit status; a consumer that is gone gets it now.
+                let delivered = self.deliver(channel_num, ChannelMsg::Close)?;
+                self.channels.remove(&channel_num);
+                if !answered
+                    && delivered == crate::backlog::Delivered::Gone
+                    && let Some(ref mut enc) = self.common.encrypted
+                {
                     enc.close(channel_num)?;
                 }
-                // Forward the close to the channel before removing it, so that
-                // consumers waiting on `Channel::wait()` receive an explicit
-                // `ChannelMsg::Close` instead of just seeing `None`.
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Close).await.unwrap_or(())
-                }
-                self.channels.remove(&channel_num);
                 debug!("handler.channel_close {channel_num:?}");
                 handler.channel_close(channel_num, self).await
             }
@@ -1467,9 +1471,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Eof).await.unwrap_or(())
-                }
+                self.deliver(channel_num, ChannelMsg::Eof)?;
                 debug!("handler.channel_eof {channel_num:?}");
                 handler.channel_eof(channel_num, self).await
             }
@@ -1489,32 +1491,34 @@ impl Session {
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
-                #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let window = handler.adjust_window(channel_num, self.target_window_size);
-                        if window > 0 {
-                            self.target_window_size = window
+                    enc.record_received_data(channel_num, data.len());
+                }
+                let message = match ext {
+                    Some(ext) => ChannelMsg::ExtendedData {
+                        ext,
+                        data: data.clone(),
+                    },
+                    None => ChannelMsg::Data { data: data.clone() },
+                };
+                self.deliver(channel_num, message)?;
+                // Window is granted again only while the consumer keeps up; a backlog
+                // holds it back until drained (`Session::drain_backlogs`).
+                #[allow(clippy::collapsible_if)]
+                if !self.backlogs.is_queued(channel_num) {
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        if enc.replenish_window(channel_num, target)? {
+                            let window = handler.adjust_window(channel_num, self.target_window_size);
+                            if window > 0 {
+                                self.target_window_size = window
+                            }
                         }
                     }
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::ExtendedData {
-                            ext,
-                            data: data.clone(),
-                        })
-                        .await
-                        .unwrap_or(())
-                    }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::Data { data: data.clone() })
-                            .await
-                            .unwrap_or(())
-                    }
                     handler.data(channel_num, &data, self).await
                 }
             }
@@ -1549,7 +1553,10 @@ impl Session {
                     // Use try_send to avoid blocking the session loop when channel buffer is full.
                     // WindowAdjusted is informational - the critical side effect (updating
                     // WindowSizeRef and notifying ChannelTx) already happens in grow().
-                    let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    // It never jumps ahead of waiting messages.
+                    if !self.backlogs.is_queued(channel_num) {
+                        let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    }
                 }
                 debug!("handler.window_adjusted {channel_num:?}");
                 handler.window_adjusted(channel_num, new_size, self).await
@@ -1658,14 +1665,13 @@ impl Session {
                         }
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        {
                             // Only the first `i` entries were decoded from the
                             // request; the rest of `modes` is padding and must
                             // not be passed on as if the client had sent it.
                             #[allow(clippy::indexing_slicing)] // `i <= modes.len()` checked above
                             let terminal_modes = modes[..i].to_vec();
-                            let _ = chan
-                                .send(ChannelMsg::RequestPty {
+                            self.deliver(channel_num, ChannelMsg::RequestPty {
                                     want_reply: true,
                                     term: term.clone(),
                                     col_width,
@@ -1673,8 +1679,7 @@ impl Session {
                                     pix_width,
                                     pix_height,
                                     terminal_modes,
-                                })
-                                .await;
+                                })?;
                         }
 
                         debug!("handler.pty_request {channel_num:?}");
@@ -1699,17 +1704,13 @@ impl Session {
                         let x11_screen_number = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestX11 {
+                        self.deliver(channel_num, ChannelMsg::RequestX11 {
                                     want_reply: true,
                                     single_connection,
                                     x11_authentication_cookie: x11_auth_cookie.clone(),
                                     x11_authentication_protocol: x11_auth_protocol.clone(),
                                     x11_screen_number,
-                                })
-                                .await;
-                        }
+                                })?;
                         debug!("handler.x11_request {channel_num:?}");
                         handler
                             .x11_request(
@@ -1727,15 +1728,11 @@ impl Session {
                         let env_value = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::SetEnv {
+                        self.deliver(channel_num, ChannelMsg::SetEnv {
                                     want_reply: true,
                                     variable_name: env_variable.clone(),
                                     variable_value: env_value.clone(),
-                                })
-                                .await;
-                        }
+                                })?;
 
                         debug!("handler.env_request {channel_num:?}");
                         handler
@@ -1744,21 +1741,13 @@ impl Session {
                     }
                     "shell" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestShell { want_reply: true })
-                                .await;
-                        }
+                        self.deliver(channel_num, ChannelMsg::RequestShell { want_reply: true })?;
                         debug!("handler.shell_request {channel_num:?}");
                         handler.shell_request(channel_num, self).await
                     }
                     "auth-agent-req@openssh.com" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::AgentForward { want_reply: true })
-                                .await;
-                        }
+                        self.deliver(channel_num, ChannelMsg::AgentForward { want_reply: true })?;
                         debug!("handler.agent_request {channel_num:?}");
 
                         let response = handler.agent_request(channel_num, self).await?;
@@ -1772,14 +1761,10 @@ impl Session {
                     "exec" => {
                         let req = map_err!(Bytes::decode(r))?;
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::Exec {
+                        self.deliver(channel_num, ChannelMsg::Exec {
                                     want_reply: true,
                                     command: req.to_vec(),
-                                })
-                                .await;
-                        }
+                                })?;
                         debug!("handler.exec_request {channel_num:?}");
                         handler.exec_request(channel_num, &req, self).await
                     }
@@ -1787,14 +1772,10 @@ impl Session {
                         let name = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestSubsystem {
+                        self.deliver(channel_num, ChannelMsg::RequestSubsystem {
                                     want_reply: true,
                                     name: name.clone(),
-                                })
-                                .await;
-                        }
+                                })?;
                         debug!("handler.subsystem_request {channel_num:?}");
                         handler.subsystem_request(channel_num, &name, self).await
                     }
@@ -1805,16 +1786,12 @@ impl Session {
                         let pix_height = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::WindowChange {
+                        self.deliver(channel_num, ChannelMsg::WindowChange {
                                     col_width,
                                     row_height,
                                     pix_width,
                                     pix_height,
-                                })
-                                .await;
-                        }
+                                })?;
 
                         debug!("handler.window_change {channel_num:?}");
                         handler
@@ -1831,13 +1808,12 @@ impl Session {
                     "signal" => {
                         let signal = Sig::from_name(&map_err!(String::decode(r))?);
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            chan.send(ChannelMsg::Signal {
+                        self.deliver(
+                            channel_num,
+                            ChannelMsg::Signal {
                                 signal: signal.clone(),
-                            })
-                            .await
-                            .unwrap_or(())
-                        }
+                            },
+                        )?;
                         debug!("handler.signal {channel_num:?} {signal:?}");
                         handler.signal(channel_num, signal, self).await
                     }

@@ -27,6 +27,8 @@ pub struct Session {
     pub(crate) pending_reads: Vec<Vec<u8>>,
     pub(crate) pending_len: u32,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
+    /// Channel messages waiting for their consumer (the loop never waits for one).
+    pub(crate) backlogs: crate::backlog::Backlogs,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
 }
@@ -492,6 +494,30 @@ impl Session {
         }
     }
 
+    /// Hands a message to a channel's consumer without waiting (see `backlog`).
+    pub(crate) fn deliver(
+        &mut self,
+        id: ChannelId,
+        msg: ChannelMsg,
+    ) -> Result<crate::backlog::Delivered, Error> {
+        match self.channels.get(&id) {
+            Some(chan) => self.backlogs.deliver(id, chan, msg),
+            None => Ok(crate::backlog::Delivered::Gone),
+        }
+    }
+
+    /// Moves waiting channel messages to consumers that made room, and grants window
+    /// again to channels whose backlog emptied.
+    fn drain_backlogs(&mut self) -> Result<(), Error> {
+        let target = self.target_window_size;
+        for id in self.backlogs.drain() {
+            if let Some(enc) = self.common.encrypted.as_mut() {
+                enc.replenish_window(id, target)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Dispatch a single message received on the session's internal channel
     /// (sent via [`Handle`]). Shared by the `select!` receiver arm and the
     /// pre-`select!` backlog drain so the two can't drift apart.
@@ -714,7 +740,13 @@ impl Session {
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
 
+            let backlog_room = self.backlogs.room();
+            let has_backlog = !self.backlogs.is_empty();
+
             tokio::select! {
+                () = backlog_room, if has_backlog => {
+                    self.drain_backlogs()?;
+                }
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
@@ -1651,6 +1683,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    closing: Default::default(),
                 }),
                 auth_method: None,
                 auth_attempts: 0,
@@ -1670,6 +1703,7 @@ mod tests {
             pending_reads: Vec::new(),
             pending_len: 0,
             channels: HashMap::new(),
+            backlogs: Default::default(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
         }
