@@ -82,12 +82,33 @@ fn duration_text(s: &SessionRow) -> String {
     Dur::from_secs(u64::try_from((end - s.started_ms) / 1000).unwrap_or(0)).to_string()
 }
 
-async fn session(store: &Store, id: &str) -> anyhow::Result<SessionRow> {
-    store.get_session(id).await?.with_context(|| {
+async fn session(store: &Store, config: &Config, id: &str) -> anyhow::Result<SessionRow> {
+    let mut s = store.get_session(id).await?.with_context(|| {
         format!(
             "session `{id}` not found (or the prefix is ambiguous); see `postern sessions list`"
         )
-    })
+    })?;
+    locate(config, std::slice::from_mut(&mut s));
+    Ok(s)
+}
+
+/// Recording paths as files under the data dir in use (the index keeps them relative).
+fn locate(config: &Config, rows: &mut [SessionRow]) {
+    for r in rows.iter_mut().flat_map(|s| s.recordings.iter_mut()) {
+        r.path = crate::recording::resolve(&config.data_dir, &r.path)
+            .display()
+            .to_string();
+    }
+}
+
+/// The command a recording's channel ran (`exec`, `subsystem sftp`, `direct-tcpip …`),
+/// from its header; `None` for a shell or a transcript.
+fn recorded_command(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut first = String::new();
+    BufReader::new(file).read_line(&mut first).ok()?;
+    let header: serde_json::Value = serde_json::from_str(&first).ok()?;
+    header["command"].as_str().map(str::to_string)
 }
 
 fn recording_path(s: &SessionRow, channel: Option<i64>) -> anyhow::Result<PathBuf> {
@@ -131,7 +152,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let rows = store
+            let mut rows = store
                 .list_sessions(&SessionFilter {
                     user,
                     target,
@@ -140,6 +161,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     limit: Some(limit),
                 })
                 .await?;
+            locate(config, &mut rows);
             if json {
                 output::json(&rows)?;
             } else {
@@ -177,7 +199,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Command::Show { id, json } => {
-            let s = session(&store, &id).await?;
+            let s = session(&store, config, &id).await?;
             if json {
                 output::json(&s)?;
             } else {
@@ -212,6 +234,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                         r.path,
                         r.sha256.as_deref().unwrap_or("(open)")
                     );
+                    if let Some(command) = recorded_command(Path::new(&r.path)) {
+                        println!("  command    {command}");
+                    }
                 }
             }
             ExitCode::SUCCESS
@@ -221,7 +246,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             output,
             channel,
         } => {
-            let s = session(&store, &id).await?;
+            let s = session(&store, config, &id).await?;
             let path = recording_path(&s, channel)?;
             std::fs::copy(&path, &output).with_context(|| {
                 format!("cannot copy {} to {}", path.display(), output.display())
@@ -231,7 +256,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Command::Kill { id } => {
-            let s = session(&store, &id).await?;
+            let s = session(&store, config, &id).await?;
             if s.ended_ms.is_some() {
                 bail!(
                     "session {} already ended ({})",
@@ -250,7 +275,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             .await?;
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             loop {
-                let now = session(&store, &s.id).await?;
+                let now = session(&store, config, &s.id).await?;
                 if now.ended_ms.is_some() {
                     println!(
                         "session {} ended ({})",
@@ -274,21 +299,31 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             since,
             json,
         } => {
-            let rows = store
+            let mut rows = store
                 .list_sessions(&SessionFilter {
                     since_ms: since_ms(since),
                     ..Default::default()
                 })
                 .await?;
+            locate(config, &mut rows);
             let mut hits = Vec::new();
             for s in &rows {
                 for r in &s.recordings {
                     let path = Path::new(&r.path);
+                    // A recording that cannot be read is an error, never "no match".
                     let found = if is_transcript(path) {
                         grep_transcript(path, &pattern)
                     } else {
                         grep_cast(path, &pattern)
-                    };
+                    }
+                    .with_context(|| {
+                        format!(
+                            "cannot read the recording of session {} channel {}: {}",
+                            s.id,
+                            r.channel,
+                            path.display()
+                        )
+                    })?;
                     for (offset, line) in found {
                         hits.push(serde_json::json!({ "session": s.id, "channel": r.channel, "user": s.user, "target": s.target, "offset_s": offset, "line": line }));
                     }
@@ -324,17 +359,15 @@ fn is_transcript(path: &Path) -> bool {
 }
 
 /// The statements of a transcript: (offset s, the statement's JSON).
-fn transcript_lines(path: &Path) -> Vec<(f64, serde_json::Value)> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    BufReader::new(file)
+fn transcript_lines(path: &Path) -> std::io::Result<Vec<(f64, serde_json::Value)>> {
+    let file = std::fs::File::open(path)?;
+    Ok(BufReader::new(file)
         .lines()
         .map_while(Result::ok)
         .skip(1)
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
         .map(|v| (v["t"].as_f64().unwrap_or(0.0), v))
-        .collect()
+        .collect())
 }
 
 /// One transcript entry as a line: `SQL  → TAG (N rows, D ms)` or the error.
@@ -356,21 +389,23 @@ fn statement_text(v: &serde_json::Value) -> String {
     line
 }
 
-fn grep_transcript(path: &Path, pattern: &str) -> Vec<(f64, String)> {
-    transcript_lines(path)
+fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+    Ok(transcript_lines(path)?
         .into_iter()
         .map(|(t, v)| (t, statement_text(&v)))
         .filter(|(_, l)| l.contains(pattern))
-        .collect()
+        .collect())
 }
 
 /// The text lines of a recording (output and input reassembled) that contain `pattern`,
 /// with the time offset at which each line ended.
-fn grep_cast(path: &Path, pattern: &str) -> Vec<(f64, String)> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
+fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+    let file = std::fs::File::open(path)?;
     let mut hits = Vec::new();
+    // The command an exec channel ran is in the header.
+    if let Some(command) = recorded_command(path).filter(|c| c.contains(pattern)) {
+        hits.push((0.0, format!("$ {command}")));
+    }
     let mut lines = [(String::new(), 0.0f64), (String::new(), 0.0f64)];
     let flush = |buf: &mut String, t: f64, hits: &mut Vec<(f64, String)>| {
         let clean = strip_ansi(buf);
@@ -408,7 +443,7 @@ fn grep_cast(path: &Path, pattern: &str) -> Vec<(f64, String)> {
     }
     hits.sort_by(|a, b| a.0.total_cmp(&b.0));
     hits.dedup();
-    hits
+    Ok(hits)
 }
 
 /// Removes terminal escape sequences so searches match what a person read.
@@ -441,7 +476,7 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
         bail!("--speed must be a positive number");
     }
     let store = open_store(config).await?;
-    let s = session(&store, &a.id).await?;
+    let s = session(&store, config, &a.id).await?;
     let path = recording_path(&s, a.channel)?;
     audit_read(
         &store,
@@ -452,11 +487,10 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
     .await?;
     store.close().await;
     if is_transcript(&path) {
-        if !path.exists() {
-            bail!("cannot open recording {}", path.display());
-        }
+        let lines = transcript_lines(&path)
+            .with_context(|| format!("cannot open recording {}", path.display()))?;
         let mut out = std::io::stdout().lock();
-        for (t, v) in transcript_lines(&path) {
+        for (t, v) in lines {
             writeln!(out, "+{t:>9.3}s  {}", statement_text(&v))?;
         }
         return Ok(ExitCode::SUCCESS);

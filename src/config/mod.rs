@@ -49,6 +49,14 @@ pub struct Ssh {
     /// End sessions when the `postern login` certificate that opened them expires.
     #[serde(default = "yes")]
     pub disconnect_on_credential_expiry: bool,
+    /// Session channels (shells, commands, sftp) open at once on one client connection,
+    /// like OpenSSH's MaxSessions; forwarded connections are not counted.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+}
+
+fn default_max_sessions() -> u32 {
+    10
 }
 
 fn yes() -> bool {
@@ -146,6 +154,7 @@ impl Default for Config {
                 connect_timeout: default_connect_timeout(),
                 expiry_warning: default_expiry_warning(),
                 disconnect_on_credential_expiry: true,
+                max_sessions: default_max_sessions(),
             },
             postgres: Postgres {
                 listen: default_pg_listen(),

@@ -546,7 +546,7 @@ async fn run(
             return Err(not_recorded());
         }
     };
-    let path_text = path.display().to_string();
+    let path_text = recording::stored_path(&shared.config.data_dir, &path);
     let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();
     let session = Arc::new(PgSession {

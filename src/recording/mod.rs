@@ -107,6 +107,34 @@ pub fn path_with(data_dir: &Path, started_ms: i64, name: &str) -> PathBuf {
         .join(name)
 }
 
+/// How a recording's path is kept in the session index: relative to the data dir, so a
+/// data dir that was copied or moved, or read from another working directory, still
+/// finds its recordings.
+pub fn stored_path(data_dir: &Path, path: &Path) -> String {
+    path.strip_prefix(data_dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Where a path from the session index is, under the data dir in use. Rows written before
+/// paths were kept relative hold the data dir as it was spelled then
+/// (`./data/recordings/…`): everything from the `recordings` component on is kept.
+pub fn resolve(data_dir: &Path, stored: &str) -> PathBuf {
+    let path = Path::new(stored);
+    let components: Vec<_> = path.components().collect();
+    match components
+        .iter()
+        .position(|c| c.as_os_str() == "recordings")
+    {
+        Some(i) => components[i..]
+            .iter()
+            .fold(data_dir.to_path_buf(), |p, c| p.join(c)),
+        None if path.is_absolute() => path.to_path_buf(),
+        None => data_dir.join(path),
+    }
+}
+
 impl Recorder {
     /// Creates the file and writes the header; an error here means the session must not start.
     pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {

@@ -2,15 +2,14 @@
 //! copied both ways, recorded as who forwarded where and how many bytes moved.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use russh::{Channel, ChannelOpenFailure};
 use serde_json::json;
 
 use super::handler::SessionCtx;
-use super::relay::{Stop, finish, to_client};
+use super::pump::{Kind, Pump};
+use super::relay::{Stop, disconnect, finish};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -31,7 +30,6 @@ pub async fn forward(
     req: Forward,
     stop: Stop,
 ) {
-    let gone = &stop.gone;
     let dest = format!("{}:{}", super::username::printable(&req.host), req.port);
     let channel_no = ctx.next_channel();
     let title = format!(
@@ -60,7 +58,11 @@ pub async fn forward(
     let _ = ctx
         .shared
         .store
-        .add_recording(&ctx.id, channel_no, &path.display().to_string())
+        .add_recording(
+            &ctx.id,
+            channel_no,
+            &recording::stored_path(&ctx.shared.config.data_dir, &path),
+        )
         .await;
     let up = match ctx.connect_upstream().await {
         Ok(u) => u,
@@ -90,6 +92,8 @@ pub async fn forward(
         }
     };
     reply.accept().await;
+    // Opening a forwarded connection is activity, like input on it.
+    ctx.limits.touch();
     ctx.audit(ctx.event(
         "session.channel",
         Outcome::Success,
@@ -99,69 +103,25 @@ pub async fn forward(
     let _ = recorder
         .record(Event::Marker(format!("forward to {dest} opened")))
         .await;
-    let (mut down_r, down_w) = down.split();
-    let (mut up_r, up_w) = upch.split();
-    let ctx2 = ctx.clone();
-    let mut to_target = tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(m) = down_r.wait().await {
-            match m {
-                ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
-                    ctx2.bytes_in
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if up_w.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof => {
-                    let _ = up_w.eof().await;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        let _ = up_w.close().await;
-        n
-    });
-    let mut back = 0u64;
-    loop {
-        tokio::select! {
-            m = up_r.wait() => match m {
-                Some(ChannelMsg::Data { data }) => {
-                    back += data.len() as u64;
-                    ctx.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if !to_client(gone, down_w.data_bytes(data)).await {
-                        break;
-                    }
-                }
-                Some(ChannelMsg::Eof) => {
-                    let _ = to_client(gone, down_w.eof()).await;
-                }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            },
-            _ = stop.cancel.cancelled() => break,
-            _ = stop.gone.cancelled() => break,
-            _ = ctx.limits.end.cancelled() => break,
-        }
-    }
-    let _ = to_client(gone, down_w.eof()).await;
-    let _ = to_client(gone, down_w.close()).await;
-    let sent = match tokio::time::timeout(Duration::from_secs(2), &mut to_target).await {
-        Ok(Ok(n)) => n,
-        _ => {
-            to_target.abort();
-            0
-        }
+    let (down_r, down_w) = down.split();
+    let (up_r, up_w) = upch.split();
+    let recorder = Arc::new(recorder);
+    let pump = Pump {
+        ctx: &ctx,
+        recorder: &recorder,
+        stop: &stop,
+        kind: Kind::Forward,
     };
+    let (_, moved) = pump.run(down_r, &down_w, up_r, up_w).await;
     let _ = recorder
         .record(Event::Marker(format!(
-            "forward to {dest} closed: {sent} bytes from client, {back} bytes to client"
+            "forward to {dest} closed: {} bytes from client, {} bytes to client",
+            moved.from_client, moved.to_client
         )))
         .await;
-    let _ = up
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
-    finish(&ctx, channel_no, recorder).await;
+    disconnect(up).await;
+    match Arc::try_unwrap(recorder) {
+        Ok(recorder) => finish(&ctx, channel_no, recorder).await,
+        Err(_) => tracing::warn!(session = %ctx.id, "recording still shared at channel end"),
+    }
 }

@@ -2,7 +2,7 @@
 //! the access decision from the username, and one relay task per channel.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::ssh_key::certificate::CertType;
@@ -51,6 +51,27 @@ pub struct Conn {
     /// Told to the client through keyboard-interactive when its key's postern certificate
     /// has expired (russh refuses expired certificates before postern sees them).
     expired_notice: Option<String>,
+    /// Session channels open now (`[ssh] max_sessions`).
+    open_sessions: Arc<AtomicU32>,
+}
+
+/// One of a connection's `max_sessions` session channels, given back when dropped.
+struct Slot(Arc<AtomicU32>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicU32>, max: u32) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Conn {
@@ -74,6 +95,7 @@ impl Conn {
             credential_until: None,
             credential_serial: None,
             expired_notice: None,
+            open_sessions: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -501,10 +523,28 @@ impl Handler for Conn {
                 .await;
             return Ok(());
         };
+        let max = self.shared.config.ssh.max_sessions;
+        let Some(slot) = Slot::take(&self.open_sessions, max) else {
+            if let Some(ctx) = self.allowed() {
+                ctx.audit(ctx.event(
+                    "access.deny",
+                    Outcome::Deny,
+                    json!({ "reason": "too many session channels on one connection", "max_sessions": max }),
+                ))
+                .await;
+            }
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
         reply.accept().await;
         let handle = session.handle();
-        self.tracker
-            .spawn(relay::run(verdict, channel, handle, self.stop()));
+        let stop = self.stop();
+        self.tracker.spawn(async move {
+            relay::run(verdict, channel, handle, stop).await;
+            drop(slot);
+        });
         Ok(())
     }
 
@@ -557,24 +597,28 @@ impl Handler for Conn {
         &mut self,
         channel: ChannelId,
         _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _pw: u32,
-        _ph: u32,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        if relay::pty_size_ok(cols, rows, pw, ph) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
     }
 
     async fn env_request(
         &mut self,
         channel: ChannelId,
         name: &str,
-        _value: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if relay::env_allowed(name) {
+        if relay::env_allowed(name) && value.len() <= relay::MAX_ENV_VALUE {
             session.channel_success(channel)
         } else {
             session.channel_failure(channel)

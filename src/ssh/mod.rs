@@ -4,8 +4,10 @@
 
 mod forward;
 mod handler;
+mod pump;
 mod relay;
 mod session;
+mod transfer;
 pub mod upstream;
 pub mod username;
 

@@ -4,7 +4,6 @@
 //! is forwarded, until either side closes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,13 +14,32 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::handler::{SessionCtx, Verdict};
+use super::pump::{Kind, Pump, send};
 use super::upstream;
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
 /// Environment variables passed to targets; everything else is refused.
 pub fn env_allowed(name: &str) -> bool {
-    name == "LANG" || name == "TERM" || name.starts_with("LC_")
+    name.len() <= 64 && (name == "LANG" || name == "TERM" || name.starts_with("LC_"))
+}
+
+/// At most this many environment variables per channel, each value at most this long.
+pub const MAX_ENV: usize = 32;
+pub const MAX_ENV_VALUE: usize = 1024;
+
+/// A terminal no larger than 10,000 columns or rows (and 100,000 pixels): anything larger
+/// is not a terminal.
+pub fn pty_size_ok(cols: u32, rows: u32, pix_w: u32, pix_h: u32) -> bool {
+    cols <= 10_000 && rows <= 10_000 && pix_w <= 100_000 && pix_h <= 100_000
+}
+
+/// A terminal type as the target sees it: printable ASCII only, at most 64 characters.
+fn clean_term(term: &str) -> String {
+    term.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
 }
 
 /// Why a channel must stop: postern shuts down (`cancel`), or the client's connection is
@@ -39,28 +57,26 @@ pub async fn run(verdict: Verdict, down: Channel<Msg>, handle: Handle, stop: Sto
     }
 }
 
-/// Runs a send towards the client unless the client is gone; false when it failed.
-pub(super) async fn to_client<E>(
-    gone: &CancellationToken,
-    send: impl std::future::Future<Output = Result<(), E>>,
-) -> bool {
-    tokio::select! {
-        r = send => r.is_ok(),
-        _ = gone.cancelled() => false,
-    }
-}
-
-/// Prints `postern: MESSAGE` on the client's stderr, sets the exit status and closes.
-async fn fail<S>(down: &ChannelWriteHalf<S>, message: &str, code: u32)
+/// Prints `postern: MESSAGE` on the client's stderr, sets the exit status and closes; a
+/// client that does not take it within a few seconds is not waited for.
+pub(super) async fn fail<S>(
+    down: &ChannelWriteHalf<S>,
+    message: &str,
+    code: u32,
+) -> Result<(), std::convert::Infallible>
 where
     S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
-    let _ = down
-        .extended_data_bytes(1, Bytes::from(format!("postern: {message}\r\n")))
-        .await;
-    let _ = down.exit_status(code).await;
-    let _ = down.eof().await;
-    let _ = down.close().await;
+    let said = async {
+        let _ = down
+            .extended_data_bytes(1, Bytes::from(format!("postern: {message}\r\n")))
+            .await;
+        let _ = down.exit_status(code).await;
+        let _ = down.eof().await;
+        let _ = down.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), said).await;
+    Ok(())
 }
 
 async fn refused(down: Channel<Msg>, message: &str) {
@@ -71,11 +87,14 @@ async fn refused(down: Channel<Msg>, message: &str) {
             ChannelMsg::RequestShell { .. }
             | ChannelMsg::Exec { .. }
             | ChannelMsg::RequestSubsystem { .. } => break,
-            ChannelMsg::Close => return,
+            ChannelMsg::Close => {
+                let _ = w.close().await;
+                return;
+            }
             _ => {}
         }
     }
-    fail(&w, message, 1).await;
+    let _ = fail(&w, message, 1).await;
 }
 
 struct PtyReq {
@@ -98,6 +117,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     let (mut down_r, down_w) = down.split();
     let mut pty: Option<PtyReq> = None;
     let mut env: Vec<(String, String)> = Vec::new();
+    let mut env_refused = false;
     let start = loop {
         match down_r.wait().await {
             Some(ChannelMsg::RequestPty {
@@ -109,8 +129,13 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 terminal_modes,
                 ..
             }) => {
+                if !pty_size_ok(col_width, row_height, pix_width, pix_height) {
+                    // Refused by the handler too; the client goes on without a terminal.
+                    ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "pty size out of range", "cols": col_width, "rows": row_height, "width_px": pix_width, "height_px": pix_height }))).await;
+                    continue;
+                }
                 pty = Some(PtyReq {
-                    term,
+                    term: clean_term(&term),
                     cols: col_width,
                     rows: row_height,
                     pw: pix_width,
@@ -123,7 +148,19 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 variable_value,
                 ..
             }) if env_allowed(&variable_name) => {
-                env.push((variable_name, variable_value));
+                if env.len() >= MAX_ENV || variable_value.len() > MAX_ENV_VALUE {
+                    if !env_refused {
+                        env_refused = true;
+                        ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "environment request over the limit", "limit": format!("{MAX_ENV} variables of at most {MAX_ENV_VALUE} bytes") }))).await;
+                    }
+                    continue;
+                }
+                let value = if variable_name == "TERM" {
+                    clean_term(&variable_value)
+                } else {
+                    variable_value
+                };
+                env.push((variable_name, value));
             }
             Some(ChannelMsg::WindowChange {
                 col_width,
@@ -136,10 +173,25 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 }
             }
             Some(ChannelMsg::RequestShell { .. }) => break Start::Shell,
-            Some(ChannelMsg::Exec { command, .. }) => break Start::Exec(command),
+            Some(ChannelMsg::Exec { command, .. }) => {
+                let text = String::from_utf8_lossy(&command);
+                if !ctx.grant.settings.file_transfer
+                    && let Some(tool) = super::transfer::tool(&text)
+                {
+                    ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "tool": tool, "command": super::username::printable(&text), "rule": ctx.grant.rule.to_string() }))).await;
+                    let _ = fail(
+                        &down_w,
+                        &format!("file transfer ({tool}) is not allowed by your roles"),
+                        1,
+                    )
+                    .await;
+                    return;
+                }
+                break Start::Exec(command);
+            }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
                 if name != "sftp" {
-                    fail(
+                    let _ = fail(
                         &down_w,
                         &format!(
                             "subsystem `{}` is not available; only sftp is",
@@ -152,7 +204,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 }
                 if !ctx.grant.settings.file_transfer {
                     ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "rule": ctx.grant.rule.to_string() }))).await;
-                    fail(
+                    let _ = fail(
                         &down_w,
                         "file transfer (sftp, scp, rsync) is not allowed by your roles",
                         1,
@@ -162,7 +214,12 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 }
                 break Start::Sftp;
             }
-            Some(ChannelMsg::Close) | None => return,
+            Some(ChannelMsg::Close) => {
+                // Closed before it started anything: answer, and nothing was recorded.
+                let _ = down_w.close().await;
+                return;
+            }
+            None => return,
             Some(_) => {}
         }
     };
@@ -204,11 +261,11 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 json!({ "channel": channel_no, "error": e.to_string() }),
             ))
             .await;
-            fail(&down_w, "this session cannot be recorded, so it is not allowed to run; tell an admin (recording storage failed)", 1).await;
+            let _ = fail(&down_w, "this session cannot be recorded, so it is not allowed to run; tell an admin (recording storage failed)", 1).await;
             return;
         }
     };
-    let path_text = path.display().to_string();
+    let path_text = recording::stored_path(&ctx.shared.config.data_dir, &path);
     if let Err(e) = ctx
         .shared
         .store
@@ -224,19 +281,11 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     ))
     .await;
 
-    let result = relay(
+    // The channel's end (EOF, exit status, CLOSE) is the relay's.
+    let _ = relay(
         &ctx, &recorder, start, pty, env, down_r, &down_w, down_id, &handle, &stop,
     )
     .await;
-    if let Err(message) = &result {
-        let _ = recorder
-            .record(Event::Marker(format!("postern: {message}")))
-            .await;
-        fail(&down_w, message, 255).await;
-    } else {
-        let _ = down_w.eof().await;
-        let _ = down_w.close().await;
-    }
     // Finalise: flush, sync, hash, index.
     match Arc::try_unwrap(recorder) {
         Ok(rec) => match rec.finish().await {
@@ -264,12 +313,10 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     }
 }
 
-/// Tells the client why its channel ends: `postern: MESSAGE` on stderr, exit 255, close.
+/// Tells the client why its channel ends: `postern: MESSAGE` on stderr, exit 255, close;
+/// a client that is gone or does not take it is not waited for.
 async fn tell(down_w: &ChannelWriteHalf<Msg>, gone: &CancellationToken, message: &str) {
-    tokio::select! {
-        _ = fail(down_w, message, 255) => {}
-        _ = gone.cancelled() => {}
-    }
+    send(gone, fail(down_w, message, 255)).await;
 }
 
 /// Connects to the target and starts the same shell, command or subsystem there.
@@ -313,177 +360,58 @@ async fn relay(
     start: Start,
     pty: Option<PtyReq>,
     env: Vec<(String, String)>,
-    mut down_r: russh::ChannelReadHalf,
+    down_r: russh::ChannelReadHalf,
     down_w: &ChannelWriteHalf<Msg>,
     down_id: russh::ChannelId,
     handle: &Handle,
     stop: &Stop,
 ) -> Result<(), String> {
-    let gone = &stop.gone;
     let sftp = matches!(start, Start::Sftp);
     let (up, upch) = match open_upstream(ctx, start, pty, env).await {
         Ok(x) => x,
         Err(message) => {
-            tell(down_w, gone, &message).await;
+            tell(down_w, &stop.gone, &message).await;
             return Err(message);
         }
     };
-    let (mut up_r, up_w) = upch.split();
-
-    // Client → target, in its own task so a full target window never stops output.
-    let to_target = {
-        let ctx = ctx.clone();
-        let rec = recorder.clone();
-        tokio::spawn(async move {
-            let mut sent: u64 = 0;
-            while let Some(m) = down_r.wait().await {
-                match m {
-                    ChannelMsg::Data { data } => {
-                        ctx.limits.touch();
-                        ctx.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        sent += data.len() as u64;
-                        if !sftp && rec.record(Event::Input(data.clone())).await.is_err() {
-                            break;
-                        }
-                        if up_w.data_bytes(data).await.is_err() {
-                            break;
-                        }
-                    }
-                    ChannelMsg::Eof => {
-                        let _ = up_w.eof().await;
-                    }
-                    ChannelMsg::WindowChange {
-                        col_width,
-                        row_height,
-                        pix_width,
-                        pix_height,
-                    } => {
-                        let _ = rec
-                            .record(Event::Resize {
-                                cols: col_width,
-                                rows: row_height,
-                            })
-                            .await;
-                        let _ = up_w
-                            .window_change(col_width, row_height, pix_width, pix_height)
-                            .await;
-                    }
-                    ChannelMsg::Signal { signal } => {
-                        let _ = up_w.signal(signal).await;
-                    }
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            debug!(session = %ctx.id, "client side of the channel ended");
-            let _ = up_w.close().await;
-            sent
-        })
+    let (up_r, up_w) = upch.split();
+    let pump = Pump {
+        ctx,
+        recorder,
+        stop,
+        kind: Kind::Session {
+            record_data: !sftp,
+            handle,
+            down_id,
+        },
     };
-
-    let mut started = false;
-    let mut received: u64 = 0;
-    let mut notices = ctx.limits.notices.subscribe();
-    // A notice sent before this channel opened is still shown.
-    if notices.borrow().is_some() {
-        notices.mark_changed();
-    }
-    let failed = recorder.failed();
-    let outcome = loop {
-        tokio::select! {
-            m = up_r.wait() => match m {
-                Some(ChannelMsg::Data { data }) => {
-                    ctx.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    received += data.len() as u64;
-                    if !sftp && recorder.record(Event::Output(data.clone())).await.is_err() {
-                        break Err("recording failed; the session was ended".to_string());
-                    }
-                    if !to_client(gone, down_w.data_bytes(data)).await {
-                        break Ok(());
-                    }
-                }
-                Some(ChannelMsg::ExtendedData { data, ext }) => {
-                    ctx.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if recorder.record(Event::Stderr(data.clone())).await.is_err() {
-                        break Err("recording failed; the session was ended".to_string());
-                    }
-                    if !to_client(gone, down_w.extended_data_bytes(ext, data)).await {
-                        break Ok(());
-                    }
-                }
-                Some(ChannelMsg::Success) => started = true,
-                Some(ChannelMsg::Failure) if !started => {
-                    break Err(format!("target `{}` refused to start the shell, command or subsystem", ctx.target.name));
-                }
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    if let Ok(mut s) = ctx.exit_status.lock() {
-                        *s = Some(exit_status);
-                    }
-                    let _ = recorder.record(Event::Marker(format!("exit-status {exit_status}"))).await;
-                    let _ = to_client(gone, down_w.exit_status(exit_status)).await;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                    let _ = recorder.record(Event::Marker(format!("exit-signal {signal_name:?}"))).await;
-                    let _ = to_client(gone, handle.exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag)).await;
-                }
-                Some(ChannelMsg::Eof) => {
-                    let _ = to_client(gone, down_w.eof()).await;
-                }
-                Some(ChannelMsg::Close) | None => break Ok(()),
-                Some(_) => {}
-            },
-            _ = gone.cancelled() => break Ok(()),
-            _ = failed.cancelled() => {
-                ctx.audit(ctx.event("session.recording_failed", Outcome::Failure, json!({ "error": "write failed" }))).await;
-                break Err("recording failed, so the session was ended (a session that cannot be recorded does not run)".to_string());
-            }
-            _ = stop.cancel.cancelled() => {
-                break Err("postern is shutting down; your session has ended".to_string());
-            }
-            _ = ctx.limits.end.cancelled() => {
-                let message = ctx.limits.ending().map(|e| e.message).unwrap_or_else(|| "this session was ended".into());
-                break Err(message);
-            }
-            changed = notices.changed() => {
-                let notice = if changed.is_ok() { notices.borrow_and_update().clone() } else { None };
-                if let Some(n) = notice {
-                    let _ = recorder.record(Event::Marker(format!("postern: {n}"))).await;
-                    let _ = to_client(gone, down_w.extended_data_bytes(1, Bytes::from(format!("\r\npostern: {n}\r\n")))).await;
-                }
-            }
-        }
-    };
-    // The client side task ends when the client closes; give it a moment after ours.
-    let mut to_target = to_target;
-    // Closing our side of the client channel lets the client close its own, which ends
-    // the client task; a client that does not answer is not waited for long.
-    match &outcome {
-        Ok(()) => {
-            let _ = to_client(gone, down_w.eof()).await;
-            let _ = to_client(gone, down_w.close()).await;
-        }
-        Err(message) => tell(down_w, gone, message).await,
-    }
-    let sent = match tokio::time::timeout(Duration::from_secs(2), &mut to_target).await {
-        Ok(Ok(n)) => n,
-        _ => {
-            to_target.abort();
-            let _ = to_target.await;
-            0
-        }
-    };
+    let (outcome, moved) = pump.run(down_r, down_w, up_r, up_w).await;
     if sftp {
         let _ = recorder
             .record(Event::Marker(format!(
-                "sftp: {sent} bytes from client, {received} bytes to client"
+                "sftp: {} bytes from client, {} bytes to client",
+                moved.from_client, moved.to_client
             )))
             .await;
     }
-    let _ = up
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
+    if let Err(message) = &outcome {
+        let _ = recorder
+            .record(Event::Marker(format!("postern: {message}")))
+            .await;
+    }
+    disconnect(up).await;
     debug!(session = %ctx.id, "channel finished");
     outcome
+}
+
+/// Ends the upstream connection of a channel, without waiting on a target that does not
+/// answer.
+pub(super) async fn disconnect(up: upstream::UpHandle) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        up.disconnect(russh::Disconnect::ByApplication, "", "en"),
+    )
+    .await;
 }
 
 pub(super) async fn finish(ctx: &SessionCtx, channel_no: u32, recorder: Recorder) {

@@ -11,3 +11,5 @@ mod login;
 mod pg;
 mod serve;
 mod ssh;
+mod ssh_limits;
+mod ssh_plane;

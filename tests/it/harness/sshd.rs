@@ -104,6 +104,7 @@ PermitRootLogin prohibit-password
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 AcceptEnv LANG LC_* TERM POSTERN_TEST_*
+MaxStartups 200
 ",
             d = d.display()
         );
@@ -131,6 +132,25 @@ AcceptEnv LANG LC_* TERM POSTERN_TEST_*
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// The processes this sshd runs for connections (its direct children).
+    pub fn children(&self) -> usize {
+        let Some(pid) = self.child.as_ref().map(|c| c.id().to_string()) else {
+            return 0;
+        };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid …: the command may hold spaces, so read after ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    == Some(pid.as_str())
+            })
+            .count()
     }
 
     /// `ssh` straight to this server with its client key, verifying the host key.

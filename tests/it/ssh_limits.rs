@@ -1,0 +1,168 @@
+//! What one SSH connection may ask for: session channels at once (`max_sessions`),
+//! file-transfer servers when `file_transfer = false`, terminal sizes and types. Each
+//! refusal is a message the client shows and an audit event.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::ssh::Bastion;
+use crate::ssh_plane::{master, muxed, python, random_file, wait_for};
+
+fn denials(b: &Bastion) -> Vec<String> {
+    b.postern
+        .events("access.deny")
+        .iter()
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn session_channels_per_connection_are_capped() {
+    let b = Bastion::start();
+    let (mut m, sock) = master(&b);
+    let spawn = |cmd: &str| -> Child {
+        muxed(&sock, cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let running: Vec<Child> = (0..10).map(|_| spawn("sleep 4; echo done")).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = wait_for(spawn("echo eleventh"), Duration::from_secs(20), "11th");
+    assert_ne!(out.code, 0, "{out:?}");
+    // OpenSSH's multiplexer reports the refused channel open.
+    assert!(
+        out.stderr.contains("Session open refused by peer"),
+        "{out:?}"
+    );
+    for c in running {
+        assert_eq!(
+            wait_for(c, Duration::from_secs(20), "sleeper").ok(),
+            "done\n"
+        );
+    }
+    // The slots are given back.
+    let out = wait_for(spawn("echo again"), Duration::from_secs(20), "after");
+    assert_eq!(out.ok(), "again\n");
+    assert!(
+        denials(&b)
+            .iter()
+            .any(|r| r == "too many session channels on one connection"),
+        "{:?}",
+        denials(&b)
+    );
+    let _ = m.kill();
+    let _ = m.wait();
+}
+
+#[test]
+fn file_transfer_off_refuses_every_transfer_server() {
+    let b = Bastion::start_with_role(&["--file-transfer", "false"]);
+    let dir = b.postern.root();
+    let src = dir.join("weights.bin");
+    random_file(&src, 1);
+    let port = b.postern.ssh.port().to_string();
+    let dest = format!("{}@127.0.0.1", b.dest());
+    let run = |mut c: std::process::Command| {
+        wait_for(
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(30),
+            "transfer",
+        )
+    };
+    // scp in its original protocol: exec `scp -t`.
+    let mut scp = b.ssh_command("scp");
+    scp.args(["-O", "-P", &port])
+        .arg(&src)
+        .arg(format!("{dest}:{}", dir.join("scp.out").display()));
+    let out = run(scp);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("file transfer (scp) is not allowed"),
+        "{out:?}"
+    );
+    // rsync over ssh: exec `rsync --server`.
+    let mut rsync = std::process::Command::new("rsync");
+    let ssh = format!(
+        "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes -p {port}",
+        b.key.display(),
+        b.known_hosts.display()
+    );
+    rsync
+        .args(["-e", &ssh])
+        .arg(&src)
+        .arg(format!("{dest}:{}", dir.join("rsync.out").display()));
+    let out = run(rsync);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("file transfer (rsync) is not allowed"),
+        "{out:?}"
+    );
+    // sftp started as a command instead of the subsystem.
+    let mut sftp = b.ssh_command("sftp");
+    sftp.args([
+        "-P",
+        &port,
+        "-s",
+        "/usr/lib/openssh/sftp-server",
+        "-b",
+        "/dev/null",
+    ])
+    .arg(&dest);
+    let out = run(sftp);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!dir.join("scp.out").exists() && !dir.join("rsync.out").exists());
+    let tools: Vec<String> = b
+        .postern
+        .events("access.deny")
+        .iter()
+        .filter_map(|e| e["details"]["tool"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(tools, ["scp", "rsync", "sftp"], "{tools:?}");
+    // A shell still works (and what it moves is recorded).
+    assert_eq!(b.ssh(&b.dest(), "echo shell-ok").ok(), "shell-ok\n");
+}
+
+#[test]
+fn absurd_terminals_are_refused_and_term_is_cleaned() {
+    let b = Bastion::start();
+    let out = python(
+        &b,
+        r#"
+import os, paramiko
+c = paramiko.SSHClient()
+c.load_host_keys(os.environ['KNOWN'])
+c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
+          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
+ch = c.get_transport().open_session()
+try:
+    ch.get_pty(term='xterm', width=4000000, height=24)
+    print('pty accepted')
+except paramiko.SSHException:
+    print('pty refused')
+ch.close()
+ch = c.get_transport().open_session()
+ch.get_pty(term='xterm\x1b]0;owned\x07-256color', width=80, height=24)
+ch.exec_command('printf "%s|" "$TERM"')
+print(ch.makefile().read().decode())
+c.close()
+"#,
+    );
+    assert_eq!(
+        out.stdout,
+        "pty refused\nxterm]0;owned-256color|\n",
+        "{out:?}\n{}",
+        b.postern.log()
+    );
+    assert!(
+        denials(&b).iter().any(|r| r == "pty size out of range"),
+        "{:?}",
+        denials(&b)
+    );
+}
