@@ -93,9 +93,11 @@ pub async fn serve(
             let message = ending.map(|e| e.message).unwrap_or_else(|| "an admin ended this session".into());
             tracker.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, message, "en".into())
-                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(russh::Disconnect::ByApplication, message, "en".into()),
+            )
+            .await;
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
         _ = cancel.cancelled() => {
@@ -103,9 +105,11 @@ pub async fn serve(
             // Channels print their own message; give them a moment, then disconnect.
             tracker.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "postern is shutting down".into(), "en".into())
-                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(russh::Disconnect::ByApplication, "postern is shutting down".into(), "en".into()),
+            )
+            .await;
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
     }
@@ -113,7 +117,14 @@ pub async fn serve(
     // before the session is closed in the index.
     gone.cancel();
     tracker.close();
-    tracker.wait().await;
+    // Channels end within a few seconds once the client is gone (every wait on a peer is
+    // bounded); the session is closed in the index regardless.
+    if tokio::time::timeout(Duration::from_secs(15), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("channels still ending 15 s after the client left; closing the session");
+    }
     let ctx = state.lock().ok().and_then(|s| s.clone());
     if let Some(ctx) = ctx {
         shared.live.unregister(&ctx.id);

@@ -105,7 +105,7 @@ fn two_way_bulk_in_one_channel_completes_intact() {
 /// Starts a ControlMaster connection through postern; returns it and its socket path.
 pub fn master(b: &Bastion) -> (Child, String) {
     let sock = b.postern.root().join("ctl.sock").display().to_string();
-    let child = b
+    let mut child = b
         .ssh_command("ssh")
         .args([
             "-p",
@@ -131,6 +131,8 @@ pub fn master(b: &Bastion) -> (Child, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the control master never came up: {}", b.postern.log());
 }
 
@@ -232,7 +234,7 @@ fn line_server() -> u16 {
 /// Starts `ssh -N -L LOCAL:127.0.0.1:PORT` through postern; returns it and LOCAL.
 fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
     let local = crate::harness::free_port();
-    let child = b
+    let mut child = b
         .ssh_command("ssh")
         .args([
             "-p",
@@ -255,6 +257,8 @@ fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the tunnel never listened");
 }
 
