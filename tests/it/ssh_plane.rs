@@ -360,7 +360,8 @@ pub fn python(b: &Bastion, script: &str) -> Out {
 
 #[test]
 fn asyncssh_runs_concurrent_channels_and_sftp_on_one_connection() {
-    let b = Bastion::start();
+    // 20 channels at once on one connection: above the default max_sessions of 10.
+    let b = Bastion::start_with(&[], Some("[ssh]\nmax_sessions = 24\n"));
     let src = b.postern.root().join("model.bin");
     random_file(&src, 8);
     let out = python(
