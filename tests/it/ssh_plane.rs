@@ -312,7 +312,7 @@ fn forwarded_connections_close_and_leave_nothing_behind() {
 
 #[test]
 fn forwarded_traffic_counts_as_activity() {
-    let b = Bastion::start_with_role(&["--port-forwarding", "true", "--idle-timeout", "3s"]);
+    let b = Bastion::start_with_role(&["--port-forwarding", "true", "--idle-timeout", "5s"]);
     let port = line_server();
     let (t, local) = tunnel(&b, port);
     // Eight seconds of use, one request a second: well past the idle timeout.
