@@ -10,6 +10,7 @@ mod login;
 mod output;
 mod serve;
 mod sessions;
+mod streams;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -38,7 +38,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a recording as an asciicast v2 file that `asciinema play` and `asciinema cat` read.
+    /// Write a recording: a terminal's as an asciicast v2 file (`asciinema play`), a
+    /// channel without a terminal as the bytes of one stream, exactly as they crossed.
     Export {
         id: String,
         #[arg(short = 'o', long = "output")]
@@ -46,6 +47,9 @@ pub enum Command {
         /// The channel to export (default: the first).
         #[arg(long)]
         channel: Option<i64>,
+        /// For a channel without a terminal: which stream (default stdout).
+        #[arg(long, value_enum)]
+        stream: Option<super::streams::Which>,
     },
     /// End a live session, wherever it runs; waits until it has ended.
     Kill { id: String },
@@ -245,12 +249,24 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             id,
             output,
             channel,
+            stream,
         } => {
             let s = session(&store, config, &id).await?;
             let path = recording_path(&s, channel)?;
-            std::fs::copy(&path, &output).with_context(|| {
-                format!("cannot copy {} to {}", path.display(), output.display())
-            })?;
+            if crate::recording::stream::is_stream(&path) {
+                let which = stream.unwrap_or(super::streams::Which::Stdout);
+                let mut file = std::fs::File::create(&output)
+                    .with_context(|| format!("cannot create {}", output.display()))?;
+                super::streams::export(&path, which, &mut file)?;
+            } else if stream.is_some() {
+                bail!(
+                    "this channel had a terminal or is not a command: its recording is an asciicast; export it without --stream"
+                );
+            } else {
+                std::fs::copy(&path, &output).with_context(|| {
+                    format!("cannot copy {} to {}", path.display(), output.display())
+                })?;
+            }
             audit_read(&store, "session.export", &s, serde_json::json!({ "recording": path.display().to_string(), "output": output.display().to_string() })).await?;
             println!("wrote {}", output.display());
             ExitCode::SUCCESS
@@ -313,6 +329,8 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     // A recording that cannot be read is an error, never "no match".
                     let found = if is_transcript(path) {
                         grep_transcript(path, &pattern)
+                    } else if crate::recording::stream::is_stream(path) {
+                        grep_stream(path, &pattern)
                     } else {
                         grep_cast(path, &pattern)
                     }
@@ -395,6 +413,17 @@ fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, Stri
         .map(|(t, v)| (t, statement_text(&v)))
         .filter(|(_, l)| l.contains(pattern))
         .collect())
+}
+
+/// A `.stream` recording's command (from its header) and text lines.
+fn grep_stream(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+    let mut hits: Vec<(f64, String)> = recorded_command(path)
+        .filter(|c| c.contains(pattern))
+        .map(|c| (0.0, format!("$ {}", super::streams::escape(&c))))
+        .into_iter()
+        .collect();
+    hits.extend(super::streams::grep(path, pattern)?);
+    Ok(hits)
 }
 
 /// The text lines of a recording (output and input reassembled) that contain `pattern`,
@@ -486,6 +515,10 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
     )
     .await?;
     store.close().await;
+    if crate::recording::stream::is_stream(&path) {
+        super::streams::summary(&path, &mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if is_transcript(&path) {
         let lines = transcript_lines(&path)
             .with_context(|| format!("cannot open recording {}", path.display()))?;

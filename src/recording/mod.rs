@@ -8,6 +8,7 @@
 mod cast;
 pub mod error;
 mod lines;
+pub mod stream;
 mod utf8;
 
 use std::path::{Path, PathBuf};
@@ -139,6 +140,26 @@ impl Recorder {
     /// Creates the file and writes the header; an error here means the session must not start.
     pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
         let line = header.to_line();
+        let body = Body::Cast {
+            out: Utf8Stream::default(),
+            err: Utf8Stream::default(),
+            input: Utf8Stream::default(),
+            on_stderr: false,
+        };
+        Self::start(path, line, body).await
+    }
+
+    /// A lossless `.stream` recording (`stream`), for a channel without a terminal.
+    pub async fn create_stream(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
+        let mut value = serde_json::to_value(&header).unwrap_or_default();
+        value["format"] = stream::FORMAT.into();
+        let mut line = value.to_string();
+        line.push('\n');
+        let encoder = stream::Encoder::new().map_err(io("start compressing", &path))?;
+        Self::start(path, line, Body::Stream(encoder)).await
+    }
+
+    async fn start(path: PathBuf, line: String, body: Body) -> Result<Recorder, RecordingError> {
         let mut file = create_file(&path).await?;
         let mut hash = Context::new(&SHA256);
         file.write_all(line.as_bytes())
@@ -154,10 +175,7 @@ impl Recorder {
             hash,
             bytes: line.len() as u64,
             start: Instant::now(),
-            out: Utf8Stream::default(),
-            err: Utf8Stream::default(),
-            input: Utf8Stream::default(),
-            on_stderr: false,
+            body,
         };
         let failed2 = failed.clone();
         tokio::spawn(async move {
@@ -196,11 +214,24 @@ struct Writer {
     hash: Context,
     bytes: u64,
     start: Instant,
-    out: Utf8Stream,
-    err: Utf8Stream,
-    input: Utf8Stream,
-    on_stderr: bool,
+    body: Body,
 }
+
+/// What a recording's lines or records are made of.
+enum Body {
+    /// asciicast v2: text, for channels with a terminal.
+    Cast {
+        out: Utf8Stream,
+        err: Utf8Stream,
+        input: Utf8Stream,
+        on_stderr: bool,
+    },
+    /// `.stream`: the bytes as they crossed, compressed.
+    Stream(stream::Encoder),
+}
+
+/// Compressed bytes are written out once this much is waiting.
+const STREAM_CHUNK: usize = 64 * 1024;
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<Finished, RecordingError> {
@@ -215,15 +246,38 @@ impl Writer {
                 _ = tick.tick() => self.flush().await?,
             }
         }
-        // Trailing partial UTF-8 sequences become replacement characters.
         let t = self.elapsed();
-        for (code, rest) in [
-            ("o", self.out.finish()),
-            ("o", self.err.finish()),
-            ("i", self.input.finish()),
-        ] {
-            if !rest.is_empty() {
-                self.line(cast::event(t, code, &rest)).await?;
+        // The body is finished here; an empty text body takes its place (writes nothing).
+        let finished = std::mem::replace(
+            &mut self.body,
+            Body::Cast {
+                out: Utf8Stream::default(),
+                err: Utf8Stream::default(),
+                input: Utf8Stream::default(),
+                on_stderr: false,
+            },
+        );
+        match finished {
+            Body::Cast {
+                mut out,
+                mut err,
+                mut input,
+                ..
+            } => {
+                // Trailing partial UTF-8 sequences become replacement characters.
+                for (code, rest) in [
+                    ("o", out.finish()),
+                    ("o", err.finish()),
+                    ("i", input.finish()),
+                ] {
+                    if !rest.is_empty() {
+                        self.line(cast::event(t, code, &rest)).await?;
+                    }
+                }
+            }
+            Body::Stream(enc) => {
+                let tail = enc.finish().map_err(io("compress", &self.path))?;
+                self.write(&tail).await?;
             }
         }
         self.flush().await?;
@@ -249,48 +303,82 @@ impl Writer {
     }
 
     async fn write_event(&mut self, ev: Event) -> Result<(), RecordingError> {
+        if let Body::Stream(enc) = &mut self.body {
+            let t_ms = u32::try_from(self.start.elapsed().as_millis()).unwrap_or(u32::MAX);
+            let (kind, data): (u8, &[u8]) = match &ev {
+                Event::Output(b) => (stream::STDOUT, b),
+                Event::Stderr(b) => (stream::STDERR, b),
+                Event::Input(b) => (stream::STDIN, b),
+                Event::Marker(m) => (stream::MARKER, m.as_bytes()),
+                Event::Resize { .. } => return Ok(()),
+            };
+            enc.record(kind, t_ms, data)
+                .map_err(io("compress", &self.path))?;
+            if enc.pending() >= STREAM_CHUNK {
+                let chunk = enc.take();
+                self.write(&chunk).await?;
+            }
+            return Ok(());
+        }
         let t = self.elapsed();
+        let Body::Cast {
+            out,
+            err,
+            input,
+            on_stderr,
+        } = &mut self.body
+        else {
+            return Ok(());
+        };
+        // At most two lines per event: a stream switch marker, then the text.
+        let mut lines: [Option<String>; 2] = [None, None];
         match ev {
             Event::Output(b) => {
-                if self.on_stderr {
-                    self.on_stderr = false;
-                    self.line(cast::event(t, "m", "stdout")).await?;
+                if *on_stderr {
+                    *on_stderr = false;
+                    lines[0] = Some(cast::event(t, "m", "stdout"));
                 }
-                let s = self.out.push(&b);
+                let s = out.push(&b);
                 if !s.is_empty() {
-                    self.line(cast::event(t, "o", &s)).await?;
+                    lines[1] = Some(cast::event(t, "o", &s));
                 }
             }
             Event::Stderr(b) => {
-                if !self.on_stderr {
-                    self.on_stderr = true;
-                    self.line(cast::event(t, "m", "stderr")).await?;
+                if !*on_stderr {
+                    *on_stderr = true;
+                    lines[0] = Some(cast::event(t, "m", "stderr"));
                 }
-                let s = self.err.push(&b);
+                let s = err.push(&b);
                 if !s.is_empty() {
-                    self.line(cast::event(t, "o", &s)).await?;
+                    lines[1] = Some(cast::event(t, "o", &s));
                 }
             }
             Event::Input(b) => {
-                let s = self.input.push(&b);
+                let s = input.push(&b);
                 if !s.is_empty() {
-                    self.line(cast::event(t, "i", &s)).await?;
+                    lines[1] = Some(cast::event(t, "i", &s));
                 }
             }
             Event::Resize { cols, rows } => {
-                self.line(cast::event(t, "r", &format!("{cols}x{rows}")))
-                    .await?
+                lines[1] = Some(cast::event(t, "r", &format!("{cols}x{rows}")));
             }
-            Event::Marker(m) => self.line(cast::event(t, "m", &m)).await?,
+            Event::Marker(m) => lines[1] = Some(cast::event(t, "m", &m)),
+        }
+        for line in lines.into_iter().flatten() {
+            self.line(line).await?;
         }
         Ok(())
     }
 
     async fn line(&mut self, line: String) -> Result<(), RecordingError> {
-        self.hash.update(line.as_bytes());
-        self.bytes += line.len() as u64;
+        self.write(line.as_bytes()).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        self.hash.update(bytes);
+        self.bytes += bytes.len() as u64;
         self.file
-            .write_all(line.as_bytes())
+            .write_all(bytes)
             .await
             .map_err(|source| RecordingError::Io {
                 action: "write",
@@ -300,6 +388,10 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> Result<(), RecordingError> {
+        if let Body::Stream(enc) = &mut self.body {
+            let block = enc.flush().map_err(io("compress", &self.path))?;
+            self.write(&block).await?;
+        }
         self.file
             .flush()
             .await

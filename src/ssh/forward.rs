@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::handler::SessionCtx;
 use super::pump::{Kind, Pump};
-use super::relay::{Stop, disconnect, finish};
+use super::relay::{Stop, finish};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -64,24 +64,19 @@ pub async fn forward(
             &recording::stored_path(&ctx.shared.config.data_dir, &path),
         )
         .await;
-    let up = match ctx.connect_upstream().await {
-        Ok(u) => u,
-        Err(_) => {
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            finish(&ctx, channel_no, recorder).await;
-            return;
-        }
-    };
-    let upch = match up
-        .channel_open_direct_tcpip(
-            req.host.clone(),
-            req.port,
-            req.originator.clone(),
-            req.originator_port,
-        )
-        .await
-    {
-        Ok(c) => c,
+    let opened = ctx
+        .upstream_channel(|lease| {
+            let (host, originator) = (req.host.clone(), req.originator.clone());
+            async move {
+                lease
+                    .handle()
+                    .channel_open_direct_tcpip(host, req.port, originator, req.originator_port)
+                    .await
+            }
+        })
+        .await;
+    let (up, upch) = match opened {
+        Ok(x) => x,
         Err(e) => {
             let _ = recorder
                 .record(Event::Marker(format!("target refused the forward: {e}")))
@@ -119,7 +114,7 @@ pub async fn forward(
             moved.from_client, moved.to_client
         )))
         .await;
-    disconnect(up).await;
+    drop(up);
     match Arc::try_unwrap(recorder) {
         Ok(recorder) => finish(&ctx, channel_no, recorder).await,
         Err(_) => tracing::warn!(session = %ctx.id, "recording still shared at channel end"),

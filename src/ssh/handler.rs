@@ -243,6 +243,7 @@ impl Conn {
                 self.kill.clone(),
             ),
             next_channel: AtomicU32::new(0),
+            upstreams: Arc::new(super::pool::Pool::default()),
         });
         let row = SessionRow {
             id: id.clone(),

@@ -4,6 +4,7 @@
 
 mod forward;
 mod handler;
+mod pool;
 mod pump;
 mod relay;
 mod session;
@@ -127,6 +128,7 @@ pub async fn serve(
     }
     let ctx = state.lock().ok().and_then(|s| s.clone());
     if let Some(ctx) = ctx {
+        ctx.upstreams.close_all().await;
         shared.live.unregister(&ctx.id);
         ctx.end(reason).await;
         info!(session = %ctx.id, user = %ctx.user, target = %ctx.target.name, reason, "session ended");

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::handler::{SessionCtx, Verdict};
+use super::pool::Lease;
 use super::pump::{Kind, Pump, send};
-use super::upstream;
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -245,14 +245,25 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
         "{} as {}@{} (session {}, channel {})",
         ctx.user, ctx.login, ctx.target.name, ctx.id, channel_no
     );
-    let path = recording::path_for(&ctx.shared.config.data_dir, now_ms(), &ctx.id, channel_no);
-    let recorder = match Recorder::create(
-        path.clone(),
-        Header::new(cols, rows, &term, title, command.clone()),
-    )
-    .await
-    {
-        Ok(r) => Arc::new(r),
+    // A terminal's channel is recorded as asciicast (what a person saw); a channel without
+    // one carries bytes (rsync, scp, tar, checkpoints) and is recorded losslessly.
+    let header = Header::new(cols, rows, &term, title, command.clone());
+    let binary = pty.is_none() && !matches!(start, Start::Sftp);
+    let data_dir = &ctx.shared.config.data_dir;
+    let created = if binary {
+        let name = format!("{}-{channel_no}.{}", ctx.id, recording::stream::EXTENSION);
+        let path = recording::path_with(data_dir, now_ms(), &name);
+        Recorder::create_stream(path.clone(), header)
+            .await
+            .map(|r| (r, path))
+    } else {
+        let path = recording::path_for(data_dir, now_ms(), &ctx.id, channel_no);
+        Recorder::create(path.clone(), header)
+            .await
+            .map(|r| (r, path))
+    };
+    let (recorder, path) = match created {
+        Ok((r, path)) => (Arc::new(r), path),
         Err(e) => {
             warn!(session = %ctx.id, error = %e, "cannot record; refusing the channel");
             ctx.audit(ctx.event(
@@ -325,14 +336,10 @@ async fn open_upstream(
     start: Start,
     pty: Option<PtyReq>,
     env: Vec<(String, String)>,
-) -> Result<(upstream::UpHandle, Channel<russh::client::Msg>), String> {
-    let up = ctx.connect_upstream().await?;
-    let upch = up.channel_open_session().await.map_err(|e| {
-        format!(
-            "target `{}` refused a session channel: {e}",
-            ctx.target.name
-        )
-    })?;
+) -> Result<(Lease, Channel<russh::client::Msg>), String> {
+    let (up, upch) = ctx
+        .upstream_channel(|lease| async move { lease.handle().channel_open_session().await })
+        .await?;
     let send = |r: Result<(), russh::Error>| {
         r.map_err(|e| format!("lost the target `{}`: {e}", ctx.target.name))
     };
@@ -367,6 +374,10 @@ async fn relay(
     stop: &Stop,
 ) -> Result<(), String> {
     let sftp = matches!(start, Start::Sftp);
+    let transfer = match &start {
+        Start::Exec(c) => super::transfer::describe(&String::from_utf8_lossy(c)),
+        _ => None,
+    };
     let (up, upch) = match open_upstream(ctx, start, pty, env).await {
         Ok(x) => x,
         Err(message) => {
@@ -399,19 +410,18 @@ async fn relay(
             .record(Event::Marker(format!("postern: {message}")))
             .await;
     }
-    disconnect(up).await;
+    if let Some(t) = transfer {
+        ctx.audit(ctx.event(
+            "session.file_transfer",
+            Outcome::Success,
+            json!({ "tool": t.tool, "direction": t.direction, "paths": t.paths, "bytes_from_client": moved.from_client, "bytes_to_client": moved.to_client }),
+        ))
+        .await;
+    }
+    // The upstream connection serves the session's next channel, or closes after a while.
+    drop(up);
     debug!(session = %ctx.id, "channel finished");
     outcome
-}
-
-/// Ends the upstream connection of a channel, without waiting on a target that does not
-/// answer.
-pub(super) async fn disconnect(up: upstream::UpHandle) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        up.disconnect(russh::Disconnect::ByApplication, "", "en"),
-    )
-    .await;
 }
 
 pub(super) async fn finish(ctx: &SessionCtx, channel_no: u32, recorder: Recorder) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde_json::json;
 use tracing::warn;
 
+use super::pool::{Lease, Pool};
 use super::upstream::{self, Credentials, UpHandle, UpstreamError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::policy::{Grant, Target};
@@ -34,6 +35,8 @@ pub struct SessionCtx {
     /// Time limits, notices and the token that ends the session.
     pub limits: Limits,
     pub(super) next_channel: AtomicU32,
+    /// Connections to the target, shared by this session's channels.
+    pub(super) upstreams: Arc<Pool>,
 }
 
 impl crate::server::live::LiveSession for SessionCtx {
@@ -81,10 +84,39 @@ impl SessionCtx {
         }
     }
 
+    /// Opens a channel to the target on one of the session's upstream connections (a new
+    /// one when none has room, or when a reused one turns out dead); the lease keeps the
+    /// connection for the channel's life.
+    pub async fn upstream_channel<T, F, Fut>(&self, open: F) -> Result<(Lease, T), String>
+    where
+        F: Fn(Arc<Lease>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, russh::Error>>,
+    {
+        if let Some(lease) = self.upstreams.lease().await {
+            let lease = Arc::new(lease);
+            if let Ok(ch) = open(lease.clone()).await
+                && let Ok(lease) = Arc::try_unwrap(lease)
+            {
+                return Ok((lease, ch));
+            }
+        }
+        let lease = Arc::new(self.upstreams.add(self.connect_upstream().await?).await);
+        match open(lease.clone()).await {
+            Ok(ch) => match Arc::try_unwrap(lease) {
+                Ok(lease) => Ok((lease, ch)),
+                Err(_) => Err("internal error: an upstream lease is still shared".into()),
+            },
+            Err(e) => Err(format!(
+                "target `{}` refused a channel: {e}",
+                self.target.name
+            )),
+        }
+    }
+
     /// Connects to the target as this session's login; a failure is audited
     /// (`session.host_key_mismatch` or `session.upstream_error`) and returned as the
     /// message the user sees.
-    pub async fn connect_upstream(&self) -> Result<UpHandle, String> {
+    async fn connect_upstream(&self) -> Result<UpHandle, String> {
         match upstream::connect(
             &self.target,
             &self.creds,

@@ -193,7 +193,7 @@ fn untouched_store_verifies_and_each_tampering_is_named() {
     case(
         "recording",
         &|d| {
-            let rec = walk_cast(&d.join("recordings")).unwrap();
+            let rec = walk_recording(&d.join("recordings")).unwrap();
             let mut bytes = std::fs::read(&rec).unwrap();
             let i = bytes.len() / 2;
             bytes[i] ^= 0x20;
@@ -203,19 +203,19 @@ fn untouched_store_verifies_and_each_tampering_is_named() {
     );
     case(
         "recording-missing",
-        &|d| std::fs::remove_file(walk_cast(&d.join("recordings")).unwrap()).unwrap(),
+        &|d| std::fs::remove_file(walk_recording(&d.join("recordings")).unwrap()).unwrap(),
         "cannot be read",
     );
 }
 
-fn walk_cast(dir: &Path) -> Option<PathBuf> {
+fn walk_recording(dir: &Path) -> Option<PathBuf> {
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
         if p.is_dir() {
-            if let Some(f) = walk_cast(&p) {
+            if let Some(f) = walk_recording(&p) {
                 return Some(f);
             }
-        } else if p.extension().is_some_and(|x| x == "cast") {
+        } else if p.extension().is_some_and(|x| x == "cast" || x == "stream") {
             return Some(p);
         }
     }

@@ -74,6 +74,20 @@ fn all_sessions_ended(b: &Bastion) {
     );
 }
 
+/// The target's sshd runs no process for a connection any more (within 10 s): every
+/// upstream connection postern opened was closed.
+fn target_serves_nothing(b: &Bastion) {
+    let mut children = usize::MAX;
+    for _ in 0..100 {
+        children = b.sshd.children();
+        if children == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{children} sshd processes left on the target");
+}
+
 #[test]
 fn two_way_bulk_in_one_channel_completes_intact() {
     let b = Bastion::start();
@@ -192,15 +206,7 @@ fn multiplexed_commands_keep_their_exit_codes() {
         assert_eq!(out.stdout, format!("{i}\n"), "{out:?}");
     }
     // Every channel's upstream connection ended: the target serves nothing now.
-    let mut children = usize::MAX;
-    for _ in 0..100 {
-        children = b.sshd.children();
-        if children == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(children, 0, "sshd processes left on the target");
+    target_serves_nothing(&b);
     let s = only_session(&b);
     let recordings = s["recordings"].as_array().unwrap();
     assert_eq!(recordings.len(), 50, "{s}");
@@ -287,15 +293,7 @@ fn forwarded_connections_close_and_leave_nothing_behind() {
     }
     // Each forwarded connection closed end to end: no upstream connection, no sshd
     // process and no open recording is left while the tunnel itself stays up.
-    let mut children = usize::MAX;
-    for _ in 0..100 {
-        children = b.sshd.children();
-        if children == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(children, 0, "sshd processes left on the target");
+    target_serves_nothing(&b);
     let s = only_session(&b);
     assert!(s["end_reason"].is_null(), "the tunnel is still up: {s}");
     let recordings = s["recordings"].as_array().unwrap();
@@ -474,4 +472,85 @@ fn recordings_follow_a_moved_data_dir_and_commands_are_searchable() {
         "{grep:?}"
     );
     assert_ne!(cli(&["replay", &id]).code, 0);
+}
+
+#[test]
+fn channels_without_a_terminal_are_recorded_losslessly() {
+    let b = Bastion::start();
+    let dir = b.postern.root();
+    let input = dir.join("ckpt.bin");
+    random_file(&input, 4);
+    let out: Out = b
+        .ssh_command("ssh")
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("cat; echo findme-on-stderr >&2")
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = ended_session(&b);
+    let id = s["id"].as_str().unwrap().to_string();
+    let rec = &s["recordings"][0];
+    let path = rec["path"].as_str().unwrap();
+    assert!(path.ends_with(".stream"), "{path}");
+    // 4 MiB each way of random bytes: the recording is barely larger than what crossed.
+    let relayed = 8u64 << 20;
+    let size = std::fs::metadata(path).unwrap().len();
+    assert!(size * 100 <= relayed * 105, "{size} bytes for {relayed}");
+    // Each stream comes back exactly.
+    for stream in ["stdin", "stdout"] {
+        let file = dir.join(format!("export.{stream}"));
+        b.postern
+            .cli(&[
+                "sessions",
+                "export",
+                &id,
+                "--stream",
+                stream,
+                "-o",
+                file.to_str().unwrap(),
+            ])
+            .ok();
+        assert_eq!(sha256(&file), sha256(&input), "{stream}");
+    }
+    let replay = b.postern.cli(&["replay", &id]);
+    let text = replay.ok();
+    assert!(
+        text.contains("command  cat; echo findme-on-stderr >&2"),
+        "{text}"
+    );
+    assert!(text.contains("(binary, 4194304 bytes"), "{text}");
+    assert!(text.contains("exit-status 0"), "{text}");
+    let grep = b.postern.cli(&["sessions", "grep", "findme-on-stderr"]);
+    assert!(grep.ok().contains(&id), "{grep:?}");
+    // The same session's text survives escaping: no raw control bytes reach a terminal.
+    assert!(!text.contains('\u{1b}'));
+
+    // scp is logged as a file transfer, with its direction and path.
+    let target = dir.join("uploaded.bin");
+    let out: Out = b
+        .ssh_command("scp")
+        .args(["-O", "-P", &b.postern.ssh.port().to_string()])
+        .arg(&input)
+        .arg(format!("{}@127.0.0.1:{}", b.dest(), target.display()))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = b.postern.events("session.file_transfer");
+        if !events.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = &events[0]["details"];
+    assert_eq!(e["tool"], "scp");
+    assert_eq!(e["direction"], "upload");
+    assert_eq!(e["paths"][0], target.to_str().unwrap());
+    assert!(e["bytes_from_client"].as_u64().unwrap() >= 4 << 20, "{e}");
+    assert_eq!(sha256(&target), sha256(&input));
 }
