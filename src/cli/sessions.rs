@@ -289,7 +289,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "user": s.user }),
             )
             .await?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 let now = session(&store, config, &s.id).await?;
                 if now.ended_ms.is_some() {

@@ -55,26 +55,28 @@ pub async fn forward(
             return;
         }
     };
-    let _ = ctx
-        .shared
-        .store
-        .add_recording(
-            &ctx.id,
-            channel_no,
-            &recording::stored_path(&ctx.shared.config.data_dir, &path),
-        )
-        .await;
-    let opened = ctx
-        .upstream_channel(|lease| {
-            let (host, originator) = (req.host.clone(), req.originator.clone());
-            async move {
-                lease
-                    .handle()
-                    .channel_open_direct_tcpip(host, req.port, originator, req.originator_port)
-                    .await
-            }
-        })
-        .await;
+    // Indexing the recording, auditing the channel and opening it on the target run at
+    // once: a forwarded connection waits for the slowest, not for their sum.
+    let stored = recording::stored_path(&ctx.shared.config.data_dir, &path);
+    let index = ctx.shared.store.add_recording(&ctx.id, channel_no, &stored);
+    let audited = ctx.audit(ctx.event(
+        "session.channel",
+        Outcome::Success,
+        json!({ "channel": channel_no, "kind": "direct-tcpip", "destination": dest, "recording": stored }),
+    ));
+    let open = ctx.upstream_channel(|lease| {
+        let (host, originator) = (req.host.clone(), req.originator.clone());
+        async move {
+            lease
+                .handle()
+                .channel_open_direct_tcpip(host, req.port, originator, req.originator_port)
+                .await
+        }
+    });
+    let (indexed, (), opened) = tokio::join!(index, audited, open);
+    if let Err(e) = indexed {
+        tracing::warn!(session = %ctx.id, error = %e, "cannot index the recording");
+    }
     let (up, upch) = match opened {
         Ok(x) => x,
         Err(e) => {
@@ -89,12 +91,6 @@ pub async fn forward(
     reply.accept().await;
     // Opening a forwarded connection is activity, like input on it.
     ctx.limits.touch();
-    ctx.audit(ctx.event(
-        "session.channel",
-        Outcome::Success,
-        json!({ "channel": channel_no, "kind": "direct-tcpip", "destination": dest }),
-    ))
-    .await;
     let _ = recorder
         .record(Event::Marker(format!("forward to {dest} opened")))
         .await;

@@ -105,6 +105,9 @@ impl Pump<'_> {
             notices.mark_changed();
         }
         let failed = self.recorder.failed();
+        // A write to the client interrupted by the session's end (kill, TTL, shutdown)
+        // while the client was not taking data.
+        let mut stalled = false;
         let outcome = loop {
             let client_closed = client_end.is_some();
             let grace_over = async {
@@ -126,7 +129,8 @@ impl Pump<'_> {
                             break Err(RECORDING_FAILED.to_string());
                         }
                         // A client that closed reads nothing more.
-                        if !client_closed && !send(gone, down_w.data_bytes(data)).await {
+                        if !client_closed && !self.deliver(down_w.data_bytes(data)).await {
+                            stalled = self.ended();
                             break Ok(());
                         }
                     }
@@ -136,7 +140,8 @@ impl Pump<'_> {
                         if session && self.recorder.record(Event::Stderr(data.clone())).await.is_err() {
                             break Err(RECORDING_FAILED.to_string());
                         }
-                        if !client_closed && !send(gone, down_w.extended_data_bytes(ext, data)).await {
+                        if !client_closed && !self.deliver(down_w.extended_data_bytes(ext, data)).await {
+                            stalled = self.ended();
                             break Ok(());
                         }
                     }
@@ -182,13 +187,8 @@ impl Pump<'_> {
                     ctx.audit(ctx.event("session.recording_failed", Outcome::Failure, json!({ "error": "write failed" }))).await;
                     break Err("recording failed, so the session was ended (a session that cannot be recorded does not run)".to_string());
                 }
-                _ = self.stop.cancel.cancelled() => {
-                    break Err("postern is shutting down; your session has ended".to_string());
-                }
-                _ = ctx.limits.end.cancelled() => {
-                    let message = ctx.limits.ending().map(|e| e.message).unwrap_or_else(|| "this session was ended".into());
-                    break Err(message);
-                }
+                _ = self.stop.cancel.cancelled() => break Err(self.ending()),
+                _ = ctx.limits.end.cancelled() => break Err(self.ending()),
                 changed = notices.changed(), if session => {
                     let notice = if changed.is_ok() { notices.borrow_and_update().clone() } else { None };
                     if let Some(n) = notice {
@@ -201,10 +201,21 @@ impl Pump<'_> {
             }
         };
 
-        // The client hears the end: EOF and CLOSE, or why postern ended the channel.
+        // A write cut short by the session's end is that end.
+        let outcome = match outcome {
+            Ok(()) if stalled => Err(self.ending()),
+            o => o,
+        };
+        // The client hears the end: EOF and CLOSE, or why postern ended the channel (a
+        // client that was not reading gets no message, only the exit status).
         let client_closed = client_end.as_ref().is_some_and(|e| e.closed);
         let told = async {
             match &outcome {
+                Err(_) if stalled && !client_closed => {
+                    send(gone, down_w.exit_status(255)).await;
+                    send(gone, down_w.eof()).await;
+                    send(gone, down_w.close()).await;
+                }
                 Err(message) if !client_closed => {
                     send(gone, super::relay::fail(down_w, message, 255)).await;
                 }
@@ -248,6 +259,36 @@ impl Pump<'_> {
 }
 
 const RECORDING_FAILED: &str = "recording failed; the session was ended";
+
+impl Pump<'_> {
+    /// A write towards the client that gives way to the client's going and to the
+    /// session's end (a client that stopped reading must not keep a kill waiting).
+    async fn deliver<E>(&self, write: impl std::future::Future<Output = Result<(), E>>) -> bool {
+        tokio::select! {
+            r = write => r.is_ok(),
+            _ = self.stop.gone.cancelled() => false,
+            _ = self.stop.cancel.cancelled() => false,
+            _ = self.ctx.limits.end.cancelled() => false,
+        }
+    }
+
+    /// Whether postern is ending the session (kill, limits, shutdown).
+    fn ended(&self) -> bool {
+        self.stop.cancel.is_cancelled() || self.ctx.limits.end.is_cancelled()
+    }
+
+    /// Why postern ended the session, as the client is told.
+    fn ending(&self) -> String {
+        if self.stop.cancel.is_cancelled() {
+            return "postern is shutting down; your session has ended".into();
+        }
+        self.ctx
+            .limits
+            .ending()
+            .map(|e| e.message)
+            .unwrap_or_else(|| "this session was ended".into())
+    }
+}
 
 /// Runs a send towards the client unless the client is gone; false when it failed.
 pub(super) async fn send<E>(

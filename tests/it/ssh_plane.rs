@@ -554,3 +554,141 @@ fn channels_without_a_terminal_are_recorded_losslessly() {
     assert!(e["bytes_from_client"].as_u64().unwrap() >= 4 << 20, "{e}");
     assert_eq!(sha256(&target), sha256(&input));
 }
+
+#[test]
+fn dynamic_forwarding_carries_socks_connections() {
+    let b = Bastion::start_with_role(&["--port-forwarding", "true"]);
+    let port = line_server();
+    let socks = crate::harness::free_port();
+    let mut t = b
+        .ssh_command("ssh")
+        .args([
+            "-p",
+            &b.postern.ssh.port().to_string(),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-D",
+            &format!("127.0.0.1:{socks}"),
+        ])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", socks)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(first) = conn else {
+        let _ = t.kill();
+        let _ = t.wait();
+        panic!("the SOCKS listener never came up");
+    };
+    drop(first);
+    // Five SOCKS5 CONNECTs in a row, each a whole request and answer.
+    for i in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", socks)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&[5, 1, 0]).unwrap();
+        let mut hello = [0u8; 2];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(hello, [5, 0]);
+        let mut req = vec![5, 1, 0, 1, 127, 0, 0, 1];
+        req.extend_from_slice(&port.to_be_bytes());
+        s.write_all(&req).unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[1], 0, "SOCKS reply {reply:?}");
+        let request = format!("GET {i}\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, format!("reply to {request}"));
+    }
+    target_serves_nothing(&b);
+    let _ = t.kill();
+    let _ = t.wait();
+    all_sessions_ended(&b);
+}
+
+/// The id of the only live session, once it has a recording.
+fn live_session(b: &Bastion) -> String {
+    for _ in 0..100 {
+        let list: serde_json::Value =
+            serde_json::from_str(b.postern.cli(&["sessions", "list", "--json"]).ok()).unwrap();
+        if let Some(s) = list.as_array().unwrap().last()
+            && s["end_reason"].is_null()
+            && !s["recordings"].as_array().unwrap().is_empty()
+        {
+            return s["id"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no live session: {}", b.postern.log());
+}
+
+#[test]
+fn a_client_that_stops_reading_can_still_be_killed() {
+    let b = Bastion::start();
+    // A two-way stream whose client reads nothing: every window toward it is full.
+    let mut child = b
+        .ssh_command("ssh")
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("cat /dev/zero & cat > /dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = live_session(&b);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![7u8; 1 << 16];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let out = b.postern.cli(&["sessions", "kill", &id]);
+    assert_eq!(out.ok().trim(), format!("session {id} ended (killed)"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = writer.join();
+    target_serves_nothing(&b);
+    all_sessions_ended(&b);
+}
+
+#[test]
+fn a_client_killed_mid_transfer_leaves_a_finished_recording() {
+    let b = Bastion::start();
+    let mut child = b
+        .ssh_command("ssh")
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("cat > /dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    live_session(&b);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![9u8; 1 << 16];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // SIGKILL: no EOF, no CLOSE, the TCP connection just goes.
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = writer.join();
+    let s = ended_session(&b);
+    assert!(s["bytes_in"].as_u64().unwrap() > 0, "{s}");
+    target_serves_nothing(&b);
+    all_sessions_ended(&b);
+}
