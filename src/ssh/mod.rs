@@ -6,6 +6,7 @@ mod forward;
 mod handler;
 mod pool;
 mod pump;
+mod quickack;
 mod relay;
 mod session;
 mod transfer;

@@ -122,7 +122,11 @@ pub async fn connect(
         pinned: pinned.clone(),
         seen: seen.clone(),
     };
-    let handshake = client::connect_stream(Arc::new(config), stream, handler);
+    let handshake = client::connect_stream(
+        Arc::new(config),
+        super::quickack::QuickAck(stream),
+        handler,
+    );
     let mut handle = match tokio::time::timeout(connect_timeout, handshake).await {
         Err(_) => {
             return Err(unreachable(
