@@ -27,17 +27,25 @@ struct Conn {
 #[derive(Default)]
 pub struct Pool {
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
+    /// Held while a channel picks or makes a connection (see `SessionCtx::upstream_channel`).
+    pub opening: tokio::sync::Mutex<()>,
 }
 
 /// One channel's use of an upstream connection; given back when dropped.
 pub struct Lease {
     conn: Arc<Conn>,
     pool: Arc<Pool>,
+    /// The connection was made for this lease (not reused).
+    fresh: bool,
 }
 
 impl Lease {
     pub fn handle(&self) -> &UpHandle {
         &self.conn.handle
+    }
+
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 }
 
@@ -67,6 +75,7 @@ impl Pool {
         Some(Lease {
             conn,
             pool: self.clone(),
+            fresh: false,
         })
     }
 
@@ -80,6 +89,7 @@ impl Pool {
         Lease {
             conn,
             pool: self.clone(),
+            fresh: true,
         }
     }
 

@@ -92,15 +92,39 @@ impl SessionCtx {
         F: Fn(Arc<Lease>) -> Fut,
         Fut: std::future::Future<Output = Result<T, russh::Error>>,
     {
-        if let Some(lease) = self.upstreams.lease().await {
-            let lease = Arc::new(lease);
-            if let Ok(ch) = open(lease.clone()).await
-                && let Ok(lease) = Arc::try_unwrap(lease)
-            {
-                return Ok((lease, ch));
+        // One opener at a time picks or makes a connection, so channels opened together
+        // share one instead of each making its own; the channel itself opens unlocked.
+        let picked = {
+            let _opening = self.upstreams.opening.lock().await;
+            match self.upstreams.lease().await {
+                Some(lease) => lease,
+                None => self.upstreams.add(self.connect_upstream().await?).await,
+            }
+        };
+        {
+            let lease = Arc::new(picked);
+            match open(lease.clone()).await {
+                Ok(ch) => {
+                    return Arc::try_unwrap(lease)
+                        .map(|l| (l, ch))
+                        .map_err(|_| "internal error: an upstream lease is still shared".into());
+                }
+                // A refusal on a new connection is the target's answer.
+                Err(e) if lease.fresh() => {
+                    return Err(format!(
+                        "target `{}` refused a channel: {e}",
+                        self.target.name
+                    ));
+                }
+                // A reused connection that died: one more try, on a new one.
+                Err(_) => {}
             }
         }
-        let lease = Arc::new(self.upstreams.add(self.connect_upstream().await?).await);
+        let lease = {
+            let _opening = self.upstreams.opening.lock().await;
+            self.upstreams.add(self.connect_upstream().await?).await
+        };
+        let lease = Arc::new(lease);
         match open(lease.clone()).await {
             Ok(ch) => match Arc::try_unwrap(lease) {
                 Ok(lease) => Ok((lease, ch)),

@@ -122,11 +122,8 @@ pub async fn connect(
         pinned: pinned.clone(),
         seen: seen.clone(),
     };
-    let handshake = client::connect_stream(
-        Arc::new(config),
-        super::quickack::QuickAck(stream),
-        handler,
-    );
+    let handshake =
+        client::connect_stream(Arc::new(config), super::quickack::QuickAck(stream), handler);
     let mut handle = match tokio::time::timeout(connect_timeout, handshake).await {
         Err(_) => {
             return Err(unreachable(

@@ -30,6 +30,9 @@ fn session_channels_per_connection_are_capped() {
     };
     let running: Vec<Child> = (0..10).map(|_| spawn("sleep 4; echo done")).collect();
     std::thread::sleep(Duration::from_secs(2));
+    // Ten channels opened at once share postern's connections to the target: two (eight
+    // channels each at most), not one per channel.
+    assert_eq!(b.sshd.children(), 2, "upstream connections for 10 channels");
     let out = wait_for(spawn("echo eleventh"), Duration::from_secs(20), "11th");
     assert_ne!(out.code, 0, "{out:?}");
     // OpenSSH's multiplexer reports the refused channel open.
