@@ -10,12 +10,26 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now (the kernel picks it; we release it at once).
+/// A port nobody listens on right now, below the kernel's ephemeral range: a port from
+/// that range (what binding port 0 gives) can be taken by any outgoing connection of a
+/// concurrent test before the server that was meant to have it binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(12_000));
+    for attempt in 0u64..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {from} and {to}")
 }
 
 /// Polls until something accepts TCP connections on `port`, or panics after `limit`.
