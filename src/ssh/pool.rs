@@ -27,9 +27,14 @@ struct Conn {
 #[derive(Default)]
 pub struct Pool {
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
-    /// Held while a channel picks or makes a connection (see `SessionCtx::upstream_channel`).
-    pub opening: tokio::sync::Mutex<()>,
+    /// Held while a channel picks or makes a connection (see `SessionCtx::upstream_channel`);
+    /// it holds the last failure to connect and when it happened, so channels queued
+    /// behind a failed connect get its answer instead of each waiting for a timeout.
+    pub opening: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a failure to connect answers the channels opened after it.
+pub const FAILURE_HOLDS: Duration = Duration::from_secs(2);
 
 /// One channel's use of an upstream connection; given back when dropped.
 pub struct Lease {

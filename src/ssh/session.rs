@@ -95,10 +95,14 @@ impl SessionCtx {
         // One opener at a time picks or makes a connection, so channels opened together
         // share one instead of each making its own; the channel itself opens unlocked.
         let picked = {
-            let _opening = self.upstreams.opening.lock().await;
+            let mut opening = self.upstreams.opening.lock().await;
             match self.upstreams.lease().await {
                 Some(lease) => lease,
-                None => self.upstreams.add(self.connect_upstream().await?).await,
+                None => {
+                    self.upstreams
+                        .add(self.connect_once(&mut opening).await?)
+                        .await
+                }
             }
         };
         {
@@ -121,8 +125,10 @@ impl SessionCtx {
             }
         }
         let lease = {
-            let _opening = self.upstreams.opening.lock().await;
-            self.upstreams.add(self.connect_upstream().await?).await
+            let mut opening = self.upstreams.opening.lock().await;
+            self.upstreams
+                .add(self.connect_once(&mut opening).await?)
+                .await
         };
         let lease = Arc::new(lease);
         match open(lease.clone()).await {
@@ -135,6 +141,23 @@ impl SessionCtx {
                 self.target.name
             )),
         }
+    }
+
+    /// Connects, unless a connect failed moments ago: then its answer stands.
+    async fn connect_once(
+        &self,
+        last_failure: &mut Option<(std::time::Instant, String)>,
+    ) -> Result<UpHandle, String> {
+        if let Some((at, message)) = last_failure.as_ref()
+            && at.elapsed() < super::pool::FAILURE_HOLDS
+        {
+            return Err(message.clone());
+        }
+        let result = self.connect_upstream().await;
+        if let Err(message) = &result {
+            *last_failure = Some((std::time::Instant::now(), message.clone()));
+        }
+        result
     }
 
     /// Connects to the target as this session's login; a failure is audited
