@@ -247,29 +247,17 @@ impl Writer {
             }
         }
         let t = self.elapsed();
-        // The body is finished here; an empty text body takes its place (writes nothing).
-        let finished = std::mem::replace(
-            &mut self.body,
+        match &mut self.body {
             Body::Cast {
-                out: Utf8Stream::default(),
-                err: Utf8Stream::default(),
-                input: Utf8Stream::default(),
-                on_stderr: false,
-            },
-        );
-        match finished {
-            Body::Cast {
-                mut out,
-                mut err,
-                mut input,
-                ..
+                out, err, input, ..
             } => {
                 // Trailing partial UTF-8 sequences become replacement characters.
-                for (code, rest) in [
+                let rest = [
                     ("o", out.finish()),
                     ("o", err.finish()),
                     ("i", input.finish()),
-                ] {
+                ];
+                for (code, rest) in rest {
                     if !rest.is_empty() {
                         self.line(cast::event(t, code, &rest)).await?;
                     }
@@ -280,7 +268,8 @@ impl Writer {
                 self.write(&tail).await?;
             }
         }
-        self.flush().await?;
+        // The body is complete: only the file is flushed now.
+        self.flush_file().await?;
         self.file
             .get_ref()
             .sync_all()
@@ -392,6 +381,10 @@ impl Writer {
             let block = enc.flush().map_err(io("compress", &self.path))?;
             self.write(&block).await?;
         }
+        self.flush_file().await
+    }
+
+    async fn flush_file(&mut self) -> Result<(), RecordingError> {
         self.file
             .flush()
             .await

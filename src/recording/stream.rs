@@ -59,8 +59,10 @@ impl Encoder {
         Ok(self.take())
     }
 
-    pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        self.enc.finish()
+    /// Ends the zstd stream; the encoder takes nothing more.
+    pub fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        self.enc.do_finish()?;
+        Ok(self.take())
     }
 }
 
@@ -90,11 +92,10 @@ pub fn read(
         .ok_or_else(|| invalid("its first line is not a postern stream header"))?;
     let mut dec = zstd::stream::read::Decoder::with_buffer(file)?;
     loop {
+        // The end, or a tail cut short by a crash: what was read stands.
         let mut head = [0u8; 9];
-        match read_full(&mut dec, &mut head) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(_) => break,
+        if dec.read_exact(&mut head).is_err() {
+            break;
         }
         let t_ms = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let len = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
@@ -102,7 +103,7 @@ pub fn read(
             return Err(invalid("a record is malformed"));
         }
         let mut data = vec![0u8; len];
-        if !matches!(read_full(&mut dec, &mut data), Ok(true)) {
+        if dec.read_exact(&mut data).is_err() {
             break;
         }
         each(Record {
@@ -112,20 +113,6 @@ pub fn read(
         })?;
     }
     Ok(header)
-}
-
-/// Fills `buf`; false at a clean end before the first byte or at a cut-short tail.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 fn invalid(why: &str) -> std::io::Error {

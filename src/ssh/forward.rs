@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::handler::SessionCtx;
 use super::pump::{Kind, Pump};
-use super::relay::{Stop, finish};
+use super::relay::{Stop, finish, finish_shared};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -64,12 +64,10 @@ pub async fn forward(
         Outcome::Success,
         json!({ "channel": channel_no, "kind": "direct-tcpip", "destination": dest, "recording": stored }),
     ));
-    let open = ctx.upstream_channel(|lease| {
+    let open = ctx.upstream_channel(|up| {
         let (host, originator) = (req.host.clone(), req.originator.clone());
         async move {
-            lease
-                .handle()
-                .channel_open_direct_tcpip(host, req.port, originator, req.originator_port)
+            up.channel_open_direct_tcpip(host, req.port, originator, req.originator_port)
                 .await
         }
     });
@@ -111,8 +109,5 @@ pub async fn forward(
         )))
         .await;
     drop(up);
-    match Arc::try_unwrap(recorder) {
-        Ok(recorder) => finish(&ctx, channel_no, recorder).await,
-        Err(_) => tracing::warn!(session = %ctx.id, "recording still shared at channel end"),
-    }
+    finish_shared(&ctx, channel_no, recorder).await;
 }

@@ -2,10 +2,9 @@
 //! the access decision from the username, and one relay task per channel.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, HashAlg};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
@@ -14,19 +13,16 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
-use uuid::Uuid;
+use tracing::warn;
 
+use super::certificate::check_certificate;
 use super::relay;
 pub use super::session::SessionCtx;
-use super::upstream::Credentials;
-use super::username::{self, printable};
-use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
-use crate::credentials::ssh_cert::{self, CertRequest};
-use crate::policy::{Decision, Policy, Request, TargetKind, User, decide, default_login};
+use super::username::printable;
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::credentials::ssh_cert;
+use crate::policy::{Policy, User};
 use crate::server::Shared;
-use crate::server::limits::Limits;
-use crate::store::SessionRow;
 
 /// What the connection may do once authenticated.
 #[derive(Clone)]
@@ -37,22 +33,22 @@ pub enum Verdict {
 }
 
 pub struct Conn {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    cancel: CancellationToken,
-    kill: CancellationToken,
-    gone: CancellationToken,
-    tracker: TaskTracker,
-    verdict: Option<Verdict>,
-    state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) peer: SocketAddr,
+    pub(super) cancel: CancellationToken,
+    pub(super) kill: CancellationToken,
+    pub(super) gone: CancellationToken,
+    pub(super) tracker: TaskTracker,
+    pub(super) verdict: Option<Verdict>,
+    pub(super) state: Arc<Mutex<Option<Arc<SessionCtx>>>>,
     /// The end (Unix seconds) and serial of the certificate this connection authenticated with.
-    credential_until: Option<u64>,
-    credential_serial: Option<u64>,
+    pub(super) credential_until: Option<u64>,
+    pub(super) credential_serial: Option<u64>,
     /// Told to the client through keyboard-interactive when its key's postern certificate
     /// has expired (russh refuses expired certificates before postern sees them).
-    expired_notice: Option<String>,
+    pub(super) expired_notice: Option<String>,
     /// Session channels open now (`[ssh] max_sessions`).
-    open_sessions: Arc<AtomicU32>,
+    pub(super) open_sessions: Arc<AtomicU32>,
 }
 
 /// One of a connection's `max_sessions` session channels, given back when dropped.
@@ -114,7 +110,7 @@ impl Conn {
         }
     }
 
-    async fn audit(
+    pub(super) async fn audit(
         &self,
         kind: &str,
         actor: Actor,
@@ -128,158 +124,6 @@ impl Conn {
         if let Err(err) = self.shared.store.append_audit(&e).await {
             warn!(error = %err, kind, "cannot write audit event");
         }
-    }
-
-    /// Decides what an authenticated user may do, from the SSH username.
-    async fn verdict(&self, policy: &Policy, user: &User, ssh_user: &str) -> Verdict {
-        let actor = Actor::user(&user.name);
-        let refuse = |m: String| Verdict::Refused(m);
-        let dest = match username::parse(ssh_user) {
-            Ok(d) => d,
-            Err(m) => {
-                self.audit(
-                    "access.deny",
-                    actor,
-                    Outcome::Deny,
-                    None,
-                    json!({ "reason": "malformed username", "ssh_user": printable(ssh_user) }),
-                )
-                .await;
-                return refuse(m);
-            }
-        };
-        let Some(target) = policy.targets.get(&dest.target) else {
-            self.audit(
-                "access.deny",
-                actor,
-                Outcome::Deny,
-                Some(dest.target.clone()),
-                json!({ "reason": "unknown target" }),
-            )
-            .await;
-            return refuse(format!("unknown target `{}`", dest.target));
-        };
-        if target.kind != TargetKind::Ssh {
-            return refuse(format!(
-                "target `{}` is a {} target; connect to it with a {} client",
-                target.name, target.kind, target.kind
-            ));
-        }
-        let roles = policy.roles_of(user);
-        let Some(login) = dest.login.clone().or_else(|| default_login(&roles, target)) else {
-            return refuse(format!(
-                "none of your roles names a default login for `{0}`; connect as LOGIN@{0}",
-                target.name
-            ));
-        };
-        let grant = match decide(user, &roles, target, &Request::Ssh { login: &login }) {
-            Decision::Allow(g) => g,
-            Decision::Deny(reason) => {
-                self.audit(
-                    "access.deny",
-                    actor,
-                    Outcome::Deny,
-                    Some(target.name.clone()),
-                    json!({ "login": login, "reason": reason.to_string(), "decision": reason }),
-                )
-                .await;
-                return refuse(format!(
-                    "access to {login}@{} denied: {reason}",
-                    target.name
-                ));
-            }
-        };
-        let id = Uuid::new_v4().to_string();
-        let credential_until = self
-            .credential_until
-            .filter(|_| self.shared.config.ssh.disconnect_on_credential_expiry);
-        // The upstream certificate ends with the session: its TTL, or the developer's
-        // credential when sessions end with it.
-        let valid_before = (ssh_cert::now_secs() + grant.settings.max_session_ttl.as_secs())
-            .min(credential_until.unwrap_or(u64::MAX));
-        let cert = match ssh_cert::issue(
-            &self.shared.keys.target_ca,
-            &CertRequest {
-                login: &login,
-                session_id: &id,
-                user: &user.name,
-                valid_before,
-                port_forwarding: grant.settings.port_forwarding,
-            },
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot issue a session certificate");
-                return refuse(
-                    "postern could not issue a session certificate; try again or tell an admin"
-                        .into(),
-                );
-            }
-        };
-        let ctx = Arc::new(SessionCtx {
-            id: id.clone(),
-            user: user.name.clone(),
-            login: login.clone(),
-            target: target.clone(),
-            grant: grant.clone(),
-            creds: Credentials {
-                login: login.clone(),
-                key: Arc::new(cert.key),
-                cert: cert.cert,
-            },
-            cert_serial: cert.serial,
-            client_serial: self.credential_serial,
-            client_addr: self.peer.to_string(),
-            shared: self.shared.clone(),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            exit_status: Mutex::new(None),
-            limits: Limits::new(
-                grant.settings.max_session_ttl,
-                grant.settings.idle_timeout,
-                self.shared.config.ssh.expiry_warning,
-                i64::try_from(valid_before).unwrap_or(i64::MAX / 2) * 1000,
-                credential_until.map(|c| i64::try_from(c).unwrap_or(i64::MAX / 2) * 1000),
-                self.kill.clone(),
-            ),
-            next_channel: AtomicU32::new(0),
-            upstreams: Arc::new(super::pool::Pool::default()),
-        });
-        let row = SessionRow {
-            id: id.clone(),
-            kind: "ssh".into(),
-            user: user.name.clone(),
-            target: target.name.clone(),
-            login: login.clone(),
-            client_addr: self.peer.to_string(),
-            started_ms: now_ms(),
-            ended_ms: None,
-            end_reason: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            exit_status: None,
-            cert_serial: Some(cert.serial.to_string()),
-            recordings: vec![],
-        };
-        if let Err(e) = self.shared.store.start_session(&row).await {
-            warn!(error = %e, "cannot index the session; refusing it");
-            return refuse(
-                "postern cannot record this session right now (store unavailable); try again later"
-                    .into(),
-            );
-        }
-        ctx.audit(ctx.event(
-            "session.start",
-            Outcome::Success,
-            json!({ "login": login, "rule": grant.rule.to_string(), "roles": grant.roles, "cert_serial": cert.serial.to_string(), "valid_before": valid_before }),
-        ))
-        .await;
-        info!(session = %id, user = %user.name, target = %target.name, login = %login, "session started");
-        if let Ok(mut s) = self.state.lock() {
-            *s = Some(ctx.clone());
-        }
-        self.shared.live.register(&id, ctx.clone());
-        Verdict::Allowed(ctx)
     }
 
     /// Identity is proven (key or certificate): audit it, then decide what the session may do.
@@ -339,37 +183,6 @@ impl Conn {
             Some(Verdict::Allowed(ctx)) => Some(ctx),
             _ => None,
         }
-    }
-}
-
-/// Everything about a user certificate that russh does not check: the issuing CA, the
-/// type, critical options, the validity window (with skew) and a single principal.
-fn check_certificate(
-    cert: &Certificate,
-    user_ca: &russh::keys::PrivateKey,
-) -> Result<String, String> {
-    if cert.signature_key() != user_ca.public_key().key_data() {
-        return Err("not signed by postern's user CA".into());
-    }
-    if cert.cert_type() != CertType::User {
-        return Err("not a user certificate".into());
-    }
-    if let Some((name, _)) = cert.critical_options().iter().next() {
-        return Err(format!("unsupported critical option `{}`", printable(name)));
-    }
-    let now = ssh_cert::now_secs();
-    if now + ssh_cert::SKEW_SECS < cert.valid_after() || now >= cert.valid_before() {
-        let until = i64::try_from(cert.valid_before())
-            .unwrap_or(0)
-            .saturating_mul(1000);
-        return Err(format!(
-            "expired or not yet valid (valid until {})",
-            crate::audit::format_ms(until)
-        ));
-    }
-    match cert.valid_principals() {
-        [one] => Ok(one.clone()),
-        _ => Err("a postern certificate names exactly one principal, the postern user".into()),
     }
 }
 
@@ -683,119 +496,5 @@ impl Handler for Conn {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         Ok(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use russh::keys::PrivateKey;
-    use russh::keys::ssh_key::certificate::{Builder, CertType};
-    use russh::keys::ssh_key::private::Ed25519Keypair;
-
-    use super::check_certificate;
-    use crate::credentials::ssh_cert::now_secs;
-
-    fn key(seed: u8) -> PrivateKey {
-        PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
-    }
-
-    fn cert(
-        ca: &PrivateKey,
-        kind: CertType,
-        principals: &[&str],
-        from: u64,
-        to: u64,
-        option: bool,
-    ) -> russh::keys::Certificate {
-        let mut b = Builder::new(
-            [1u8; 16].to_vec(),
-            key(2).public_key().key_data().clone(),
-            from,
-            to,
-        )
-        .unwrap();
-        b.cert_type(kind).unwrap();
-        b.serial(7).unwrap();
-        b.key_id("t").unwrap();
-        for p in principals {
-            b.valid_principal(*p).unwrap();
-        }
-        if principals.is_empty() {
-            // "Valid for every principal": postern must refuse it.
-            b.all_principals_valid().unwrap();
-        }
-        if option {
-            b.critical_option("force-command", "/bin/true").unwrap();
-        }
-        b.sign(ca).unwrap()
-    }
-
-    #[test]
-    fn user_certificate_checks() {
-        let ca = key(1);
-        let now = now_secs();
-        let ok = cert(&ca, CertType::User, &["alice"], now - 10, now + 3600, false);
-        assert_eq!(check_certificate(&ok, &ca).unwrap(), "alice");
-        for (c, why) in [
-            (
-                cert(
-                    &key(9),
-                    CertType::User,
-                    &["alice"],
-                    now - 10,
-                    now + 3600,
-                    false,
-                ),
-                "user CA",
-            ),
-            (
-                cert(&ca, CertType::Host, &["alice"], now - 10, now + 3600, false),
-                "not a user certificate",
-            ),
-            (
-                cert(
-                    &ca,
-                    CertType::User,
-                    &["alice"],
-                    now - 7200,
-                    now - 3600,
-                    false,
-                ),
-                "expired",
-            ),
-            (
-                cert(
-                    &ca,
-                    CertType::User,
-                    &["alice"],
-                    now + 3600,
-                    now + 7200,
-                    false,
-                ),
-                "not yet valid",
-            ),
-            (
-                cert(
-                    &ca,
-                    CertType::User,
-                    &["alice", "bob"],
-                    now - 10,
-                    now + 3600,
-                    false,
-                ),
-                "exactly one principal",
-            ),
-            (
-                cert(&ca, CertType::User, &[], now - 10, now + 3600, false),
-                "exactly one principal",
-            ),
-            (
-                cert(&ca, CertType::User, &["alice"], now - 10, now + 3600, true),
-                "critical option",
-            ),
-        ] {
-            let e = check_certificate(&c, &ca).unwrap_err();
-            assert!(e.contains(why), "{why}: {e}");
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! (`handler`), the client side towards targets (`upstream`), and the per-channel relay
 //! that records every byte (`relay`).
 
+mod certificate;
 mod forward;
 mod handler;
 mod pool;
@@ -12,6 +13,7 @@ mod session;
 mod transfer;
 pub mod upstream;
 pub mod username;
+mod verdict;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;

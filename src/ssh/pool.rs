@@ -20,7 +20,7 @@ const CHANNELS_PER_CONNECTION: usize = 8;
 const LINGER: Duration = Duration::from_secs(2);
 
 struct Conn {
-    handle: UpHandle,
+    handle: Arc<UpHandle>,
     channels: AtomicUsize,
 }
 
@@ -45,8 +45,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn handle(&self) -> &UpHandle {
-        &self.conn.handle
+    pub fn handle(&self) -> Arc<UpHandle> {
+        self.conn.handle.clone()
     }
 
     pub fn fresh(&self) -> bool {
@@ -87,7 +87,7 @@ impl Pool {
     /// Adds a new connection to the pool and leases it.
     pub async fn add(self: &Arc<Self>, handle: UpHandle) -> Lease {
         let conn = Arc::new(Conn {
-            handle,
+            handle: Arc::new(handle),
             channels: AtomicUsize::new(1),
         });
         self.conns.lock().await.push(conn.clone());

@@ -217,7 +217,7 @@ impl Pump<'_> {
                     send(gone, down_w.close()).await;
                 }
                 Err(message) if !client_closed => {
-                    send(gone, super::relay::fail(down_w, message, 255)).await;
+                    until(gone, super::relay::fail(down_w, message, 255)).await;
                 }
                 _ => {
                     send(gone, down_w.eof()).await;
@@ -290,15 +290,24 @@ impl Pump<'_> {
     }
 }
 
-/// Runs a send towards the client unless the client is gone; false when it failed.
-pub(super) async fn send<E>(
-    gone: &CancellationToken,
-    send: impl std::future::Future<Output = Result<(), E>>,
-) -> bool {
+/// Runs `f` unless `token` fires first; `None` when it did.
+pub(super) async fn until<T>(
+    token: &CancellationToken,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
-        r = send => r.is_ok(),
-        _ = gone.cancelled() => false,
+        r = f => Some(r),
+        _ = token.cancelled() => None,
     }
+}
+
+/// Runs a write unless `token` fires first (the client gone, the channel halted); true
+/// when it completed successfully.
+pub(super) async fn send<E>(
+    token: &CancellationToken,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    matches!(until(token, write).await, Some(Ok(())))
 }
 
 /// Waits for the client→target direction to end on the client's CLOSE, within
@@ -343,17 +352,17 @@ async fn client_to_target(
                 ctx.limits.touch();
                 ctx.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 sent += data.len() as u64;
-                if record_data && !halted(&halt, rec.record(Event::Input(data.clone()))).await {
+                if record_data && !send(&halt, rec.record(Event::Input(data.clone()))).await {
                     break;
                 }
-                if !halted(&halt, up_w.data_bytes(data)).await {
+                if !send(&halt, up_w.data_bytes(data)).await {
                     break;
                 }
             }
             Some(ChannelMsg::ExtendedData { data, ext }) => {
                 ctx.limits.touch();
                 sent += data.len() as u64;
-                if !halted(&halt, up_w.extended_data_bytes(ext, data)).await {
+                if !send(&halt, up_w.extended_data_bytes(ext, data)).await {
                     break;
                 }
             }
@@ -390,15 +399,4 @@ async fn client_to_target(
         }
     }
     ClientEnd { up_w, sent, closed }
-}
-
-/// Runs `f` unless `halt` fires first; true when it completed successfully.
-async fn halted<E>(
-    halt: &CancellationToken,
-    f: impl std::future::Future<Output = Result<(), E>>,
-) -> bool {
-    tokio::select! {
-        r = f => r.is_ok(),
-        _ = halt.cancelled() => false,
-    }
 }

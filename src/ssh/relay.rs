@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::handler::{SessionCtx, Verdict};
 use super::pool::Lease;
-use super::pump::{Kind, Pump, send};
+use super::pump::{Kind, Pump, until};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::{self, Event, Header, Recorder};
 
@@ -59,11 +59,7 @@ pub async fn run(verdict: Verdict, down: Channel<Msg>, handle: Handle, stop: Sto
 
 /// Prints `postern: MESSAGE` on the client's stderr, sets the exit status and closes; a
 /// client that does not take it within a few seconds is not waited for.
-pub(super) async fn fail<S>(
-    down: &ChannelWriteHalf<S>,
-    message: &str,
-    code: u32,
-) -> Result<(), std::convert::Infallible>
+pub(super) async fn fail<S>(down: &ChannelWriteHalf<S>, message: &str, code: u32)
 where
     S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
@@ -76,7 +72,6 @@ where
         let _ = down.close().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), said).await;
-    Ok(())
 }
 
 async fn refused(down: Channel<Msg>, message: &str) {
@@ -94,7 +89,7 @@ async fn refused(down: Channel<Msg>, message: &str) {
             _ => {}
         }
     }
-    let _ = fail(&w, message, 1).await;
+    fail(&w, message, 1).await;
 }
 
 struct PtyReq {
@@ -179,7 +174,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                     && let Some(tool) = super::transfer::tool(&text)
                 {
                     ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "tool": tool, "command": super::username::printable(&text), "rule": ctx.grant.rule.to_string() }))).await;
-                    let _ = fail(
+                    fail(
                         &down_w,
                         &format!("file transfer ({tool}) is not allowed by your roles"),
                         1,
@@ -191,7 +186,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
                 if name != "sftp" {
-                    let _ = fail(
+                    fail(
                         &down_w,
                         &format!(
                             "subsystem `{}` is not available; only sftp is",
@@ -204,7 +199,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 }
                 if !ctx.grant.settings.file_transfer {
                     ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "rule": ctx.grant.rule.to_string() }))).await;
-                    let _ = fail(
+                    fail(
                         &down_w,
                         "file transfer (sftp, scp, rsync) is not allowed by your roles",
                         1,
@@ -272,7 +267,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                 json!({ "channel": channel_no, "error": e.to_string() }),
             ))
             .await;
-            let _ = fail(&down_w, "this session cannot be recorded, so it is not allowed to run; tell an admin (recording storage failed)", 1).await;
+            fail(&down_w, "this session cannot be recorded, so it is not allowed to run; tell an admin (recording storage failed)", 1).await;
             return;
         }
     };
@@ -297,37 +292,13 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
         &ctx, &recorder, start, pty, env, down_r, &down_w, down_id, &handle, &stop,
     )
     .await;
-    // Finalise: flush, sync, hash, index.
-    match Arc::try_unwrap(recorder) {
-        Ok(rec) => match rec.finish().await {
-            Ok(done) => {
-                if let Err(e) = ctx
-                    .shared
-                    .store
-                    .finish_recording(&ctx.id, channel_no, &done.sha256, done.bytes)
-                    .await
-                {
-                    warn!(session = %ctx.id, error = %e, "cannot index the finished recording");
-                }
-            }
-            Err(e) => {
-                warn!(session = %ctx.id, error = %e, "recording failed");
-                ctx.audit(ctx.event(
-                    "session.recording_failed",
-                    Outcome::Failure,
-                    json!({ "channel": channel_no, "error": e.to_string() }),
-                ))
-                .await;
-            }
-        },
-        Err(_) => warn!(session = %ctx.id, "recording still shared at channel end"),
-    }
+    finish_shared(&ctx, channel_no, recorder).await;
 }
 
 /// Tells the client why its channel ends: `postern: MESSAGE` on stderr, exit 255, close;
 /// a client that is gone or does not take it is not waited for.
 async fn tell(down_w: &ChannelWriteHalf<Msg>, gone: &CancellationToken, message: &str) {
-    send(gone, fail(down_w, message, 255)).await;
+    until(gone, fail(down_w, message, 255)).await;
 }
 
 /// Connects to the target and starts the same shell, command or subsystem there.
@@ -338,7 +309,7 @@ async fn open_upstream(
     env: Vec<(String, String)>,
 ) -> Result<(Lease, Channel<russh::client::Msg>), String> {
     let (up, upch) = ctx
-        .upstream_channel(|lease| async move { lease.handle().channel_open_session().await })
+        .upstream_channel(|up| async move { up.channel_open_session().await })
         .await?;
     let send = |r: Result<(), russh::Error>| {
         r.map_err(|e| format!("lost the target `{}`: {e}", ctx.target.name))
@@ -424,16 +395,22 @@ async fn relay(
     outcome
 }
 
+/// Finalises a recording (flush, sync, hash) and indexes its hash; a recording that
+/// fails here is audited.
 pub(super) async fn finish(ctx: &SessionCtx, channel_no: u32, recorder: Recorder) {
     match recorder.finish().await {
         Ok(done) => {
-            let _ = ctx
+            if let Err(e) = ctx
                 .shared
                 .store
                 .finish_recording(&ctx.id, channel_no, &done.sha256, done.bytes)
-                .await;
+                .await
+            {
+                warn!(session = %ctx.id, error = %e, "cannot index the finished recording");
+            }
         }
         Err(e) => {
+            warn!(session = %ctx.id, error = %e, "recording failed");
             ctx.audit(ctx.event(
                 "session.recording_failed",
                 Outcome::Failure,
@@ -441,5 +418,13 @@ pub(super) async fn finish(ctx: &SessionCtx, channel_no: u32, recorder: Recorder
             ))
             .await;
         }
+    }
+}
+
+/// `finish` for a recording its channel's directions shared, once they have ended.
+pub(super) async fn finish_shared(ctx: &SessionCtx, channel_no: u32, recorder: Arc<Recorder>) {
+    match Arc::try_unwrap(recorder) {
+        Ok(recorder) => finish(ctx, channel_no, recorder).await,
+        Err(_) => warn!(session = %ctx.id, "recording still shared at channel end"),
     }
 }

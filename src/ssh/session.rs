@@ -89,57 +89,36 @@ impl SessionCtx {
     /// connection for the channel's life.
     pub async fn upstream_channel<T, F, Fut>(&self, open: F) -> Result<(Lease, T), String>
     where
-        F: Fn(Arc<Lease>) -> Fut,
+        F: Fn(Arc<UpHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, russh::Error>>,
     {
-        // One opener at a time picks or makes a connection, so channels opened together
-        // share one instead of each making its own; the channel itself opens unlocked.
-        let picked = {
-            let mut opening = self.upstreams.opening.lock().await;
-            match self.upstreams.lease().await {
-                Some(lease) => lease,
-                None => {
-                    self.upstreams
-                        .add(self.connect_once(&mut opening).await?)
-                        .await
+        let mut reuse = true;
+        loop {
+            // One opener at a time picks or makes a connection, so channels opened
+            // together share one instead of each making its own; the channel itself
+            // opens unlocked.
+            let lease = {
+                let mut opening = self.upstreams.opening.lock().await;
+                match self.upstreams.lease().await.filter(|_| reuse) {
+                    Some(lease) => lease,
+                    None => {
+                        self.upstreams
+                            .add(self.connect_once(&mut opening).await?)
+                            .await
+                    }
                 }
-            }
-        };
-        {
-            let lease = Arc::new(picked);
-            match open(lease.clone()).await {
-                Ok(ch) => {
-                    return Arc::try_unwrap(lease)
-                        .map(|l| (l, ch))
-                        .map_err(|_| "internal error: an upstream lease is still shared".into());
-                }
-                // A refusal on a new connection is the target's answer.
-                Err(e) if lease.fresh() => {
+            };
+            match open(lease.handle()).await {
+                Ok(ch) => return Ok((lease, ch)),
+                // A reused connection that died: one more try, on a new one.
+                Err(_) if !lease.fresh() => reuse = false,
+                Err(e) => {
                     return Err(format!(
                         "target `{}` refused a channel: {e}",
                         self.target.name
                     ));
                 }
-                // A reused connection that died: one more try, on a new one.
-                Err(_) => {}
             }
-        }
-        let lease = {
-            let mut opening = self.upstreams.opening.lock().await;
-            self.upstreams
-                .add(self.connect_once(&mut opening).await?)
-                .await
-        };
-        let lease = Arc::new(lease);
-        match open(lease.clone()).await {
-            Ok(ch) => match Arc::try_unwrap(lease) {
-                Ok(lease) => Ok((lease, ch)),
-                Err(_) => Err("internal error: an upstream lease is still shared".into()),
-            },
-            Err(e) => Err(format!(
-                "target `{}` refused a channel: {e}",
-                self.target.name
-            )),
         }
     }
 

@@ -237,9 +237,9 @@ fn line_server() -> u16 {
     port
 }
 
-/// Starts `ssh -N -L LOCAL:127.0.0.1:PORT` through postern; returns it and LOCAL.
-fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
-    let local = crate::harness::free_port();
+/// Starts `ssh -N FLAG SPEC` through postern (a forwarding client) and waits until it
+/// listens on `local`.
+fn forwarding(b: &Bastion, flag: &str, spec: &str, local: u16) -> Child {
     let mut child = b
         .ssh_command("ssh")
         .args([
@@ -248,8 +248,8 @@ fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
             "-N",
             "-o",
             "ExitOnForwardFailure=yes",
-            "-L",
-            &format!("{local}:127.0.0.1:{port}"),
+            flag,
+            spec,
         ])
         .arg(format!("{}@127.0.0.1", b.dest()))
         .stdin(Stdio::null())
@@ -259,13 +259,20 @@ fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
         .unwrap();
     for _ in 0..100 {
         if TcpStream::connect(("127.0.0.1", local)).is_ok() {
-            return (child, local);
+            return child;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("the tunnel never listened");
+    panic!("`ssh -N {flag} {spec}` never listened");
+}
+
+/// Starts `ssh -N -L LOCAL:127.0.0.1:PORT` through postern; returns it and LOCAL.
+fn tunnel(b: &Bastion, port: u16) -> (Child, u16) {
+    let local = crate::harness::free_port();
+    let spec = format!("{local}:127.0.0.1:{port}");
+    (forwarding(b, "-L", &spec, local), local)
 }
 
 /// One request through the tunnel: connect, send a line, read the answer to EOF.
@@ -560,37 +567,7 @@ fn dynamic_forwarding_carries_socks_connections() {
     let b = Bastion::start_with_role(&["--port-forwarding", "true"]);
     let port = line_server();
     let socks = crate::harness::free_port();
-    let mut t = b
-        .ssh_command("ssh")
-        .args([
-            "-p",
-            &b.postern.ssh.port().to_string(),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-D",
-            &format!("127.0.0.1:{socks}"),
-        ])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut conn = None;
-    for _ in 0..100 {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", socks)) {
-            conn = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let Some(first) = conn else {
-        let _ = t.kill();
-        let _ = t.wait();
-        panic!("the SOCKS listener never came up");
-    };
-    drop(first);
+    let mut t = forwarding(&b, "-D", &format!("127.0.0.1:{socks}"), socks);
     // Five SOCKS5 CONNECTs in a row, each a whole request and answer.
     for i in 0..5 {
         let mut s = TcpStream::connect(("127.0.0.1", socks)).unwrap();
