@@ -75,6 +75,9 @@ pub struct ReplayArgs {
     /// The channel to replay (default: the first).
     #[arg(long)]
     channel: Option<i64>,
+    /// A PostgreSQL transcript as JSON lines, each statement joined with its result.
+    #[arg(long)]
+    json: bool,
 }
 
 fn since_ms(d: Option<Dur>) -> Option<i64> {
@@ -376,35 +379,61 @@ fn is_transcript(path: &Path) -> bool {
     path.to_string_lossy().ends_with(".pg.jsonl")
 }
 
-/// The statements of a transcript: (offset s, the statement's JSON).
+/// The entries of a transcript: (offset s, the entry's JSON).
 fn transcript_lines(path: &Path) -> std::io::Result<Vec<(f64, serde_json::Value)>> {
-    let file = std::fs::File::open(path)?;
-    Ok(BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .skip(1)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-        .map(|v| (v["t"].as_f64().unwrap_or(0.0), v))
-        .collect())
+    crate::recording::transcript::read(path)
 }
 
-/// One transcript entry as a line: `SQL  → TAG (N rows, D ms)` or the error.
+/// One transcript entry as a terminal-safe line: `SQL  → TAG (N rows, D ms)`, the error,
+/// how it ended when no result came, and whether it was rolled back.
 fn statement_text(v: &serde_json::Value) -> String {
-    let mut line = v["sql"].as_str().unwrap_or("").replace('\n', " ");
+    let esc = super::streams::escape;
+    let s = |k: &str| v[k].as_str().unwrap_or("");
+    let err = |e: &serde_json::Value| {
+        format!(
+            "ERROR {} {}",
+            e["code"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        )
+    };
+    let mut line = match s("type") {
+        "prepare" => format!("PREPARE {}: {}", s("name"), s("sql")),
+        "error" if v.get("sql").is_none() => {
+            let during = match s("during") {
+                "" => String::new(),
+                d => format!("({d} {}) ", s("statement")),
+            };
+            return esc(&format!("{during}{}", err(&v["error"])).replace('\n', " "));
+        }
+        _ if s("protocol") == "function" => {
+            format!("function {} (oid {})", s("function"), v["function_oid"])
+        }
+        _ => s("sql").to_string(),
+    };
+    if let Some(p) = v.get("prepared").and_then(|p| p.as_str()) {
+        line.push_str(&format!("  [{p}]"));
+    }
     if let Some(p) = v.get("params").filter(|p| !p.is_null()) {
         line.push_str(&format!("  params {p}"));
     }
     let ms = v["duration_ms"].as_f64().unwrap_or(0.0);
-    match (&v["error"], v["tag"].as_str()) {
-        (e, _) if e.is_object() => line.push_str(&format!(
-            "  → ERROR {} {} ({ms} ms)",
-            e["code"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or("")
-        )),
-        (_, Some(tag)) => line.push_str(&format!("  → {tag} ({ms} ms)")),
+    match (&v["error"], v["tag"].as_str(), v["completion"].as_str()) {
+        (e, _, _) if e.is_object() => line.push_str(&format!("  → {} ({ms} ms)", err(e))),
+        (_, Some(tag), _) => {
+            let rows = v["rows"]
+                .as_u64()
+                .map(|n| format!("{n} rows, "))
+                .unwrap_or_default();
+            line.push_str(&format!("  → {tag} ({rows}{ms} ms)"));
+        }
+        (_, None, Some(c)) => line.push_str(&format!("  → {c} ({ms} ms)")),
+        _ if s("type") == "prepare" => {}
         _ => line.push_str(&format!("  ({ms} ms)")),
     }
-    line
+    if v["rolled_back"] == true {
+        line.push_str("  (rolled back)");
+    }
+    esc(&line.replace('\n', " "))
 }
 
 fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
@@ -524,7 +553,11 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
             .with_context(|| format!("cannot open recording {}", path.display()))?;
         let mut out = std::io::stdout().lock();
         for (t, v) in lines {
-            writeln!(out, "+{t:>9.3}s  {}", statement_text(&v))?;
+            if a.json {
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "+{t:>9.3}s  {}", statement_text(&v))?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

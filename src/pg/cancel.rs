@@ -1,6 +1,7 @@
-//! Cancel keys: each client gets postern's own (process id, secret) in `BackendKeyData`;
-//! a `CancelRequest` carrying it is passed to the target with the target's key, so the
-//! target's key never leaves postern and Ctrl-C in psql cancels through the bastion.
+//! Cancel keys: each client gets the target backend's real process id with postern's own
+//! secret in `BackendKeyData` (so `pg_backend_pid()` and notification PIDs match what the
+//! client was told); a `CancelRequest` carrying it is passed to the target with the
+//! target's secret, which never leaves postern. Ctrl-C in psql cancels through the bastion.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,13 +31,15 @@ fn random_i32() -> i32 {
 }
 
 impl CancelMap {
-    /// A fresh key for a session whose target backend has `key` at `addr`.
+    /// A fresh key for a session whose target backend has `key` at `addr`: the backend's
+    /// process id and a secret of postern's.
     pub fn register(&self, addr: &str, key: Option<(i32, i32)>) -> (i32, i32) {
         let Ok(mut m) = self.entries.lock() else {
             return (0, 0);
         };
         loop {
-            let ours = (random_i32() & i32::MAX, random_i32());
+            let pid = key.map_or_else(|| random_i32() & i32::MAX, |k| k.0);
+            let ours = (pid, random_i32());
             if let std::collections::hash_map::Entry::Vacant(v) = m.entry(ours) {
                 v.insert(Entry {
                     addr: addr.to_string(),
@@ -55,15 +58,35 @@ impl CancelMap {
 
     /// Passes a cancel request on to the target; unknown keys are ignored, as PostgreSQL does.
     pub async fn forward(&self, pid: i32, secret: i32) {
-        let found = self
-            .entries
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(pid, secret)).map(|e| (e.addr.clone(), e.key)));
-        let Some((addr, Some((tpid, tsecret)))) = found else {
-            debug!("cancel request with an unknown key");
-            return;
-        };
+        match self.lookup(pid, secret) {
+            Some(dest) => dest.send().await,
+            None => debug!("cancel request with an unknown key"),
+        }
+    }
+
+    /// Where a cancel request with this key goes.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Dest> {
+        let m = self.entries.lock().ok()?;
+        let e = m.get(&(pid, secret))?;
+        Some(Dest {
+            addr: e.addr.clone(),
+            key: e.key?,
+        })
+    }
+}
+
+/// A target backend to cancel.
+pub struct Dest {
+    addr: String,
+    key: (i32, i32),
+}
+
+impl Dest {
+    pub async fn send(self) {
+        let Dest {
+            addr,
+            key: (tpid, tsecret),
+        } = self;
         let mut buf = BytesMut::new();
         frontend::cancel_request(tpid, tsecret, &mut buf);
         let send = async {

@@ -6,7 +6,11 @@
 //! token from `postern db login`; it names the database user postern logs in as.
 
 mod cancel;
+mod link;
 mod relay;
+mod text;
+mod tracker;
+mod transcript;
 mod upstream;
 pub mod wire;
 
@@ -587,6 +591,7 @@ async fn run(
             // The relay owns the connection while it runs and hands it back for a last
             // word (unless it had to abandon a peer that stopped reading).
             let client = std::mem::replace(io, closed());
+            let dest = shared.pg_cancel.lookup(key.0, key.1);
             let mut outcome = relay::run(relay::Relay {
                 client,
                 upstream: up.io,
@@ -594,6 +599,12 @@ async fn run(
                 limits: session.limits.clone(),
                 cancel: cancel.clone(),
                 redact: grant.settings.redact_parameters,
+                parameters: up.parameters,
+                cancel_target: Box::pin(async move {
+                    if let Some(d) = dest {
+                        d.send().await;
+                    }
+                }),
             })
             .await;
             if let Some(client) = outcome.client.take() {
@@ -606,12 +617,9 @@ async fn run(
             bytes_in: 0,
             bytes_out: 0,
             client: None,
+            limit: None,
         },
     };
-    if session.limits.ending().is_some() {
-        // Ended by postern (kill, TTL, lock): stop whatever the target is still running.
-        shared.pg_cancel.forward(key.0, key.1).await;
-    }
     shared.pg_cancel.unregister(key);
     shared.live.unregister(&id);
     let recording_failed = recorder.failed().is_cancelled();
@@ -658,6 +666,12 @@ async fn run(
     audit(shared, event("session.end", Outcome::Success, json!({ "reason": reason, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out, "recordings": recordings })), peer).await;
     // The row is closed last: whoever sees the session ended finds its events.
     end_row(shared, &id, &reason, result.bytes_in, result.bytes_out).await;
+    if let Some(limit) = result.limit {
+        return Err(refuse(
+            "54000",
+            format!("postern: {limit}; the session ends"),
+        ));
+    }
     match message {
         // 57P05 is PostgreSQL's own idle-session timeout; the other endings are 57P01.
         Some(m) => Err(refuse(

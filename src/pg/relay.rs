@@ -1,28 +1,46 @@
 //! The relay of an authenticated PostgreSQL session: both directions at once, forwarding
-//! whole messages untouched, and a tracker that pairs each statement (simple `Query`, or
-//! extended `Parse`/`Bind`/`Execute`) with its outcome (`CommandComplete`, `ErrorResponse`)
-//! for the transcript. A statement's line is queued to the recorder before its completion
-//! reaches the client.
+//! messages untouched, with the statement tracker seeing each one first. A statement's
+//! line is in the recorder before the statement reaches the target; its result line is
+//! in the recorder before the reply reaches the client. Messages larger than a frame
+//! budget pass through in pieces, the tracker seeing their first bytes.
+//!
+//! When the client leaves (or postern ends the session), the target is read on until it
+//! has answered everything it was sent, for a few seconds; what is still running then is
+//! cancelled, and anything unanswered is recorded as such.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
-use bytes::{Buf, BytesMut};
-use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Io, wire};
+use super::Io;
+use super::link::{
+    self, DONE, ENDED, FROM_CLIENT, Link, NOTICE, RECORDING_FAILED, ReadSide, SHUTDOWN, STOPS,
+    TO_CLIENT, WriteSide,
+};
+use super::tracker::{Limit, Tracker};
+use super::wire;
 use crate::recording::LineSink;
 use crate::server::limits::Limits;
+
+/// Client messages up to this size reach the tracker whole; larger ones (bulk `COPY`
+/// data, huge statements) are forwarded in pieces and the transcript keeps this much.
+const CLIENT_FRAME: usize = 1 << 20;
+/// The same for the target's messages (rows are not recorded, only tags and errors).
+const SERVER_FRAME: usize = 64 << 10;
+/// How long the target is read after the client left, for the replies to what it sent.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long a cancelled statement has to report.
+const AFTER_CANCEL: Duration = Duration::from_secs(2);
+
+pub type CancelTarget = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub struct Relay {
     pub client: Box<dyn Io>,
@@ -33,6 +51,10 @@ pub struct Relay {
     pub cancel: CancellationToken,
     /// Leave `Bind` parameter values out of the transcript.
     pub redact: bool,
+    /// The target's `ParameterStatus` messages from its start-up (`client_encoding`).
+    pub parameters: Vec<Bytes>,
+    /// Asks the target to cancel what this session runs.
+    pub cancel_target: CancelTarget,
 }
 
 pub struct Outcome {
@@ -40,569 +62,117 @@ pub struct Outcome {
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// The client's connection, for a last word; `None` when a direction had to be
-    /// abandoned (a peer that stopped reading).
+    /// abandoned (a peer that stopped reading, or a message cut in the middle).
     pub client: Option<Box<dyn Io>>,
+    /// A limit the client went past.
+    pub limit: Option<String>,
 }
 
-/// Longest parameter text kept in a transcript line.
-const PARAM_CHARS: usize = 4096;
-
-struct Stmt {
-    protocol: &'static str,
-    sql: Arc<str>,
-    /// The parameters as a JSON array, rendered once at `Bind`.
-    params: Option<Arc<str>>,
-    /// When the statement was sent, from the session's start.
-    t: Duration,
-    start: Instant,
-    /// Command tags, `; `-separated (a simple query may hold several statements).
-    tag: String,
-    rows: Option<u64>,
-    error: Option<(String, String)>,
+/// Finds message boundaries in one direction's byte stream.
+struct Framer {
+    /// Messages up to this size are seen whole.
+    frame: usize,
+    /// Bytes of a large message still to pass through.
+    rest: usize,
 }
 
-impl Stmt {
-    fn complete(&mut self, tag: &str) {
-        if !self.tag.is_empty() {
-            self.tag.push_str("; ");
-        }
-        self.tag.push_str(tag);
-        if let Some(n) = rows(tag) {
-            self.rows = Some(self.rows.unwrap_or(0) + n);
-        }
-    }
+/// What the tracker makes of a message.
+enum Step {
+    Go,
+    /// Forward this message, then nothing more.
+    StopAfter,
+    /// Forward nothing from this message on.
+    StopBefore,
 }
 
-enum Pending {
-    Simple(Stmt),
-    Exec(Stmt),
-    Sync,
-}
-
-/// A bound portal: its statement's SQL and parameters.
-type Portal = (Arc<str>, Option<Arc<str>>);
-
-struct Tracker {
-    start: Instant,
-    redact: bool,
-    pending: VecDeque<Pending>,
-    statements: HashMap<String, Arc<str>>,
-    portals: HashMap<String, Portal>,
-    /// The unnamed portal, which most drivers bind for every statement: kept apart from
-    /// the map (no hashing per `Bind` and `Execute`).
-    unnamed: Option<Portal>,
-}
-
-/// A bounds-checked reader over a message body.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    /// A NUL-terminated string (SQL, a statement or portal name, a command tag):
-    /// borrowed when it is UTF-8, lossy otherwise.
-    fn text(&mut self) -> Option<Cow<'a, str>> {
-        let end = self.0.iter().position(|&b| b == 0)?;
-        let (n, rest) = self.0.split_at(end);
-        self.0 = &rest[1..];
-        Some(match std::str::from_utf8(n) {
-            Ok(t) => Cow::Borrowed(t),
-            Err(_) => String::from_utf8_lossy(n),
-        })
-    }
-    fn i16(&mut self) -> Option<i16> {
-        (self.0.remaining() >= 2).then(|| self.0.get_i16())
-    }
-    fn i32(&mut self) -> Option<i32> {
-        (self.0.remaining() >= 4).then(|| self.0.get_i32())
-    }
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (a, b) = (self.0.len() >= n).then(|| self.0.split_at(n))?;
-        self.0 = b;
-        Some(a)
-    }
-}
-
-/// Appends one parameter as a JSON value: text (lossy UTF-8) or, for binary, `\x` hex;
-/// long values are cut at `PARAM_CHARS` with an ellipsis.
-fn push_param(out: &mut Vec<u8>, raw: &[u8], binary: bool) {
-    if binary {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let shown = &raw[..raw.len().min(PARAM_CHARS / 2)];
-        out.extend_from_slice(b"\"\\\\x");
-        for b in shown {
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
-        }
-        if shown.len() < raw.len() {
-            out.extend_from_slice("…".as_bytes());
-        }
-        out.push(b'"');
-    } else {
-        let text = match std::str::from_utf8(raw) {
-            Ok(t) => Cow::Borrowed(t),
-            Err(_) => String::from_utf8_lossy(raw),
-        };
-        if raw.len() <= PARAM_CHARS {
-            // At most as many characters as bytes: nothing to cut.
-            return json_str(out, &text);
-        }
-        let cut = text
-            .char_indices()
-            .nth(PARAM_CHARS)
-            .map_or(text.len(), |(i, _)| i);
-        if cut < text.len() {
-            json_str(out, &format!("{}…", &text[..cut]));
-        } else {
-            json_str(out, &text);
-        }
-    }
-}
-
-/// `Bind`: (portal, statement, the parameters as a JSON array).
-fn parse_bind(body: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, String)> {
-    let mut r = Reader(body);
-    let portal = r.text()?;
-    let stmt = r.text()?;
-    let nfmt = usize::try_from(r.i16()?).ok()?;
-    let formats = r.bytes(nfmt * 2)?;
-    let format = |i: usize| -> bool {
-        let at = match nfmt {
-            0 => return false,
-            1 => 0,
-            _ => i,
-        };
-        formats.get(at * 2..at * 2 + 2) == Some(&[0, 1])
-    };
-    let n = usize::try_from(r.i16()?).ok()?;
-    let mut out = Vec::with_capacity(16 + r.0.len().min(1024));
-    out.push(b'[');
-    for i in 0..n {
-        if i > 0 {
-            out.push(b',');
-        }
-        let len = r.i32()?;
-        if len < 0 {
-            out.extend_from_slice(b"null");
-        } else {
-            push_param(&mut out, r.bytes(len as usize)?, format(i));
-        }
-    }
-    out.push(b']');
-    Some((portal, stmt, String::from_utf8(out).ok()?))
-}
-
-/// Rows a command tag reports: the last number (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
-fn rows(tag: &str) -> Option<u64> {
-    tag.rsplit(' ').next().and_then(|n| n.parse().ok())
-}
-
-impl Tracker {
-    fn stmt(&self, protocol: &'static str, sql: Arc<str>, params: Option<Arc<str>>) -> Stmt {
-        let start = Instant::now();
-        Stmt {
-            protocol,
-            sql,
-            params,
-            t: start.saturating_duration_since(self.start),
-            start,
-            tag: String::new(),
-            rows: None,
-            error: None,
-        }
-    }
-
-    fn client(&mut self, tag: u8, body: &[u8]) {
-        let mut r = Reader(body);
-        match tag {
-            b'Q' => {
-                let sql = r.text().unwrap_or_default();
-                let s = self.stmt("simple", Arc::from(&*sql), None);
-                self.pending.push_back(Pending::Simple(s));
-            }
-            b'P' => {
-                if let (Some(name), Some(sql)) = (r.text(), r.text()) {
-                    self.statements.insert(name.into_owned(), Arc::from(&*sql));
+impl Framer {
+    /// Shows `each` every message that starts in `buf` (with its whole body length when
+    /// only a prefix is shown); returns how many bytes may be forwarded and whether to stop.
+    fn scan(
+        &mut self,
+        buf: &[u8],
+        mut each: impl FnMut(u8, &[u8], Option<usize>) -> Step,
+    ) -> Result<(usize, bool), wire::WireError> {
+        let mut pos = 0;
+        loop {
+            if self.rest > 0 {
+                let n = self.rest.min(buf.len() - pos);
+                pos += n;
+                self.rest -= n;
+                if self.rest > 0 {
+                    return Ok((pos, false));
                 }
             }
-            b'B' => {
-                if let Some((portal, stmt, params)) = parse_bind(body) {
-                    let sql = self
-                        .statements
-                        .get(&*stmt)
-                        .cloned()
-                        .unwrap_or_else(|| "".into());
-                    let params = (!self.redact).then(|| params.into());
-                    if portal.is_empty() {
-                        self.unnamed = Some((sql, params));
-                    } else {
-                        match self.portals.get_mut(&*portal) {
-                            Some(p) => *p = (sql, params),
-                            None => {
-                                self.portals.insert(portal.into_owned(), (sql, params));
-                            }
-                        }
-                    }
-                }
+            let b = &buf[pos..];
+            if b.len() < 5 {
+                return Ok((pos, false));
             }
-            b'E' => {
-                let portal = r.text().unwrap_or_default();
-                let bound = match &*portal {
-                    "" => self.unnamed.as_ref(),
-                    p => self.portals.get(p),
-                };
-                let (sql, params) = bound.cloned().unwrap_or_else(|| ("".into(), None));
-                let s = self.stmt("extended", sql, params);
-                self.pending.push_back(Pending::Exec(s));
+            let len = i32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+            let Some(body) = usize::try_from(len).ok().and_then(|l| l.checked_sub(4)) else {
+                return Err(wire::WireError::BadLength(i64::from(len)));
+            };
+            if body + 5 > wire::MAX_MESSAGE {
+                return Err(wire::WireError::TooLarge(body + 5));
             }
-            b'S' => self.pending.push_back(Pending::Sync),
-            b'C' => {
-                if let (Some(kind), Some(name)) = (r.bytes(1).map(|b| b[0]), r.text()) {
-                    match kind {
-                        b'S' => {
-                            self.statements.remove(&*name);
-                        }
-                        b'P' if name.is_empty() => self.unnamed = None,
-                        b'P' => {
-                            self.portals.remove(&*name);
-                        }
-                        _ => {}
-                    }
-                }
+            let (seen, cut) = if body + 5 <= b.len() {
+                (&b[5..5 + body], None)
+            } else if body <= self.frame {
+                return Ok((pos, false));
+            } else if b.len() >= 5 + self.frame {
+                (&b[5..5 + self.frame], Some(body))
+            } else {
+                return Ok((pos, false));
+            };
+            match each(b[0], seen, cut) {
+                Step::Go => {}
+                Step::StopAfter => return Ok((pos + 5 + body.min(b.len() - 5), true)),
+                Step::StopBefore => return Ok((pos, true)),
             }
-            b'F' => {
-                let oid = r.i32().unwrap_or(0);
-                let s = self.stmt(
-                    "function",
-                    format!("function call (oid {oid})").into(),
-                    None,
-                );
-                self.pending.push_back(Pending::Simple(s));
-            }
-            _ => {}
-        }
-    }
-
-    /// Appends the statement's transcript line to `out`, written directly (this runs per
-    /// statement).
-    fn line(&self, s: Stmt, out: &mut Vec<u8>) {
-        let took = s.start.elapsed();
-        out.extend_from_slice(b"{\"t\":");
-        thousandths(out, s.t.as_millis());
-        out.extend_from_slice(b",\"type\":\"statement\",\"protocol\":\"");
-        out.extend_from_slice(s.protocol.as_bytes());
-        out.extend_from_slice(b"\",\"sql\":");
-        json_str(out, &s.sql);
-        out.extend_from_slice(b",\"duration_ms\":");
-        thousandths(out, took.as_micros());
-        if let Some(p) = &s.params {
-            out.extend_from_slice(b",\"params\":");
-            out.extend_from_slice(p.as_bytes());
-        } else if self.redact && s.protocol == "extended" {
-            out.extend_from_slice(b",\"params\":\"redacted\"");
-        }
-        if !s.tag.is_empty() {
-            out.extend_from_slice(b",\"tag\":");
-            json_str(out, &s.tag);
-            if let Some(n) = s.rows {
-                out.extend_from_slice(b",\"rows\":");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            }
-        }
-        if let Some((code, message)) = &s.error {
-            out.extend_from_slice(b",\"error\":{\"code\":");
-            json_str(out, code);
-            out.extend_from_slice(b",\"message\":");
-            json_str(out, message);
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"}\n");
-    }
-
-    /// A backend message; appends the transcript lines it completes to `out`.
-    fn server(&mut self, tag: u8, body: &[u8], out: &mut Vec<u8>) {
-        match tag {
-            b'C' | b'I' | b's' => {
-                let text = match tag {
-                    b'C' => Reader(body).text().unwrap_or_default(),
-                    b's' => Cow::Borrowed("(portal suspended)"),
-                    _ => Cow::Borrowed(""),
-                };
-                match self.pending.front_mut() {
-                    Some(Pending::Simple(s)) if tag == b'C' => s.complete(&text),
-                    Some(Pending::Exec(_)) => {
-                        if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
-                            if !text.is_empty() {
-                                s.complete(&text);
-                            }
-                            self.line(s, out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            b'E' => {
-                let err = wire::error_fields(body);
-                match self.pending.front_mut() {
-                    Some(Pending::Simple(s)) => s.error = Some(err),
-                    Some(Pending::Exec(_)) => {
-                        if let Some(Pending::Exec(mut s)) = self.pending.pop_front() {
-                            s.error = Some(err);
-                            self.line(s, out);
-                        }
-                        // The server skips everything up to the next Sync.
-                        while matches!(self.pending.front(), Some(Pending::Exec(_))) {
-                            self.pending.pop_front();
-                        }
-                    }
-                    _ => {
-                        let mut line = json!({
-                            "t": (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                            "type": "error",
-                            "error": { "code": err.0, "message": err.1 },
-                        })
-                        .to_string()
-                        .into_bytes();
-                        line.push(b'\n');
-                        out.extend_from_slice(&line);
-                    }
-                }
-            }
-            b'Z' => {
-                while let Some(p) = self.pending.pop_front() {
-                    match p {
-                        Pending::Simple(s) => {
-                            self.line(s, out);
-                            break;
-                        }
-                        Pending::Sync => break,
-                        Pending::Exec(s) => self.line(s, out),
-                    }
-                }
-            }
-            _ => {}
+            self.rest = body + 5;
         }
     }
 }
 
-/// A count of thousandths with three decimals (`1234` → `1.234`): seconds from
-/// milliseconds, milliseconds from microseconds. Integers only: this runs per statement.
-fn thousandths(out: &mut Vec<u8>, n: u128) {
-    let n = u64::try_from(n).unwrap_or(u64::MAX);
-    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
-    let frac = n % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
-}
-
-/// A JSON string, as `serde_json` writes it; text with nothing to escape (most SQL) is
-/// copied as is.
-fn json_str(out: &mut Vec<u8>, v: &str) {
-    let plain = !v.bytes().fold(false, |esc, b| {
-        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(v.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, v).is_err() {
-        out.extend_from_slice(b"\"\"");
-    }
-}
-
-/// The length of the complete messages at the front of `buf`, letting `each` see them.
-fn complete(
-    buf: &[u8],
-    max: usize,
-    mut each: impl FnMut(u8, &[u8]),
-) -> Result<usize, wire::WireError> {
-    let mut pos = 0;
-    while let Some((tag, len)) = wire::frame(&buf[pos..], max)? {
-        each(tag, wire::body(&buf[pos..pos + len]));
-        pos += len;
-    }
-    Ok(pos)
-}
-
-/// Drops the first `n` bytes of `buf`, keeping room to read into.
+/// Drops the first `n` bytes of `buf`, keeping room to read into; a buffer grown for a
+/// large message is given back once it is no longer needed.
 fn consume(buf: &mut BytesMut, n: usize) {
-    if n == buf.len() {
-        buf.clear();
-    } else {
-        buf.advance(n);
+    buf.advance(n);
+    if buf.capacity() > 256 << 10 && buf.len() < 32 << 10 {
+        let mut fresh = BytesMut::with_capacity(64 << 10);
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
     }
     if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
+        buf.reserve(64 << 10);
     }
 }
 
-/// What the two directions of a relay share: an alarm for what can interrupt them (the
-/// session's end, a failed recording, shutdown, a notice for the user, the other
-/// direction finishing) and the byte counts. A watcher task waits on the outside sources
-/// and raises the alarm, so the hot path checks one atomic per wake-up instead of polling
-/// a notifier per source.
-struct Link {
-    state: AtomicU8,
-    /// One per direction (each runs as its own task).
-    wakers: [AtomicWaker; 2],
-    notice: Mutex<Option<String>>,
-    /// Bytes forwarded each way, kept here so a direction abandoned at the end still
-    /// counts.
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+fn lock(t: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const ENDED: u8 = 1;
-const RECORDING_FAILED: u8 = 2;
-const SHUTDOWN: u8 = 4;
-const NOTICE: u8 = 8;
-const DONE: u8 = 16;
-const STOPS: u8 = ENDED | RECORDING_FAILED | SHUTDOWN;
-
-const FROM_CLIENT: usize = 0;
-const TO_CLIENT: usize = 1;
-
-impl Link {
-    fn raise(&self, bit: u8) {
-        self.state.fetch_or(bit, Ordering::AcqRel);
-        for w in &self.wakers {
-            w.wake();
-        }
-    }
-
-    /// Ready with the raised bits among `mask`.
-    fn poll(&self, cx: &mut Context<'_>, slot: usize, mask: u8) -> Poll<u8> {
-        self.wakers[slot].register(cx.waker());
-        match self.state.load(Ordering::Acquire) & mask {
-            0 => Poll::Pending,
-            bits => Poll::Ready(bits),
-        }
-    }
-
-    async fn wait(&self, slot: usize, mask: u8) -> u8 {
-        std::future::poll_fn(|cx| self.poll(cx, slot, mask)).await
-    }
-
-    fn take_notice(&self) -> Option<String> {
-        self.state.fetch_and(!NOTICE, Ordering::AcqRel);
-        self.notice.lock().ok()?.take()
-    }
+async fn send(w: &mut WriteSide, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
-async fn watch(
-    link: Arc<Link>,
-    end: CancellationToken,
-    failed: CancellationToken,
-    shutdown: CancellationToken,
-    mut notices: tokio::sync::watch::Receiver<Option<String>>,
-) {
-    let mut notices_open = true;
-    loop {
-        tokio::select! {
-            _ = end.cancelled() => return link.raise(ENDED),
-            _ = failed.cancelled() => return link.raise(RECORDING_FAILED),
-            _ = shutdown.cancelled() => return link.raise(SHUTDOWN),
-            r = notices.changed(), if notices_open => match r {
-                Ok(()) => {
-                    let text = notices.borrow_and_update().clone();
-                    if let Some(text) = text {
-                        if let Ok(mut n) = link.notice.lock() {
-                            *n = Some(text);
-                        }
-                        link.raise(NOTICE);
-                    }
-                }
-                Err(_) => notices_open = false,
-            },
-        }
-    }
-}
-
-/// A connection's read half: TCP's own (no lock), or a shared half of anything else.
-enum ReadSide {
-    Tcp(OwnedReadHalf),
-    Any(ReadHalf<Box<dyn Io>>),
-}
-
-enum WriteSide {
-    Tcp(OwnedWriteHalf),
-    Any(WriteHalf<Box<dyn Io>>),
-}
-
-fn split(io: Box<dyn Io>) -> (ReadSide, WriteSide) {
-    match io.into_tcp() {
-        Ok(tcp) => {
-            let (r, w) = tcp.into_split();
-            (ReadSide::Tcp(r), WriteSide::Tcp(w))
-        }
-        Err(io) => {
-            let (r, w) = tokio::io::split(io);
-            (ReadSide::Any(r), WriteSide::Any(w))
-        }
-    }
-}
-
-fn unsplit(r: ReadSide, w: WriteSide) -> Option<Box<dyn Io>> {
-    match (r, w) {
-        (ReadSide::Tcp(r), WriteSide::Tcp(w)) => {
-            r.reunite(w).ok().map(|t| Box::new(t) as Box<dyn Io>)
-        }
-        (ReadSide::Any(r), WriteSide::Any(w)) => Some(r.unsplit(w)),
-        _ => None,
-    }
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ReadSide::Tcp(r) => Pin::new(r).poll_read(cx, buf),
-            ReadSide::Any(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            WriteSide::Any(w) => Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_flush(cx),
-            WriteSide::Any(w) => Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            WriteSide::Any(w) => Pin::new(w).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Client → target: forwards complete messages, noting statements as they go out.
+/// Client → target: each message goes to the tracker (and its statement line to the
+/// recorder) before it is forwarded.
 async fn from_client(
     mut cr: ReadSide,
     mut uw: WriteSide,
     tracker: Arc<Mutex<Tracker>>,
+    recorder: LineSink,
     limits: Arc<Limits>,
     link: Arc<Link>,
-) -> (ReadSide, &'static str) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+) -> (ReadSide, &'static str, Option<Limit>) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut framer = Framer {
+        frame: CLIENT_FRAME,
+        rest: 0,
+    };
+    let mut lines = Vec::with_capacity(4096);
+    let mut limit = None;
     let reason = loop {
         tokio::select! {
             biased;
@@ -613,80 +183,23 @@ async fn from_client(
             },
         }
         limits.touch();
-        let mut terminate = false;
-        let ready = {
-            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            complete(&buf, wire::MAX_MESSAGE, |tag, body| {
-                terminate |= tag == b'X';
-                t.client(tag, body);
+        let scanned = {
+            let mut t = lock(&tracker);
+            framer.scan(&buf, |tag, body, cut| {
+                if tag == b'X' {
+                    return Step::StopAfter;
+                }
+                match t.client(tag, body, cut, &mut lines) {
+                    Ok(()) => Step::Go,
+                    Err(e) => {
+                        limit = Some(e);
+                        Step::StopBefore
+                    }
+                }
             })
         };
-        let Ok(ready) = ready else {
+        let Ok((ready, stop)) = scanned else {
             break "protocol violation by the client";
-        };
-        if ready > 0 {
-            link.bytes_in.fetch_add(ready as u64, Ordering::Relaxed);
-            if uw.write_all(&buf[..ready]).await.is_err() {
-                break "target closed the connection";
-            }
-        }
-        if terminate {
-            break "client exit";
-        }
-        consume(&mut buf, ready);
-    };
-    (cr, reason)
-}
-
-/// Target → client: forwards complete messages; a statement's transcript line is
-/// recorded before its completion reaches the client.
-async fn to_client(
-    mut ur: ReadSide,
-    mut cw: WriteSide,
-    tracker: Arc<Mutex<Tracker>>,
-    recorder: LineSink,
-    limits: Arc<Limits>,
-    link: Arc<Link>,
-) -> (WriteSide, &'static str) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut lines = Vec::with_capacity(4096);
-    let reason = loop {
-        tokio::select! {
-            biased;
-            bits = link.wait(TO_CLIENT, STOPS | NOTICE | DONE) => {
-                if bits & ENDED != 0 {
-                    break "ended";
-                }
-                if bits & RECORDING_FAILED != 0 {
-                    break "recording failed";
-                }
-                if bits & SHUTDOWN != 0 {
-                    limits.terminate("shutdown", "postern is shutting down".into());
-                    break "ended";
-                }
-                if bits & DONE != 0 {
-                    break "client exit";
-                }
-                if let Some(text) = link.take_notice()
-                    && cw.write_all(&wire::notice(&format!("postern: {text}"))).await.is_err()
-                {
-                    break "client exit";
-                }
-                continue;
-            }
-            r = ur.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => break "target closed the connection",
-                Ok(_) => {}
-            },
-        }
-        let ready = {
-            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            complete(&buf, usize::MAX, |tag, body| {
-                t.server(tag, body, &mut lines)
-            })
-        };
-        let Ok(ready) = ready else {
-            break "protocol violation by the target";
         };
         if !lines.is_empty() {
             if recorder.append(&lines).await.is_err() {
@@ -695,18 +208,162 @@ async fn to_client(
             lines.clear();
         }
         if ready > 0 {
-            link.bytes_out.fetch_add(ready as u64, Ordering::Relaxed);
-            if cw.write_all(&buf[..ready]).await.is_err() {
-                break "client exit";
+            link.bytes_in.fetch_add(ready as u64, Ordering::Relaxed);
+            if send(&mut uw, &buf[..ready]).await.is_err() {
+                break "target closed the connection";
             }
+        }
+        if stop {
+            break if limit.is_some() {
+                "limit"
+            } else {
+                "client exit"
+            };
         }
         consume(&mut buf, ready);
     };
-    (cw, reason)
+    (cr, reason, limit)
 }
 
-/// Relays until either side leaves or the session ends. Each direction runs as its own
-/// task (on the connection's thread), so a message wakes and polls only its direction.
+/// How the target is read once the session is ending.
+struct Drain {
+    deadline: Instant,
+    cancel: Option<CancelTarget>,
+}
+
+impl Drain {
+    fn start(d: Duration, cancel: &mut Option<CancelTarget>, now: bool) -> Drain {
+        let mut drain = Drain {
+            deadline: Instant::now() + d,
+            cancel: cancel.take(),
+        };
+        if now {
+            drain.cancel_now();
+        }
+        drain
+    }
+
+    /// Cancels what the target runs (once) and gives it a moment to say so.
+    fn cancel_now(&mut self) -> bool {
+        match self.cancel.take() {
+            Some(c) => {
+                tokio::spawn(c);
+                self.deadline = Instant::now() + AFTER_CANCEL;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Target → client: each reply goes to the tracker (and the result line to the recorder)
+/// before it is forwarded.
+async fn to_client(
+    mut ur: ReadSide,
+    mut cw: WriteSide,
+    tracker: Arc<Mutex<Tracker>>,
+    recorder: LineSink,
+    limits: Arc<Limits>,
+    link: Arc<Link>,
+    mut cancel: Option<CancelTarget>,
+) -> (Option<WriteSide>, &'static str) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut framer = Framer {
+        frame: SERVER_FRAME,
+        rest: 0,
+    };
+    let mut lines = Vec::with_capacity(4096);
+    let mut drain: Option<Drain> = None;
+    let mut client_ok = true;
+    let mut reason = "client exit";
+    loop {
+        if drain.is_some() && lock(&tracker).idle() && framer.rest == 0 {
+            break;
+        }
+        let deadline = drain.as_ref().map(|d| d.deadline);
+        tokio::select! {
+            biased;
+            bits = link.wait(TO_CLIENT, STOPS | NOTICE | DONE), if drain.is_none() => {
+                if bits & RECORDING_FAILED != 0 {
+                    if let Some(c) = cancel.take() {
+                        tokio::spawn(c);
+                    }
+                    return (None, "recording failed");
+                }
+                if bits & (ENDED | SHUTDOWN) != 0 {
+                    if bits & SHUTDOWN != 0 && bits & ENDED == 0 {
+                        limits.terminate("shutdown", "postern is shutting down".into());
+                    }
+                    reason = "ended";
+                    drain = Some(Drain::start(AFTER_CANCEL, &mut cancel, true));
+                } else if bits & DONE != 0 {
+                    drain = Some(Drain::start(DRAIN, &mut cancel, false));
+                } else if let Some(text) = link.take_notice()
+                    && send(&mut cw, &wire::notice(&format!("postern: {text}"))).await.is_err()
+                {
+                    client_ok = false;
+                    drain = Some(Drain::start(DRAIN, &mut cancel, false));
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if drain.as_mut().is_some_and(Drain::cancel_now) {
+                    continue;
+                }
+                break;
+            }
+            r = ur.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    if drain.is_none() {
+                        reason = "target closed the connection";
+                    }
+                    break;
+                }
+                Ok(_) => {}
+            },
+        }
+        let scanned = {
+            let mut t = lock(&tracker);
+            framer.scan(&buf, |tag, body, _| {
+                t.server(tag, body, &mut lines);
+                Step::Go
+            })
+        };
+        let Ok((ready, _)) = scanned else {
+            reason = "protocol violation by the target";
+            break;
+        };
+        if !lines.is_empty() {
+            if recorder.append(&lines).await.is_err() {
+                reason = "recording failed";
+                break;
+            }
+            lines.clear();
+        }
+        // While draining, the client has left or is about to hear why its session ended:
+        // the replies are recorded, not forwarded.
+        if ready > 0 && drain.is_none() {
+            link.bytes_out.fetch_add(ready as u64, Ordering::Relaxed);
+            let ok = tokio::select! {
+                r = send(&mut cw, &buf[..ready]) => r.is_ok(),
+                _ = link.wait(TO_CLIENT, STOPS) => false,
+            };
+            if !ok {
+                // The client left, or stopped reading while the session ends: a message
+                // may be cut, so it gets no last word.
+                client_ok = false;
+                let now = link.state.load(Ordering::Acquire) & STOPS != 0;
+                reason = if now { "ended" } else { "client exit" };
+                drain = Some(Drain::start(DRAIN, &mut cancel, now));
+            }
+        }
+        consume(&mut buf, ready);
+    }
+    (client_ok.then_some(cw), reason)
+}
+
+/// Relays until either side leaves or the session ends, then records what is left. Each
+/// direction runs as its own task, so a message wakes and polls only its direction.
 pub async fn run(r: Relay) -> Outcome {
     let Relay {
         client,
@@ -715,49 +372,46 @@ pub async fn run(r: Relay) -> Outcome {
         limits,
         cancel,
         redact,
+        parameters,
+        cancel_target,
     } = r;
-    let tracker = Arc::new(Mutex::new(Tracker {
-        start: Instant::now(),
-        redact,
-        pending: VecDeque::new(),
-        statements: HashMap::new(),
-        portals: HashMap::new(),
-        unnamed: None,
-    }));
-    let link = Arc::new(Link {
-        state: AtomicU8::new(0),
-        wakers: [AtomicWaker::new(), AtomicWaker::new()],
-        notice: Mutex::new(None),
-        bytes_in: AtomicU64::new(0),
-        bytes_out: AtomicU64::new(0),
-    });
-    let _watcher = AbortOnDropHandle::new(tokio::spawn(watch(
+    let mut tracker = Tracker::new(redact);
+    let mut scratch = Vec::new();
+    for p in &parameters {
+        tracker.server(b'S', wire::body(p), &mut scratch);
+    }
+    let tracker = Arc::new(Mutex::new(tracker));
+    let link = Arc::new(Link::new());
+    let _watcher = AbortOnDropHandle::new(tokio::spawn(link::watch(
         link.clone(),
         limits.end.clone(),
         recorder.failed(),
         cancel,
         limits.notices.subscribe(),
     )));
-    let (cr, cw) = split(client);
-    let (ur, uw) = split(upstream);
+    let (cr, cw) = link::split(client);
+    let (ur, uw) = link::split(upstream);
     let mut up = AbortOnDropHandle::new(tokio::spawn(from_client(
         cr,
         uw,
         tracker.clone(),
+        recorder.clone(),
         limits.clone(),
         link.clone(),
     )));
     let mut down = AbortOnDropHandle::new(tokio::spawn(to_client(
         ur,
         cw,
-        tracker,
-        recorder,
+        tracker.clone(),
+        recorder.clone(),
         limits,
         link.clone(),
+        Some(cancel_target),
     )));
-    // The first direction to finish gives the reason; the other is told and has a few
-    // seconds to return its half (a peer that stopped reading cannot hold it longer).
-    let grace = Duration::from_secs(5);
+    // The first direction to finish gives the reason. The other is told: the target's
+    // side drains within its deadlines, the client's side returns at once; a peer that
+    // stopped reading cannot hold either longer than the grace.
+    let grace = DRAIN + AFTER_CANCEL + Duration::from_secs(3);
     let (up_first, up, down) = tokio::select! {
         r = &mut up => {
             link.raise(DONE);
@@ -768,25 +422,34 @@ pub async fn run(r: Relay) -> Outcome {
             (false, tokio::time::timeout(grace, up).await.ok().and_then(Result::ok), r.ok())
         }
     };
+    let mut rest = Vec::new();
+    lock(&tracker).finish(&mut rest);
+    if !rest.is_empty() {
+        let _ = recorder.append(&rest).await;
+    }
     let reason = match (up_first, &up, &down) {
-        (true, Some((_, r)), _) | (false, _, Some((_, r))) => *r,
+        (true, Some((_, r, _)), _) | (false, _, Some((_, r))) => *r,
         _ => "relay failed",
+    };
+    let (cr, limit) = match up {
+        Some((cr, _, limit)) => (Some(cr), limit.map(|l| l.0)),
+        None => (None, None),
     };
     Outcome {
         reason: reason.to_string(),
         bytes_in: link.bytes_in.load(Ordering::Relaxed),
         bytes_out: link.bytes_out.load(Ordering::Relaxed),
-        client: match (up, down) {
-            (Some((cr, _)), Some((cw, _))) => unsplit(cr, cw),
+        client: match (cr, down) {
+            (Some(cr), Some((Some(cw), _))) => link::unsplit(cr, cw),
             _ => None,
         },
+        limit,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
@@ -795,133 +458,41 @@ mod tests {
         v
     }
 
-    fn tracker() -> Tracker {
-        Tracker {
-            start: Instant::now(),
-            redact: false,
-            pending: VecDeque::new(),
-            statements: HashMap::new(),
-            portals: HashMap::new(),
-            unnamed: None,
-        }
-    }
-
     #[test]
-    fn simple_and_extended_statements_pair_with_their_outcome() {
-        let mut t = tracker();
-        let mut out = Vec::new();
-        t.client(b'Q', b"select 1; select 2\0");
-        t.server(b'C', b"SELECT 1\0", &mut out);
-        t.server(b'C', b"SELECT 1\0", &mut out);
-        assert!(out.is_empty());
-        t.server(b'Z', b"I", &mut out);
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        out.clear();
-        assert_eq!(v["sql"], "select 1; select 2");
-        assert_eq!(v["rows"], 2);
-
-        // Parse/Bind/Execute ×2 in one pipeline; the second fails; then Sync.
-        t.client(b'P', b"s1\0select $1::int\0\0\0");
-        let mut bind = b"\0s1\0\0\0\0\x01\0\0\0\x0242".to_vec();
-        bind.extend_from_slice(b"\0\0");
-        t.client(b'B', &bind);
-        t.client(b'E', b"\0\0\0\0\0");
-        t.client(b'E', b"\0\0\0\0\0");
-        t.client(b'S', b"");
-        t.server(b'C', b"SELECT 1\0", &mut out);
-        let mut err = b"SERROR\0C22P02\0Mbad\0".to_vec();
-        err.push(0);
-        t.server(b'E', &err, &mut out);
-        t.server(b'Z', b"I", &mut out);
-        let out = String::from_utf8(out).unwrap();
-        let out: Vec<&str> = out.lines().collect();
-        assert_eq!(out.len(), 2, "{out:?}");
-        let a: Value = serde_json::from_str(out[0]).unwrap();
-        assert_eq!(a["sql"], "select $1::int");
-        assert_eq!(a["params"], json!(["42"]));
-        assert_eq!(
-            parse_bind(b"\0s\0\0\0\0\0").unwrap(),
-            ("".into(), "s".into(), "[]".to_string())
-        );
-        let b: Value = serde_json::from_str(out[1]).unwrap();
-        assert_eq!(b["error"]["code"], "22P02");
-        assert!(t.pending.is_empty());
-
-        // A named portal next to the unnamed one; each Execute finds its own.
-        t.client(b'P', b"s2\0select 'named'\0\0\0");
-        t.client(b'B', b"p1\0s2\0\0\0\0\0\0\0");
-        t.client(b'B', b"\0s1\0\0\0\0\0\0\0");
-        t.client(b'E', b"p1\0\0\0\0\0");
-        t.client(b'E', b"\0\0\0\0\0");
-        t.client(b'S', b"");
-        let mut out = Vec::new();
-        t.server(b'C', b"SELECT 1\0", &mut out);
-        t.server(b'C', b"SELECT 1\0", &mut out);
-        t.server(b'Z', b"I", &mut out);
-        let out = String::from_utf8(out).unwrap();
-        let sql: Vec<Value> = out
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["sql"].clone())
-            .collect();
-        assert_eq!(sql, vec![json!("select 'named'"), json!("select $1::int")]);
-    }
-
-    #[test]
-    fn numbers_and_strings_are_written_as_json() {
-        let mut out = Vec::new();
-        for n in [0u128, 5, 1234, 60_000_001] {
-            out.clear();
-            thousandths(&mut out, n);
-            let want = format!("{:.3}", n as f64 / 1000.0);
-            assert_eq!(String::from_utf8_lossy(&out), want);
-        }
-        for v in [
-            "select 1",
-            "say \"hi\"",
-            "a\\b",
-            "line\nbreak\t",
-            "caf\u{e9} \u{1}",
-            "",
-        ] {
-            out.clear();
-            json_str(&mut out, v);
-            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{v}");
-        }
-    }
-
-    #[test]
-    fn complete_frames_only() {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&msg(b'Q', b"x\0"));
+    fn whole_frames_then_large_ones_in_pieces() {
+        let mut f = Framer { frame: 8, rest: 0 };
+        let mut buf = msg(b'Q', b"x\0");
         buf.extend_from_slice(&msg(b'Q', b"yy\0")[..4]);
         let mut seen = Vec::new();
-        let ready = complete(&buf, 100, |t, b| seen.push((t, b.to_vec()))).unwrap();
-        assert_eq!(ready, 7);
-        consume(&mut buf, ready);
-        assert_eq!(buf.len(), 4);
-        assert_eq!(seen, vec![(b'Q', b"x\0".to_vec())]);
-    }
+        let (ready, stop) = f
+            .scan(&buf, |t, b, cut| {
+                seen.push((t, b.to_vec(), cut));
+                Step::Go
+            })
+            .unwrap();
+        assert_eq!((ready, stop), (7, false));
+        assert_eq!(seen, vec![(b'Q', b"x\0".to_vec(), None)]);
 
-    #[test]
-    fn bind_with_binary_and_null_parameters() {
-        let mut b = b"p\0s\0".to_vec();
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&2i32.to_be_bytes());
-        b.extend_from_slice(b"hi");
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        let (portal, stmt, params) = parse_bind(&b).unwrap();
-        assert_eq!((portal, stmt), ("p".into(), "s".into()));
-        assert_eq!(params, r#"["hi",null]"#);
-        let mut bin = b"\0\0".to_vec();
-        bin.extend_from_slice(&1i16.to_be_bytes());
-        bin.extend_from_slice(&1i16.to_be_bytes());
-        bin.extend_from_slice(&1i16.to_be_bytes());
-        bin.extend_from_slice(&2i32.to_be_bytes());
-        bin.extend_from_slice(&[0x0a, 0xff]);
-        assert_eq!(parse_bind(&bin).unwrap().2, r#"["\\x0aff"]"#);
-        assert!(parse_bind(&b[..b.len() - 2]).is_none());
+        // A 20-byte body with an 8-byte frame: seen as a prefix once 13 bytes are here,
+        // then passed through as it arrives.
+        let big = msg(b'd', &[7u8; 20]);
+        seen.clear();
+        let mut each = |t: u8, b: &[u8], cut: Option<usize>| {
+            seen.push((t, b.to_vec(), cut));
+            Step::Go
+        };
+        assert_eq!(f.scan(&big[..10], &mut each).unwrap(), (0, false));
+        assert_eq!(f.scan(&big[..15], &mut each).unwrap(), (15, false));
+        assert_eq!(f.scan(&big[15..20], &mut each).unwrap(), (5, false));
+        let mut tail = big[20..].to_vec();
+        tail.extend_from_slice(&msg(b'X', b""));
+        let mut stop_at_x = |t: u8, b: &[u8], cut: Option<usize>| {
+            seen.push((t, b.to_vec(), cut));
+            if t == b'X' { Step::StopAfter } else { Step::Go }
+        };
+        assert_eq!(f.scan(&tail, &mut stop_at_x).unwrap(), (tail.len(), true));
+        assert_eq!(seen[0], (b'd', vec![7u8; 8], Some(20)));
+        assert_eq!(seen[1].0, b'X');
+        assert!(f.scan(&[b'Q', 0, 0, 0, 1], |_, _, _| Step::Go).is_err());
     }
 }

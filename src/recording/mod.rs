@@ -9,6 +9,7 @@ mod cast;
 pub mod error;
 mod lines;
 pub mod stream;
+pub mod transcript;
 mod utf8;
 
 use std::path::{Path, PathBuf};

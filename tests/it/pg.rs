@@ -213,14 +213,14 @@ impl PgBastion {
         panic!("no session ended; log:\n{}", self.postern.log());
     }
 
-    /// The statements of a session's transcript, in order.
+    /// The entries of a session's transcript (each statement joined with its result), in
+    /// order, as `replay --json` prints them.
     pub fn transcript(&self, session: &serde_json::Value) -> Vec<serde_json::Value> {
         let path = PathBuf::from(session["recordings"][0]["path"].as_str().unwrap());
-        std::fs::read_to_string(path)
+        postern::recording::transcript::read(&path)
             .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| serde_json::from_str(l).unwrap())
+            .into_iter()
+            .map(|(_, v)| v)
             .collect()
     }
 }
@@ -663,7 +663,9 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
     let lines: Vec<serde_json::Value> = b.sessions().iter().flat_map(|s| b.transcript(s)).collect();
     let inserts: Vec<&serde_json::Value> = lines
         .iter()
-        .filter(|l| l["sql"] == "insert into features values ($1, $2, $3)")
+        .filter(|l| {
+            l["type"] == "statement" && l["sql"] == "insert into features values ($1, $2, $3)"
+        })
         .collect();
     assert_eq!(inserts.len(), 3, "{lines:?}");
     assert_eq!(inserts[2]["protocol"], "extended");
