@@ -193,6 +193,8 @@ async fn startup(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> 
         Ok(Startup::Startup { minor, params }) => accept_startup(io, minor, params, true).await,
         Ok(Startup::Cancel { pid, secret }) => {
             shared.pg_cancel.forward(pid, secret).await;
+            // close_notify: libpq's cancel API reports a bare EOF as a failure.
+            let _ = io.shutdown().await;
             None
         }
         Ok(_) => Some(Err((
