@@ -42,7 +42,7 @@ impl Raw {
         let mut params = vec![("user", "alice"), ("database", "pg1/features")];
         params.extend_from_slice(extra);
         let mut m = BytesMut::new();
-        frontend::startup_message(params.into_iter(), &mut m).unwrap();
+        frontend::startup_message(params, &mut m).unwrap();
         raw.send(&m);
         let (tag, body) = raw.next();
         assert_eq!((tag, &body[..]), (b'R', &3i32.to_be_bytes()[..]));
