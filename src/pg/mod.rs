@@ -8,6 +8,7 @@
 mod cancel;
 mod link;
 mod relay;
+mod settings;
 mod text;
 mod tracker;
 mod transcript;
@@ -260,7 +261,7 @@ async fn run(
         ));
     }
     let dbparam = client.param("database").unwrap_or(&user).to_string();
-    let (target_name, asked_db) = match dbparam.split_once('/') {
+    let (mut target_name, mut asked_db) = match dbparam.split_once('/') {
         Some((t, d)) => (t.to_string(), Some(d.to_string())),
         None => (dbparam.clone(), None),
     };
@@ -326,6 +327,17 @@ async fn run(
             )
         })?;
     let again = format!("run postern db login {}", printable(&target_name));
+    // A plain DATABASE names the database the token is bound to (drivers that query
+    // catalogs with their connection's database name need it to be the real one).
+    if let Some(t) = &tok
+        && asked_db.is_none()
+        && t.user == user
+        && t.database == dbparam
+        && t.target != dbparam
+    {
+        target_name = t.target.clone();
+        asked_db = Some(t.database.clone());
+    }
     let tok = match tok {
         Some(t)
             if t.user == user
@@ -469,14 +481,15 @@ async fn run(
     )
     .await;
 
-    // The brokered credential, then the target.
+    // The client's settings, then the brokered credential, then the target.
+    let settings = settings::forwarded(&client.params).map_err(|r| refuse(r.code, r.message))?;
     let password = brokered(shared, &target, &db_user).await?;
     let up = upstream::connect(upstream::Connect {
         target: &target,
         database: &database,
         db_user: &db_user,
         password: &password,
-        client_params: &client.params,
+        client_params: &settings,
         timeout: Duration::from_secs(shared.config.postgres.connect_timeout.as_secs().max(1)),
         ca_file: shared.config.postgres.target_ca_file.as_deref(),
     })

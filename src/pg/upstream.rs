@@ -20,18 +20,6 @@ use super::Io;
 use super::wire::{self, error_fields};
 use crate::policy::{Target, TlsMode};
 
-/// Client startup parameters passed on to the target; the rest (user, database,
-/// replication, protocol options) are postern's to decide.
-const FORWARDED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-    "search_path",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot reach target `{target}` at {addr}: {why}")]
@@ -182,9 +170,7 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
 
     let mut params: Vec<(&str, &str)> = vec![("user", c.db_user), ("database", c.database)];
     for (k, v) in c.client_params {
-        if FORWARDED.contains(&k.as_str()) {
-            params.push((k, v));
-        }
+        params.push((k, v));
     }
     let mut out = BytesMut::new();
     frontend::startup_message(params, &mut out).map_err(|e| protocol(e.to_string()))?;

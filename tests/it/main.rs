@@ -9,6 +9,7 @@ mod harness;
 mod harness_check;
 mod login;
 mod pg;
+mod pg_drivers;
 mod pg_wire;
 mod serve;
 mod ssh;

@@ -681,7 +681,7 @@ fn drivers_work_through_postern_and_see_real_sqlstates() {
 }
 
 /// `python3 -c SCRIPT` (psycopg 3 is installed by script/bootstrap).
-fn python(script: &str) -> Out {
+pub fn python(script: &str) -> Out {
     Command::new("python3")
         .args(["-c", script])
         .output()

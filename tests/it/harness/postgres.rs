@@ -164,7 +164,7 @@ impl Postgres {
             .arg(d.join("postgres.log"))
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=scram-sha-256{options}",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_prepared_transactions=10 -c password_encryption=scram-sha-256{options}",
                 d.display()
             ))
             .arg("start");
