@@ -1,0 +1,275 @@
+//! Authenticating a PostgreSQL client: TLS required, the password is a database token of
+//! this user for this target and database, and the policy allows the database user.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ClientStart, Io, Refusal, audit, refuse, wire};
+use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
+use crate::credentials::token;
+use crate::policy::{Decision, Grant, Request, Target, TargetKind, UserStatus, decide};
+use crate::server::Shared;
+
+/// A client postern let in: who, where, and the rule that allowed it.
+pub struct Authorized {
+    pub user: String,
+    pub actor: Actor,
+    pub target: Target,
+    pub database: String,
+    pub db_user: String,
+    pub grant: Grant,
+}
+
+pub async fn authorize(
+    io: &mut Box<dyn Io>,
+    client: &ClientStart,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Authorized, Refusal> {
+    if !client.tls && !shared.config.postgres.allow_plaintext {
+        return Err(refuse(
+            "28000",
+            "postern accepts PostgreSQL connections over TLS only: connect with sslmode=require (or verify-full with postern's CA, `postern admin tls-ca`)",
+        ));
+    }
+    let user = client.param("user").unwrap_or_default().to_string();
+    if user.is_empty() {
+        return Err(refuse(
+            "28000",
+            "no user name given: the user is your postern user",
+        ));
+    }
+    let dbparam = client.param("database").unwrap_or(&user).to_string();
+    let (mut target_name, mut asked_db) = match dbparam.split_once('/') {
+        Some((t, d)) => (t.to_string(), Some(d.to_string())),
+        None => (dbparam.clone(), None),
+    };
+    let printable = crate::policy::names::printable;
+
+    // The password is the database token.
+    io.write_all(&wire::auth(3, &[]))
+        .await
+        .map_err(|_| refuse("08006", "client left"))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let secret = loop {
+        match wire::frame(&buf, wire::MAX_STARTUP) {
+            Ok(Some((b'p', len))) => {
+                let frame = buf.split_to(len);
+                let mut b = wire::body(&frame);
+                break wire::cstr(&mut b).unwrap_or_default();
+            }
+            Ok(Some((t, _))) => {
+                return Err(refuse(
+                    "08P01",
+                    format!("expected a password message, got `{}`", t as char),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(refuse("08P01", e.to_string())),
+        }
+        if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            return Err(refuse("08006", "client left during authentication"));
+        }
+    };
+    let ip = peer.ip();
+    if let Err(wait) = shared.api.limiter.check(&user, ip) {
+        audit(
+            shared,
+            AuditEvent::new("auth.rate_limited", &Actor("unknown".into()), Outcome::Deny, json!({ "method": "db_token", "user": printable(&user), "retry_after": wait.as_secs() + 1 })),
+            peer,
+        )
+        .await;
+        return Err(refuse(
+            "28P01",
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs() + 1
+            ),
+        ));
+    }
+    let fail = |reason: &str| {
+        AuditEvent::new(
+            "auth.failure",
+            &Actor::user(&user),
+            Outcome::Failure,
+            json!({ "method": "db_token", "reason": reason, "database": printable(&dbparam) }),
+        )
+    };
+    let tok = shared
+        .store
+        .db_token(&token::hash(&secret))
+        .await
+        .map_err(|_| {
+            refuse(
+                "08006",
+                "postern cannot reach its store right now; try again shortly",
+            )
+        })?;
+    let again = format!("run postern db login {}", printable(&target_name));
+    // A plain DATABASE names the database the token is bound to (drivers that query
+    // catalogs with their connection's database name need it to be the real one).
+    if let Some(t) = &tok
+        && asked_db.is_none()
+        && t.user == user
+        && t.database == dbparam
+        && t.target != dbparam
+    {
+        target_name = t.target.clone();
+        asked_db = Some(t.database.clone());
+    }
+    let tok = match tok {
+        Some(t)
+            if t.user == user
+                && t.target == target_name
+                && asked_db.as_ref().is_none_or(|d| *d == t.database) =>
+        {
+            t
+        }
+        // A valid token of this user, for another target: say what is wrong with the
+        // database name (an unknown target is only named to token holders).
+        Some(t) if t.user == user && t.expires_ms > now_ms() && t.target != target_name => {
+            let known = shared
+                .store
+                .load_policy()
+                .await
+                .map(|p| p.targets.contains_key(&target_name))
+                .unwrap_or(true);
+            if !known {
+                return Err(refuse(
+                    "3D000",
+                    format!(
+                        "no target named `{}`; connect with database TARGET/DATABASE",
+                        printable(&target_name)
+                    ),
+                ));
+            }
+            shared.api.limiter.failed(&user, ip);
+            audit(shared, fail("token for another target"), peer).await;
+            return Err(refuse(
+                "28P01",
+                format!(
+                    "password authentication failed for user \"{}\": this token is for `{}/{}`; {again}",
+                    printable(&user),
+                    t.target,
+                    t.database
+                ),
+            ));
+        }
+        _ => {
+            shared.api.limiter.failed(&user, ip);
+            audit(
+                shared,
+                fail("not a database token for this user, target and database"),
+                peer,
+            )
+            .await;
+            return Err(refuse(
+                "28P01",
+                format!(
+                    "password authentication failed for user \"{}\": the password must be a database token for this target and database; {again}",
+                    printable(&user)
+                ),
+            ));
+        }
+    };
+    if tok.expires_ms <= now_ms() {
+        audit(shared, fail("token expired"), peer).await;
+        return Err(refuse(
+            "28P01",
+            format!(
+                "token expired at {} — {again}",
+                format_clock(tok.expires_ms)
+            ),
+        ));
+    }
+    shared.api.limiter.succeeded(&user, ip);
+
+    // The access decision, on the current policy.
+    let policy = shared.store.load_policy().await.map_err(|_| {
+        refuse(
+            "08006",
+            "postern cannot read its policy right now; try again shortly",
+        )
+    })?;
+    let actor = Actor::user(&user);
+    let Some(target) = policy.targets.get(&target_name).cloned() else {
+        return Err(refuse(
+            "3D000",
+            format!("no target named `{}`", printable(&target_name)),
+        ));
+    };
+    if target.kind != TargetKind::Postgres {
+        return Err(refuse(
+            "3D000",
+            format!(
+                "target `{}` is an {} target, not a database",
+                target.name, target.kind
+            ),
+        ));
+    }
+    let Some(u) = policy.users.get(&user) else {
+        return Err(refuse(
+            "28000",
+            format!("user `{}` no longer exists", printable(&user)),
+        ));
+    };
+    let database = tok.database.clone();
+    let db_user = tok.db_user.clone();
+    let grant = match decide(
+        u,
+        &policy.roles_of(u),
+        &target,
+        &Request::Postgres {
+            database: &database,
+            db_user: &db_user,
+        },
+    ) {
+        Decision::Allow(g) => g,
+        Decision::Deny(reason) => {
+            let mut e = AuditEvent::new(
+                "access.deny",
+                &actor,
+                Outcome::Deny,
+                json!({ "database": database, "db_user": db_user, "reason": reason.to_string(), "decision": reason }),
+            );
+            e.target = Some(target.name.clone());
+            audit(shared, e, peer).await;
+            let code = if u.status == UserStatus::Locked {
+                "28000"
+            } else {
+                "42501"
+            };
+            return Err(refuse(
+                code,
+                format!(
+                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}",
+                    target.name
+                ),
+            ));
+        }
+    };
+    audit(
+        shared,
+        AuditEvent::new(
+            "auth.success",
+            &actor,
+            Outcome::Success,
+            json!({ "method": "db_token", "database": database, "db_user": db_user }),
+        ),
+        peer,
+    )
+    .await;
+
+    Ok(Authorized {
+        user,
+        actor,
+        target,
+        database,
+        db_user,
+        grant,
+    })
+}
