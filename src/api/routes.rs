@@ -473,6 +473,10 @@ async fn db_login(
         Some(d) => d,
         None => return Err(missing("database user", "--db-user")),
     };
+    for (what, name) in [("database", &database), ("database user", &db_user)] {
+        names::check_requested_name(what, name)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     let grant = match decide(
         &user,
         &roles,

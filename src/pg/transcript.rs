@@ -1,6 +1,6 @@
 //! Writing transcript lines: one JSON object per line, built by hand because this runs
 //! per statement. The shapes (`statement`, `result`, `prepare`, `rollback`, `error`) are
-//! described in ARCHITECTURE.md; `recording::transcript` reads them back.
+//! described in docs/recordings.md; `recording::transcript` reads them back.
 
 use std::time::Duration;
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::frontend;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -38,6 +40,31 @@ pub enum UpstreamError {
     Tls { target: String, why: String },
     #[error("target `{target}` broke the protocol: {why}")]
     Protocol { target: String, why: String },
+    #[error("postern did not log in to target `{target}`: {why}")]
+    Unsafe { target: String, why: String },
+}
+
+/// `tls-server-end-point` channel binding data (RFC 5929): the hash of the server's
+/// certificate with its signature's hash function (SHA-1 raised to SHA-256); `None` for
+/// signatures without one (Ed25519, RSA-PSS).
+fn end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512, digest};
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, SHA_1_WITH_RSA_ENCRYPTION,
+        SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
+    };
+    let oid = x509_cert::Certificate::from_der(cert)
+        .ok()?
+        .signature_algorithm
+        .oid;
+    let alg = match oid {
+        SHA_1_WITH_RSA_ENCRYPTION | SHA_256_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_256 => &SHA256,
+        SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384 => &SHA384,
+        SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512 => &SHA512,
+        _ => return None,
+    };
+    Some(digest(alg, cert).as_ref().to_vec())
 }
 
 pub struct Upstream {
@@ -106,6 +133,9 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let mode = c.target.tls_mode.unwrap_or_default();
+    // Only a server whose certificate postern verified may see the password itself.
+    let verified = mode == TlsMode::VerifyFull;
+    let mut binding: Option<Vec<u8>> = None;
     let mut io: Box<dyn Io> = if mode == TlsMode::Disable {
         Box::new(tcp)
     } else {
@@ -165,7 +195,18 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
                 )),
                 _ => tls_err(e.to_string()),
             })?;
+        binding = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| end_point(c));
         Box::new(tls)
+    };
+    let tls = mode != TlsMode::Disable;
+    let unsafe_ = |why: String| UpstreamError::Unsafe {
+        target: target.clone(),
+        why,
     };
 
     let mut params: Vec<(&str, &str)> = vec![("user", c.db_user), ("database", c.database)];
@@ -213,6 +254,12 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         out.clear();
         match kind {
             0 => break,
+            3 | 5 if !verified => {
+                let method = if kind == 3 { "a cleartext" } else { "an MD5" };
+                return Err(unsafe_(format!(
+                    "it asks for {method} password, which postern sends only to a target whose certificate it verified (tls_mode = verify-full); configure the target for SCRAM-SHA-256 or set tls_mode = verify-full with postgres.target_ca_file"
+                )));
+            }
             3 => frontend::password_message(c.password.as_bytes(), &mut out)
                 .map_err(|e| protocol(e.to_string()))?,
             5 => {
@@ -229,13 +276,33 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
                     .split(|&b| b == 0)
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .collect();
-                if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                    return Err(protocol(format!(
-                        "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
-                    )));
-                }
-                let s = ScramSha256::new(c.password.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                let plus = mechanisms.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+                let (mechanism, cb) = match &binding {
+                    // Over TLS, the proof is bound to the certificate this server showed:
+                    // a server relaying it to another cannot use it.
+                    Some(b) if plus => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(b.clone()),
+                    ),
+                    _ if tls && !verified => {
+                        return Err(unsafe_(format!(
+                            "over TLS without certificate verification (tls_mode = require), postern logs in only with SCRAM channel binding (SCRAM-SHA-256-PLUS), and the server offers {mechanisms:?}{}; set tls_mode = verify-full with postgres.target_ca_file",
+                            if plus {
+                                " with a certificate whose signature has no hash to bind to"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                    _ if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) => {
+                        return Err(protocol(format!(
+                            "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
+                        )));
+                    }
+                    _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
+                let s = ScramSha256::new(c.password.as_bytes(), cb);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut out)
                     .map_err(|e| protocol(e.to_string()))?;
                 scram = Some(s);
             }
@@ -299,4 +366,33 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         parameters,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_point;
+
+    #[test]
+    fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&p256)
+            .unwrap();
+        let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
+        assert_eq!(end_point(cert.der()).unwrap(), want.as_ref());
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&p384)
+            .unwrap();
+        assert_eq!(end_point(cert.der()).unwrap().len(), 48);
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&ed)
+            .unwrap();
+        assert_eq!(end_point(cert.der()), None);
+        assert_eq!(end_point(b"not a certificate"), None);
+    }
 }

@@ -74,6 +74,20 @@ pub fn check_account_name(what: &'static str, name: &str) -> Result<(), PolicyEr
     }
 }
 
+/// A login, database or database user asked for by name (never `*`, never empty): names
+/// PostgreSQL would read as another (an empty database is the user's name; a name of 64
+/// bytes or more is cut to 63) never reach a decision.
+pub fn check_requested_name(what: &'static str, name: &str) -> Result<(), PolicyError> {
+    if name == "*" {
+        return Err(PolicyError::BadName {
+            what,
+            name: name.to_string(),
+            rule: "a name, not `*`",
+        });
+    }
+    check_account_name(what, name)
+}
+
 /// `host:port` with a non-empty host and a port in 1–65535; IPv6 hosts in brackets.
 pub fn check_address(address: &str) -> Result<(), PolicyError> {
     let bad = |why: &str| PolicyError::BadAddress {

@@ -10,6 +10,7 @@ mod harness_check;
 mod login;
 mod pg;
 mod pg_drivers;
+mod pg_trust;
 mod pg_wire;
 mod serve;
 mod ssh;

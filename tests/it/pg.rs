@@ -12,7 +12,7 @@ use crate::login::{Dev, set_password};
 use crate::ssh::wait_child;
 
 /// The target database user's password: postern holds it, developers never see it.
-const APP_PASSWORD: &str = "app-secret-4c1d9e77";
+pub const APP_PASSWORD: &str = "app-secret-4c1d9e77";
 
 pub struct PgBastion {
     pub postern: Postern,

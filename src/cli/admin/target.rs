@@ -27,7 +27,10 @@ pub enum Command {
         /// The SSH target's host public key, e.g. "ssh-ed25519 AAAA…" (pinned; never trust-on-first-use).
         #[arg(long, requires = "ssh")]
         host_key: Option<String>,
-        /// TLS towards a PostgreSQL target: disable, require, verify-full.
+        /// TLS towards a PostgreSQL target: verify-full (the default: the target's
+        /// certificate is checked against postgres.target_ca_file), require (encrypted,
+        /// not verified: postern then logs in only with SCRAM channel binding), or disable
+        /// (a trusted network only). Cleartext and MD5 passwords go only to verify-full.
         #[arg(long, requires = "postgres", value_parser = parse_tls_mode)]
         tls_mode: Option<TlsMode>,
         /// A label (repeatable): --label env=prod --label team=vision.
@@ -106,7 +109,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 labels: parse_labels(&labels)?,
                 host_key,
                 tls_mode: match kind {
-                    TargetKind::Postgres => Some(tls_mode.unwrap_or_default()),
+                    TargetKind::Postgres => Some(tls_mode.unwrap_or(TlsMode::VerifyFull)),
                     TargetKind::Ssh => None,
                 },
             };
