@@ -430,7 +430,7 @@ async fn db_login(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let (policy, user, _) = cx.bearer(&headers).await?;
+    let (policy, user, login) = cx.bearer(&headers).await?;
     let req: DbLoginRequest = body(raw)?;
     let actor = Actor::user(&user.name);
     let Some(target) = policy.targets.get(&req.target) else {
@@ -525,6 +525,7 @@ async fn db_login(
                 db_user: db_user.clone(),
                 issued_ms: issued,
                 expires_ms: expires,
+                cert_serial: login.cert_serial.parse().ok(),
             },
         )
         .await

@@ -22,6 +22,8 @@ pub struct Authorized {
     pub database: String,
     pub db_user: String,
     pub grant: Grant,
+    /// The login (user certificate) the token was issued under.
+    pub cert_serial: Option<u64>,
 }
 
 pub async fn authorize(
@@ -186,6 +188,24 @@ pub async fn authorize(
             ),
         ));
     }
+    if let Some(serial) = tok.cert_serial {
+        let revoked = shared.store.is_revoked(serial).await.map_err(|_| {
+            refuse(
+                "08006",
+                "postern cannot reach its store right now; try again shortly",
+            )
+        })?;
+        if revoked {
+            audit(shared, fail("login revoked"), peer).await;
+            return Err(refuse(
+                "28P01",
+                format!(
+                    "the postern login this token was issued under (serial {serial}) was revoked; run postern login, then postern db login {}",
+                    printable(&target_name)
+                ),
+            ));
+        }
+    }
     shared.api.limiter.succeeded(&user, ip);
 
     // The access decision, on the current policy.
@@ -271,5 +291,6 @@ pub async fn authorize(
         database,
         db_user,
         grant,
+        cert_serial: tok.cert_serial,
     })
 }

@@ -208,6 +208,7 @@ async fn startup(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> 
 
 /// The live session as the server's watcher sees it.
 struct PgSession {
+    cert_serial: Option<u64>,
     user: String,
     target: String,
     database: String,
@@ -221,6 +222,17 @@ impl crate::server::live::LiveSession for PgSession {
     }
 
     fn review(&self, now: &crate::server::live::Current) {
+        if let Some(serial) = self.cert_serial
+            && now.revoked.contains(&serial)
+        {
+            self.limits.terminate(
+                "revoked",
+                format!(
+                    "access was withdrawn: the postern login this session's token was issued under (serial {serial}) was revoked"
+                ),
+            );
+            return;
+        }
         self.limits.review(
             &now.policy,
             &self.user,

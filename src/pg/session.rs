@@ -36,6 +36,7 @@ pub async fn run(
         database,
         db_user,
         grant,
+        cert_serial,
     } = auth;
     // The client's settings, then the brokered credential, then the target.
     let settings = settings::forwarded(&client.params).map_err(|r| refuse(r.code, r.message))?;
@@ -82,7 +83,7 @@ pub async fn run(
         bytes_in: 0,
         bytes_out: 0,
         exit_status: None,
-        cert_serial: None,
+        cert_serial: cert_serial.map(|s| s.to_string()),
         recordings: vec![],
     };
     let not_recorded = || {
@@ -125,6 +126,7 @@ pub async fn run(
     let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();
     let session = Arc::new(PgSession {
+        cert_serial,
         user: user.clone(),
         target: target.name.clone(),
         database: database.clone(),

@@ -37,6 +37,8 @@ pub struct DbToken {
     pub db_user: String,
     pub issued_ms: i64,
     pub expires_ms: i64,
+    /// The serial of the login (user certificate) it was issued under.
+    pub cert_serial: Option<u64>,
 }
 
 impl Store {
@@ -199,7 +201,7 @@ impl Store {
                     .bind(crate::audit::now_ms() - KEEP_EXPIRED_MS)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query("INSERT INTO db_tokens (token_hash, user_name, target, database, db_user, issued_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO db_tokens (token_hash, user_name, target, database, db_user, issued_ms, expires_ms, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
                     .bind(hash)
                     .bind(&t.user)
                     .bind(&t.target)
@@ -207,6 +209,7 @@ impl Store {
                     .bind(&t.db_user)
                     .bind(t.issued_ms)
                     .bind(t.expires_ms)
+                    .bind(t.cert_serial.map(|s| s.to_string()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -219,7 +222,7 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let row = sqlx::query(
-                    "SELECT user_name, target, database, db_user, issued_ms, expires_ms FROM db_tokens WHERE token_hash = ?",
+                    "SELECT user_name, target, database, db_user, issued_ms, expires_ms, cert_serial FROM db_tokens WHERE token_hash = ?",
                 )
                 .bind(hash)
                 .fetch_optional(&mut *pool.acquire().await?)
@@ -232,6 +235,9 @@ impl Store {
                         db_user: r.try_get("db_user")?,
                         issued_ms: r.try_get("issued_ms")?,
                         expires_ms: r.try_get("expires_ms")?,
+                        cert_serial: r
+                            .try_get::<Option<String>, _>("cert_serial")?
+                            .and_then(|s| s.parse().ok()),
                     })
                 })
                 .transpose()

@@ -690,7 +690,7 @@ pub fn python(script: &str) -> Out {
 }
 
 /// Starts `psql -c SQL` in the background and waits until its query runs on the target.
-fn running(b: &PgBastion, sql: &str) -> std::process::Child {
+pub fn running(b: &PgBastion, sql: &str) -> std::process::Child {
     let mut child = b
         .psql_command("service=pg1")
         .args(["-c", sql])

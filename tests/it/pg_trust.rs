@@ -184,3 +184,37 @@ fn database_names_postgres_would_alias_get_no_token() {
         out.stderr
     );
 }
+
+#[test]
+fn revoking_a_login_revokes_its_database_tokens_and_ends_their_sessions() {
+    let b = PgBastion::start();
+    let child = crate::pg::running(&b, "select pg_sleep(20)");
+    let serial = b.postern.events("auth.login")[0]["details"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.postern
+        .cli(&[
+            "admin",
+            "cert",
+            "revoke",
+            &serial,
+            "--reason",
+            "laptop stolen",
+        ])
+        .ok();
+    let out = crate::ssh::wait_child(child);
+    assert!(
+        out.stderr.contains(&format!(
+            "the postern login this session's token was issued under (serial {serial}) was revoked"
+        )),
+        "{out:?}"
+    );
+    let out = b.psql(&["-c", "select 1"]);
+    assert!(
+        out.fails(2)
+            .contains(&format!("(serial {serial}) was revoked; run postern login")),
+        "{}",
+        out.stderr
+    );
+}
