@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use error::ApiError;
-pub use limiter::Limiter;
+pub use limiter::{Door, Limiter};
 
 use crate::server::Shared;
 
@@ -34,6 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Api {
     pub tls: TlsAcceptor,
     pub limiter: Limiter,
+    /// Password hashes checked at once (each takes tens of MiB and a core for a moment):
+    /// about one per core; logins beyond wait briefly, then are told to retry.
+    pub verifiers: tokio::sync::Semaphore,
     /// postern's TLS CA (PEM), handed to clients at login; read once at start.
     pub tls_ca: String,
 }
@@ -44,6 +47,9 @@ impl Api {
             tls: tls::with_alpn(&tls, b"http/1.1"),
             tls_ca,
             limiter: Limiter::default(),
+            verifiers: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::ApiError;
+use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::{password, ssh_cert, token, totp};
 use crate::duration::Dur;
@@ -103,7 +103,6 @@ impl Ctx {
     /// A failed login: counted for throttling, audited, answered without saying which part
     /// was wrong.
     async fn login_failed(&self, user: &str, known: bool, reason: &str, err: ApiError) -> ApiError {
-        self.shared.api.limiter.failed(user, self.peer.ip());
         let actor = if known {
             Actor::user(user)
         } else {
@@ -208,7 +207,12 @@ fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
 async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
     let req: LoginRequest = body(raw)?;
     let ip = cx.peer.ip();
-    if let Err(wait) = cx.shared.api.limiter.check(&req.user, ip) {
+    let key = names::parse_public_key(&req.public_key)
+        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
+    let policy = cx.policy().await?;
+    let user = policy.users.get(&req.user).cloned();
+    let known = user.as_ref().map(|u| u.name.as_str());
+    if let Err(wait) = cx.shared.api.limiter.attempt(Door::Password, known, ip) {
         let secs = wait.as_secs() + 1;
         cx.audit(
             "auth.rate_limited",
@@ -225,10 +229,6 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
         e.retry_after = Some(secs);
         return Err(e);
     }
-    let key = names::parse_public_key(&req.public_key)
-        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    let policy = cx.policy().await?;
-    let user = policy.users.get(&req.user).cloned();
     let hash = match &user {
         Some(u) => cx
             .shared
@@ -237,6 +237,20 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
             .await
             .map_err(ApiError::store)?,
         None => None,
+    };
+    let Ok(Ok(permit)) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        cx.shared.api.verifiers.acquire(),
+    )
+    .await
+    else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "postern is busy checking other logins; try again in a few seconds",
+        );
+        e.retry_after = Some(2);
+        return Err(e);
     };
     let pw = req.password.clone();
     let verified = tokio::task::spawn_blocking(move || match &hash {
@@ -248,6 +262,7 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
     })
     .await
     .unwrap_or(false);
+    drop(permit);
     let wrong = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -377,7 +392,10 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
         )
         .await
         .map_err(ApiError::store)?;
-    cx.shared.api.limiter.succeeded(&user.name, ip);
+    cx.shared
+        .api
+        .limiter
+        .succeeded(Door::Password, &user.name, ip);
     cx.audit(
         "auth.login",
         Actor::user(&user.name),

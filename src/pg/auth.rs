@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ClientStart, Io, Refusal, audit, refuse, wire};
+use crate::api::Door;
 use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
 use crate::credentials::token;
 use crate::policy::{Decision, Grant, Request, Target, TargetKind, UserStatus, decide};
@@ -24,6 +25,16 @@ pub struct Authorized {
     pub grant: Grant,
     /// The login (user certificate) the token was issued under.
     pub cert_serial: Option<u64>,
+}
+
+/// A name from the wire as it may appear in an audit event: printable, at most 64
+/// characters.
+fn shown(name: &str) -> String {
+    let p = crate::policy::names::printable(name);
+    match p.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &p[..cut]),
+        None => p,
+    }
 }
 
 pub async fn authorize(
@@ -78,10 +89,30 @@ pub async fn authorize(
         }
     };
     let ip = peer.ip();
-    if let Err(wait) = shared.api.limiter.check(&user, ip) {
+    let policy = shared.store.load_policy().await.map_err(|_| {
+        refuse(
+            "08006",
+            "postern cannot read its policy right now; try again shortly",
+        )
+    })?;
+    // Only a user's name is a counter key or an audit actor; anything else is `unknown`,
+    // with a bounded, printable copy of what was tried.
+    let known = policy.users.contains_key(&user);
+    let tried = shown(&user);
+    if let Err(wait) =
+        shared
+            .api
+            .limiter
+            .attempt(Door::Postgres, known.then_some(user.as_str()), ip)
+    {
         audit(
             shared,
-            AuditEvent::new("auth.rate_limited", &Actor("unknown".into()), Outcome::Deny, json!({ "method": "db_token", "user": printable(&user), "retry_after": wait.as_secs() + 1 })),
+            AuditEvent::new(
+                "auth.rate_limited",
+                &Actor("unknown".into()),
+                Outcome::Deny,
+                json!({ "method": "db_token", "user": tried, "retry_after": wait.as_secs() + 1 }),
+            ),
             peer,
         )
         .await;
@@ -94,12 +125,18 @@ pub async fn authorize(
         ));
     }
     let fail = |reason: &str| {
-        AuditEvent::new(
-            "auth.failure",
-            &Actor::user(&user),
-            Outcome::Failure,
-            json!({ "method": "db_token", "reason": reason, "database": printable(&dbparam) }),
-        )
+        let (actor, details) = if known {
+            (
+                Actor::user(&user),
+                json!({ "method": "db_token", "reason": reason, "database": shown(&dbparam) }),
+            )
+        } else {
+            (
+                Actor("unknown".into()),
+                json!({ "method": "db_token", "reason": reason, "user": tried, "database": shown(&dbparam) }),
+            )
+        };
+        AuditEvent::new("auth.failure", &actor, Outcome::Failure, details)
     };
     let tok = shared
         .store
@@ -149,7 +186,6 @@ pub async fn authorize(
                     ),
                 ));
             }
-            shared.api.limiter.failed(&user, ip);
             audit(shared, fail("token for another target"), peer).await;
             return Err(refuse(
                 "28P01",
@@ -162,7 +198,6 @@ pub async fn authorize(
             ));
         }
         _ => {
-            shared.api.limiter.failed(&user, ip);
             audit(
                 shared,
                 fail("not a database token for this user, target and database"),
@@ -206,15 +241,9 @@ pub async fn authorize(
             ));
         }
     }
-    shared.api.limiter.succeeded(&user, ip);
+    shared.api.limiter.succeeded(Door::Postgres, &user, ip);
 
-    // The access decision, on the current policy.
-    let policy = shared.store.load_policy().await.map_err(|_| {
-        refuse(
-            "08006",
-            "postern cannot read its policy right now; try again shortly",
-        )
-    })?;
+    // The access decision.
     let actor = Actor::user(&user);
     let Some(target) = policy.targets.get(&target_name).cloned() else {
         return Err(refuse(

@@ -1,5 +1,6 @@
 //! The one integration test binary: real postern, sshd, PostgreSQL, ssh and psql.
 
+mod abuse;
 mod access;
 mod admin;
 mod apply;

@@ -218,3 +218,39 @@ fn revoking_a_login_revokes_its_database_tokens_and_ends_their_sessions() {
         out.stderr
     );
 }
+
+#[test]
+fn failed_database_logins_never_lock_the_password_login() {
+    let b = PgBastion::start();
+    let port = b.postern.pg.port();
+    let wrong = |user: &str| -> crate::harness::Out {
+        let mut c = std::process::Command::new("psql");
+        c.arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname=pg1/features sslmode=require password=pgt_wrong connect_timeout=15"
+        ))
+        .args(["-X", "-c", "select 1"])
+        .env("PGPASSFILE", "/nonexistent")
+        .env_remove("PGSERVICE");
+        c.output().unwrap().into()
+    };
+    for _ in 0..3 {
+        assert!(
+            wrong("alice")
+                .fails(2)
+                .contains("password authentication failed")
+        );
+    }
+    // The database door now makes alice wait, from this address ...
+    assert!(wrong("alice").fails(2).contains("too many failed logins"));
+    // ... but the password login is another door.
+    b.dev.login(&b.postern, &[], crate::login::PASSWORD).ok();
+    // Names that are not users are no keys and no actors.
+    wrong(&"x".repeat(5000));
+    let failures = b.postern.events("auth.failure");
+    let last = failures.last().unwrap();
+    assert_eq!(last["actor"], "unknown", "{last}");
+    assert!(
+        last["details"]["user"].as_str().unwrap().chars().count() <= 65,
+        "{last}"
+    );
+}

@@ -133,6 +133,11 @@ impl Postern {
         );
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }

@@ -1,0 +1,71 @@
+//! Unauthenticated abuse of the API's password login: parallel guesses are counted before
+//! any is checked, and password hashing is bounded, so memory stays small.
+
+use std::process::Command;
+
+use crate::harness::postern::Postern;
+use crate::login::set_password;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_hundred_parallel_wrong_passwords_are_mostly_refused_unchecked() {
+    let p = Postern::new();
+    p.cli(&[
+        "admin", "role", "add", "dev", "--allow", "env=test", "--logins", "app",
+    ])
+    .ok();
+    p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+        .ok();
+    set_password(&p);
+    let p = p.start();
+    let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
+    let key = p.root().join("k");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let pid = p.pid().unwrap();
+    let before = rss_kib(pid);
+    let script = format!(
+        r#"
+import json, ssl, urllib.request, urllib.error
+from concurrent.futures import ThreadPoolExecutor
+ctx = ssl.create_default_context(cafile={ca:?})
+body = json.dumps({{"user": "alice", "password": "wrong", "public_key": {public:?}}}).encode()
+def one(_):
+    req = urllib.request.Request("https://127.0.0.1:{port}/v1/login", data=body, headers={{"content-type": "application/json"}})
+    try:
+        return urllib.request.urlopen(req, context=ctx, timeout=60).status
+    except urllib.error.HTTPError as e:
+        return e.code
+with ThreadPoolExecutor(100) as ex:
+    codes = list(ex.map(one, range(100)))
+print(json.dumps({{str(c): codes.count(c) for c in set(codes)}}))
+"#,
+        ca = ca.display().to_string(),
+        public = public.trim(),
+        port = p.api.port()
+    );
+    let out: crate::harness::Out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+        .into();
+    let counts: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    let limited = counts["429"].as_u64().unwrap_or(0);
+    assert!(limited >= 90, "{counts}");
+    assert_eq!(counts["200"], serde_json::Value::Null, "{counts}");
+    let after = rss_kib(pid);
+    assert!(after < 300 * 1024, "RSS {before} KiB -> {after} KiB");
+}
