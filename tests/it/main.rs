@@ -11,6 +11,7 @@ mod harness_check;
 mod login;
 mod pg;
 mod pg_drivers;
+mod pg_property;
 mod pg_trust;
 mod pg_wire;
 mod serve;

@@ -48,11 +48,17 @@ c.execute('listen ch')
 c.execute("notify ch, 'x'")
 n = next(c.notifies(timeout=5, stop_after=1))
 print('notify', n.pid == pid)
-threading.Timer(1.0, c.cancel_safe).start()
+errors = []
+def cancel():
+    try:
+        c.cancel_safe()
+    except Exception as e:
+        errors.append(repr(e))
+threading.Timer(1.0, cancel).start()
 try:
     c.execute('select pg_sleep(20)')
 except psycopg.errors.QueryCanceled:
-    print('cancelled')
+    print('cancelled', errors, psycopg.pq.version() >= 170000)
 c2 = psycopg.connect(**dsn)
 x = c2.xid(1, 'gtrid-1', 'bq')
 c2.tpc_begin(x)
@@ -68,7 +74,7 @@ c.close()
     let out = python(&psycopg);
     assert_eq!(
         out.ok(),
-        "dbname features\npid True\ntimeout 7s\ncursor [1, 2, 3, 4]\nnotify True\ncancelled\nprepared 1\nrows 5\n"
+        "dbname features\npid True\ntimeout 7s\ncursor [1, 2, 3, 4]\nnotify True\ncancelled [] True\nprepared 1\nrows 5\n"
     );
 
     let asyncpg = format!(

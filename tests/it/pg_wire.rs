@@ -112,7 +112,7 @@ impl Raw {
 }
 
 /// Message builders; names are bytes, as on the wire.
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     v.extend_from_slice(body);
@@ -124,13 +124,13 @@ fn cstr(v: &mut Vec<u8>, s: &[u8]) {
     v.push(0);
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub fn query(sql: &str) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, sql.as_bytes());
     msg(b'Q', &b)
 }
 
-fn parse(name: &[u8], sql: &str) -> Vec<u8> {
+pub fn parse(name: &[u8], sql: &str) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, name);
     cstr(&mut b, sql.as_bytes());
@@ -138,7 +138,7 @@ fn parse(name: &[u8], sql: &str) -> Vec<u8> {
     msg(b'P', &b)
 }
 
-fn bind(portal: &[u8], stmt: &[u8]) -> Vec<u8> {
+pub fn bind(portal: &[u8], stmt: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
     cstr(&mut b, stmt);
@@ -146,23 +146,23 @@ fn bind(portal: &[u8], stmt: &[u8]) -> Vec<u8> {
     msg(b'B', &b)
 }
 
-fn execute(portal: &[u8]) -> Vec<u8> {
+pub fn execute(portal: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
     b.extend_from_slice(&0i32.to_be_bytes());
     msg(b'E', &b)
 }
 
-fn sync() -> Vec<u8> {
+pub fn sync() -> Vec<u8> {
     msg(b'S', b"")
 }
 
-fn terminate() -> Vec<u8> {
+pub fn terminate() -> Vec<u8> {
     msg(b'X', b"")
 }
 
 /// The transcript of the session that ended last, waiting for it to end.
-fn ended_transcript(b: &PgBastion, before: usize) -> Vec<Value> {
+pub fn ended_transcript(b: &PgBastion, before: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let sessions = b.sessions();
