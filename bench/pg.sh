@@ -3,8 +3,10 @@
 # -M prepared, -c 8 -j 2, against one throwaway cluster directly, through a throwaway
 # pgbouncer (session mode), and through postern with every statement recorded, in one
 # run. Prints TPS and mean latency for each and the ratios postern/direct and
-# postern/pgbouncer. postern is measured over TLS (as developers use it) and, for parity
-# with the plaintext peers, without.
+# postern/pgbouncer. postern is measured over TLS (as developers use it) against
+# pgbouncer with client TLS (`client_tls_sslmode`, clients connecting with
+# sslmode=require), and, for parity with the plaintext peers, both without. Then
+# connection setup: `pgbench -C` (a new connection per transaction) over TLS.
 #
 #   bench/pg.sh                  # 10 s per run, 3 rounds, scale 10
 #   SECONDS_PER_RUN=5 ROUNDS=1 SCALE=2 bench/pg.sh
@@ -57,7 +59,10 @@ PGPASSWORD=$SUPER_PW psql -X -q "host=127.0.0.1 port=$PGPORT user=postgres dbnam
 echo "initialising pgbench scale $SCALE ..."
 PGPASSWORD=$APP_PW pgbench -q -i -s "$SCALE" "host=127.0.0.1 port=$PGPORT user=app dbname=bench" >/dev/null 2>&1
 
-# pgbouncer, session mode, SCRAM both ways (it refuses to run as root).
+# pgbouncer, session mode, SCRAM both ways (it refuses to run as root); client TLS with a
+# throwaway certificate, used by clients that ask for it.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=127.0.0.1 -keyout "$T/run/bouncer.key" -out "$T/run/bouncer.crt" >/dev/null 2>&1
 cat > "$T/run/userlist.txt" <<U
 "app" "$APP_PW"
 U
@@ -75,6 +80,9 @@ max_client_conn = 100
 default_pool_size = 20
 logfile = $T/run/pgbouncer.log
 pidfile = $T/run/pgbouncer.pid
+client_tls_sslmode = allow
+client_tls_key_file = $T/run/bouncer.key
+client_tls_cert_file = $T/run/bouncer.crt
 INI
 [[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$T/run"
 as_pg pgbouncer "$T/run/pgbouncer.ini" >/dev/null 2>&1 &
@@ -106,15 +114,16 @@ CA=$HOME/.postern/ca.crt
 declare -A CONN=(
   [direct]="host=127.0.0.1 port=$PGPORT user=app dbname=bench sslmode=disable"
   [pgbouncer]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=disable"
+  [pgbouncer-tls]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=require"
   [postern]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=disable"
   [postern-tls]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=verify-full sslrootcert=$CA"
 )
-declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [postern]=$TOKEN [postern-tls]=$TOKEN)
-ORDER=(direct pgbouncer postern postern-tls)
+declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [pgbouncer-tls]=$APP_PW [postern]=$TOKEN [postern-tls]=$TOKEN)
+ORDER=(direct pgbouncer pgbouncer-tls postern postern-tls)
 
-bench() { # name script mode -> "tps latency_ms"
+bench() { # name script mode [extra] -> "tps latency_ms"
   local out
-  out=$(PGPASSWORD=${PW[$1]} pgbench -n $2 -M "$3" -c $CLIENTS -j $THREADS -T "$RUN" "${CONN[$1]}" 2>&1) ||
+  out=$(PGPASSWORD=${PW[$1]} pgbench -n $2 ${4:-} -M "$3" -c $CLIENTS -j $THREADS -T "$RUN" "${CONN[$1]}" 2>&1) ||
     { echo "pgbench failed for $1:" >&2; echo "$out" >&2; tail -20 "$T/serve.log" >&2; exit 1; }
   local tps lat
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
@@ -128,8 +137,8 @@ for script in ${SCRIPTS:-"-S" ""}; do
   for mode in ${MODES:-simple prepared}; do
     declare -A TPS=() LAT=()
     for round in $(seq "$ROUNDS"); do
-      for i in 0 1 2 3; do
-        who=${ORDER[$(( (i + round) % 4 ))]}
+      for i in 0 1 2 3 4; do
+        who=${ORDER[$(( (i + round) % 5 ))]}
         read -r tps lat < <(bench "$who" "$script" "$mode")
         TPS[$who]+="$tps "
         LAT[$who]+="$lat "
@@ -145,9 +154,28 @@ print(statistics.median(t), statistics.median(l))")
       printf "%-11s %-8s %-12s tps %10.1f   latency %6.3f ms   (runs: %s)\n" "$name" "$mode" "$who" "$tps" "$lat" "${TPS[$who]% }"
     done
     python3 -c "
-d, b, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[postern]}, ${MED[postern-tls]}
-print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer {t/b:.2f}x')"
+d, b, bt, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[pgbouncer-tls]}, ${MED[postern]}, ${MED[postern-tls]}
+print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer-tls {t/bt:.2f}x')"
   done
 done
+# Connection setup over TLS: a new connection (TLS handshake, authentication, and for
+# postern the brokered login to the target) per select-only transaction.
+if [[ -z ${SKIP_CONNECT:-} ]]; then
+  declare -A CT=()
+  for round in $(seq "$ROUNDS"); do
+    for who in direct pgbouncer-tls postern-tls; do
+      read -r tps lat < <(bench "$who" -S simple -C)
+      CT[$who]+="$tps "
+    done
+  done
+  for who in direct pgbouncer-tls postern-tls; do
+    printf "%-11s %-8s %-13s tps %10.1f   (runs: %s)\n" connect simple "$who" \
+      "$(python3 -c "import statistics; print(statistics.median([float(x) for x in '${CT[$who]}'.split()]))")" "${CT[$who]% }"
+  done
+  python3 -c "
+import statistics
+m = lambda s: statistics.median([float(x) for x in s.split()])
+print(f'  => postern-tls/pgbouncer-tls {m(\"${CT[postern-tls]}\")/m(\"${CT[pgbouncer-tls]}\"):.2f}x')"
+fi
 statements=$(find "$T/data/recordings" -name '*.pg.jsonl' -exec cat {} + | grep -c '"type":"statement"' || true)
 echo "statements recorded by postern: $statements"

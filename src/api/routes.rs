@@ -544,6 +544,10 @@ async fn db_login(
                 issued_ms: issued,
                 expires_ms: expires,
                 cert_serial: login.cert_serial.parse().ok(),
+                scram: Some(crate::credentials::scram::verifier(
+                    &secret,
+                    &crate::credentials::scram::salt(&user.name),
+                )),
             },
         )
         .await

@@ -73,6 +73,14 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", keys.tls.ca_cert.display()))?;
     let api = crate::api::Api::new(tls.clone(), ca_pem);
     let pg_tls = crate::api::tls::with_alpn(&tls, b"postgresql");
+    let pg_end_point = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::pem_file_iter(&keys.tls.server_cert)
+            .ok()
+            .and_then(|mut certs| certs.next())
+            .and_then(Result::ok)
+            .and_then(|c| credentials::scram::end_point(&c))
+    };
     let server = Server::bind(Shared {
         config,
         ssh_config,
@@ -81,6 +89,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         live: Default::default(),
         api,
         pg_tls,
+        pg_end_point,
         pg_cancel: Default::default(),
     })
     .await?;

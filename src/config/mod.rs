@@ -81,6 +81,19 @@ pub struct Postgres {
     /// CA certificates (PEM) for targets with `tls_mode = verify-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ca_file: Option<PathBuf>,
+    /// How clients prove they hold a database token: `scram-sha-256` (the token never
+    /// crosses the wire; bound to postern's certificate over TLS), or `password` (the token
+    /// sent inside TLS, for clients without SCRAM).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    #[default]
+    ScramSha256,
+    Password,
 }
 
 fn default_expiry_warning() -> Dur {
@@ -162,6 +175,7 @@ impl Default for Config {
                 connect_timeout: default_connect_timeout(),
                 threads: 0,
                 target_ca_file: None,
+                client_auth: ClientAuth::default(),
             },
             api: Listener {
                 listen: default_api_listen(),

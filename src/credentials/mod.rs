@@ -10,6 +10,7 @@
 pub mod error;
 mod files;
 pub mod password;
+pub mod scram;
 pub mod secrets;
 pub mod ssh_cert;
 mod tls;

@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ClientStart, Io, Refusal, audit, refuse, wire};
+use super::{ClientStart, Io, Refusal, audit, proof, refuse};
 use crate::api::Door;
 use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
+use crate::config::ClientAuth;
 use crate::credentials::token;
 use crate::policy::{Decision, Grant, Request, Target, TargetKind, UserStatus, decide};
 use crate::server::Shared;
@@ -63,31 +62,6 @@ pub async fn authorize(
     };
     let printable = crate::policy::names::printable;
 
-    // The password is the database token.
-    io.write_all(&wire::auth(3, &[]))
-        .await
-        .map_err(|_| refuse("08006", "client left"))?;
-    let mut buf = BytesMut::with_capacity(1024);
-    let secret = loop {
-        match wire::frame(&buf, wire::MAX_STARTUP) {
-            Ok(Some((b'p', len))) => {
-                let frame = buf.split_to(len);
-                let mut b = wire::body(&frame);
-                break wire::cstr(&mut b).unwrap_or_default();
-            }
-            Ok(Some((t, _))) => {
-                return Err(refuse(
-                    "08P01",
-                    format!("expected a password message, got `{}`", t as char),
-                ));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(refuse("08P01", e.to_string())),
-        }
-        if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-            return Err(refuse("08006", "client left during authentication"));
-        }
-    };
     let ip = peer.ip();
     let policy = shared.store.load_policy().await.map_err(|_| {
         refuse(
@@ -138,16 +112,40 @@ pub async fn authorize(
         };
         AuditEvent::new("auth.failure", &actor, Outcome::Failure, details)
     };
-    let tok = shared
-        .store
-        .db_token(&token::hash(&secret))
-        .await
-        .map_err(|_| {
-            refuse(
-                "08006",
-                "postern cannot reach its store right now; try again shortly",
-            )
-        })?;
+    // The client proves it holds a database token.
+    let store_down = || {
+        refuse(
+            "08006",
+            "postern cannot reach its store right now; try again shortly",
+        )
+    };
+    let tok = match shared.config.postgres.client_auth {
+        ClientAuth::Password => {
+            let secret = proof::password(io).await?;
+            shared
+                .store
+                .db_token(&token::hash(&secret))
+                .await
+                .map_err(|_| store_down())?
+        }
+        ClientAuth::ScramSha256 => {
+            let candidates = match known {
+                true => shared
+                    .store
+                    .scram_tokens(&user)
+                    .await
+                    .map_err(|_| store_down())?,
+                false => Vec::new(),
+            };
+            let binding = shared.pg_end_point.as_deref().filter(|_| client.tls);
+            proof::scram(io, &user, binding, candidates).await?
+        }
+    };
+    // A token of this user, proven: whatever is wrong with the request now, it is no
+    // guess, and the reserved attempt is given back.
+    if tok.as_ref().is_some_and(|t| t.user == user) {
+        shared.api.limiter.succeeded(Door::Postgres, &user, ip);
+    }
     let again = format!("run postern db login {}", printable(&target_name));
     // A plain DATABASE names the database the token is bound to (drivers that query
     // catalogs with their connection's database name need it to be the real one).
@@ -241,7 +239,6 @@ pub async fn authorize(
             ));
         }
     }
-    shared.api.limiter.succeeded(Door::Postgres, &user, ip);
 
     // The access decision.
     let actor = Actor::user(&user);

@@ -8,6 +8,7 @@
 mod auth;
 mod cancel;
 mod link;
+mod proof;
 mod relay;
 mod session;
 mod settings;

@@ -44,29 +44,6 @@ pub enum UpstreamError {
     Unsafe { target: String, why: String },
 }
 
-/// `tls-server-end-point` channel binding data (RFC 5929): the hash of the server's
-/// certificate with its signature's hash function (SHA-1 raised to SHA-256); `None` for
-/// signatures without one (Ed25519, RSA-PSS).
-fn end_point(cert: &[u8]) -> Option<Vec<u8>> {
-    use aws_lc_rs::digest::{SHA256, SHA384, SHA512, digest};
-    use x509_cert::der::Decode;
-    use x509_cert::der::oid::db::rfc5912::{
-        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, SHA_1_WITH_RSA_ENCRYPTION,
-        SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
-    };
-    let oid = x509_cert::Certificate::from_der(cert)
-        .ok()?
-        .signature_algorithm
-        .oid;
-    let alg = match oid {
-        SHA_1_WITH_RSA_ENCRYPTION | SHA_256_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_256 => &SHA256,
-        SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384 => &SHA384,
-        SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512 => &SHA512,
-        _ => return None,
-    };
-    Some(digest(alg, cert).as_ref().to_vec())
-}
-
 pub struct Upstream {
     pub io: Box<dyn Io>,
     /// The target's `ParameterStatus` messages, as sent.
@@ -200,7 +177,7 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| end_point(c));
+            .and_then(|c| crate::credentials::scram::end_point(c));
         Box::new(tls)
     };
     let tls = mode != TlsMode::Disable;
@@ -366,33 +343,4 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         parameters,
         key,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::end_point;
-
-    #[test]
-    fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
-        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".into()])
-            .unwrap()
-            .self_signed(&p256)
-            .unwrap();
-        let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
-        assert_eq!(end_point(cert.der()).unwrap(), want.as_ref());
-        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".into()])
-            .unwrap()
-            .self_signed(&p384)
-            .unwrap();
-        assert_eq!(end_point(cert.der()).unwrap().len(), 48);
-        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".into()])
-            .unwrap()
-            .self_signed(&ed)
-            .unwrap();
-        assert_eq!(end_point(cert.der()), None);
-        assert_eq!(end_point(b"not a certificate"), None);
-    }
 }

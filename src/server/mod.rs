@@ -32,6 +32,8 @@ pub struct Shared {
     pub api: crate::api::Api,
     /// TLS for PostgreSQL clients (ALPN `postgresql`).
     pub pg_tls: tokio_rustls::TlsAcceptor,
+    /// SCRAM channel binding data (`tls-server-end-point`) of postern's certificate.
+    pub pg_end_point: Option<Vec<u8>>,
     pub pg_cancel: crate::pg::CancelMap,
 }
 

@@ -39,6 +39,38 @@ pub struct DbToken {
     pub expires_ms: i64,
     /// The serial of the login (user certificate) it was issued under.
     pub cert_serial: Option<u64>,
+    /// Its SCRAM-SHA-256 verifier.
+    pub scram: Option<crate::credentials::scram::Verifier>,
+}
+
+/// The columns `db_token_row` reads.
+macro_rules! db_token_select {
+    () => {
+        "SELECT user_name, target, database, db_user, issued_ms, expires_ms, cert_serial, scram_stored_key, scram_server_key FROM db_tokens"
+    };
+}
+
+fn db_token_row(r: &sqlx::sqlite::SqliteRow) -> Result<DbToken, StoreError> {
+    let stored: Option<Vec<u8>> = r.try_get("scram_stored_key")?;
+    let server: Option<Vec<u8>> = r.try_get("scram_server_key")?;
+    Ok(DbToken {
+        user: r.try_get("user_name")?,
+        target: r.try_get("target")?,
+        database: r.try_get("database")?,
+        db_user: r.try_get("db_user")?,
+        issued_ms: r.try_get("issued_ms")?,
+        expires_ms: r.try_get("expires_ms")?,
+        cert_serial: r
+            .try_get::<Option<String>, _>("cert_serial")?
+            .and_then(|s| s.parse().ok()),
+        scram: match (stored, server) {
+            (Some(stored_key), Some(server_key)) => Some(crate::credentials::scram::Verifier {
+                stored_key,
+                server_key,
+            }),
+            _ => None,
+        },
+    })
 }
 
 impl Store {
@@ -201,7 +233,7 @@ impl Store {
                     .bind(crate::audit::now_ms() - KEEP_EXPIRED_MS)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query("INSERT INTO db_tokens (token_hash, user_name, target, database, db_user, issued_ms, expires_ms, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO db_tokens (token_hash, user_name, target, database, db_user, issued_ms, expires_ms, cert_serial, scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                     .bind(hash)
                     .bind(&t.user)
                     .bind(&t.target)
@@ -210,6 +242,8 @@ impl Store {
                     .bind(t.issued_ms)
                     .bind(t.expires_ms)
                     .bind(t.cert_serial.map(|s| s.to_string()))
+                    .bind(t.scram.as_ref().map(|v| v.stored_key.clone()))
+                    .bind(t.scram.as_ref().map(|v| v.server_key.clone()))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -221,26 +255,30 @@ impl Store {
     pub async fn db_token(&self, hash: &str) -> Result<Option<DbToken>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => {
-                let row = sqlx::query(
-                    "SELECT user_name, target, database, db_user, issued_ms, expires_ms, cert_serial FROM db_tokens WHERE token_hash = ?",
-                )
-                .bind(hash)
-                .fetch_optional(&mut *pool.acquire().await?)
+                let row = sqlx::query(concat!(db_token_select!(), " WHERE token_hash = ?"))
+                    .bind(hash)
+                    .fetch_optional(&mut *pool.acquire().await?)
+                    .await?;
+                row.map(|r| db_token_row(&r)).transpose()
+            }
+        }
+    }
+
+    /// A user's database credentials that have a SCRAM verifier, newest first, including
+    /// those expired recently enough to be told so (at most 64: the candidates a SCRAM
+    /// proof is checked against).
+    pub async fn scram_tokens(&self, user: &str) -> Result<Vec<DbToken>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query(concat!(
+                    db_token_select!(),
+                    " WHERE user_name = ? AND expires_ms > ? AND scram_stored_key IS NOT NULL ORDER BY issued_ms DESC LIMIT 64"
+                ))
+                .bind(user)
+                .bind(crate::audit::now_ms() - KEEP_EXPIRED_MS)
+                .fetch_all(&mut *pool.acquire().await?)
                 .await?;
-                row.map(|r| {
-                    Ok(DbToken {
-                        user: r.try_get("user_name")?,
-                        target: r.try_get("target")?,
-                        database: r.try_get("database")?,
-                        db_user: r.try_get("db_user")?,
-                        issued_ms: r.try_get("issued_ms")?,
-                        expires_ms: r.try_get("expires_ms")?,
-                        cert_serial: r
-                            .try_get::<Option<String>, _>("cert_serial")?
-                            .and_then(|s| s.parse().ok()),
-                    })
-                })
-                .transpose()
+                rows.iter().map(db_token_row).collect()
             }
         }
     }

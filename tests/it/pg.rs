@@ -488,7 +488,7 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
         "{}",
         out.stderr
     );
-    for guess in ["pgt_guessed", "pgt_guessed_again"] {
+    for guess in ["pgt_guessed", "pgt_guessed_again", "pgt_guessed_once_more"] {
         let out = run(&conn("pg1/features", "require"), guess);
         assert!(
             out.fails(2).contains("password authentication failed"),
@@ -534,7 +534,7 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
     let db = b.postern.data_dir().join("postern.db");
     let done = Command::new("sqlite3")
         .arg(&db)
-        .arg("UPDATE db_tokens SET expires_ms = 1000")
+        .arg("UPDATE db_tokens SET expires_ms = (strftime('%s', 'now') - 60) * 1000")
         .status()
         .unwrap();
     assert!(done.success());
@@ -892,8 +892,11 @@ fn postgres_17_direct_tls_with_alpn_is_accepted() {
     tls.write_all(&msg).unwrap();
     let mut reply = [0u8; 9];
     tls.read_exact(&mut reply).unwrap();
-    // AuthenticationCleartextPassword: the token is asked for inside TLS.
-    assert_eq!(reply, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+    // AuthenticationSASL: the token is proven with SCRAM, bound to this TLS channel.
+    assert_eq!(reply, [b'R', 0, 0, 0, 42, 0, 0, 0, 10]);
+    let mut mechanisms = [0u8; 34];
+    tls.read_exact(&mut mechanisms).unwrap();
+    assert_eq!(&mechanisms, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"postgresql"[..]));
 }
 

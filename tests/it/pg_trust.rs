@@ -254,3 +254,40 @@ fn failed_database_logins_never_lock_the_password_login() {
         "{last}"
     );
 }
+
+/// psycopg (libpq 17) connecting with `require_auth` and `channel_binding` as given.
+fn connect_with(b: &PgBastion, auth: &str) -> crate::harness::Out {
+    let script = format!(
+        "import psycopg\nc = psycopg.connect(host='127.0.0.1', port={}, user='alice', password='{}', dbname='pg1/features', sslmode='verify-full', sslrootcert='{}', {auth})\nprint(c.execute('select 1').fetchone()[0])\n",
+        b.postern.pg.port(),
+        b.token(),
+        b.dev.home().join(".postern/ca.crt").display()
+    );
+    crate::pg::python(&script)
+}
+
+#[test]
+fn clients_prove_the_token_with_scram_bound_to_the_certificate_unless_configured() {
+    let mut b = PgBastion::start();
+    // By default the token never crosses the wire: SCRAM, bound to postern's certificate.
+    let strict = "require_auth='scram-sha-256', channel_binding='require'";
+    assert_eq!(connect_with(&b, strict).ok(), "1\n");
+    let out = connect_with(&b, "require_auth='password'");
+    assert!(
+        out.fails(1)
+            .contains("server requested SASL authentication"),
+        "{}",
+        out.stderr
+    );
+
+    // For clients without SCRAM, an admin can ask for the token inside TLS instead.
+    b.postern.stop();
+    let cfg = b
+        .postern
+        .write("postern.toml", "[postgres]\nclient_auth = \"password\"\n");
+    let mut cmd = b.postern.serve_command();
+    cmd.arg("--config").arg(cfg);
+    b.postern.spawn(cmd);
+    assert_eq!(connect_with(&b, "require_auth='password'").ok(), "1\n");
+    assert!(connect_with(&b, strict).fails(1).contains("password"));
+}

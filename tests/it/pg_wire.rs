@@ -44,11 +44,7 @@ impl Raw {
         let mut m = BytesMut::new();
         frontend::startup_message(params, &mut m).unwrap();
         raw.send(&m);
-        let (tag, body) = raw.next();
-        assert_eq!((tag, &body[..]), (b'R', &3i32.to_be_bytes()[..]));
-        let mut m = BytesMut::new();
-        frontend::password_message(b.token().as_bytes(), &mut m).unwrap();
-        raw.send(&m);
+        raw.scram(&b.token());
         for (tag, body) in raw.until_ready() {
             assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
             if tag == b'K' {
@@ -56,6 +52,35 @@ impl Raw {
             }
         }
         raw
+    }
+
+    /// SCRAM-SHA-256-PLUS with the token, bound to the certificate postern showed.
+    fn scram(&mut self, token: &str) {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let (tag, body) = self.next();
+        assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]));
+        assert!(
+            body.starts_with(b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0"),
+            "{body:?}"
+        );
+        let cert = self.s.conn.peer_certificates().unwrap()[0].to_vec();
+        let end_point = postern::credentials::scram::end_point(&cert).unwrap();
+        let mut scram = ScramSha256::new(
+            token.as_bytes(),
+            ChannelBinding::tls_server_end_point(end_point),
+        );
+        let mut m = BytesMut::new();
+        frontend::sasl_initial_response("SCRAM-SHA-256-PLUS", scram.message(), &mut m).unwrap();
+        self.send(&m);
+        let (tag, body) = self.next();
+        assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&body));
+        scram.update(&body[4..]).unwrap();
+        let mut m = BytesMut::new();
+        frontend::sasl_response(scram.message(), &mut m).unwrap();
+        self.send(&m);
+        let (tag, body) = self.next();
+        assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&body));
+        scram.finish(&body[4..]).unwrap();
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
