@@ -92,6 +92,7 @@ pub struct Postgres {
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuth {
     #[default]
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Password,
 }

@@ -403,3 +403,50 @@ fn clients_see_the_target_backend_pid() {
         c.pid
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_huge_message_passes_through_in_pieces_and_is_recorded_in_part() {
+    let b = PgBastion::start();
+    let pid = b.postern.pid().unwrap();
+    let before = rss_kib(pid);
+    let n = b.sessions().len();
+    let mut c = Raw::connect(&b, &[]);
+    // A Query declared at (nearly) 1 GiB, the most PostgreSQL takes, of which 160 MiB are
+    // sent: postern forwards it as it comes and keeps only the first MiB for the
+    // transcript.
+    let length: usize = (1 << 30) - 2;
+    let mut head = vec![b'Q'];
+    head.extend_from_slice(&(length as i32).to_be_bytes());
+    head.extend_from_slice(b"select '");
+    c.send(&head);
+    let chunk = vec![b'x'; 1 << 20];
+    let mut peak = 0;
+    for i in 0..160 {
+        c.send(&chunk);
+        if i % 20 == 19 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    drop(c);
+    let t = ended_transcript(&b, n);
+    let s = t
+        .iter()
+        .find(|l| l["type"] == "statement")
+        .unwrap_or_else(|| panic!("{t:#?}"));
+    assert_eq!(s["bytes"], length - 4);
+    assert!(s["sql"].as_str().unwrap().len() <= 1 << 20);
+    assert_eq!(s["completion"], "none seen");
+    assert!(
+        peak < before + 64 * 1024,
+        "postern grew from {before} KiB to {peak} KiB"
+    );
+}
