@@ -94,13 +94,8 @@ pub async fn scram(
             ),
         ));
     }
-    let (exchange, server_first) = scram::start(
-        &mechanism,
-        data,
-        &scram::salt(user),
-        binding.filter(|_| mechanism == SCRAM_PLUS),
-    )
-    .map_err(|e| refuse("28P01", e.to_string()))?;
+    let (exchange, server_first) = scram::start(&mechanism, data, &scram::salt(user), binding)
+        .map_err(|e| refuse("28P01", e.to_string()))?;
     send(io, &wire::auth(11, server_first.as_bytes())).await?;
     let last = read_p(io, &mut buf).await?;
     let verifiers: Vec<scram::Verifier> =

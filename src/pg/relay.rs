@@ -209,7 +209,11 @@ async fn from_client(
         }
         if ready > 0 {
             link.bytes_in.fetch_add(ready as u64, Ordering::Relaxed);
-            if send(&mut uw, &buf[..ready]).await.is_err() {
+            let sent = tokio::select! {
+                r = send(&mut uw, &buf[..ready]) => r.is_ok(),
+                _ = link.wait(FROM_CLIENT, STOPS) => break "ended",
+            };
+            if !sent {
                 break "target closed the connection";
             }
         }
@@ -298,11 +302,17 @@ async fn to_client(
                     drain = Some(Drain::start(AFTER_CANCEL, &mut cancel, true));
                 } else if bits & DONE != 0 {
                     drain = Some(Drain::start(DRAIN, &mut cancel, false));
-                } else if let Some(text) = link.take_notice()
-                    && send(&mut cw, &wire::notice(&format!("postern: {text}"))).await.is_err()
-                {
-                    client_ok = false;
-                    drain = Some(Drain::start(DRAIN, &mut cancel, false));
+                } else if let Some(text) = link.take_notice() {
+                    let notice = wire::notice(&format!("postern: {text}"));
+                    let sent = tokio::select! {
+                        r = send(&mut cw, &notice) => r.is_ok(),
+                        _ = link.wait(TO_CLIENT, STOPS) => false,
+                    };
+                    if !sent {
+                        client_ok = false;
+                        let now = link.state.load(Ordering::Acquire) & STOPS != 0;
+                        drain = Some(Drain::start(DRAIN, &mut cancel, now));
+                    }
                 }
                 continue;
             }
@@ -358,6 +368,10 @@ async fn to_client(
             }
         }
         consume(&mut buf, ready);
+        if lock(&tracker).violation.is_some() {
+            reason = "limit";
+            break;
+        }
     }
     (client_ok.then_some(cw), reason)
 }
@@ -382,6 +396,7 @@ pub async fn run(r: Relay) -> Outcome {
     }
     let tracker = Arc::new(Mutex::new(tracker));
     let link = Arc::new(Link::new());
+    let stops = (limits.end.clone(), cancel.clone(), recorder.failed());
     let _watcher = AbortOnDropHandle::new(tokio::spawn(link::watch(
         link.clone(),
         limits.end.clone(),
@@ -412,7 +427,18 @@ pub async fn run(r: Relay) -> Outcome {
     // side drains within its deadlines, the client's side returns at once; a peer that
     // stopped reading cannot hold either longer than the grace.
     let grace = DRAIN + AFTER_CANCEL + Duration::from_secs(3);
+    let stopped = async {
+        tokio::select! {
+            _ = stops.0.cancelled() => {}
+            _ = stops.1.cancelled() => {}
+            _ = stops.2.cancelled() => {}
+        }
+        tokio::time::sleep(grace).await;
+    };
     let (up_first, up, down) = tokio::select! {
+        // Ended, and neither direction could finish in time (peers that stopped reading
+        // while each direction waited on them): both are abandoned.
+        _ = stopped => (true, None, None),
         r = &mut up => {
             link.raise(DONE);
             (true, r.ok(), tokio::time::timeout(grace, down).await.ok().and_then(Result::ok))
@@ -435,6 +461,7 @@ pub async fn run(r: Relay) -> Outcome {
         Some((cr, _, limit)) => (Some(cr), limit.map(|l| l.0)),
         None => (None, None),
     };
+    let limit = limit.or_else(|| lock(&tracker).violation.clone());
     Outcome {
         reason: reason.to_string(),
         bytes_in: link.bytes_in.load(Ordering::Relaxed),

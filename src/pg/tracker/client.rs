@@ -57,9 +57,37 @@ impl Tracker {
         cut: Option<usize>,
         out: &mut Vec<u8>,
     ) -> Result<(), Limit> {
+        if let Some(v) = &self.violation {
+            return Err(Limit(v.clone()));
+        }
+        if self.copy_in && !matches!(tag, b'd' | b'c' | b'f' | b'H' | b'S') {
+            return Err(Limit(format!(
+                "message `{}` sent during COPY FROM STDIN (only copy data, CopyDone, CopyFail, Flush and Sync may be)",
+                tag.escape_ascii()
+            )));
+        }
         let cs = self.charset;
         let mut r = Reader(body);
         let trunc = cut.is_some();
+        // PostgreSQL keeps the first 63 bytes of a name: longer ones could alias.
+        if matches!(tag, b'P' | b'B' | b'E' | b'C') {
+            let mut names = Reader(body);
+            if tag == b'C' {
+                names.bytes(1);
+            }
+            let first = names.cstr(trunc).unwrap_or_default();
+            let second = if matches!(tag, b'B') {
+                names.cstr(trunc).unwrap_or_default()
+            } else {
+                &[]
+            };
+            if first.len() > 63 || second.len() > 63 {
+                return Err(Limit(
+                    "prepared statement and portal names longer than 63 bytes are not accepted"
+                        .into(),
+                ));
+            }
+        }
         match tag {
             b'Q' => {
                 let sql = r.cstr(trunc).unwrap_or_default();

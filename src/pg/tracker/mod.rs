@@ -94,6 +94,9 @@ struct Tx {
     last: u64,
     /// An error since the last `ReadyForQuery`.
     error: bool,
+    /// A `ROLLBACK` tag since the last `ReadyForQuery` (a whole rollback when the status
+    /// goes back to idle; otherwise to a savepoint).
+    rollback: bool,
     /// The last `ReadyForQuery` status.
     status: u8,
 }
@@ -112,6 +115,8 @@ pub struct Tracker {
     /// The statement at the front is in `COPY FROM STDIN`: the server reads copy messages.
     copy_in: bool,
     tx: Tx,
+    /// Why the model can no longer tell what the server does: the session must end.
+    pub violation: Option<String>,
 }
 
 impl Tracker {
@@ -127,6 +132,7 @@ impl Tracker {
             portals: Names::new(),
             skip: false,
             copy_in: false,
+            violation: None,
             tx: Tx {
                 status: b'I',
                 ..Tx::default()
@@ -209,12 +215,15 @@ impl Tracker {
                         self.copy_in = false;
                         break;
                     }
-                    // Anything else ends the COPY with an error and is not executed.
+                    // Whether the server consumes it as a COPY error or runs it after the
+                    // COPY failed for another reason cannot be told from here.
                     _ => {
+                        self.violation.get_or_insert_with(|| {
+                            "a message other than COPY data was sent during COPY FROM STDIN".into()
+                        });
                         if let Some(op) = self.take(1) {
-                            self.unanswered(op, "not executed: sent during COPY", out);
+                            self.unanswered(op, "uncertain: sent during COPY", out);
                         }
-                        self.copy_in = false;
                         break;
                     }
                 }
@@ -280,7 +289,10 @@ impl Tracker {
             }
         }
         l.end();
-        if r.error.is_none() && r.completion.is_none_or(|c| c == "suspended") {
+        if r.error.is_none()
+            && r.completion.is_none_or(|c| c == "suspended")
+            && r.tags != "ROLLBACK"
+        {
             self.tx.first.get_or_insert(r.n);
             self.tx.last = r.n;
         }

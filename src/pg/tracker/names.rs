@@ -122,6 +122,26 @@ impl<T: Weight> Names<T> {
         }
     }
 
+    /// The server dropped the unnamed entry.
+    pub fn settle_unnamed_gone(&mut self) {
+        if let Some(old) = self.done.remove(&b""[..]) {
+            self.bytes -= old.weight().min(self.bytes);
+        }
+    }
+
+    /// Forgets the named entries the server holds (the unnamed one stays).
+    pub fn clear_named(&mut self) {
+        let mut freed = 0;
+        self.done.retain(|k, v| {
+            let keep = k.is_empty();
+            if !keep {
+                freed += v.weight();
+            }
+            keep
+        });
+        self.bytes -= freed.min(self.bytes);
+    }
+
     pub fn clear_done(&mut self) {
         for v in self.done.values() {
             self.bytes -= v.weight().min(self.bytes);

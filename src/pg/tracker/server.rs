@@ -21,7 +21,7 @@ impl Tracker {
             b'C' => {
                 let text = r.cstr(true).unwrap_or_default();
                 let text = String::from_utf8_lossy(text);
-                self.command_tag(&text, out);
+                self.command_tag(&text);
                 if let Some(run) = self.running() {
                     run.tag(&text);
                 }
@@ -106,14 +106,19 @@ impl Tracker {
     }
 
     /// A command tag ends or keeps the transaction.
-    fn command_tag(&mut self, tag: &str, out: &mut Vec<u8>) {
+    fn command_tag(&mut self, tag: &str) {
         match tag {
             "COMMIT" | "PREPARE TRANSACTION" => self.tx.first = None,
-            "ROLLBACK" => self.rollback(out, "rolled back"),
-            "DISCARD ALL" | "DEALLOCATE ALL" => {
-                self.statements.clear_done();
+            // Also the tag of ROLLBACK TO SAVEPOINT: the next ReadyForQuery tells which.
+            "ROLLBACK" => self.tx.rollback = true,
+            // SQL-level statements in the namespace protocol messages use: what postern
+            // knew of the names may no longer hold.
+            "DEALLOCATE ALL" | "DEALLOCATE" | "PREPARE" => self.statements.clear_named(),
+            "DISCARD ALL" => {
+                self.statements.clear_named();
                 self.portals.clear_done();
             }
+            "DECLARE CURSOR" | "CLOSE CURSOR" | "CLOSE CURSOR ALL" => self.portals.clear_named(),
             _ => {}
         }
     }
@@ -177,7 +182,14 @@ impl Tracker {
     fn ready(&mut self, status: u8, out: &mut Vec<u8>) {
         while let Some(op) = self.pop() {
             match op {
-                Op::Query(r) | Op::Func(r) => {
+                Op::Query(r) => {
+                    // A simple query drops the unnamed statement and portal.
+                    self.statements.settle_unnamed_gone();
+                    self.portals.settle_unnamed_gone();
+                    self.result(r, None, out);
+                    break;
+                }
+                Op::Func(r) => {
                     self.result(r, None, out);
                     break;
                 }
@@ -188,6 +200,9 @@ impl Tracker {
         self.skip = false;
         self.copy_in = false;
         if status == b'I' {
+            if self.tx.rollback {
+                self.rollback(out, "rolled back");
+            }
             if self.tx.error {
                 self.rollback(out, "the transaction failed");
             }
@@ -195,6 +210,7 @@ impl Tracker {
             self.portals.clear_done();
         }
         self.tx.error = false;
+        self.tx.rollback = false;
         self.tx.status = status;
     }
 }
