@@ -53,6 +53,19 @@ pub struct Limiter {
 impl Limiter {
     /// The counters an attempt touches: the user's (only for a known user) and the address's.
     fn keys(door: Door, user: Option<&str>, addr: IpAddr) -> Vec<(Key, u32)> {
+        // An IPv6 host usually holds a whole /64: count the network, not each address.
+        let addr = match addr {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            IpAddr::V6(v6) => IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
+            v4 => v4,
+        };
         let mut keys = vec![(Key::Addr(door, addr), FREE_PER_ADDR)];
         if let Some(u) = user {
             keys.push((Key::User(door, u.to_string(), addr), FREE_PER_USER));
@@ -114,9 +127,15 @@ impl Limiter {
     /// The attempt was right: the user's counter is cleared and the address's reservation
     /// returned.
     pub fn succeeded(&self, door: Door, user: &str, addr: IpAddr) {
+        let keys = Self::keys(door, Some(user), addr);
         if let Ok(mut map) = self.entries.lock() {
-            map.remove(&Key::User(door, user.to_string(), addr));
-            if let Some(e) = map.get_mut(&Key::Addr(door, addr)) {
+            for (k, _) in &keys {
+                if matches!(k, Key::User(..)) {
+                    map.remove(k);
+                }
+            }
+            let addr_key = &keys[0].0;
+            if let Some(e) = map.get_mut(addr_key) {
                 e.failures = e.failures.saturating_sub(1);
                 if e.failures < FREE_PER_ADDR {
                     e.blocked_until = e.last;

@@ -141,12 +141,13 @@ impl Tracker {
                     return Err(Limit(format!("more than {MAX_NAMES} open portals")));
                 }
                 self.portals.plan(name, Some(portal.clone()));
+                let size = portal.weight();
                 self.push(
                     Op::Bind {
                         name: name.into(),
                         portal,
                     },
-                    0,
+                    size,
                 );
             }
             b'E' => {

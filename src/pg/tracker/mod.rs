@@ -48,10 +48,15 @@ struct Run {
 
 impl Run {
     fn tag(&mut self, tag: &str) {
-        if !self.tags.is_empty() {
-            self.tags.push_str("; ");
+        // A simple query may hold any number of statements: their tags are kept to 4 KiB.
+        if self.tags.len() < 4096 {
+            if !self.tags.is_empty() {
+                self.tags.push_str("; ");
+            }
+            self.tags.push_str(tag);
+        } else if !self.tags.ends_with('…') {
+            self.tags.push('…');
         }
-        self.tags.push_str(tag);
         if let Some(n) = tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) {
             self.tag_rows = Some(self.tag_rows.unwrap_or(0) + n);
         }
@@ -196,6 +201,7 @@ impl Tracker {
         let size = match &op {
             Op::Query(r) | Op::Func(r) => r.size,
             Op::Parse { sql, .. } => sql.weight(),
+            Op::Bind { portal, .. } => portal.weight(),
             _ => 0,
         };
         self.op_bytes -= size.min(self.op_bytes);
