@@ -6,15 +6,6 @@ use std::process::Command;
 use crate::harness::postern::Postern;
 use crate::login::set_password;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_hundred_parallel_wrong_passwords_are_mostly_refused_unchecked() {
     let p = Postern::new();
@@ -36,7 +27,7 @@ fn a_hundred_parallel_wrong_passwords_are_mostly_refused_unchecked() {
     assert!(out.status.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let pid = p.pid().unwrap();
-    let before = rss_kib(pid);
+    let before = crate::harness::rss_kib(pid);
     let script = format!(
         r#"
 import json, ssl, urllib.request, urllib.error
@@ -66,6 +57,6 @@ print(json.dumps({{str(c): codes.count(c) for c in set(codes)}}))
     let limited = counts["429"].as_u64().unwrap_or(0);
     assert!(limited >= 90, "{counts}");
     assert_eq!(counts["200"], serde_json::Value::Null, "{counts}");
-    let after = rss_kib(pid);
+    let after = crate::harness::rss_kib(pid);
     assert!(after < 300 * 1024, "RSS {before} KiB -> {after} KiB");
 }

@@ -404,20 +404,11 @@ fn clients_see_the_target_backend_pid() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_huge_message_passes_through_in_pieces_and_is_recorded_in_part() {
     let b = PgBastion::start();
     let pid = b.postern.pid().unwrap();
-    let before = rss_kib(pid);
+    let before = crate::harness::rss_kib(pid);
     let n = b.sessions().len();
     let mut c = Raw::connect(&b, &[]);
     // A Query declared at (nearly) 1 GiB, the most PostgreSQL takes, of which 160 MiB are
@@ -433,7 +424,7 @@ fn a_huge_message_passes_through_in_pieces_and_is_recorded_in_part() {
     for i in 0..160 {
         c.send(&chunk);
         if i % 20 == 19 {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(crate::harness::rss_kib(pid));
         }
     }
     drop(c);
