@@ -54,18 +54,7 @@ impl Limiter {
     /// The counters an attempt touches: the user's (only for a known user) and the address's.
     fn keys(door: Door, user: Option<&str>, addr: IpAddr) -> Vec<(Key, u32)> {
         // An IPv6 host usually holds a whole /64: count the network, not each address.
-        let addr = match addr {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-            IpAddr::V6(v6) => IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
-            v4 => v4,
-        };
+        let addr = crate::server::admission::source(addr);
         let mut keys = vec![(Key::Addr(door, addr), FREE_PER_ADDR)];
         if let Some(u) = user {
             keys.push((Key::User(door, u.to_string(), addr), FREE_PER_USER));

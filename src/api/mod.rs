@@ -26,8 +26,10 @@ pub use error::ApiError;
 pub use limiter::{Door, Limiter};
 
 use crate::server::Shared;
+use crate::server::admission::Gate;
 
-/// A client gets this long to finish the TLS handshake and to send each request's headers.
+/// A client gets this long to finish the TLS handshake, to send each request's headers
+/// (or the next request on an idle connection), and to send a request's body.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the API keeps across connections.
@@ -60,18 +62,28 @@ pub async fn serve(
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    gate: Gate,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.api.tls.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!("TLS handshake timed out");
+    let tls = tokio::select! {
+        t = tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.api.tls.accept(stream)) => match t {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                return;
+            }
+        },
+        why = gate.expired() => {
+            debug!(reason = why, "connection dropped during the TLS handshake");
             return;
         }
     };
+    // An HTTPS connection carries no login of its own: past the handshake it is bounded
+    // by the read timeouts below, not by the unauthenticated budgets.
+    gate.passed();
     let service = TowerToHyperService::new(routes::router(shared, peer));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -90,5 +102,44 @@ pub async fn serve(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn).await;
         }
+    }
+}
+
+/// Reads a request's whole body within `HANDSHAKE_TIMEOUT` before any handler sees it: a
+/// client trickling a body byte by byte is answered 408 and its connection closed.
+async fn body_in_time(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        axum::body::to_bytes(body, routes::MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            format!(
+                "cannot read the request body; bodies are JSON of at most {} KiB",
+                routes::MAX_BODY / 1024
+            ),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
     }
 }

@@ -48,11 +48,12 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(super::body_in_time))
         .with_state(Ctx { shared, peer })
 }
 
 /// Request bodies are small JSON documents.
-const MAX_BODY: usize = 64 * 1024;
+pub(super) const MAX_BODY: usize = 64 * 1024;
 
 /// Parses a JSON body into `T`, with an error that says what is wrong with it.
 fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {

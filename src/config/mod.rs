@@ -18,8 +18,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long sessions get to end on their own after SIGTERM/SIGINT.
     pub shutdown_grace: Dur,
-    /// Connections served at once across all listeners; more wait in the kernel backlog.
+    /// Connections served at once by each listener (SSH, PostgreSQL, API); more are
+    /// accepted and closed at once.
     pub max_connections: usize,
+    /// Connections still logging in on each listener; when full, a new connection takes
+    /// the place of the oldest that has waited at least two seconds.
+    pub max_unauthenticated: usize,
+    /// Connections still logging in from one source (an IPv4 address, an IPv6 /64) on
+    /// each listener, like OpenSSH's PerSourceMaxStartups.
+    pub max_unauthenticated_per_source: usize,
     pub ssh: Ssh,
     pub postgres: Postgres,
     pub api: Listener,
@@ -53,6 +60,18 @@ pub struct Ssh {
     /// like OpenSSH's MaxSessions; forwarded connections are not counted.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+    /// How long a client has from connecting to being authenticated (OpenSSH's
+    /// LoginGraceTime).
+    #[serde(default = "default_login_grace_time")]
+    pub login_grace_time: Dur,
+}
+
+fn default_login_grace_time() -> Dur {
+    Dur::from_secs(120)
+}
+
+fn default_authentication_timeout() -> Dur {
+    Dur::from_secs(15)
 }
 
 fn default_max_sessions() -> u32 {
@@ -86,6 +105,10 @@ pub struct Postgres {
     /// sent inside TLS, for clients without SCRAM).
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// How long a client has from connecting to being authenticated, TLS and the token
+    /// proof included (PostgreSQL's authentication_timeout).
+    #[serde(default = "default_authentication_timeout")]
+    pub authentication_timeout: Dur,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -163,12 +186,15 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Dur::from_secs(10),
             max_connections: 1024,
+            max_unauthenticated: 512,
+            max_unauthenticated_per_source: 128,
             ssh: Ssh {
                 listen: default_ssh_listen(),
                 connect_timeout: default_connect_timeout(),
                 expiry_warning: default_expiry_warning(),
                 disconnect_on_credential_expiry: true,
                 max_sessions: default_max_sessions(),
+                login_grace_time: default_login_grace_time(),
             },
             postgres: Postgres {
                 listen: default_pg_listen(),
@@ -177,6 +203,7 @@ impl Default for Config {
                 threads: 0,
                 target_ca_file: None,
                 client_auth: ClientAuth::default(),
+                authentication_timeout: default_authentication_timeout(),
             },
             api: Listener {
                 listen: default_api_listen(),
@@ -275,6 +302,28 @@ impl Config {
             return Err(ConfigError::Value(
                 "max_connections must be at least 1".into(),
             ));
+        }
+        for (name, v) in [
+            ("max_unauthenticated", self.max_unauthenticated),
+            (
+                "max_unauthenticated_per_source",
+                self.max_unauthenticated_per_source,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value(format!("{name} must be at least 1")));
+            }
+        }
+        for (name, d) in [
+            ("ssh.login_grace_time", self.ssh.login_grace_time),
+            (
+                "postgres.authentication_timeout",
+                self.postgres.authentication_timeout,
+            ),
+        ] {
+            if d.as_secs() == 0 {
+                return Err(ConfigError::Value(format!("{name} must be at least 1s")));
+            }
         }
         if self.ssh.connect_timeout.as_secs() == 0 {
             return Err(ConfigError::Value(

@@ -32,6 +32,7 @@ pub use cancel::CancelMap;
 use crate::audit::AuditEvent;
 use crate::policy::Request;
 use crate::server::Shared;
+use crate::server::admission::Gate;
 use crate::server::limits::Limits;
 use wire::Startup;
 
@@ -64,9 +65,6 @@ layered_io!(
     tokio::io::Join<tokio::io::Empty, tokio::io::Sink>
 );
 
-/// A client gets this long from connecting to being authenticated.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// A refusal sent to the client as a FATAL `ErrorResponse`.
 struct Refusal {
     code: &'static str,
@@ -86,29 +84,54 @@ pub async fn serve(
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    gate: Gate,
 ) {
-    let started = tokio::time::timeout(STARTUP_TIMEOUT, startup(stream, peer, &shared)).await;
-    let (mut io, client) = match started {
-        Ok(Some(Ok(x))) => x,
-        Ok(Some(Err((mut io, r)))) => {
-            let _ = io.write_all(&wire::fatal(r.code, &r.message)).await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        Ok(None) => return,
-        Err(_) => {
-            debug!("client did not finish the startup in time");
+    // From connecting to authenticated, the client has `authentication_timeout` (the
+    // gate's deadline); a displaced or late client is dropped.
+    let started = tokio::select! {
+        s = startup(stream, peer, &shared) => s,
+        why = gate.expired() => {
+            debug!(reason = why, "client did not finish the startup");
             return;
         }
     };
-    let result = match auth::authorize(&mut io, &client, peer, &shared).await {
-        Ok(a) => session::run(&mut io, client, a, peer, &shared, cancel).await,
+    let (mut io, client) = match started {
+        Some(Ok(x)) => x,
+        Some(Err((io, r))) => return send_fatal(io, r).await,
+        None => return,
+    };
+    let authorized = tokio::select! {
+        a = auth::authorize(&mut io, &client, peer, &shared) => a,
+        why = gate.expired() => {
+            debug!(reason = why, "client did not finish authenticating");
+            Err(refuse(
+                "08006",
+                format!(
+                    "authentication not finished within {} ({why}); connect again",
+                    shared.config.postgres.authentication_timeout
+                ),
+            ))
+        }
+    };
+    let result = match authorized {
+        Ok(a) => {
+            gate.passed();
+            session::run(&mut io, client, a, peer, &shared, cancel).await
+        }
         Err(r) => Err(r),
     };
     if let Err(r) = result {
+        send_fatal(io, r).await;
+    }
+}
+
+/// Ends a connection with a FATAL error, without waiting long on a client that does not read.
+async fn send_fatal(mut io: Box<dyn Io>, r: Refusal) {
+    let bye = async {
         let _ = io.write_all(&wire::fatal(r.code, &r.message)).await;
         let _ = io.shutdown().await;
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
 }
 
 /// What the client asked for at startup.

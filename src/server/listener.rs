@@ -1,21 +1,21 @@
-//! The accept loop shared by every listener: a connection limit, backoff on accept
-//! errors, and one named task per connection inside a span.
+//! The accept loop shared by every listener: admission (see `admission`), backoff on
+//! accept errors, and one named task per connection inside a span.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Shared;
+use super::admission::{Admission, Gate, Refused};
 
 pub struct Ctx {
     pub name: &'static str,
-    pub limit: Arc<Semaphore>,
+    pub admission: Arc<Admission>,
     pub stop_accepting: CancellationToken,
     pub sessions: CancellationToken,
     pub tracker: TaskTracker,
@@ -27,13 +27,6 @@ pub struct Ctx {
 pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            _ = cx.stop_accepting.cancelled() => return,
-            p = cx.limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = cx.stop_accepting.cancelled() => return,
             a = listener.accept() => a,
@@ -41,6 +34,13 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let (permit, gate) = match cx.admission.admit(peer.ip()) {
+                    Ok(x) => x,
+                    Err(why) => {
+                        refuse(cx.name, stream, why);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let span = info_span!("conn", listener = cx.name, peer = %peer);
                 let cancel = cx.sessions.child_token();
@@ -50,7 +50,7 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
                     None => {
                         cx.tracker.spawn(
                             async move {
-                                handle(name, stream, peer, shared, cancel).await;
+                                handle(name, stream, peer, shared, cancel, gate).await;
                                 drop(permit);
                             }
                             .instrument(span),
@@ -67,7 +67,7 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
                                 tracker.track_future(
                                     async move {
                                         if let Ok(stream) = TcpStream::from_std(std_stream) {
-                                            handle(name, stream, peer, shared, cancel).await;
+                                            handle(name, stream, peer, shared, cancel, gate).await;
                                         }
                                         drop(permit);
                                     }
@@ -94,14 +94,31 @@ async fn handle(
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    gate: Gate,
 ) {
     debug!("connection accepted");
     match name {
-        "ssh" => crate::ssh::serve(stream, peer, shared, cancel).await,
-        "api" => crate::api::serve(stream, peer, shared, cancel).await,
-        "postgres" => crate::pg::serve(stream, peer, shared, cancel).await,
+        "ssh" => crate::ssh::serve(stream, peer, shared, cancel, gate).await,
+        "api" => crate::api::serve(stream, peer, shared, cancel, gate).await,
+        "postgres" => crate::pg::serve(stream, peer, shared, cancel, gate).await,
         _ => {
             let _ = stream.shutdown().await;
         }
     }
+}
+
+/// Turns a connection away without waiting on it: a PostgreSQL client gets the reason as
+/// an error it prints (libpq shows an error answer to its first message); SSH and HTTPS
+/// clients see the connection closed.
+fn refuse(name: &'static str, stream: TcpStream, why: Refused) {
+    debug!(
+        listener = name,
+        reason = why.message(),
+        "connection refused"
+    );
+    if name == "postgres" {
+        // 53300: too_many_connections, as PostgreSQL answers past max_connections.
+        let _ = stream.try_write(&crate::pg::wire::fatal("53300", why.message()));
+    }
+    drop(stream);
 }

@@ -1,6 +1,7 @@
-//! The running bastion: binds every listener, accepts connections under one limit, and
-//! shuts down gracefully (stop accepting, tell sessions, wait the grace period, force).
+//! The running bastion: binds every listener, admits connections to each under its own
+//! budgets, and shuts down gracefully (stop accepting, tell sessions, wait the grace period, force).
 
+pub mod admission;
 pub mod limits;
 mod listener;
 pub mod live;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -119,7 +119,6 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains sessions within the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
         let shared = self.shared;
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let sessions = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bound = Bound {
@@ -195,9 +194,21 @@ impl Server {
             ("api", self.api),
         ]
         .map(|(name, l)| {
+            let cfg = &shared.config;
+            let login_grace = match name {
+                "ssh" => cfg.ssh.login_grace_time.0,
+                "postgres" => cfg.postgres.authentication_timeout.0,
+                // An HTTPS connection is "logged in" once its TLS handshake is done.
+                _ => Duration::from_secs(10),
+            };
             let ctx = listener::Ctx {
                 name,
-                limit: limit.clone(),
+                admission: admission::Admission::new(admission::Budget {
+                    connections: cfg.max_connections,
+                    unauthenticated: cfg.max_unauthenticated,
+                    per_source: cfg.max_unauthenticated_per_source,
+                    login_grace,
+                }),
                 stop_accepting: shutdown.clone(),
                 sessions: sessions.clone(),
                 tracker: tracker.clone(),

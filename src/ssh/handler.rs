@@ -23,6 +23,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::credentials::ssh_cert;
 use crate::policy::{Policy, User};
 use crate::server::Shared;
+use crate::server::admission::Gate;
 
 /// What the connection may do once authenticated.
 #[derive(Clone)]
@@ -49,6 +50,8 @@ pub struct Conn {
     pub(super) expired_notice: Option<String>,
     /// Session channels open now (`[ssh] max_sessions`).
     pub(super) open_sessions: Arc<AtomicU32>,
+    /// Passed once the client authenticated (login grace time, admission).
+    pub(super) gate: Gate,
 }
 
 /// One of a connection's `max_sessions` session channels, given back when dropped.
@@ -78,6 +81,7 @@ impl Conn {
         kill: CancellationToken,
         gone: CancellationToken,
         tracker: TaskTracker,
+        gate: Gate,
     ) -> Conn {
         Conn {
             shared,
@@ -92,6 +96,7 @@ impl Conn {
             credential_serial: None,
             expired_notice: None,
             open_sessions: Arc::new(AtomicU32::new(0)),
+            gate,
         }
     }
 
@@ -134,6 +139,7 @@ impl Conn {
         ssh_user: &str,
         details: serde_json::Value,
     ) -> Result<Auth, russh::Error> {
+        self.gate.passed();
         self.audit(
             "auth.success",
             Actor::user(&user.name),

@@ -29,6 +29,7 @@ use tracing::{debug, info};
 
 use crate::credentials::KeyStore;
 use crate::server::Shared;
+use crate::server::admission::Gate;
 
 pub use handler::SessionCtx;
 
@@ -61,6 +62,7 @@ pub async fn serve(
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    gate: Gate,
 ) {
     let tracker = TaskTracker::new();
     let kill = CancellationToken::new();
@@ -72,9 +74,18 @@ pub async fn serve(
         kill.clone(),
         gone.clone(),
         tracker.clone(),
+        gate.clone(),
     );
     let state = conn.state();
-    let running = match server::run_stream(shared.ssh_config.clone(), stream, conn).await {
+    let started = tokio::select! {
+        r = server::run_stream(shared.ssh_config.clone(), stream, conn) => r,
+        why = gate.expired() => {
+            debug!(reason = why, "client did not log in");
+            return;
+        }
+        _ = cancel.cancelled() => return,
+    };
+    let running = match started {
         Ok(r) => r,
         Err(e) => {
             debug!(error = %e, "SSH handshake failed");
@@ -104,6 +115,16 @@ pub async fn serve(
             .await;
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
+        why = gate.expired() => {
+            debug!(reason = why, "client did not log in; disconnecting");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(russh::Disconnect::ByApplication, format!("postern: {why}"), "en".into()),
+            )
+            .await;
+            running.abort();
+            return;
+        }
         _ = cancel.cancelled() => {
             reason = "shutdown";
             // Channels print their own message; give them a moment, then disconnect.
@@ -117,6 +138,8 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
     }
+    // Whatever the session task still does, it ends with the connection.
+    running.abort();
     // The client is gone: channels stop waiting on it, and finalise their recordings
     // before the session is closed in the index.
     gone.cancel();

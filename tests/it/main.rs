@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod apply;
 mod audit;
+mod availability;
 mod certs;
 mod harness;
 mod harness_check;

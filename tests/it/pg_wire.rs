@@ -24,6 +24,19 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(b: &PgBastion, extra: &[(&str, &str)]) -> Raw {
+        let mut raw = Raw::start(b, extra);
+        raw.scram(&b.token());
+        for (tag, body) in raw.until_ready() {
+            assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+            if tag == b'K' {
+                raw.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            }
+        }
+        raw
+    }
+
+    /// TLS and the startup message as alice, authentication not begun.
+    pub fn start(b: &PgBastion, extra: &[(&str, &str)]) -> Raw {
         let mut tcp = TcpStream::connect(b.postern.pg).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut ssl = BytesMut::new();
@@ -44,13 +57,6 @@ impl Raw {
         let mut m = BytesMut::new();
         frontend::startup_message(params, &mut m).unwrap();
         raw.send(&m);
-        raw.scram(&b.token());
-        for (tag, body) in raw.until_ready() {
-            assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
-            if tag == b'K' {
-                raw.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-            }
-        }
         raw
     }
 
