@@ -94,7 +94,7 @@ struct Pending {
 }
 
 impl Pending {
-    /// Forgets a waiting connection; `false` when it was already gone.
+    /// Forgets a waiting connection; `None` when it was already gone.
     fn remove(&mut self, id: u64) -> Option<Waiting> {
         let w = self.by_age.remove(&id)?;
         if let Some(n) = self.per_source.get_mut(&w.source) {
@@ -135,27 +135,22 @@ impl Admission {
         let now = Instant::now();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         // At a budget, the oldest connection it holds makes room if it had its chance.
-        let (full, within): (Option<Refused>, Option<IpAddr>) =
-            if p.per_source.get(&source).copied().unwrap_or(0) >= self.budget.per_source.max(1) {
-                (Some(Refused::Source), Some(source))
-            } else if p.by_age.len() >= self.budget.unauthenticated.max(1) {
-                (Some(Refused::Busy), None)
-            } else {
-                (None, None)
-            };
-        if let Some(refused) = full {
+        let at_source = p.per_source.get(&source).copied().unwrap_or(0) >= self.budget.per_source;
+        if at_source || p.by_age.len() >= self.budget.unauthenticated {
             let oldest = p
                 .by_age
                 .iter()
-                .find(|(_, w)| within.is_none_or(|s| s == w.source))
+                .find(|(_, w)| !at_source || w.source == source)
                 .filter(|(_, w)| now.duration_since(w.since) >= MIN_AGE_TO_DISPLACE)
                 .map(|(id, _)| *id);
-            let Some(oldest) = oldest else {
-                return Err(refused);
+            let Some(w) = oldest.and_then(|id| p.remove(id)) else {
+                return Err(if at_source {
+                    Refused::Source
+                } else {
+                    Refused::Busy
+                });
             };
-            if let Some(w) = p.remove(oldest) {
-                w.displaced.cancel();
-            }
+            w.displaced.cancel();
         }
         let id = p.next_id;
         p.next_id += 1;
@@ -185,8 +180,8 @@ impl Admission {
         p.remove(id);
     }
 
-    /// Connections still logging in (for tests and diagnostics).
-    pub fn unauthenticated(&self) -> usize {
+    #[cfg(test)]
+    fn unauthenticated(&self) -> usize {
         self.pending.lock().map(|p| p.by_age.len()).unwrap_or(0)
     }
 }
@@ -213,10 +208,8 @@ pub struct Gate(Arc<GateInner>);
 impl Gate {
     /// The connection authenticated: it no longer counts as logging in.
     pub fn passed(&self) {
-        if !self.0.passed.is_cancelled() {
-            self.0.passed.cancel();
-            self.0.admission.release(self.0.id);
-        }
+        self.0.passed.cancel();
+        self.0.admission.release(self.0.id);
     }
 
     /// Resolves when the connection must be closed for not logging in; never after

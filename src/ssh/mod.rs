@@ -122,8 +122,6 @@ pub async fn serve(
                 handle.disconnect(russh::Disconnect::ByApplication, format!("postern: {why}"), "en".into()),
             )
             .await;
-            running.abort();
-            return;
         }
         _ = cancel.cancelled() => {
             reason = "shutdown";
