@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod duration;
 pub mod pg;
 pub mod policy;
+pub mod printable;
 pub mod recording;
 pub mod server;
 pub mod ssh;

@@ -4,6 +4,7 @@
 //! catalogue lives in `docs/audit-events.md`.
 
 pub mod chain;
+pub mod repeats;
 pub mod verify;
 
 use std::fmt;
@@ -25,30 +26,56 @@ impl Actor {
         Actor("system:postern".into())
     }
 
-    /// The OS account running this process (`os:root`), for local admin commands.
+    /// The OS account running this process (`os:alice`), for local admin commands: the
+    /// real uid, or under sudo (uid 0 with `SUDO_UID`) the account that ran sudo. Taken
+    /// from the kernel and the account database, never from `USER`, which anyone can set.
     pub fn os() -> Actor {
-        let name = ["SUDO_USER", "USER", "LOGNAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(os_user_from_uid);
-        Actor(format!("os:{name}"))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let uid = match std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()) {
+            Some(sudo) if uid == 0 => sudo,
+            _ => uid,
+        };
+        Actor(format!("os:{}", os_account(uid)))
     }
 }
 
-/// The name /etc/passwd gives this process's uid, or `uid=N`.
-fn os_user_from_uid() -> String {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() }.to_string();
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)? == uid).then(|| name.to_string())
-            })
-        })
-        .unwrap_or(format!("uid={uid}"))
+/// The account name of `uid` when it is a plain name, else `uid=N`.
+fn os_account(uid: libc::uid_t) -> String {
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, `buf` outlives the use of `pwd`'s
+    // strings below, and `found` is either null or points at `pwd`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc == 0 && !found.is_null() {
+        // SAFETY: getpwuid_r filled `pwd` (found == &pwd); pw_name is NUL-terminated in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr((*found).pw_name) };
+        if let Ok(name) = name.to_str()
+            && plain_account(name)
+        {
+            return name.to_string();
+        }
+    }
+    format!("uid={uid}")
+}
+
+/// What useradd accepts: letters, digits, `_`, `.`, `-` (not first), at most 32 bytes.
+fn plain_account(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl fmt::Display for Actor {
@@ -120,6 +147,15 @@ impl AuditEvent {
         self.target = Some(target.into());
         self
     }
+}
+
+/// Seconds (as they come from a certificate or the wire) as milliseconds, saturating:
+/// OpenSSH's "forever" (`u64::MAX`) is the far future, never an overflow.
+pub fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .unwrap_or(i64::MAX)
 }
 
 pub fn now_ms() -> i64 {

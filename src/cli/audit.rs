@@ -30,6 +30,9 @@ pub enum Command {
         /// A date (2026-01-31), a time (RFC 3339) or an age (90d).
         #[arg(long)]
         before: String,
+        /// Confirm removing events younger than `[audit] min_retention` (30d).
+        #[arg(long)]
+        yes: bool,
     },
     /// Print the public key that verifies audit checkpoints (give it to auditors).
     Pubkey,
@@ -57,7 +60,7 @@ pub struct SearchArgs {
     until: Option<String>,
     /// Only the newest N events.
     #[arg(long, default_value_t = 100)]
-    limit: i64,
+    limit: u32,
     /// Keep printing new events as they are written (Ctrl-C stops).
     #[arg(long)]
     follow: bool,
@@ -97,14 +100,18 @@ pub struct ExportArgs {
 /// `90d` (that long ago), `2026-11-25` (midnight UTC) or an RFC 3339 time → Unix ms.
 pub fn parse_when(s: &str) -> anyhow::Result<i64> {
     if let Ok(d) = s.parse::<Dur>() {
-        return Ok(now_ms() - i64::try_from(d.as_secs())? * 1000);
+        return Ok(now_ms().saturating_sub(crate::audit::secs_to_ms(d.as_secs())));
     }
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000)?);
     }
     let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(d) = time::Date::parse(s, &date_fmt) {
-        return Ok(d.midnight().assume_utc().unix_timestamp() * 1000);
+        return Ok(d
+            .midnight()
+            .assume_utc()
+            .unix_timestamp()
+            .saturating_mul(1000));
     }
     bail!(
         "cannot read `{s}` as a time: write an age (1h, 7d), a date (2026-11-25) or an RFC 3339 time (2026-11-25T14:02:00Z)"
@@ -162,8 +169,17 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Search(a) => search(config, a).await,
         Command::Verify(a) => verify(config, a).await,
         Command::Export(a) => export(config, a).await,
-        Command::Prune { before } => {
+        Command::Prune { before, yes } => {
             let before_ms = parse_when(&before)?;
+            let floor = config.audit.min_retention;
+            let floor_ms =
+                now_ms().saturating_sub(i64::try_from(floor.as_secs())?.saturating_mul(1000));
+            if before_ms > floor_ms && !yes {
+                bail!(
+                    "refusing to remove events younger than {floor} (`[audit] min_retention`): --before {before} reaches {}; add --yes if that recent evidence should go",
+                    format_ms(before_ms)
+                );
+            }
             let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
             let signer = Signer::new(&keys.audit_key)?;
             let store = open_store(config).await?;
@@ -205,10 +221,21 @@ async fn search(config: &Config, a: SearchArgs) -> anyhow::Result<ExitCode> {
         since_ms: when(&a.since)?,
         until_ms: when(&a.until)?,
         after_seq: None,
-        limit: Some(a.limit),
+        // One more than asked, to know whether the answer was cut.
+        limit: Some(i64::from(a.limit) + 1),
     };
-    let events = store.search_audit(&filter).await?;
+    let mut events = store.search_audit(&filter).await?;
+    let cut = events.len() > a.limit as usize;
+    if cut {
+        events.remove(0);
+    }
     print_events(&events, a.json)?;
+    if cut {
+        eprintln!(
+            "showing the newest {} matching events; older ones matched too: narrow with --since/--type/--user or raise --limit",
+            a.limit
+        );
+    }
     if !a.follow {
         store.close().await;
         return Ok(ExitCode::SUCCESS);

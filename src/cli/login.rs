@@ -241,7 +241,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     home.save_profile(&profile).map_err(anyhow::Error::msg)?;
 
-    let until_ms = i64::try_from(valid_before).unwrap_or(0) * 1000;
+    let until_ms = crate::audit::secs_to_ms(valid_before);
     println!("logged in to {url} as {user} (roles: {})", roles.join(", "));
     println!(
         "certificate serial {}, valid until {} ({})",
@@ -287,7 +287,7 @@ pub async fn status() -> anyhow::Result<ExitCode> {
         home.path("id_ed25519-cert.pub").display()
     );
     let now = now_secs();
-    let until_ms = i64::try_from(until).unwrap_or(0) * 1000;
+    let until_ms = crate::audit::secs_to_ms(until);
     let at = format_clock(until_ms);
     if until > now {
         println!("valid until:  {at} ({} left)", left(until - now));
@@ -332,9 +332,7 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
     if profile.valid_before <= now_secs() {
         return Ok(refused(
             "db login",
-            &crate::credentials::expired_message(
-                i64::try_from(profile.valid_before).unwrap_or(0) * 1000,
-            ),
+            &crate::credentials::expired_message(crate::audit::secs_to_ms(profile.valid_before)),
         ));
     }
     let mut req = json!({ "target": args.target });
@@ -390,7 +388,7 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
     let new = service_upsert(&old, &target, &body);
     crate::credentials::replace_private(&service_file, new.as_bytes())?;
 
-    let until = format_clock(b["expires"].as_i64().unwrap_or(0) * 1000);
+    let until = format_clock(b["expires"].as_i64().unwrap_or(0).saturating_mul(1000));
     println!(
         "database credential for {} on {target} ({} as {}), valid until {until} ({})",
         profile.user,

@@ -73,6 +73,9 @@ enum Command {
 /// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_stdout();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,6 +92,16 @@ pub fn main() -> ExitCode {
             eprintln!("postern: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A command whose reader went away (`postern audit search | head -1`) ends quietly, as
+/// `cat` and `grep` do: SIGPIPE keeps its default action (exit status 141). Only `serve`
+/// keeps Rust's default of ignoring it; sockets are written with MSG_NOSIGNAL either way.
+fn quiet_on_closed_stdout() {
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

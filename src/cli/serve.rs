@@ -81,7 +81,9 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
             .and_then(Result::ok)
             .and_then(|c| credentials::scram::end_point(&c))
     };
+    let repeats = crate::audit::repeats::Repeats::new(config.audit.repeat_window.0);
     let server = Server::bind(Shared {
+        repeats,
         config,
         ssh_config,
         keys,

@@ -81,7 +81,7 @@ pub struct ReplayArgs {
 }
 
 fn since_ms(d: Option<Dur>) -> Option<i64> {
-    d.map(|d| now_ms() - i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2000) * 1000)
+    d.map(|d| now_ms().saturating_sub(crate::audit::secs_to_ms(d.as_secs())))
 }
 
 fn duration_text(s: &SessionRow) -> String {
@@ -210,11 +210,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&s)?;
             } else {
-                println!("session      {}", s.id);
-                println!("kind         {}", s.kind);
-                println!("user         {}", s.user);
-                println!("destination  {}@{}", s.login, s.target);
-                println!("client       {}", s.client_addr);
+                let c = output::cell;
+                println!("session      {}", c(&s.id));
+                println!("kind         {}", c(&s.kind));
+                println!("user         {}", c(&s.user));
+                println!("destination  {}@{}", c(&s.login), c(&s.target));
+                println!("client       {}", c(&s.client_addr));
                 println!("started      {}", format_ms(s.started_ms));
                 println!(
                     "ended        {}",
@@ -222,7 +223,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                         .map(format_ms)
                         .unwrap_or_else(|| "(active)".into())
                 );
-                println!("end reason   {}", s.end_reason.as_deref().unwrap_or("-"));
+                println!("end reason   {}", c(s.end_reason.as_deref().unwrap_or("-")));
                 println!("bytes        {} in, {} out", s.bytes_in, s.bytes_out);
                 println!(
                     "exit status  {}",
@@ -232,17 +233,17 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 );
                 println!(
                     "certificate  serial {}",
-                    s.cert_serial.as_deref().unwrap_or("-")
+                    c(s.cert_serial.as_deref().unwrap_or("-"))
                 );
                 for r in &s.recordings {
                     println!(
                         "recording    channel {}  {}  sha256 {}",
                         r.channel,
-                        r.path,
-                        r.sha256.as_deref().unwrap_or("(open)")
+                        c(&r.path),
+                        c(r.sha256.as_deref().unwrap_or("(open)"))
                     );
                     if let Some(command) = recorded_command(Path::new(&r.path)) {
-                        println!("  command    {command}");
+                        println!("  command    {}", c(&command));
                     }
                 }
             }
@@ -356,10 +357,10 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 for h in &hits {
                     println!(
                         "{} +{:.1}s {}: {}",
-                        h["session"].as_str().unwrap_or(""),
+                        output::cell(h["session"].as_str().unwrap_or("")),
                         h["offset_s"].as_f64().unwrap_or(0.0),
-                        h["user"].as_str().unwrap_or(""),
-                        h["line"].as_str().unwrap_or("")
+                        output::cell(h["user"].as_str().unwrap_or("")),
+                        output::cell(h["line"].as_str().unwrap_or(""))
                     );
                 }
             }
@@ -387,7 +388,7 @@ fn transcript_lines(path: &Path) -> std::io::Result<Vec<(f64, serde_json::Value)
 /// One transcript entry as a terminal-safe line: `SQL  → TAG (N rows, D ms)`, the error,
 /// how it ended when no result came, and whether it was rolled back.
 fn statement_text(v: &serde_json::Value) -> String {
-    let esc = super::streams::escape;
+    let esc = super::output::safe;
     let s = |k: &str| v[k].as_str().unwrap_or("");
     let err = |e: &serde_json::Value| {
         format!(
@@ -448,7 +449,7 @@ fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, Stri
 fn grep_stream(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
     let mut hits: Vec<(f64, String)> = recorded_command(path)
         .filter(|c| c.contains(pattern))
-        .map(|c| (0.0, format!("$ {}", super::streams::escape(&c))))
+        .map(|c| (0.0, format!("$ {}", super::output::safe(&c))))
         .into_iter()
         .collect();
     hits.extend(super::streams::grep(path, pattern)?);
@@ -462,7 +463,7 @@ fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> 
     let mut hits = Vec::new();
     // The command an exec channel ran is in the header.
     if let Some(command) = recorded_command(path).filter(|c| c.contains(pattern)) {
-        hits.push((0.0, format!("$ {command}")));
+        hits.push((0.0, format!("$ {}", output::safe(&command))));
     }
     let mut lines = [(String::new(), 0.0f64), (String::new(), 0.0f64)];
     let flush = |buf: &mut String, t: f64, hits: &mut Vec<(f64, String)>| {

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::output::safe;
 use crate::recording::stream::{self, MARKER, STDERR, STDIN, STDOUT};
 
 /// Which stream of a channel.
@@ -69,9 +70,9 @@ pub fn summary(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         Ok(())
     })
     .with_context(|| format!("cannot read recording {}", path.display()))?;
-    writeln!(out, "{}", escape(header["title"].as_str().unwrap_or("")))?;
+    writeln!(out, "{}", safe(header["title"].as_str().unwrap_or("")))?;
     if let Some(c) = header["command"].as_str() {
-        writeln!(out, "command  {}", escape(c))?;
+        writeln!(out, "command  {}", safe(c))?;
     }
     writeln!(
         out,
@@ -79,7 +80,7 @@ pub fn summary(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         bytes[0], bytes[1], bytes[2]
     )?;
     for (t, m) in &markers {
-        writeln!(out, "+{:.3}s  {}", f64::from(*t) / 1000.0, escape(m))?;
+        writeln!(out, "+{:.3}s  {}", f64::from(*t) / 1000.0, safe(m))?;
     }
     for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
         if bytes[i] == 0 {
@@ -99,11 +100,7 @@ pub fn summary(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
             )?;
             continue;
         }
-        writeln!(
-            out,
-            "{}",
-            escape(&String::from_utf8_lossy(shown)).trim_end()
-        )?;
+        writeln!(out, "{}", safe(&String::from_utf8_lossy(shown)).trim_end())?;
         if bytes[i] > shown.len() as u64 {
             writeln!(out, "… ({} more bytes)", bytes[i] - shown.len() as u64)?;
         }
@@ -118,7 +115,7 @@ pub fn grep(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
     let check = |line: &mut Vec<u8>, t: f64, hits: &mut Vec<(f64, String)>| {
         let text = String::from_utf8_lossy(line);
         if text.contains(pattern) {
-            hits.push((t, escape(text.trim_end_matches('\r'))));
+            hits.push((t, safe(text.trim_end_matches('\r'))));
         }
         line.clear();
     };
@@ -156,23 +153,4 @@ pub fn grep(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
         }
     }
     Ok(hits)
-}
-
-/// Text safe for a terminal: control characters (but newline and tab), DEL and the C1
-/// range are shown as `\xNN` / `\u{NNNN}`.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if ('\u{80}'..='\u{9f}').contains(&c) || ('\u{202a}'..='\u{202e}').contains(&c) => {
-                out.push_str(&format!("\\u{{{:04x}}}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }

@@ -149,10 +149,8 @@ fn abbreviate(s: &str) -> String {
 
 /// Keeps control characters out of messages and logs, and long input short.
 pub fn printable(s: &str) -> String {
-    s.chars()
-        .take(100)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    let head: String = s.chars().take(100).collect();
+    crate::printable::cell(&head)
 }
 
 #[cfg(test)]

@@ -299,14 +299,16 @@ fn prune_keeps_a_signed_anchor_and_the_rest_verifies() {
     // Everything written so far is older than "now + 1s".
     let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let out = b.postern.cli(&[
-        "audit",
-        "prune",
-        "--before",
-        &cutoff
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap(),
-    ]);
+    let cutoff = cutoff
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    // Removing recent evidence needs a confirmation.
+    let refused = b.postern.cli(&["audit", "prune", "--before", &cutoff]);
+    assert!(refused.fails(2).contains("--yes"), "{}", refused.stderr);
+    assert_eq!(events(&dir).len(), before);
+    let out = b
+        .postern
+        .cli(&["audit", "prune", "--before", &cutoff, "--yes"]);
     assert!(
         out.ok().starts_with(&format!("removed {before} event(s)")),
         "{}",

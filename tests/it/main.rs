@@ -7,6 +7,7 @@ mod apply;
 mod audit;
 mod availability;
 mod certs;
+mod cli_output;
 mod harness;
 mod harness_check;
 mod login;
