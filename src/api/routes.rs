@@ -88,9 +88,7 @@ impl Ctx {
         let mut e = AuditEvent::new(kind, &actor, result, details);
         e.source = Some(self.peer.to_string());
         e.target = target;
-        if let Err(err) = self.shared.store.append_audit(&e).await {
-            tracing::warn!(error = %err, kind, "cannot write audit event");
-        }
+        self.shared.audit(e).await;
     }
 
     async fn policy(&self) -> Result<Policy, ApiError> {
@@ -359,14 +357,14 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
     };
     let public = russh::keys::PublicKey::from_openssh(&key.public_key)
         .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    let valid_before = ssh_cert::now_secs() + ttl.as_secs();
+    let valid_before = ssh_cert::now_secs().saturating_add(ttl.as_secs());
     let (cert, serial) =
         ssh_cert::issue_user(&cx.shared.keys.user_ca, &public, &user.name, valid_before)
             .map_err(|e| ApiError::internal("cannot sign the certificate", e))?;
     let cert_line = cert
         .to_openssh()
         .map_err(|e| ApiError::internal("cannot encode the certificate", e))?;
-    let valid_before_ms = i64::try_from(valid_before).unwrap_or(i64::MAX / 1000) * 1000;
+    let valid_before_ms = crate::audit::secs_to_ms(valid_before);
     cx.shared
         .store
         .record_user_cert(&IssuedCert {
@@ -530,7 +528,7 @@ async fn db_login(
         .credential_ttl
         .min(grant.settings.max_session_ttl);
     let issued = now_ms();
-    let expires = issued + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2000) * 1000;
+    let expires = issued.saturating_add(crate::audit::secs_to_ms(ttl.as_secs()));
     let (secret, hash) =
         token::new_token("pgt_").map_err(|e| ApiError::internal("cannot make a token", e))?;
     cx.shared

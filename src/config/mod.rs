@@ -139,11 +139,26 @@ pub struct Tls {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Audit {
     /// Mirror every audit event as a JSON line for a SIEM: "" (off), "stdout", or a file path.
     pub mirror: String,
+    /// `audit prune` removing events younger than this asks for `--yes`.
+    pub min_retention: Dur,
+    /// Repeated identical failures (same type, actor and reason) within this window are one
+    /// event followed by a summary with their count.
+    pub repeat_window: Dur,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            mirror: String::new(),
+            min_retention: Dur::from_secs(30 * 86_400),
+            repeat_window: Dur::from_secs(60),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -320,6 +335,7 @@ impl Config {
                 "postgres.authentication_timeout",
                 self.postgres.authentication_timeout,
             ),
+            ("audit.repeat_window", self.audit.repeat_window),
         ] {
             if d.as_secs() == 0 {
                 return Err(ConfigError::Value(format!("{name} must be at least 1s")));

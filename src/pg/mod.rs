@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub use cancel::CancelMap;
 
@@ -271,9 +271,7 @@ impl crate::server::live::LiveSession for PgSession {
 
 async fn audit(shared: &Shared, mut e: AuditEvent, peer: SocketAddr) {
     e.source = Some(peer.to_string());
-    if let Err(err) = shared.store.append_audit(&e).await {
-        warn!(error = %err, kind = %e.kind, "cannot write audit event");
-    }
+    shared.audit(e).await;
 }
 
 pub use session::credential_purpose;

@@ -189,5 +189,5 @@ impl Limits {
 }
 
 fn secs_ms(d: Dur) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2000) * 1000
+    crate::audit::secs_to_ms(d.as_secs())
 }

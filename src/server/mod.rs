@@ -35,6 +35,30 @@ pub struct Shared {
     /// SCRAM channel binding data (`tls-server-end-point`) of postern's certificate.
     pub pg_end_point: Option<Vec<u8>>,
     pub pg_cancel: crate::pg::CancelMap,
+    /// Failed logins that repeat within `[audit] repeat_window`, counted instead of written.
+    pub repeats: crate::audit::repeats::Repeats,
+}
+
+impl Shared {
+    /// Writes an audit event (repeated login failures collapse, see `audit::repeats`);
+    /// a store that cannot take it is logged, the caller carries on with its refusal.
+    pub async fn audit(&self, e: AuditEvent) {
+        let Some(e) = self.repeats.note(e, std::time::Instant::now()) else {
+            return;
+        };
+        if let Err(err) = self.store.append_audit(&e).await {
+            warn!(error = %err, kind = %e.kind, "cannot write audit event");
+        }
+    }
+
+    /// Writes the summaries of closed repeat windows (all of them when `all`).
+    async fn audit_repeats(&self, all: bool) {
+        for e in self.repeats.due(std::time::Instant::now(), all) {
+            if let Err(err) = self.store.append_audit(&e).await {
+                warn!(error = %err, kind = %e.kind, "cannot write audit event");
+            }
+        }
+    }
 }
 
 /// The addresses the listeners actually bound (useful when configured with port 0).
@@ -167,6 +191,16 @@ impl Server {
             shared.live.clone(),
             shutdown.clone(),
         ));
+        let repeats = {
+            let shared = shared.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                    shared.audit_repeats(false).await;
+                }
+            })
+        };
         let mirror_stop = CancellationToken::new();
         let mirror = (!shared.config.audit.mirror.is_empty()).then(|| {
             tokio::spawn(mirror::run(
@@ -241,6 +275,8 @@ impl Server {
             // Their runtimes drop whatever is left when the threads end.
             let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
         }
+        let _ = repeats.await;
+        shared.audit_repeats(true).await;
         let _ = shared
             .store
             .append_audit(&AuditEvent::new(

@@ -25,9 +25,7 @@ pub fn check_certificate(
     }
     let now = ssh_cert::now_secs();
     if now + ssh_cert::SKEW_SECS < cert.valid_after() || now >= cert.valid_before() {
-        let until = i64::try_from(cert.valid_before())
-            .unwrap_or(0)
-            .saturating_mul(1000);
+        let until = crate::audit::secs_to_ms(cert.valid_before());
         return Err(format!(
             "expired or not yet valid (valid until {})",
             crate::audit::format_ms(until)

@@ -45,9 +45,10 @@ pub struct Conn {
     /// The end (Unix seconds) and serial of the certificate this connection authenticated with.
     pub(super) credential_until: Option<u64>,
     pub(super) credential_serial: Option<u64>,
-    /// Told to the client through keyboard-interactive when its key's postern certificate
-    /// has expired (russh refuses expired certificates before postern sees them).
-    pub(super) expired_notice: Option<String>,
+    /// Why authentication failed, told to the client through keyboard-interactive (its
+    /// postern certificate expired, its user is locked): OpenSSH prints it, where
+    /// "Permission denied" alone would leave the developer guessing.
+    pub(super) notice: Option<String>,
     /// Session channels open now (`[ssh] max_sessions`).
     pub(super) open_sessions: Arc<AtomicU32>,
     /// Passed once the client authenticated (login grace time, admission).
@@ -94,7 +95,7 @@ impl Conn {
             state: Arc::new(Mutex::new(None)),
             credential_until: None,
             credential_serial: None,
-            expired_notice: None,
+            notice: None,
             open_sessions: Arc::new(AtomicU32::new(0)),
             gate,
         }
@@ -126,9 +127,7 @@ impl Conn {
         let mut e = AuditEvent::new(kind, &actor, result, details);
         e.source = Some(self.peer.to_string());
         e.target = target;
-        if let Err(err) = self.shared.store.append_audit(&e).await {
-            warn!(error = %err, kind, "cannot write audit event");
-        }
+        self.shared.audit(e).await;
     }
 
     /// Identity is proven (key or certificate): audit it, then decide what the session may do.
@@ -139,6 +138,23 @@ impl Conn {
         ssh_user: &str,
         details: serde_json::Value,
     ) -> Result<Auth, russh::Error> {
+        if user.status == crate::policy::UserStatus::Locked {
+            let mut details = details;
+            details["reason"] = json!("user locked");
+            self.audit(
+                "auth.failure",
+                Actor::user(&user.name),
+                Outcome::Failure,
+                None,
+                details,
+            )
+            .await;
+            self.notice = Some(format!(
+                "postern: access denied: the user `{}` is locked; ask an admin",
+                user.name
+            ));
+            return Ok(with_notice());
+        }
         self.gate.passed();
         self.audit(
             "auth.success",
@@ -172,7 +188,9 @@ impl Conn {
         (issued.valid_before <= now).then(|| {
             (
                 issued.user,
-                crate::credentials::expired_message(issued.valid_before.saturating_mul(1000)),
+                crate::credentials::expired_message(crate::audit::secs_to_ms(
+                    u64::try_from(issued.valid_before).unwrap_or(0),
+                )),
             )
         })
     }
@@ -189,6 +207,16 @@ impl Conn {
             Some(Verdict::Allowed(ctx)) => Some(ctx),
             _ => None,
         }
+    }
+}
+
+/// A refusal that lets the client ask (keyboard-interactive) and be told `Conn::notice`.
+fn with_notice() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(
+            &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
+        )),
+        partial_success: false,
     }
 }
 
@@ -224,7 +252,7 @@ impl Handler for Conn {
         _submethods: &str,
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        match (self.expired_notice.clone(), response) {
+        match (self.notice.clone(), response) {
             (Some(notice), None) => Ok(Auth::Partial {
                 name: "postern".into(),
                 // OpenSSH prints this through its logger, which escapes anything not ASCII.
@@ -232,7 +260,7 @@ impl Handler for Conn {
                 prompts: Vec::new().into(),
             }),
             _ => {
-                self.expired_notice = None;
+                self.notice = None;
                 Ok(Auth::Reject {
                     proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
                     partial_success: false,
@@ -308,13 +336,8 @@ impl Handler for Conn {
                     json!({ "method": "certificate", "reason": "expired", "fingerprint": fp, "ssh_user": printable(ssh_user) }),
                 )
                 .await;
-                self.expired_notice = Some(notice.1);
-                return Ok(Auth::Reject {
-                    proceed_with_methods: Some(MethodSet::from(
-                        &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
-                    )),
-                    partial_success: false,
-                });
+                self.notice = Some(notice.1);
+                return Ok(with_notice());
             }
             self.audit(
                 "auth.failure",

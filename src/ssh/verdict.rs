@@ -84,8 +84,9 @@ impl Conn {
             .filter(|_| self.shared.config.ssh.disconnect_on_credential_expiry);
         // The upstream certificate ends with the session: its TTL, or the developer's
         // credential when sessions end with it.
-        let valid_before = (ssh_cert::now_secs() + grant.settings.max_session_ttl.as_secs())
-            .min(credential_until.unwrap_or(u64::MAX));
+        let valid_before = (ssh_cert::now_secs()
+            .saturating_add(grant.settings.max_session_ttl.as_secs()))
+        .min(credential_until.unwrap_or(u64::MAX));
         let cert = match ssh_cert::issue(
             &self.shared.keys.target_ca,
             &CertRequest {
@@ -127,8 +128,8 @@ impl Conn {
                 grant.settings.max_session_ttl,
                 grant.settings.idle_timeout,
                 self.shared.config.ssh.expiry_warning,
-                i64::try_from(valid_before).unwrap_or(i64::MAX / 2) * 1000,
-                credential_until.map(|c| i64::try_from(c).unwrap_or(i64::MAX / 2) * 1000),
+                crate::audit::secs_to_ms(valid_before),
+                credential_until.map(crate::audit::secs_to_ms),
                 self.kill.clone(),
             ),
             next_channel: AtomicU32::new(0),

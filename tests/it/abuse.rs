@@ -60,3 +60,71 @@ print(json.dumps({{str(c): codes.count(c) for c in set(codes)}}))
     let after = crate::harness::rss_kib(pid);
     assert!(after < 300 * 1024, "RSS {before} KiB -> {after} KiB");
 }
+
+/// Failed database logins with 8 KB names, each a different name: the audit log grows by a
+/// handful of events, not one per attempt, and every attempt is still counted.
+#[test]
+fn a_stream_of_failed_logins_is_audited_in_summaries() {
+    let mut b = crate::pg::PgBastion::start();
+    b.postern.stop();
+    let cfg = b
+        .postern
+        .write("repeat.toml", "[audit]\nrepeat_window = \"3s\"\n");
+    let mut cmd = b.postern.serve_command();
+    cmd.arg("--config").arg(cfg);
+    b.postern.spawn(cmd);
+    let auth_events = |p: &crate::harness::postern::Postern| {
+        let mut all = p.events("auth.failure");
+        all.extend(p.events("auth.rate_limited"));
+        all.retain(|e| e["actor"] == "unknown");
+        all
+    };
+    assert!(auth_events(&b.postern).is_empty());
+    let script = format!(
+        r#"
+import json, random, string, psycopg
+from concurrent.futures import ThreadPoolExecutor
+def one(i):
+    name = "".join(random.choice(string.ascii_letters) for _ in range(8000)) + str(i)
+    try:
+        psycopg.connect(host="127.0.0.1", port={port}, user=name, password="guess",
+                        dbname="pg1/features", sslmode="require", connect_timeout=30).close()
+        return "connected"
+    except psycopg.OperationalError as e:
+        return "refused"
+with ThreadPoolExecutor(8) as ex:
+    results = list(ex.map(one, range(150)))
+print(json.dumps({{r: results.count(r) for r in set(results)}}))
+"#,
+        port = b.postern.pg.port()
+    );
+    let out = crate::pg::python(&script);
+    let counts: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(counts["refused"], 150, "{counts}");
+    // Each window's summary is written when it closes.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let events = auth_events(&b.postern);
+    assert!(
+        events.len() <= 40,
+        "{} events for 150 failures",
+        events.len()
+    );
+    // An attempt is an event of its own, or counted in a summary's `repeated`.
+    let accounted: u64 = events
+        .iter()
+        .map(|e| e["details"]["repeated"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(accounted, 150, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["details"]["repeated"].as_u64() > Some(10)),
+        "{events:#?}"
+    );
+    for e in &events {
+        assert!(
+            e.to_string().len() < 4096,
+            "an event holds the whole name: {e}"
+        );
+    }
+}

@@ -116,11 +116,23 @@ fn certificates_from_the_user_ca_work_and_every_bad_one_is_refused() {
         ),
         "unsupported critical option",
     );
-    // Expired certificates are refused before postern sees them (russh checks validity).
-    let expired = cert(&b, "expired", &ca, &["-n", "alice", "-V", "-2h:-1h"]);
-    let out = ssh_with(&b, &expired, "true");
-    assert_eq!(out.code, 255);
-    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    // Expired and not yet valid certificates are refused, and the refusal is audited.
+    refused(
+        "expired",
+        &cert(&b, "expired", &ca, &["-n", "alice", "-V", "-2h:-1h"]),
+        "expired or not yet valid",
+    );
+    let failures = b.postern.events("auth.failure").len();
+    refused(
+        "not yet valid",
+        &cert(&b, "future", &ca, &["-n", "alice", "-V", "+1h:+2h"]),
+        "expired or not yet valid",
+    );
+    assert!(b.postern.events("auth.failure").len() > failures);
+    // A certificate valid forever (OpenSSH's `always:forever`) works; the session still
+    // ends by the role's limits.
+    let forever = cert(&b, "forever", &ca, &["-n", "alice", "-V", "always:forever"]);
+    assert_eq!(ssh_with(&b, &forever, "echo forever").ok(), "forever\n");
 
     // Revocation applies at once.
     assert_eq!(
@@ -138,14 +150,42 @@ fn certificates_from_the_user_ca_work_and_every_bad_one_is_refused() {
             .contains("laptop lost")
     );
 
-    // A locked user's valid certificate gets the reason.
+    // A locked user's valid certificate does not authenticate; a person (not in
+    // BatchMode) is told why.
     let fresh = cert(&b, "fresh", &ca, &["-n", "alice", "-z", "1002"]);
+    let successes = b.postern.events("auth.success").len();
     b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
-    let out = ssh_with(&b, &fresh, "true");
-    assert_eq!(out.code, 1);
+    let out: Out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(&fresh)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 255, "{out:?}");
     assert!(
-        out.stderr.contains("denied: the user is locked"),
+        out.stderr
+            .contains("access denied: the user `alice` is locked"),
         "{}",
         out.stderr
+    );
+    assert_eq!(b.postern.events("auth.success").len(), successes);
+    let locked = b.postern.events("auth.failure");
+    assert!(
+        locked
+            .iter()
+            .any(|e| e["details"]["reason"] == "user locked" && e["details"]["serial"] == "1002"),
+        "{locked:?}"
     );
 }

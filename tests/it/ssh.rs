@@ -186,8 +186,13 @@ fn refusals_are_one_line_messages_and_audited() {
         "root@BAD_TARGET",
         "postern: cannot read a target from the SSH username",
     );
+    // A locked user does not authenticate at all (scripts in BatchMode see only that;
+    // a person is told why, see certs.rs).
+    let successes = b.postern.events("auth.success").len();
     b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
-    check(&b.dest(), "denied: the user is locked");
+    check(&b.dest(), "Permission denied");
+    // The refusal is not preceded by a success.
+    assert_eq!(b.postern.events("auth.success").len(), successes);
     b.postern.cli(&["admin", "user", "unlock", "alice"]).ok();
     // The listener still serves others.
     assert_eq!(b.ssh(&b.dest(), "echo still").ok(), "still\n");
@@ -208,7 +213,13 @@ fn refusals_are_one_line_messages_and_audited() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "unknown target"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("locked")), "{reasons:?}");
+    let locked = b.postern.events("auth.failure");
+    assert!(
+        locked
+            .iter()
+            .any(|e| e["actor"] == "user:alice" && e["details"]["reason"] == "user locked"),
+        "{locked:?}"
+    );
     assert!(
         reasons.iter().any(|r| r == "malformed username"),
         "{reasons:?}"

@@ -14,7 +14,6 @@
 //
 use core::str;
 use std::cell::RefCell;
-use std::time::SystemTime;
 
 use auth::*;
 use byteorder::{BigEndian, ByteOrder};
@@ -1109,20 +1108,10 @@ impl Encrypted {
                 let pubkey = match pk_or_cert {
                     PublicKeyOrCertificate::PublicKey { ref key, .. } => key.clone(),
                     PublicKeyOrCertificate::Certificate(ref cert) => {
-                        // Validate certificate expiration. The bounds are None
-                        // for OpenSSH's "always valid" sentinels (PROTOCOL.certkeys),
-                        // which skips the corresponding check.
-                        let now = SystemTime::now();
-                        if cert.valid_after_time().map(|t| now < t).unwrap_or_default()
-                            || cert
-                                .valid_before_time()
-                                .map(|t| now > t)
-                                .unwrap_or_default()
-                        {
-                            warn!("Certificate is expired or not yet valid");
-                            reject_auth_request(until, &mut self.write, auth_request).await?;
-                            return Ok(());
-                        }
+                        // postern: the validity window is the handler's to check
+                        // (`auth_openssh_certificate`), so that a refused certificate
+                        // is known to the application (audited) and checked with its
+                        // clock-skew allowance. See POSTERN.md point 5.
 
                         // Verify the certificate’s signature
                         if cert.verify_signature().is_err() {
