@@ -18,7 +18,8 @@ use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::{password, ssh_cert, token, totp};
 use crate::duration::Dur;
 use crate::policy::{
-    Decision, Policy, Request, TargetKind, User, UserStatus, decide, default_database, names,
+    Decision, Policy, Request, TargetKind, User, UserStatus, decide, default_database, may_reach,
+    names, no_such_target,
 };
 use crate::server::Shared;
 use crate::store::{ApiToken, DbToken, IssuedCert};
@@ -206,7 +207,7 @@ fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
 async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
     let req: LoginRequest = body(raw)?;
     let ip = cx.peer.ip();
-    let key = names::parse_public_key(&req.public_key)
+    let key = names::parse_user_key(&req.public_key)
         .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
     let policy = cx.policy().await?;
     let user = policy.users.get(&req.user).cloned();
@@ -450,31 +451,44 @@ async fn db_login(
     let (policy, user, login) = cx.bearer(&headers).await?;
     let req: DbLoginRequest = body(raw)?;
     let actor = Actor::user(&user.name);
-    let Some(target) = policy.targets.get(&req.target) else {
+    let roles = policy.roles_of(&user);
+    // A target the user may reach nothing on is answered like one that does not exist.
+    let target = match policy.targets.get(&req.target) {
+        Some(t) if may_reach(&roles, t) => t,
+        found => {
+            let reason = match found {
+                Some(_) => "no role reaches the target",
+                None => "unknown target",
+            };
+            cx.audit_on(
+                "access.deny",
+                actor,
+                Outcome::Deny,
+                Some(names::printable(&req.target)),
+                json!({ "reason": reason, "kind": "postgres" }),
+            )
+            .await;
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_target",
+                no_such_target(&req.target),
+            ));
+        }
+    };
+    if target.kind != TargetKind::Postgres {
         cx.audit_on(
             "access.deny",
             actor,
             Outcome::Deny,
-            Some(names::printable(&req.target)),
-            json!({ "reason": "unknown target", "kind": "postgres" }),
+            Some(target.name.clone()),
+            json!({ "reason": "wrong kind", "kind": "postgres", "target_kind": target.kind }),
         )
         .await;
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_target",
-            format!(
-                "no target named `{}`; postern access check lists what you may reach",
-                names::printable(&req.target)
-            ),
-        ));
-    };
-    if target.kind != TargetKind::Postgres {
         return Err(ApiError::bad_request(format!(
             "target `{}` is an {} target; `postern db login` is for postgres targets",
             target.name, target.kind
         )));
     }
-    let roles = policy.roles_of(&user);
     let (default_db, default_db_user) = default_database(&roles, target);
     let missing = |what: &str, flag: &str| {
         ApiError::bad_request(format!(

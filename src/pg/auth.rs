@@ -11,7 +11,9 @@ use crate::api::Door;
 use crate::audit::{Actor, AuditEvent, Outcome, format_clock, now_ms};
 use crate::config::ClientAuth;
 use crate::credentials::token;
-use crate::policy::{Decision, Grant, Request, Target, TargetKind, UserStatus, decide};
+use crate::policy::{
+    Decision, Grant, Request, Target, TargetKind, UserStatus, decide, no_such_target,
+};
 use crate::server::Shared;
 
 /// A client postern let in: who, where, and the rule that allowed it.
@@ -166,24 +168,9 @@ pub async fn authorize(
         {
             t
         }
-        // A valid token of this user, for another target: say what is wrong with the
-        // database name (an unknown target is only named to token holders).
+        // A valid token of this user, for another target: say which target it is for
+        // (the same answer whether the target asked for exists or not).
         Some(t) if t.user == user && t.expires_ms > now_ms() && t.target != target_name => {
-            let known = shared
-                .store
-                .load_policy()
-                .await
-                .map(|p| p.targets.contains_key(&target_name))
-                .unwrap_or(true);
-            if !known {
-                return Err(refuse(
-                    "3D000",
-                    format!(
-                        "no target named `{}`; connect with database TARGET/DATABASE",
-                        printable(&target_name)
-                    ),
-                ));
-            }
             audit(shared, fail("token for another target"), peer).await;
             return Err(refuse(
                 "28P01",
@@ -242,22 +229,30 @@ pub async fn authorize(
 
     // The access decision.
     let actor = Actor::user(&user);
-    let Some(target) = policy.targets.get(&target_name).cloned() else {
-        return Err(refuse(
-            "3D000",
-            format!("no target named `{}`", printable(&target_name)),
-        ));
+    let deny = |reason: &str| {
+        let mut e = AuditEvent::new(
+            "access.deny",
+            &actor,
+            Outcome::Deny,
+            json!({ "reason": reason, "kind": "postgres" }),
+        );
+        e.target = Some(shown(&target_name));
+        e
     };
-    if target.kind != TargetKind::Postgres {
-        return Err(refuse(
-            "3D000",
-            format!(
-                "target `{}` is an {} target, not a database",
-                target.name, target.kind
-            ),
-        ));
-    }
+    // The token was issued for this target; it may have been removed or changed since.
+    let target = match policy.targets.get(&target_name) {
+        Some(t) if t.kind == TargetKind::Postgres => t.clone(),
+        found => {
+            let reason = match found {
+                Some(_) => "wrong kind",
+                None => "unknown target",
+            };
+            audit(shared, deny(reason), peer).await;
+            return Err(refuse("3D000", no_such_target(&target_name)));
+        }
+    };
     let Some(u) = policy.users.get(&user) else {
+        audit(shared, deny("user no longer exists"), peer).await;
         return Err(refuse(
             "28000",
             format!("user `{}` no longer exists", printable(&user)),

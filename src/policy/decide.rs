@@ -185,6 +185,34 @@ pub fn decide(user: &User, roles: &[&Role], target: &Target, req: &Request) -> D
     })
 }
 
+/// Whether any allow rule of `roles` could let a user do something on `target` (a login
+/// on an SSH target, a database as a database user on a PostgreSQL one) that no deny rule
+/// takes away entirely. Someone for whom this is false is answered exactly as for a
+/// target that does not exist: a name alone must not tell what exists, or of what kind.
+pub fn may_reach(roles: &[&Role], target: &Target) -> bool {
+    let rules = |f: fn(&Role) -> &Vec<Rule>| {
+        roles
+            .iter()
+            .flat_map(move |r| f(r).iter())
+            .filter(|r| r.targets.matches(&target.labels))
+    };
+    let denied_entirely = rules(|r| &r.deny)
+        .any(|r| r.logins.is_empty() && r.databases.is_empty() && r.db_users.is_empty());
+    !denied_entirely
+        && rules(|r| &r.allow).any(|r| match target.kind {
+            TargetKind::Ssh => !r.logins.is_empty(),
+            TargetKind::Postgres => !r.databases.is_empty() && !r.db_users.is_empty(),
+        })
+}
+
+/// What a user is told about a target that does not exist or that they may not reach.
+pub fn no_such_target(name: &str) -> String {
+    format!(
+        "no target `{}` that you may reach (it does not exist, or none of your roles allows anything on it)",
+        super::names::printable(name)
+    )
+}
+
 /// The most restrictive combination of the allowing roles' settings.
 fn combine(roles: &[&Role]) -> RoleSettings {
     let s = |f: fn(&RoleSettings) -> crate::duration::Dur| {

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::names::{
     check_account_name, check_address, check_role_name, check_target_name, check_user_name,
-    parse_public_key,
+    parse_public_key, parse_user_key,
 };
 use super::{
     Policy, PolicyError, Role, RoleSettings, Rule, Selector, Target, TargetKind, TlsMode, User,
@@ -221,7 +221,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
         if let Some(keys) = &u.keys {
             keys_managed.insert(name.clone());
             for k in keys {
-                let key = parse_public_key(k.get_ref()).map_err(|e| cx.at(k.span(), e))?;
+                let key = parse_user_key(k.get_ref()).map_err(|e| cx.at(k.span(), e))?;
                 let owner = policy
                     .users
                     .values()

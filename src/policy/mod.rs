@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Dur;
 pub use decide::{
     Decision, DenyReason, Effect, Grant, Request, RuleRef, decide, default_database, default_login,
+    may_reach, no_such_target,
 };
 pub use diff::{Change, Entity, diff};
 pub use error::PolicyError;

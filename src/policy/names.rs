@@ -138,6 +138,44 @@ pub fn parse_public_key(line: &str) -> Result<UserKey, PolicyError> {
     })
 }
 
+/// Parses a user's key: [`parse_public_key`], and only the key types postern certifies
+/// (Ed25519, ECDSA P-256 / P-384, RSA of at least 3072 bits).
+pub fn parse_user_key(line: &str) -> Result<UserKey, PolicyError> {
+    let parsed = parse_public_key(line)?;
+    let key = PublicKey::from_openssh(&parsed.public_key).map_err(|e| PolicyError::BadKey {
+        key: abbreviate(line.trim()),
+        why: e.to_string(),
+    })?;
+    check_user_key_type(&key).map_err(|why| PolicyError::BadKey {
+        key: abbreviate(line.trim()),
+        why,
+    })?;
+    Ok(parsed)
+}
+
+/// Ed25519, ECDSA P-256 / P-384 and RSA ≥ 3072 bits; anything else (DSA, short RSA,
+/// P-521, security-key types) is refused with what to make instead.
+pub fn check_user_key_type(key: &PublicKey) -> Result<(), String> {
+    use russh::keys::ssh_key::EcdsaCurve;
+    use russh::keys::ssh_key::public::KeyData;
+    let make = "make one with `ssh-keygen -t ed25519`";
+    match key.key_data() {
+        KeyData::Ed25519(_) => Ok(()),
+        KeyData::Ecdsa(e) if matches!(e.curve(), EcdsaCurve::NistP256 | EcdsaCurve::NistP384) => {
+            Ok(())
+        }
+        KeyData::Rsa(r) if r.key_size() >= 3072 => Ok(()),
+        KeyData::Rsa(r) => Err(format!(
+            "an RSA key of {} bits is too short (at least 3072); {make}",
+            r.key_size()
+        )),
+        other => Err(format!(
+            "key type {} is not accepted (Ed25519, ECDSA P-256/P-384 or RSA of 3072 bits or more); {make}",
+            other.algorithm()
+        )),
+    }
+}
+
 /// Keeps error messages about keys on one readable line.
 fn abbreviate(s: &str) -> String {
     if s.chars().count() > 40 {

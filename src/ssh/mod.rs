@@ -2,6 +2,7 @@
 //! (`handler`), the client side towards targets (`upstream`), and the per-channel relay
 //! that records every byte (`relay`).
 
+mod auth;
 mod certificate;
 mod forward;
 mod handler;

@@ -14,7 +14,9 @@ use super::upstream::Credentials;
 use super::username::{self, printable};
 use crate::audit::{Actor, Outcome, now_ms};
 use crate::credentials::ssh_cert::{self, CertRequest};
-use crate::policy::{Decision, Policy, Request, TargetKind, User, decide, default_login};
+use crate::policy::{
+    Decision, Policy, Request, TargetKind, User, decide, default_login, may_reach, no_such_target,
+};
 use crate::server::limits::Limits;
 use crate::store::SessionRow;
 
@@ -37,24 +39,40 @@ impl Conn {
                 return refuse(m);
             }
         };
-        let Some(target) = policy.targets.get(&dest.target) else {
+        let roles = policy.roles_of(user);
+        // A target the user may reach nothing on is answered like one that does not exist.
+        let target = match policy.targets.get(&dest.target) {
+            Some(t) if may_reach(&roles, t) => t,
+            found => {
+                let reason = match found {
+                    Some(_) => "no role reaches the target",
+                    None => "unknown target",
+                };
+                self.audit(
+                    "access.deny",
+                    actor,
+                    Outcome::Deny,
+                    Some(dest.target.clone()),
+                    json!({ "reason": reason, "kind": "ssh" }),
+                )
+                .await;
+                return refuse(no_such_target(&dest.target));
+            }
+        };
+        if target.kind != TargetKind::Ssh {
             self.audit(
                 "access.deny",
                 actor,
                 Outcome::Deny,
-                Some(dest.target.clone()),
-                json!({ "reason": "unknown target" }),
+                Some(target.name.clone()),
+                json!({ "reason": "wrong kind", "kind": "ssh", "target_kind": target.kind }),
             )
             .await;
-            return refuse(format!("unknown target `{}`", dest.target));
-        };
-        if target.kind != TargetKind::Ssh {
             return refuse(format!(
                 "target `{}` is a {} target; connect to it with a {} client",
                 target.name, target.kind, target.kind
             ));
         }
-        let roles = policy.roles_of(user);
         let Some(login) = dest.login.clone().or_else(|| default_login(&roles, target)) else {
             return refuse(format!(
                 "none of your roles names a default login for `{0}`; connect as LOGIN@{0}",

@@ -189,3 +189,101 @@ fn certificates_from_the_user_ca_work_and_every_bad_one_is_refused() {
         "{locked:?}"
     );
 }
+
+/// A new key of `ssh-keygen` type and size, or `None` when this ssh-keygen cannot make it.
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> Option<String> {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-f"])
+        .arg(&key)
+        .args(args)
+        .output()
+        .unwrap();
+    out.status.success().then(|| {
+        std::fs::read_to_string(key.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    })
+}
+
+#[test]
+fn only_strong_key_types_are_registered_or_certified() {
+    let p = crate::harness::postern::Postern::new();
+    p.cli(&[
+        "admin", "role", "add", "dev", "--allow", "env=test", "--logins", "app",
+    ])
+    .ok();
+    p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+        .ok();
+    crate::login::set_password(&p);
+    let dir = p.root().to_path_buf();
+    let weak: Vec<(&str, String)> = [
+        ("rsa-1024", &["-t", "rsa", "-b", "1024"][..]),
+        ("rsa-2048", &["-t", "rsa", "-b", "2048"]),
+        ("ecdsa-521", &["-t", "ecdsa", "-b", "521"]),
+        ("dsa", &["-t", "dsa"]),
+    ]
+    .iter()
+    .filter_map(|(n, a)| keygen(&dir, n, a).map(|k| (*n, k)))
+    .collect();
+    assert!(weak.len() >= 3, "{weak:?}");
+    let strong: Vec<(&str, String)> = [
+        ("ed25519", &["-t", "ed25519"][..]),
+        ("ecdsa-256", &["-t", "ecdsa", "-b", "256"]),
+        ("ecdsa-384", &["-t", "ecdsa", "-b", "384"]),
+        ("rsa-3072", &["-t", "rsa", "-b", "3072"]),
+    ]
+    .iter()
+    .map(|(n, a)| (*n, keygen(&dir, n, a).unwrap()))
+    .collect();
+    // An admin cannot register them.
+    for (name, key) in &weak {
+        let file = p.write(&format!("{name}.txt"), key);
+        let out = p.cli(&["admin", "user", "add-key", "alice", file.to_str().unwrap()]);
+        assert!(
+            out.fails(2).contains("ssh-keygen -t ed25519"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    for (name, key) in &strong {
+        let user = format!("u-{name}");
+        let file = p.write(&format!("{name}.txt"), key);
+        p.cli(&["admin", "user", "add", &user]).ok();
+        p.cli(&["admin", "user", "add-key", &user, file.to_str().unwrap()])
+            .ok();
+    }
+    // The login API does not certify them.
+    let p = p.start();
+    let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
+    let keys: Vec<&str> = weak
+        .iter()
+        .chain(strong.iter())
+        .map(|(_, k)| k.as_str())
+        .collect();
+    let script = format!(
+        r#"
+import json, ssl, urllib.request, urllib.error
+ctx = ssl.create_default_context(cafile={ca:?})
+out = []
+for key in json.loads({keys:?}):
+    body = json.dumps({{"user": "alice", "password": {password:?}, "public_key": key}}).encode()
+    req = urllib.request.Request("https://127.0.0.1:{port}/v1/login", data=body, headers={{"content-type": "application/json"}})
+    try:
+        out.append(urllib.request.urlopen(req, context=ctx, timeout=60).status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+print(json.dumps(out))
+"#,
+        ca = ca.display().to_string(),
+        keys = serde_json::to_string(&keys).unwrap(),
+        password = crate::login::PASSWORD,
+        port = p.api.port()
+    );
+    let out = crate::pg::python(&script);
+    let codes: Vec<u16> = serde_json::from_str(out.ok()).unwrap();
+    let (w, s) = codes.split_at(weak.len());
+    assert!(w.iter().all(|c| *c == 400), "{codes:?}");
+    assert!(s.iter().all(|c| *c == 200), "{codes:?}");
+}

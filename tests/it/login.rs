@@ -657,9 +657,27 @@ fn db_login_issues_a_scoped_token_and_writes_pgpass_and_the_service_file() {
     );
     let out = dev.run(&b.postern, &["db", "login", "nope"], "");
     assert!(
-        out.fails(1).contains("no target named `nope`"),
+        out.fails(1).contains("no target `nope` that you may reach"),
         "{}",
         out.stderr
+    );
+    // A database alice may not reach is answered the same way.
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "vault",
+            "--postgres",
+            "127.0.0.1:1",
+            "--label",
+            "env=prod",
+        ])
+        .ok();
+    let out = dev.run(&b.postern, &["db", "login", "vault"], "");
+    assert_eq!(
+        out.fails(1).replace("vault", "nope"),
+        dev.run(&b.postern, &["db", "login", "nope"], "").stderr
     );
     let out = dev.run(&b.postern, &["db", "login", "t1"], "");
     assert!(

@@ -481,10 +481,10 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
         "{}",
         out.stderr
     );
-    // Unknown target, wrong password.
+    // Unknown target: the token says which target it is for, as for any other target.
     let out = run(&conn("nope/features", "require"), &token);
     assert!(
-        out.fails(2).contains("no target named `nope`"),
+        out.fails(2).contains("this token is for `pg1/features`"),
         "{}",
         out.stderr
     );

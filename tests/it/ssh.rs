@@ -178,10 +178,46 @@ fn refusals_are_one_line_messages_and_audited() {
         "nobody@t1",
         "postern: access to nobody@t1 denied: no role allows it (default deny)",
     );
-    check(
-        &format!("{}@nope", b.login),
-        "postern: unknown target `nope`",
+    // A target alice may reach nothing on, and one of another kind she may not reach,
+    // are answered exactly like one that does not exist.
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "secret",
+            "--ssh",
+            "127.0.0.1:1",
+            "--host-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "--label",
+            "env=prod",
+        ])
+        .ok();
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "warehouse",
+            "--postgres",
+            "127.0.0.1:1",
+            "--label",
+            "env=test",
+        ])
+        .ok();
+    let answer = |target: &str| {
+        let out = b.ssh(&format!("{}@{target}", b.login), "true");
+        assert_ne!(out.code, 0);
+        out.stderr.replace(target, "NAME")
+    };
+    let unknown = answer("nope");
+    assert!(
+        unknown.contains("postern: no target `NAME` that you may reach"),
+        "{unknown}"
     );
+    assert_eq!(answer("secret"), unknown);
+    assert_eq!(answer("warehouse"), unknown);
     check(
         "root@BAD_TARGET",
         "postern: cannot read a target from the SSH username",
@@ -213,6 +249,14 @@ fn refusals_are_one_line_messages_and_audited() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "unknown target"), "{reasons:?}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "no role reaches the target")
+            .count(),
+        2,
+        "{reasons:?}"
+    );
     let locked = b.postern.events("auth.failure");
     assert!(
         locked

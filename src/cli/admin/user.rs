@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::{exists, load, mutate, not_found};
 use crate::cli::output;
 use crate::config::Config;
-use crate::policy::names::{check_user_name, parse_public_key};
+use crate::policy::names::{check_user_name, parse_user_key};
 use crate::policy::{Policy, PolicyError, User, UserStatus};
 
 #[derive(clap::Subcommand)]
@@ -103,7 +103,7 @@ fn read_keys(file: &PathBuf) -> anyhow::Result<Vec<crate::policy::UserKey>> {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(parse_public_key)
+        .map(parse_user_key)
         .collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         anyhow::bail!("no public key found in {}", file.display());
