@@ -78,14 +78,17 @@ struct UserSpec {
     roles: Vec<Spanned<String>>,
     /// When present, the user's complete set of keys; when absent, keys are left as they are.
     keys: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    locked: bool,
+    /// When present, whether the user is locked; when absent, a lock set by
+    /// `admin user lock` stays as it is (new users start unlocked).
+    locked: Option<bool>,
 }
 
-/// A policy read from a file. `keys_managed` names the users whose `keys` the file sets.
+/// A policy read from a file. `keys_managed` names the users whose `keys` the file sets,
+/// `status_managed` those whose `locked` it sets.
 pub struct PolicyDoc {
     pub policy: Policy,
     pub keys_managed: BTreeSet<String>,
+    pub status_managed: BTreeSet<String>,
 }
 
 struct Ctx<'a> {
@@ -123,6 +126,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
         toml::from_str(src).map_err(|e| cx.at(e.span().unwrap_or(0..0), e.message()))?;
     let mut policy = Policy::default();
     let mut keys_managed = BTreeSet::new();
+    let mut status_managed = BTreeSet::new();
 
     for r in file.roles {
         let name = r.name.get_ref().clone();
@@ -203,8 +207,11 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
         let name = u.name.get_ref().clone();
         cx.check(&u.name, check_user_name(&name))?;
         let mut user = User::new(&name);
-        if u.locked {
-            user.status = UserStatus::Locked;
+        if let Some(locked) = u.locked {
+            status_managed.insert(name.clone());
+            if locked {
+                user.status = UserStatus::Locked;
+            }
         }
         for r in &u.roles {
             if !policy.roles.contains_key(r.get_ref()) {
@@ -250,6 +257,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
     Ok(PolicyDoc {
         policy,
         keys_managed,
+        status_managed,
     })
 }
 
@@ -271,6 +279,11 @@ pub fn merge(current: &Policy, doc: &PolicyDoc, prune: bool) -> Policy {
                 .get(name)
                 .map(|u| u.keys.clone())
                 .unwrap_or_default();
+        }
+        if !doc.status_managed.contains(name)
+            && let Some(now) = current.users.get(name)
+        {
+            user.status = now.status;
         }
         out.users.insert(name.clone(), user);
     }

@@ -255,3 +255,42 @@ fn broken_policy_files_change_nothing_and_name_the_line() {
     // Nothing was half-applied.
     assert_eq!(p.cli(&["admin", "role", "list", "--json"]).ok(), before);
 }
+
+#[test]
+fn a_lock_set_by_an_admin_survives_apply_unless_the_file_says_otherwise() {
+    let p = Postern::new();
+    let text = policy(&p);
+    let file = p.write("policy.toml", &text);
+    let f = file.to_str().unwrap();
+    p.cli(&["apply", "-f", f]).ok();
+    p.cli(&["admin", "user", "lock", "alice"]).ok();
+    // The file says nothing about locking: the lock stays.
+    let again = p.cli(&["apply", "-f", f]);
+    assert!(
+        again.ok().starts_with("nothing to change"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(users_json(&p)[0]["status"], "locked");
+    // `locked = false` unlocks, and the diff says so.
+    let unlock = p.write(
+        "unlock.toml",
+        &text.replace("roles = [\"ml\"]\n", "roles = [\"ml\"]\nlocked = false\n"),
+    );
+    let dry = p.cli(&["apply", "-f", unlock.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        dry.ok().contains("~ user alice") && dry.stdout.contains("locked"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(users_json(&p)[0]["status"], "locked");
+    p.cli(&["apply", "-f", unlock.to_str().unwrap()]).ok();
+    assert_eq!(users_json(&p)[0]["status"], "active");
+    // And `locked = true` locks.
+    let lock = p.write(
+        "lock.toml",
+        &text.replace("roles = [\"ml\"]\n", "roles = [\"ml\"]\nlocked = true\n"),
+    );
+    p.cli(&["apply", "-f", lock.to_str().unwrap()]).ok();
+    assert_eq!(users_json(&p)[0]["status"], "locked");
+}
