@@ -447,7 +447,12 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let until = when(&a.until)?;
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            crate::credentials::open_private_append(p, true).with_context(|| {
+                format!(
+                    "cannot create {} (an existing symbolic link is not followed)",
+                    p.display()
+                )
+            })?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };

@@ -259,7 +259,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             let path = recording_path(&s, channel)?;
             if crate::recording::stream::is_stream(&path) {
                 let which = stream.unwrap_or(super::streams::Which::Stdout);
-                let mut file = std::fs::File::create(&output)
+                let mut file = crate::credentials::open_private_append(&output, true)
                     .with_context(|| format!("cannot create {}", output.display()))?;
                 super::streams::export(&path, which, &mut file)?;
             } else if stream.is_some() {
@@ -267,7 +267,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     "this channel had a terminal or is not a command: its recording is an asciicast; export it without --stream"
                 );
             } else {
-                std::fs::copy(&path, &output).with_context(|| {
+                let copied = std::fs::File::open(&path).and_then(|mut from| {
+                    let mut to = crate::credentials::open_private_append(&output, true)?;
+                    std::io::copy(&mut from, &mut to)?;
+                    to.sync_all()
+                });
+                copied.with_context(|| {
                     format!("cannot copy {} to {}", path.display(), output.display())
                 })?;
             }

@@ -5,10 +5,25 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error(
-        "refusing to start: private key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`",
+        "refusing to start: private file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`",
         path = .path.display()
     )]
     Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "refusing to start: directory {path} is open to group or others (mode {mode:04o}); run `chmod 700 {path}`",
+        path = .path.display()
+    )]
+    DirPermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "refusing to start: {path} belongs to uid {uid}, but postern runs as uid {euid}; run `chown -R {euid} {path}` or run postern as its owner",
+        path = .path.display()
+    )]
+    Owner { path: PathBuf, uid: u32, euid: u32 },
+    #[error(
+        "refusing to start: private file {path} is a symbolic link; put the file itself there (mode 600)",
+        path = .path.display()
+    )]
+    Symlink { path: PathBuf },
     #[error("cannot {action} {path}: {source}", path = .path.display())]
     Io {
         action: &'static str,

@@ -1,8 +1,8 @@
 //! Private files and directories: created 0600/0700, refused when others can read them.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::CredentialError;
@@ -59,23 +59,104 @@ fn write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), CredentialError
     f.sync_all().map_err(io("sync", path))
 }
 
-/// Fails when a private file can be read or written by group or others.
+/// Fails when a private file is a symbolic link, belongs to another user, or can be read
+/// or written by group or others.
 pub fn check_private(path: &Path) -> Result<(), CredentialError> {
-    let mode = fs::metadata(path)
-        .map_err(io("inspect", path))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(CredentialError::Permissions {
+    let meta = fs::symlink_metadata(path).map_err(io("inspect", path))?;
+    if meta.file_type().is_symlink() {
+        return Err(CredentialError::Symlink {
             path: path.to_path_buf(),
-            mode,
+        });
+    }
+    check_meta(path, &meta, 0o077, false)
+}
+
+/// Fails when a directory postern keeps private (the data dir, `keys`, `tls`,
+/// `recordings`) belongs to another user or is open to group or others. The directory
+/// may be reached through a symbolic link (a data dir on another disk); what it points
+/// at is checked.
+pub fn check_dir_private(path: &Path) -> Result<(), CredentialError> {
+    let meta = fs::metadata(path).map_err(io("inspect", path))?;
+    if !meta.is_dir() {
+        return Err(CredentialError::Io {
+            action: "use as a directory",
+            path: path.to_path_buf(),
+            source: std::io::Error::other("it is not a directory"),
+        });
+    }
+    check_meta(path, &meta, 0o077, true)
+}
+
+fn check_meta(
+    path: &Path,
+    meta: &fs::Metadata,
+    forbidden: u32,
+    dir: bool,
+) -> Result<(), CredentialError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(CredentialError::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Err(if dir {
+            CredentialError::DirPermissions {
+                path: path.to_path_buf(),
+                mode,
+            }
+        } else {
+            CredentialError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            }
         });
     }
     Ok(())
 }
 
+/// Reads a private file without following a symbolic link (O_NOFOLLOW), checking the
+/// file it opened, so nothing can be swapped in between the check and the read.
 pub fn read_private(path: &Path) -> Result<String, CredentialError> {
-    check_private(path)?;
-    fs::read_to_string(path).map_err(io("read", path))
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                CredentialError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io("open", path)(e)
+            }
+        })?;
+    let meta = f.metadata().map_err(io("inspect", path))?;
+    check_meta(path, &meta, 0o077, false)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io("read", path))?;
+    Ok(text)
+}
+
+/// Creates (or appends to) a file only its owner may read, without following a symbolic
+/// link at its name: the audit mirror, exports.
+pub fn open_private_append(path: &Path, truncate: bool) -> std::io::Result<fs::File> {
+    let mut o = OpenOptions::new();
+    o.create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    if truncate {
+        o.write(true).truncate(true);
+    } else {
+        o.append(true);
+    }
+    let f = o.open(path)?;
+    // An existing file keeps its mode on open: make it private too.
+    let meta = f.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
 }

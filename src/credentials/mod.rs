@@ -24,7 +24,9 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 pub use error::CredentialError;
-pub use files::{check_private, create_dir_private, replace_private, write_private};
+pub use files::{
+    check_private, create_dir_private, open_private_append, replace_private, write_private,
+};
 use secrets::MasterKey;
 
 /// Every private file postern keeps, relative to the data dir.
@@ -107,14 +109,24 @@ impl KeyStore {
         hostnames: &[String],
     ) -> Result<Loaded, CredentialError> {
         create_dir_private(data_dir)?;
-        for rel in PRIVATE_FILES {
-            let p = data_dir.join(rel);
+        create_dir_private(&data_dir.join("keys"))?;
+        create_dir_private(&data_dir.join("tls"))?;
+        files::check_dir_private(data_dir)?;
+        for dir in ["keys", "tls", "recordings"] {
+            let p = data_dir.join(dir);
             if p.exists() {
+                files::check_dir_private(&p)?;
+            }
+        }
+        for rel in PRIVATE_FILES
+            .iter()
+            .chain(&["postern.db", "postern.db-wal"])
+        {
+            let p = data_dir.join(rel);
+            if p.symlink_metadata().is_ok() {
                 check_private(&p)?;
             }
         }
-        create_dir_private(&data_dir.join("keys"))?;
-        create_dir_private(&data_dir.join("tls"))?;
         let mut created = Vec::new();
         let host_key = ssh_key(
             data_dir,

@@ -14,11 +14,7 @@ pub async fn run(store: Store, target: String, stop: CancellationToken) {
     let mut sink: Box<dyn Write + Send> = if target == "stdout" {
         Box::new(std::io::stdout())
     } else {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&target)
-        {
+        match crate::credentials::open_private_append(std::path::Path::new(&target), false) {
             Ok(f) => Box::new(std::io::LineWriter::new(f)),
             Err(e) => {
                 warn!(path = %target, error = %e, "cannot open the audit mirror; mirroring is off");

@@ -82,7 +82,7 @@ fn refuses_a_private_key_readable_by_others() {
     let err = out.fails(2);
     assert!(
         err.contains(&format!(
-            "private key file {} is readable by group or others (mode 0644)",
+            "private file {} is readable by group or others (mode 0644)",
             key.display()
         )),
         "{err}"
@@ -235,4 +235,71 @@ fn broken_config_files_are_rejected_with_file_line_and_key() {
         out.fails(2)
             .contains("cannot read config file /nonexistent/postern.toml")
     );
+}
+
+#[test]
+fn refuses_open_directories_linked_keys_and_keeps_exports_private() {
+    let mut p = Postern::new().start();
+    assert_eq!(p.stop().code(), Some(0));
+    let d = p.data_dir();
+    // A data dir (or keys, tls) others can enter.
+    for dir in [d.clone(), d.join("keys"), d.join("tls")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out: Out = p.serve_command().output().unwrap().into();
+        let err = out.fails(2);
+        assert!(
+            err.contains(&format!(
+                "directory {} is open to group or others (mode 0755)",
+                dir.display()
+            )) && err.contains(&format!("chmod 700 {}", dir.display())),
+            "{err}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // A store others can read.
+    let db = d.join("postern.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = p.cli(&["admin", "user", "list"]);
+    assert!(out.fails(2).contains("chmod 600"), "{}", out.stderr);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A key that is a symbolic link (to a file that would pass every other check).
+    let key = d.join("keys/user_ca");
+    let moved = p.root().join("user_ca.elsewhere");
+    std::fs::rename(&key, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &key).unwrap();
+    let out: Out = p.serve_command().output().unwrap().into();
+    let err = out.fails(2);
+    assert!(
+        err.contains(&format!(
+            "private file {} is a symbolic link",
+            key.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(&key).unwrap();
+    std::fs::rename(&moved, &key).unwrap();
+    // Exports are created 0600 and never through a planted link.
+    let export = p.root().join("audit.jsonl");
+    p.cli(&["audit", "export", "-o", export.to_str().unwrap()])
+        .ok();
+    assert_eq!(mode(&export), 0o600);
+    let planted = p.root().join("planted");
+    let victim = p.root().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let out = p.cli(&["audit", "export", "-o", planted.to_str().unwrap()]);
+    assert!(out.fails(2).contains("symbolic link"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    // A data dir that belongs to someone else (only root can make one to test with).
+    if crate::harness::is_root() {
+        std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+        let out: Out = p.serve_command().output().unwrap().into();
+        let err = out.fails(2);
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+        std::os::unix::fs::chown(&d, Some(0), None).unwrap();
+    }
+    // Put right, it starts.
+    let cmd = p.serve_command();
+    p.spawn(cmd);
+    assert_eq!(p.stop().code(), Some(0));
 }
