@@ -10,6 +10,7 @@ use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use russh::keys::{PrivateKey, PublicKey};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AuditEvent;
@@ -89,11 +90,11 @@ impl Signer {
     }
 
     pub fn sign(&self, seq: i64, hash: &str) -> String {
-        B64.encode(
-            self.pair
-                .sign(checkpoint_message(seq, hash).as_bytes())
-                .as_ref(),
-        )
+        self.sign_message(&checkpoint_message(seq, hash))
+    }
+
+    pub fn sign_message(&self, message: &str) -> String {
+        B64.encode(self.pair.sign(message.as_bytes()).as_ref())
     }
 
     pub fn public_key_bytes(&self) -> Vec<u8> {
@@ -103,6 +104,10 @@ impl Signer {
 
 /// Checks a checkpoint signature against the audit public key.
 pub fn verify_checkpoint(public: &PublicKey, seq: i64, hash: &str, signature: &str) -> bool {
+    verify_message(public, &checkpoint_message(seq, hash), signature)
+}
+
+pub fn verify_message(public: &PublicKey, message: &str, signature: &str) -> bool {
     let Some(pk) = public.key_data().ed25519() else {
         return false;
     };
@@ -110,8 +115,31 @@ pub fn verify_checkpoint(public: &PublicKey, seq: i64, hash: &str, signature: &s
         return false;
     };
     UnparsedPublicKey::new(&ED25519, pk.as_ref())
-        .verify(checkpoint_message(seq, hash).as_bytes(), &sig)
+        .verify(message.as_bytes(), &sig)
         .is_ok()
+}
+
+/// The last line of an export: what it holds, signed, so a cut head or tail, a dropped
+/// checkpoint line or a line from elsewhere is caught.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trailer {
+    pub events: u64,
+    pub checkpoints: u64,
+    /// The first and last event's seq (0 when there are none).
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub last_hash: String,
+    pub signature: String,
+}
+
+impl Trailer {
+    pub fn message(&self) -> String {
+        format!(
+            "postern-audit-export v1 events={} checkpoints={} first={} last={} hash={}",
+            self.events, self.checkpoints, self.first_seq, self.last_seq, self.last_hash
+        )
+    }
 }
 
 /// An event as exported: the event, its position and its links.

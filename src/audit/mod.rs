@@ -103,12 +103,15 @@ impl Outcome {
         }
     }
 
-    pub fn parse(s: &str) -> Outcome {
+    /// One of the four results; anything else is not an audit result (a damaged or
+    /// forged row), never read as a success.
+    pub fn parse(s: &str) -> Option<Outcome> {
         match s {
-            "failure" => Outcome::Failure,
-            "allow" => Outcome::Allow,
-            "deny" => Outcome::Deny,
-            _ => Outcome::Success,
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            "allow" => Some(Outcome::Allow),
+            "deny" => Some(Outcome::Deny),
+            _ => None,
         }
     }
 }

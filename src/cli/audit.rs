@@ -36,6 +36,13 @@ pub enum Command {
     },
     /// Print the public key that verifies audit checkpoints (give it to auditors).
     Pubkey,
+    /// Sign the chain head now and save it, for `audit verify --head` later: keep the
+    /// file outside the data dir (an auditor's machine, a ticket, a write-once store).
+    Head {
+        /// Write here (created 0600) instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -76,6 +83,11 @@ pub struct VerifyArgs {
     /// The audit public key (default: the data dir's keys/audit_ed25519.pub).
     #[arg(long)]
     pubkey: Option<PathBuf>,
+    /// A head saved earlier with `postern audit head -o FILE` (or a witness file, whose
+    /// last checkpoint counts): the log must still reach it, unchanged (catches events
+    /// removed from the end together with their checkpoints).
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -199,6 +211,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Head { output } => head(config, output).await,
         Command::Pubkey => {
             let path = config.data_dir.join("keys/audit_ed25519.pub");
             print!(
@@ -284,8 +297,8 @@ fn load_pubkey(config: &Config, path: &Option<PathBuf>) -> anyhow::Result<Public
 fn report(r: &Report, source: &str) -> ExitCode {
     let unsigned = r.last_seq - r.last_signed;
     println!(
-        "OK: {source}: {} events verified (chain intact), {} signed checkpoints, {} recordings intact",
-        r.events, r.checkpoints, r.recordings
+        "OK: {source}: {} events verified (chain intact), {} signed checkpoints, {} recordings intact, {} open recordings intact up to their last seal",
+        r.events, r.checkpoints, r.recordings, r.open_recordings
     );
     if unsigned > 0 {
         println!(
@@ -298,37 +311,37 @@ fn report(r: &Report, source: &str) -> ExitCode {
 async fn verify(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = load_pubkey(config, &a.pubkey)?;
     let mut v = Verifier::new(key);
-    if let Some(file) = &a.file {
-        let f =
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        let mut started = false;
-        for (n, line) in BufReader::new(f).lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
-            let result = if let Some(c) = value.get("checkpoint") {
-                v.checkpoint_after(checkpoint_in(c)?)
-            } else if let Some(c) = value.get("anchor") {
-                started = true;
-                v.anchor(&checkpoint_in(c)?)
-            } else {
-                let (seq, e, prev, hash) = event_from_line(&value)
-                    .with_context(|| format!("{}:{}: not an audit event", file.display(), n + 1))?;
-                if !started {
-                    v.start_at(seq, &prev);
-                    started = true;
-                }
-                v.event(seq, &e, Some(&prev), Some(&hash))
-            };
-            if let Err(b) = result {
-                println!("FAILED: {}:{}: {}", file.display(), n + 1, b.what);
-                return Ok(ExitCode::from(1));
-            }
+    if let Some(head) = &a.head {
+        let text = std::fs::read_to_string(head)
+            .with_context(|| format!("cannot read the saved head {}", head.display()))?;
+        // A file from `audit head`, or a witness or mirror file: its last head counts.
+        let not_a_head = || {
+            format!(
+                "{} is not a head saved by `postern audit head` (nor a witness file)",
+                head.display()
+            )
+        };
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"head\"") || l.contains("\"checkpoint\""))
+            .with_context(not_a_head)?;
+        let value: serde_json::Value = serde_json::from_str(last).with_context(not_a_head)?;
+        let h = value
+            .get("head")
+            .or_else(|| value.get("checkpoint"))
+            .with_context(not_a_head)?;
+        if let Err(b) = v.expect_head(checkpoint_in(h)?) {
+            println!("FAILED: {}", b.what);
+            return Ok(ExitCode::from(1));
         }
-        return match v.finish(None) {
+    }
+    if let Some(file) = &a.file {
+        if let Err(what) = verify_file(file, &mut v) {
+            println!("FAILED: {what}");
+            return Ok(ExitCode::from(1));
+        }
+        return match v.finish(None, None) {
             Ok(r) => Ok(report(&r, &file.display().to_string())),
             Err(b) => {
                 println!("FAILED: {}", b.what);
@@ -347,7 +360,7 @@ async fn verify(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let outcome = verify_store(&store, &mut v).await;
     store.close().await;
     let result = match outcome {
-        Ok(()) => v.finish(Some(&config.data_dir)),
+        Ok(()) => v.finish(Some(&config.data_dir), Some(now_ms())),
         Err(b) => Err(b),
     };
     match result {
@@ -357,6 +370,54 @@ async fn verify(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// An export, read strictly: an optional anchor first, events and the checkpoints that
+/// follow them, and the signed trailer last; any other line is an error.
+fn verify_file(file: &std::path::Path, v: &mut Verifier) -> Result<(), String> {
+    let f =
+        std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let mut started = false;
+    let mut trailer = false;
+    for (n, line) in BufReader::new(f).lines().enumerate() {
+        let at = format!("{}:{}", file.display(), n + 1);
+        let line = line.map_err(|e| format!("{at}: cannot read: {e}"))?;
+        if trailer {
+            return Err(format!("{at}: a line after the signed trailer"));
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|_| format!("{at}: not a JSON line"))?;
+        let result = if let Some(t) = value.get("trailer") {
+            trailer = true;
+            let t: chain::Trailer = serde_json::from_value(t.clone())
+                .map_err(|e| format!("{at}: not an export trailer: {e}"))?;
+            v.trailer(&t)
+        } else if let Some(c) = value.get("checkpoint") {
+            v.checkpoint_after(checkpoint_in(c).map_err(|e| format!("{at}: {e}"))?)
+        } else if let Some(c) = value.get("anchor") {
+            if started {
+                return Err(format!("{at}: a prune anchor after the first line"));
+            }
+            started = true;
+            v.anchor(&checkpoint_in(c).map_err(|e| format!("{at}: {e}"))?)
+        } else {
+            let (seq, e, prev, hash) =
+                event_from_line(&value).map_err(|e| format!("{at}: not an audit event: {e:#}"))?;
+            if !started {
+                v.start_at(seq, &prev);
+                started = true;
+            }
+            v.event(seq, &e, Some(&prev), Some(&hash))
+        };
+        result.map_err(|b| format!("{at}: {}", b.what))?;
+    }
+    if !trailer {
+        return Err(format!(
+            "{}: no signed trailer at the end: the export was cut short (or made by an older postern: export it again)",
+            file.display()
+        ));
+    }
+    Ok(())
 }
 
 async fn verify_store(store: &Store, v: &mut Verifier) -> Result<(), crate::audit::verify::Broken> {
@@ -428,7 +489,11 @@ fn event_from_line(v: &serde_json::Value) -> anyhow::Result<(i64, AuditEvent, St
         source: s("source"),
         target: s("target"),
         session_id: s("session_id"),
-        result: Outcome::parse(&s("result").context("result")?),
+        result: {
+            let r = s("result").context("result")?;
+            Outcome::parse(&r)
+                .with_context(|| format!("unknown result `{}`", crate::printable::cell(&r)))?
+        },
         details: v.get("details").cloned().unwrap_or(serde_json::Value::Null),
     };
     Ok((
@@ -439,7 +504,37 @@ fn event_from_line(v: &serde_json::Value) -> anyhow::Result<(i64, AuditEvent, St
     ))
 }
 
+/// Signs the head now and prints (or saves) it as one JSON line.
+async fn head(config: &Config, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    store.audit_checkpoint().await?;
+    let head = store.audit_last_checkpoint().await?;
+    store.close().await;
+    let Some(h) = head else {
+        bail!("the audit log is empty: there is no head to save yet");
+    };
+    let line = serde_json::json!({ "head": { "seq": h.seq, "hash": h.hash, "signature": h.signature, "time": format_ms(h.time_ms) } });
+    match output {
+        Some(p) => {
+            let mut f = crate::credentials::open_private_append(&p, true)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            writeln!(f, "{line}")?;
+            f.sync_all()?;
+            eprintln!(
+                "saved the audit head (seq {}) to {}; check against it with `postern audit verify --head {}`",
+                h.seq,
+                p.display(),
+                p.display()
+            );
+        }
+        None => println!("{line}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
+    let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
+    let signer = Signer::new(&keys.audit_key)?;
     let store = open_store(config).await?;
     // Make the newest events exportable with a signature.
     store.audit_checkpoint().await?;
@@ -465,6 +560,9 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let mut after = 0;
     let mut first = true;
     let mut count = 0u64;
+    let mut checkpoints = 0u64;
+    let mut first_seq = 0i64;
+    let mut last = (0i64, String::new());
     if since.is_none()
         && let Some(anchor) = store.audit_anchor().await?
         && matches!(a.format, Format::Jsonl)
@@ -479,10 +577,10 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     loop {
         let page = store.audit_page(after, 5000).await?;
-        let Some(last) = page.last().map(|e| e.seq) else {
+        let Some(page_last) = page.last().map(|e| e.seq) else {
             break;
         };
-        let cps = store.audit_checkpoints(after, last).await?;
+        let cps = store.audit_checkpoints(after, page_last).await?;
         for c in &page {
             let t = c.event.time_ms;
             if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
@@ -499,6 +597,7 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
                             "{}",
                             serde_json::json!({ "checkpoint": { "seq": cp.seq, "hash": cp.hash, "signature": cp.signature } })
                         )?;
+                        checkpoints += 1;
                     }
                 }
                 Format::Csv => {
@@ -529,10 +628,26 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
             }
             first = false;
             count += 1;
+            if first_seq == 0 {
+                first_seq = c.seq;
+            }
+            last = (c.seq, hash.to_string());
         }
-        after = last;
+        after = page_last;
     }
     let _ = first;
+    if matches!(a.format, Format::Jsonl) {
+        let mut t = chain::Trailer {
+            events: count,
+            checkpoints,
+            first_seq,
+            last_seq: last.0,
+            last_hash: last.1,
+            signature: String::new(),
+        };
+        t.signature = signer.sign_message(&t.message());
+        writeln!(out, "{}", serde_json::json!({ "trailer": t }))?;
+    }
     out.flush()?;
     drop(out);
     store

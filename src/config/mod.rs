@@ -144,6 +144,9 @@ pub struct Tls {
 pub struct Audit {
     /// Mirror every audit event as a JSON line for a SIEM: "" (off), "stdout", or a file path.
     pub mirror: String,
+    /// Every signed checkpoint (the chain head) as a JSON line: "" (off), "stdout", or a
+    /// file path outside the data dir (append-only storage, another machine's mount).
+    pub witness: String,
     /// `audit prune` removing events younger than this asks for `--yes`.
     pub min_retention: Dur,
     /// Repeated identical failures (same type, actor and reason) within this window are one
@@ -155,6 +158,7 @@ impl Default for Audit {
     fn default() -> Self {
         Audit {
             mirror: String::new(),
+            witness: String::new(),
             min_retention: Dur::from_secs(30 * 86_400),
             repeat_window: Dur::from_secs(60),
         }

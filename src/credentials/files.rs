@@ -79,7 +79,7 @@ pub fn check_dir_private(path: &Path) -> Result<(), CredentialError> {
     let meta = fs::metadata(path).map_err(io("inspect", path))?;
     if !meta.is_dir() {
         return Err(CredentialError::Io {
-            action: "use as a directory",
+            action: "use",
             path: path.to_path_buf(),
             source: std::io::Error::other("it is not a directory"),
         });

@@ -1,5 +1,6 @@
-//! The SIEM mirror: follows the audit chain in the store and writes each new event as
-//! one JSON line to standard output or a file.
+//! The SIEM mirror and the witness: follow the audit chain in the store and write each
+//! new event (mirror) and each signed checkpoint (both) as one JSON line to standard
+//! output or a file outside the data dir.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,7 +11,12 @@ use tracing::warn;
 use crate::audit::chain;
 use crate::store::Store;
 
-pub async fn run(store: Store, target: String, stop: CancellationToken) {
+/// Follows the audit chain and writes it to `target` ("stdout" or a file, created 0600
+/// and never through a symbolic link): each new event as one JSON line when `events`, and
+/// every signed checkpoint as a `{"checkpoint": …}` line, starting with the newest one.
+/// A witness (`[audit] witness`) is the checkpoints alone: kept outside the data dir, it
+/// holds heads an attacker with the data dir cannot take back.
+pub async fn run(store: Store, target: String, events: bool, stop: CancellationToken) {
     let mut sink: Box<dyn Write + Send> = if target == "stdout" {
         Box::new(std::io::stdout())
     } else {
@@ -23,40 +29,73 @@ pub async fn run(store: Store, target: String, stop: CancellationToken) {
         }
     };
     let mut after = store.audit_head_seq().await.unwrap_or(0);
+    let mut after_cp = match store.audit_last_checkpoint().await {
+        Ok(Some(c)) => {
+            if writeln!(sink, "{}", checkpoint_line(&c)).is_err() {
+                warn!(path = %target, "the audit mirror stopped accepting lines");
+                return;
+            }
+            c.seq
+        }
+        _ => 0,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
-        loop {
-            let page = match store.audit_page(after, 5000).await {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(error = %e, "cannot read audit events to mirror");
+        let mut lines = Vec::new();
+        if events {
+            loop {
+                let page = match store.audit_page(after, 5000).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read audit events to mirror");
+                        break;
+                    }
+                };
+                let Some(last) = page.last().map(|e| e.seq) else {
                     break;
+                };
+                for c in &page {
+                    lines.push(
+                        chain::export_line(
+                            c.seq,
+                            &c.event,
+                            c.prev_hash.as_deref().unwrap_or(""),
+                            c.hash.as_deref().unwrap_or(""),
+                        )
+                        .to_string(),
+                    );
                 }
-            };
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
-            for c in &page {
-                let line = chain::export_line(
-                    c.seq,
-                    &c.event,
-                    c.prev_hash.as_deref().unwrap_or(""),
-                    c.hash.as_deref().unwrap_or(""),
-                );
-                if writeln!(sink, "{line}").is_err() {
-                    warn!("the audit mirror stopped accepting events");
-                    return;
+                after = last;
+            }
+        }
+        // Checkpoints up to what was mirrored (everything, for a witness).
+        let upto = if events { after } else { i64::MAX };
+        match store.audit_checkpoints(after_cp, upto).await {
+            Ok(cps) => {
+                for cp in &cps {
+                    lines.push(checkpoint_line(cp));
+                    after_cp = cp.seq;
                 }
             }
-            let _ = sink.flush();
-            after = last;
+            Err(e) => warn!(error = %e, "cannot read audit checkpoints to mirror"),
         }
+        for line in &lines {
+            if writeln!(sink, "{line}").is_err() {
+                warn!(path = %target, "the audit mirror stopped accepting lines");
+                return;
+            }
+        }
+        let _ = sink.flush();
         if stopping {
             return;
         }
     }
+}
+
+fn checkpoint_line(c: &crate::store::Checkpoint) -> String {
+    serde_json::json!({ "checkpoint": { "seq": c.seq, "hash": c.hash, "signature": c.signature, "time": crate::audit::format_ms(c.time_ms) } }).to_string()
 }

@@ -186,6 +186,10 @@ impl Server {
             }
             Err(e) => warn!(error = %e, "cannot check for sessions interrupted by a crash"),
         }
+        // Whatever a crash or another process left unsigned is signed before serving.
+        if let Err(e) = shared.store.audit_checkpoint().await {
+            warn!(error = %e, "cannot sign the audit head at start");
+        }
         let watcher = tokio::spawn(live::watch_commands(
             shared.store.clone(),
             shared.live.clone(),
@@ -202,13 +206,21 @@ impl Server {
             })
         };
         let mirror_stop = CancellationToken::new();
-        let mirror = (!shared.config.audit.mirror.is_empty()).then(|| {
+        let followers: Vec<_> = [
+            (&shared.config.audit.mirror, true),
+            (&shared.config.audit.witness, false),
+        ]
+        .into_iter()
+        .filter(|(target, _)| !target.is_empty())
+        .map(|(target, events)| {
             tokio::spawn(mirror::run(
                 shared.store.clone(),
-                shared.config.audit.mirror.clone(),
+                target.clone(),
+                events,
                 mirror_stop.clone(),
             ))
-        });
+        })
+        .collect();
         let n = match shared.config.postgres.threads {
             // Half the CPUs: the other half is left to TLS, transcript writers, SSH and
             // the kernel's network stack (measured in BENCHMARKS.md).
@@ -287,9 +299,13 @@ impl Server {
             ))
             .await
             .map_err(|e| warn!(error = %e, "cannot write the server.stop audit event"));
+        // The final head is signed before the mirror and the witness take their last look.
+        if let Err(e) = shared.store.audit_checkpoint().await {
+            warn!(error = %e, "cannot sign the audit head at shutdown");
+        }
         mirror_stop.cancel();
-        if let Some(m) = mirror {
-            let _ = m.await;
+        for f in followers {
+            let _ = f.await;
         }
         shared.store.close().await;
         info!("stopped");

@@ -232,7 +232,10 @@ fn event_row(r: &SqliteRow) -> Result<ChainedEvent, StoreError> {
             source: r.try_get("source")?,
             target: r.try_get("target")?,
             session_id: r.try_get("session_id")?,
-            result: Outcome::parse(&result),
+            result: Outcome::parse(&result).ok_or_else(|| StoreError::Corrupt {
+                what: format!("audit event {id}"),
+                why: format!("unknown result `{}`", crate::printable::cell(&result)),
+            })?,
             details: serde_json::from_str(&details)
                 .map_err(corrupt(format!("audit event {id} details")))?,
         },

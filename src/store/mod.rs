@@ -203,6 +203,13 @@ impl Store {
         }
     }
 
+    /// The newest signed checkpoint (the signed head after `audit_checkpoint`).
+    pub async fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => audit::last_checkpoint(&mut *pool.acquire().await?).await,
+        }
+    }
+
     pub async fn audit_anchor(&self) -> Result<Option<Checkpoint>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => audit::anchor(&mut *pool.acquire().await?).await,

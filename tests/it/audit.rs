@@ -31,6 +31,17 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(out.status.success());
 }
 
+fn verify_head(dir: &Path, head: &Path) -> Out {
+    Command::new(BIN)
+        .args(["audit", "verify", "--head"])
+        .arg(head)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+        .into()
+}
+
 fn verify(dir: &Path) -> Out {
     Command::new(BIN)
         .args(["audit", "verify", "--data-dir"])
@@ -266,6 +277,71 @@ fn an_export_verifies_on_its_own_and_edits_to_it_are_caught() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("was modified"), "{}", out.stdout);
 
+    // Cuts and drops the signed trailer catches, each named.
+    let lines: Vec<&str> = text.lines().collect();
+    let n = lines.len();
+    let is_checkpoint = |l: &&str| l.starts_with("{\"checkpoint\"");
+    let events_at: Vec<usize> = (0..n)
+        .filter(|i| !is_checkpoint(&lines[*i]) && !lines[*i].starts_with("{\"trailer\""))
+        .collect();
+    let without = |skip: &[usize]| -> String {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
+    };
+    let checkpoint_at = (0..n).find(|i| is_checkpoint(&lines[*i])).unwrap();
+    let last_event = *events_at.last().unwrap();
+    for (name, content, expect) in [
+        ("no-trailer", without(&[n - 1]), "no signed trailer"),
+        (
+            "tail-cut",
+            without(&[last_event, last_event + 1]),
+            "its tail was cut",
+        ),
+        (
+            "head-cut",
+            // The first event, and its checkpoint when one follows it.
+            without(&[
+                events_at[0],
+                events_at[0] + usize::from(is_checkpoint(&lines[events_at[0] + 1])),
+            ]),
+            "its head was cut",
+        ),
+        (
+            "checkpoint-dropped",
+            without(&[checkpoint_at]),
+            "checkpoint lines were removed",
+        ),
+        (
+            "stranger-line",
+            format!("{}{{\"note\":\"trust me\"}}\n", without(&[n - 1])),
+            "not an audit event",
+        ),
+        (
+            "after-trailer",
+            format!("{text}{}\n", lines[events_at[1]]),
+            "after the signed trailer",
+        ),
+        (
+            "unknown-result",
+            text.replacen("\"result\":\"success\"", "\"result\":\"fine\"", 1),
+            "unknown result `fine`",
+        ),
+    ] {
+        let f = b.postern.root().join(format!("{name}.jsonl"));
+        std::fs::write(&f, content).unwrap();
+        let out = run(&f);
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(
+            out.stdout.contains(expect),
+            "{name}: want {expect:?} in {}",
+            out.stdout
+        );
+    }
+
     // A checkpoint signed by another key is caught.
     let other = Postern::new();
     other.cli(&["admin", "user", "list"]).ok();
@@ -455,15 +531,17 @@ fn a_crash_during_heavy_traffic_leaves_a_chain_that_verifies_and_continues() {
 fn events_are_mirrored_as_json_lines_for_a_siem() {
     let mut p = Postern::new();
     let mirror = p.root().join("siem.jsonl");
+    let witness = p.root().join("witness.jsonl");
     let cfg = p.write(
         "postern.toml",
         &format!(
-            "data_dir = \"{}\"\n[ssh]\nlisten = \"{}\"\n[postgres]\nlisten = \"{}\"\n[api]\nlisten = \"{}\"\n[audit]\nmirror = \"{}\"\n",
+            "data_dir = \"{}\"\n[ssh]\nlisten = \"{}\"\n[postgres]\nlisten = \"{}\"\n[api]\nlisten = \"{}\"\n[audit]\nmirror = \"{}\"\nwitness = \"{}\"\n",
             p.data_dir().display(),
             p.ssh,
             p.pg,
             p.api,
-            mirror.display()
+            mirror.display(),
+            witness.display()
         ),
     );
     let mut cmd = Command::new(BIN);
@@ -474,17 +552,38 @@ fn events_are_mirrored_as_json_lines_for_a_siem() {
     std::thread::sleep(std::time::Duration::from_millis(600));
     assert_eq!(p.stop().code(), Some(0));
     let text = std::fs::read_to_string(&mirror).unwrap();
-    let kinds: Vec<String> = text
+    let lines: Vec<serde_json::Value> = text
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
     assert_eq!(kinds, ["user.create", "server.stop"], "{text}");
     assert!(text.contains("\"hash\":"));
+    // The signed heads go with the events, the last one vouching for the last event.
+    let heads: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("checkpoint")).collect();
+    let last_event = lines
+        .iter()
+        .rev()
+        .find(|l| l.get("type").is_some())
+        .unwrap();
+    assert_eq!(heads.last().unwrap()["seq"], last_event["seq"], "{text}");
+    // The witness holds the heads alone; an auditor checks the store against it.
+    let seen = std::fs::read_to_string(&witness).unwrap();
+    assert!(
+        seen.lines().all(|l| l.starts_with("{\"checkpoint\":")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("\"seq\":{}", last_event["seq"])),
+        "{seen}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&witness).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = verify_head(&p.data_dir(), &witness);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
 }
 
 #[test]
@@ -541,4 +640,90 @@ fn search_follow_prints_new_events_as_they_arrive() {
         !seen.iter().any(|l| l.contains("user:first")),
         "only new events: {seen:?}"
     );
+}
+
+/// Tampering that leaves every remaining link intact is caught once the events are older
+/// than postern's signing interval: no checkpoint covering them means one was deleted.
+/// A head saved earlier (or a witness) catches a cut back to an earlier checkpoint.
+#[test]
+fn checkpoints_deleted_or_a_cut_tail_are_caught_and_a_saved_head_holds() {
+    let (b, dir) = populated();
+    let head = b.postern.root().join("head.json");
+    let saved: Out = Command::new(BIN)
+        .args(["audit", "head", "-o"])
+        .arg(&head)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap()
+        .into();
+    saved.ok();
+    assert!(verify_head(&dir, &head).ok().starts_with("OK: "));
+    // Older than the signing interval (30 s with its margin).
+    std::thread::sleep(std::time::Duration::from_secs(32));
+    assert!(verify(&dir).ok().starts_with("OK: "));
+    let n = events(&dir).len() as i64;
+    let case = |name: &str, tamper: &dyn Fn(&Path), with_head: bool, expect: &str| {
+        let copy = b.postern.root().join(name);
+        copy_dir(&dir, &copy);
+        tamper(&copy);
+        let out = if with_head {
+            verify_head(&copy, &head)
+        } else {
+            verify(&copy)
+        };
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(
+            out.stdout.contains(expect),
+            "{name}: want {expect:?} in {}",
+            out.stdout
+        );
+    };
+    let db = |d: &Path| d.join("postern.db");
+    // The last events and the checkpoints that covered them.
+    let cut = format!(
+        "DELETE FROM audit_events WHERE seq > {m}; DELETE FROM audit_checkpoints WHERE seq > {m};",
+        m = n - 3
+    );
+    case(
+        "cut",
+        &|d| sqlite(&db(d), &cut),
+        false,
+        "no signed checkpoint",
+    );
+    case(
+        "cut-head",
+        &|d| sqlite(&db(d), &cut),
+        true,
+        "events were removed from the end",
+    );
+    // Every checkpoint gone.
+    case(
+        "unsigned",
+        &|d| sqlite(&db(d), "DELETE FROM audit_checkpoints"),
+        false,
+        "there is no signed checkpoint at all",
+    );
+    // A result the log does not know is not read as a success.
+    case(
+        "unknown-result",
+        &|d| {
+            sqlite(
+                &db(d),
+                "UPDATE audit_events SET result = 'fine' WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'success')",
+            )
+        },
+        false,
+        "unknown result `fine`",
+    );
+    // A head from another data dir (another key) is refused.
+    let other = Postern::new();
+    other.cli(&["admin", "user", "add", "x"]).ok();
+    let foreign = other.root().join("head.json");
+    other
+        .cli(&["audit", "head", "-o", foreign.to_str().unwrap()])
+        .ok();
+    let out = verify_head(&dir, &foreign);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("bad signature"), "{}", out.stdout);
 }
