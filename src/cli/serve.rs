@@ -84,6 +84,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     let repeats = crate::audit::repeats::Repeats::new(config.audit.repeat_window.0);
     let server = Server::bind(Shared {
         repeats,
+        seals: Default::default(),
         config,
         ssh_config,
         keys,

@@ -123,6 +123,7 @@ pub async fn run(
         }
     };
     let path_text = recording::stored_path(&shared.config.data_dir, &path);
+    let _sealed = shared.seals.watch(&path_text, &id, recorder.seal());
     let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();
     let session = Arc::new(PgSession {

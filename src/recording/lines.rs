@@ -36,6 +36,7 @@ struct Shared {
 
 pub struct LineRecorder {
     shared: Arc<Shared>,
+    seal: super::seal::SealCell,
     done: oneshot::Receiver<Result<Finished, RecordingError>>,
 }
 
@@ -60,8 +61,10 @@ impl LineRecorder {
         });
         let (tx, done) = oneshot::channel();
         let s = shared.clone();
+        let sealer = super::seal::Sealer::new();
+        let seal = sealer.cell();
         tokio::spawn(async move {
-            let result = write_loop(&s, file, path, hash, head.len() as u64).await;
+            let result = write_loop(&s, file, path, hash, head.len() as u64, sealer).await;
             if result.is_err() {
                 s.failed_flag.store(true, Ordering::Release);
                 s.failed.cancel();
@@ -70,7 +73,12 @@ impl LineRecorder {
             s.room.notify_waiters();
             let _ = tx.send(result);
         });
-        Ok(LineRecorder { shared, done })
+        Ok(LineRecorder { shared, seal, done })
+    }
+
+    /// The recording's latest seal, while it is written (`recording::seal`).
+    pub fn seal(&self) -> super::seal::SealCell {
+        self.seal.clone()
     }
 
     /// A handle that appends to this recording from another task.
@@ -139,6 +147,7 @@ async fn write_loop(
     path: PathBuf,
     mut hash: Context,
     mut bytes: u64,
+    mut sealer: super::seal::Sealer,
 ) -> Result<Finished, RecordingError> {
     let mut out = Vec::with_capacity(FLUSH_AT);
     loop {
@@ -154,6 +163,7 @@ async fn write_loop(
             bytes += out.len() as u64;
             out.clear();
         }
+        sealer.maybe_seal(&hash, bytes);
         if closing {
             break;
         }

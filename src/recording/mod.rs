@@ -8,6 +8,7 @@
 mod cast;
 pub mod error;
 mod lines;
+pub mod seal;
 pub mod stream;
 pub mod transcript;
 mod utf8;
@@ -54,6 +55,7 @@ pub struct Finished {
 pub struct Recorder {
     tx: mpsc::Sender<Event>,
     failed: CancellationToken,
+    seal: seal::SealCell,
     done: oneshot::Receiver<Result<Finished, RecordingError>>,
 }
 
@@ -170,6 +172,8 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done) = oneshot::channel();
         let failed = CancellationToken::new();
+        let sealer = seal::Sealer::new();
+        let seal = sealer.cell();
         let writer = Writer {
             path,
             file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
@@ -177,6 +181,7 @@ impl Recorder {
             bytes: line.len() as u64,
             start: Instant::now(),
             body,
+            sealer,
         };
         let failed2 = failed.clone();
         tokio::spawn(async move {
@@ -186,7 +191,17 @@ impl Recorder {
             }
             let _ = done_tx.send(result);
         });
-        Ok(Recorder { tx, failed, done })
+        Ok(Recorder {
+            tx,
+            failed,
+            seal,
+            done,
+        })
+    }
+
+    /// The recording's latest seal, while it is written (`recording::seal`).
+    pub fn seal(&self) -> seal::SealCell {
+        self.seal.clone()
     }
 
     /// Queues an event, waiting while the queue is full.
@@ -216,6 +231,7 @@ struct Writer {
     bytes: u64,
     start: Instant,
     body: Body,
+    sealer: seal::Sealer,
 }
 
 /// What a recording's lines or records are made of.
@@ -244,7 +260,10 @@ impl Writer {
                     Some(ev) => self.write_event(ev).await?,
                     None => break,
                 },
-                _ = tick.tick() => self.flush().await?,
+                _ = tick.tick() => {
+                    self.flush().await?;
+                    self.sealer.maybe_seal(&self.hash, self.bytes);
+                }
             }
         }
         let t = self.elapsed();

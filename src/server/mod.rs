@@ -37,6 +37,8 @@ pub struct Shared {
     pub pg_cancel: crate::pg::CancelMap,
     /// Failed logins that repeat within `[audit] repeat_window`, counted instead of written.
     pub repeats: crate::audit::repeats::Repeats,
+    /// Recordings being written, whose seals become `recording.progress` events.
+    pub seals: Arc<crate::recording::seal::Seals>,
 }
 
 impl Shared {
@@ -48,6 +50,22 @@ impl Shared {
         };
         if let Err(err) = self.store.append_audit(&e).await {
             warn!(error = %err, kind = %e.kind, "cannot write audit event");
+        }
+    }
+
+    /// Writes a `recording.progress` event for each recording sealed since the last call.
+    async fn audit_seals(&self) {
+        for (file, session, bytes, sha256) in self.seals.due() {
+            let mut e = AuditEvent::new(
+                "recording.progress",
+                &Actor::system(),
+                Outcome::Success,
+                serde_json::json!({ "file": file, "bytes": bytes, "sha256": sha256 }),
+            );
+            e.session_id = Some(session);
+            if let Err(err) = self.store.append_audit(&e).await {
+                warn!(error = %err, "cannot write a recording seal");
+            }
         }
     }
 
@@ -202,6 +220,7 @@ impl Server {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 while stop.run_until_cancelled(tick.tick()).await.is_some() {
                     shared.audit_repeats(false).await;
+                    shared.audit_seals().await;
                 }
             })
         };

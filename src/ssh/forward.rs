@@ -58,6 +58,7 @@ pub async fn forward(
     // Indexing the recording, auditing the channel and opening it on the target run at
     // once: a forwarded connection waits for the slowest, not for their sum.
     let stored = recording::stored_path(&ctx.shared.config.data_dir, &path);
+    let _sealed = ctx.shared.seals.watch(&stored, &ctx.id, recorder.seal());
     let index = ctx.shared.store.add_recording(&ctx.id, channel_no, &stored);
     let audited = ctx.audit(ctx.event(
         "session.channel",

@@ -272,6 +272,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
         }
     };
     let path_text = recording::stored_path(&ctx.shared.config.data_dir, &path);
+    let _sealed = ctx.shared.seals.watch(&path_text, &ctx.id, recorder.seal());
     if let Err(e) = ctx
         .shared
         .store

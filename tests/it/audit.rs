@@ -727,3 +727,63 @@ fn checkpoints_deleted_or_a_cut_tail_are_caught_and_a_saved_head_holds() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("bad signature"), "{}", out.stdout);
 }
+
+/// A session still running is not outside verify: its recording is sealed into the chain
+/// as it grows, and a change within the sealed bytes fails verification before it ends.
+#[test]
+fn open_recordings_are_sealed_into_the_chain_while_they_grow() {
+    let b = Bastion::start();
+    let mut child = b
+        .ssh_command("ssh")
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("for i in $(seq 1 60); do echo line-$i; sleep 1; done")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The writer seals every 30 s; serve publishes the seal within a second.
+    let start = std::time::Instant::now();
+    let seal = loop {
+        let seals = b.postern.events("recording.progress");
+        if let Some(s) = seals.last() {
+            break s.clone();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(50),
+            "no seal after 50 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let dir = b.postern.data_dir();
+    let file = dir.join(seal["details"]["file"].as_str().unwrap());
+    let bytes = seal["details"]["bytes"].as_u64().unwrap() as usize;
+    assert!(seal["session_id"].is_string(), "{seal}");
+    let out = verify(&dir);
+    assert!(
+        out.ok().contains("1 open recordings intact"),
+        "{}",
+        out.stdout
+    );
+    // One byte changed inside what was sealed, while the session still runs.
+    let original = std::fs::read(&file).unwrap();
+    assert!(original.len() >= bytes);
+    let mut forged = original.clone();
+    forged[bytes / 2] ^= 0x01;
+    std::fs::write(&file, &forged).unwrap();
+    let out = verify(&dir);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("was changed within the"),
+        "{}",
+        out.stdout
+    );
+    // Cut below the seal.
+    std::fs::write(&file, &original[..bytes / 2]).unwrap();
+    let out = verify(&dir);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("it was cut"), "{}", out.stdout);
+    std::fs::write(&file, &original).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
