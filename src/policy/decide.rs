@@ -215,6 +215,10 @@ pub fn no_such_target(name: &str) -> String {
 
 /// The most restrictive combination of the allowing roles' settings.
 fn combine(roles: &[&Role]) -> RoleSettings {
+    // Where every allowing role lets forwarding go; `None` when nowhere.
+    let forward_to = roles.iter().try_fold(Vec::new(), |acc: Vec<String>, r| {
+        super::forward::intersect(&acc, &r.settings.forward_to)
+    });
     let s = |f: fn(&RoleSettings) -> crate::duration::Dur| {
         roles
             .iter()
@@ -226,9 +230,10 @@ fn combine(roles: &[&Role]) -> RoleSettings {
         credential_ttl: s(|r| r.credential_ttl),
         max_session_ttl: s(|r| r.max_session_ttl),
         idle_timeout: s(|r| r.idle_timeout),
-        port_forwarding: roles.iter().all(|r| r.settings.port_forwarding),
+        port_forwarding: roles.iter().all(|r| r.settings.port_forwarding) && forward_to.is_some(),
         file_transfer: roles.iter().all(|r| r.settings.file_transfer),
         redact_parameters: roles.iter().any(|r| r.settings.redact_parameters),
+        forward_to: forward_to.unwrap_or_default(),
     }
 }
 

@@ -41,6 +41,8 @@ struct RoleSpec {
     file_transfer: Option<bool>,
     redact_parameters: Option<bool>,
     #[serde(default)]
+    forward_to: Vec<Spanned<String>>,
+    #[serde(default)]
     allow: Vec<RuleSpec>,
     #[serde(default)]
     deny: Vec<RuleSpec>,
@@ -154,6 +156,15 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
                 port_forwarding: r.port_forwarding.unwrap_or(d.port_forwarding),
                 file_transfer: r.file_transfer.unwrap_or(d.file_transfer),
                 redact_parameters: r.redact_parameters.unwrap_or(d.redact_parameters),
+                forward_to: r
+                    .forward_to
+                    .iter()
+                    .map(|e| {
+                        super::forward::check(std::slice::from_ref(e.get_ref()))
+                            .map_err(|err| cx.at(e.span(), err))?;
+                        Ok(e.get_ref().clone())
+                    })
+                    .collect::<Result<_, LocatedError>>()?,
             },
             allow: convert(r.allow)?,
             deny: convert(r.deny)?,

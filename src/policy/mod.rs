@@ -6,6 +6,7 @@ mod decide;
 mod diff;
 pub mod error;
 pub mod file;
+pub mod forward;
 pub mod names;
 pub mod selector;
 
@@ -82,6 +83,9 @@ pub struct RoleSettings {
     /// Leave `Bind` parameter values out of PostgreSQL transcripts (the SQL stays).
     #[serde(default)]
     pub redact_parameters: bool,
+    /// Where port forwarding may go (`HOST:PORT`, `*` for any); empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_to: Vec<String>,
 }
 
 impl Default for RoleSettings {
@@ -93,6 +97,7 @@ impl Default for RoleSettings {
             port_forwarding: false,
             file_transfer: true,
             redact_parameters: false,
+            forward_to: Vec::new(),
         }
     }
 }
@@ -183,6 +188,9 @@ pub struct Policy {
 impl Policy {
     /// Checks the cross-references and uniqueness rules that single fields cannot.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        for role in self.roles.values() {
+            forward::check(&role.settings.forward_to)?;
+        }
         let mut key_owner: BTreeMap<&str, &str> = BTreeMap::new();
         for user in self.users.values() {
             for role in &user.roles {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::now_ms;
 use crate::duration::Dur;
-use crate::policy::{Decision, Policy, Request, decide};
+use crate::policy::{Decision, Policy, Request, RoleSettings, decide};
 
 /// The audit event of a session that `Limits` ended, by reason (kills are audited when
 /// asked for, shutdowns by the server).
@@ -29,6 +29,61 @@ pub fn ending_event(reason: &str) -> Option<&'static str> {
 pub struct Ending {
     pub reason: &'static str,
     pub message: String,
+}
+
+/// What a session may do besides its shell and commands, re-read at every review: a role
+/// that loses port forwarding (or a destination) or file transfer loses it in sessions
+/// already open, and channels doing it end (`ssh::relay::Stop::unless_withdrawn`).
+/// Gaining them takes a new session (the target's certificate is issued at the start).
+pub struct Extras {
+    now: Mutex<RoleSettings>,
+    changed: watch::Sender<u64>,
+}
+
+impl Extras {
+    fn new(s: RoleSettings) -> Extras {
+        Extras {
+            now: Mutex::new(s),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn get<T>(&self, f: impl FnOnce(&RoleSettings) -> T) -> T {
+        f(&self.now.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `Err(reason)` when a forward to `host:port` is not allowed now.
+    pub fn may_forward(&self, host: &str, port: u32) -> Result<(), &'static str> {
+        self.get(|s| {
+            if !s.port_forwarding {
+                Err("port forwarding not allowed")
+            } else if !crate::policy::forward::allows(&s.forward_to, host, port) {
+                Err("destination not in forward_to")
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    pub fn may_transfer(&self) -> bool {
+        self.get(|s| s.file_transfer)
+    }
+
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn set(&self, new: &RoleSettings) {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        if now.port_forwarding != new.port_forwarding
+            || now.forward_to != new.forward_to
+            || now.file_transfer != new.file_transfer
+        {
+            *now = new.clone();
+            drop(now);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 pub struct Limits {
@@ -54,6 +109,7 @@ pub struct Limits {
     ttl_secs: AtomicI64,
     /// Fires when the session must end (kill, expiry, idle, revocation).
     pub end: CancellationToken,
+    pub extras: Extras,
 }
 
 impl Limits {
@@ -81,7 +137,14 @@ impl Limits {
             notices: watch::channel(None).0,
             ttl_secs: AtomicI64::new(i64::try_from(max_session.as_secs()).unwrap_or(i64::MAX)),
             end,
+            extras: Extras::new(RoleSettings::default()),
         }
+    }
+
+    /// The session's extras as its grant gave them.
+    pub fn allowing(mut self, settings: &RoleSettings) -> Limits {
+        self.extras = Extras::new(settings.clone());
+        self
     }
 
     pub fn touch(&self) {
@@ -179,6 +242,7 @@ impl Limits {
                 }
                 self.idle_ms
                     .store(secs_ms(g.settings.idle_timeout), Ordering::Relaxed);
+                self.extras.set(&g.settings);
                 self.ttl_secs.store(
                     i64::try_from(g.settings.max_session_ttl.as_secs()).unwrap_or(i64::MAX),
                     Ordering::Relaxed,

@@ -31,6 +31,10 @@ pub async fn forward(
     stop: Stop,
 ) {
     let dest = format!("{}:{}", super::username::printable(&req.host), req.port);
+    let stop = {
+        let (host, port) = (req.host.clone(), req.port);
+        stop.unless_withdrawn(&ctx, move |x| x.may_forward(&host, port).is_ok())
+    };
     let channel_no = ctx.next_channel();
     let title = format!(
         "{} as {}@{} (session {}, channel {}): forward to {dest}",

@@ -120,6 +120,7 @@ impl Conn {
         relay::Stop {
             cancel: self.cancel.clone(),
             gone: self.gone.clone(),
+            withdrawn: CancellationToken::new(),
         }
     }
 
@@ -225,11 +226,11 @@ impl Handler for Conn {
             return Ok(());
         };
         let dest = format!("{}:{port}", printable(host));
-        if !ctx.grant.settings.port_forwarding {
+        if let Err(reason) = ctx.limits.extras.may_forward(host, port) {
             ctx.audit(ctx.event(
                 "access.deny",
                 Outcome::Deny,
-                json!({ "reason": "port forwarding not allowed", "destination": dest }),
+                json!({ "reason": reason, "destination": dest }),
             ))
             .await;
             reply

@@ -189,6 +189,14 @@ impl Pump<'_> {
                 }
                 _ = self.stop.cancel.cancelled() => break Err(self.ending()),
                 _ = ctx.limits.end.cancelled() => break Err(self.ending()),
+                _ = self.stop.withdrawn.cancelled() => {
+                    let what = match self.kind {
+                        Kind::Forward => "port forwarding to this destination",
+                        Kind::Session { .. } => "file transfer",
+                    };
+                    ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": format!("{what} withdrawn by a policy change"), "live": true }))).await;
+                    break Err(format!("{what} was withdrawn by a change to your roles; this channel has ended"));
+                }
                 changed = notices.changed(), if session => {
                     let notice = if changed.is_ok() { notices.borrow_and_update().clone() } else { None };
                     if let Some(n) = notice {
@@ -211,6 +219,11 @@ impl Pump<'_> {
         let client_closed = client_end.as_ref().is_some_and(|e| e.closed);
         let told = async {
             match &outcome {
+                // A forwarded connection carries no stderr or exit status: it just ends.
+                Err(_) if !session && !client_closed => {
+                    send(gone, down_w.eof()).await;
+                    send(gone, down_w.close()).await;
+                }
                 Err(_) if stalled && !client_closed => {
                     send(gone, down_w.exit_status(255)).await;
                     send(gone, down_w.eof()).await;
@@ -269,6 +282,7 @@ impl Pump<'_> {
             _ = self.stop.gone.cancelled() => false,
             _ = self.stop.cancel.cancelled() => false,
             _ = self.ctx.limits.end.cancelled() => false,
+            _ = self.stop.withdrawn.cancelled() => false,
         }
     }
 

@@ -48,6 +48,42 @@ fn clean_term(term: &str) -> String {
 pub struct Stop {
     pub cancel: CancellationToken,
     pub gone: CancellationToken,
+    /// Fires when a live review withdrew what this channel does (port forwarding to its
+    /// destination, file transfer): the channel ends, the session goes on.
+    pub withdrawn: CancellationToken,
+}
+
+impl Stop {
+    /// The same stop, also ended when `still` no longer holds for the session's extras.
+    pub(super) fn unless_withdrawn(
+        &self,
+        ctx: &Arc<SessionCtx>,
+        still: impl Fn(&crate::server::limits::Extras) -> bool + Send + 'static,
+    ) -> Stop {
+        let withdrawn = CancellationToken::new();
+        let (token, ctx, gone) = (withdrawn.clone(), ctx.clone(), self.gone.clone());
+        let mut changed = ctx.limits.extras.changed();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changed.changed() => {
+                        if r.is_err() || !still(&ctx.limits.extras) {
+                            token.cancel();
+                            return;
+                        }
+                    }
+                    _ = token.cancelled() => return,
+                    _ = gone.cancelled() => return,
+                    _ = ctx.limits.end.cancelled() => return,
+                }
+            }
+        });
+        Stop {
+            cancel: self.cancel.clone(),
+            gone: self.gone.clone(),
+            withdrawn,
+        }
+    }
 }
 
 pub async fn run(verdict: Verdict, down: Channel<Msg>, handle: Handle, stop: Stop) {
@@ -170,7 +206,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
             Some(ChannelMsg::RequestShell { .. }) => break Start::Shell,
             Some(ChannelMsg::Exec { command, .. }) => {
                 let text = String::from_utf8_lossy(&command);
-                if !ctx.grant.settings.file_transfer
+                if !ctx.limits.extras.may_transfer()
                     && let Some(tool) = super::transfer::tool(&text)
                 {
                     ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "tool": tool, "command": super::username::printable(&text), "rule": ctx.grant.rule.to_string() }))).await;
@@ -197,7 +233,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
                     .await;
                     return;
                 }
-                if !ctx.grant.settings.file_transfer {
+                if !ctx.limits.extras.may_transfer() {
                     ctx.audit(ctx.event("access.deny", Outcome::Deny, json!({ "reason": "file transfer not allowed", "rule": ctx.grant.rule.to_string() }))).await;
                     fail(
                         &down_w,
@@ -349,6 +385,14 @@ async fn relay(
     let transfer = match &start {
         Start::Exec(c) => super::transfer::describe(&String::from_utf8_lossy(c)),
         _ => None,
+    };
+    // A transfer ends if a live review withdraws file transfer.
+    let guarded;
+    let stop = if sftp || transfer.is_some() {
+        guarded = stop.unless_withdrawn(ctx, |x| x.may_transfer());
+        &guarded
+    } else {
+        stop
     };
     let (up, upch) = match open_upstream(ctx, start, pty, env).await {
         Ok(x) => x,

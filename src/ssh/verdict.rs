@@ -149,7 +149,8 @@ impl Conn {
                 crate::audit::secs_to_ms(valid_before),
                 credential_until.map(crate::audit::secs_to_ms),
                 self.kill.clone(),
-            ),
+            )
+            .allowing(&grant.settings),
             next_channel: AtomicU32::new(0),
             upstreams: Arc::new(super::pool::Pool::default()),
         });

@@ -169,3 +169,112 @@ c.close()
         denials(&b)
     );
 }
+
+/// `forward_to` limits where forwards go, and a live policy change reaches forwards and
+/// transfers already running: they end, the session's other channels go on.
+#[test]
+fn forward_to_limits_destinations_and_withdrawals_reach_open_channels() {
+    use std::io::{BufRead, BufReader, Write};
+    let b = Bastion::start_with_role(&["--port-forwarding", "true"]);
+    let allowed = format!("127.0.0.1:{}", b.sshd.port);
+    b.postern
+        .cli(&["admin", "role", "set", "dev", "--forward-to", &allowed])
+        .ok();
+    let port = b.postern.ssh.port().to_string();
+    let dest = format!("{}@127.0.0.1", b.dest());
+    let forward = |to: &str| {
+        b.ssh_command("ssh")
+            .args(["-p", &port, "-W", to])
+            .arg(&dest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Elsewhere than forward_to: refused and audited.
+    let mut other = forward(&format!("127.0.0.1:{}", b.postern.api.port()));
+    drop(other.stdin.take());
+    let out = wait_for(other, Duration::from_secs(20), "a refused forward");
+    assert!(
+        out.stderr.contains("administratively prohibited"),
+        "{out:?}"
+    );
+    let denied = b.postern.events("access.deny");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["details"]["reason"] == "destination not in forward_to"),
+        "{denied:?}"
+    );
+    // To the allowed destination: the target's banner, then the forward stays open.
+    let mut open = forward(&allowed);
+    let mut banner = String::new();
+    BufReader::new(open.stdout.as_mut().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner}");
+    // An sftp session, open too.
+    let mut sftp = b
+        .ssh_command("sftp")
+        .args(["-P", &port, "-b", "-"])
+        .arg(&dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sftp_in = sftp.stdin.take().unwrap();
+    writeln!(sftp_in, "pwd").unwrap();
+    let mut line = String::new();
+    let mut sftp_out = BufReader::new(sftp.stdout.take().unwrap());
+    while !line.contains("Remote working directory") {
+        line.clear();
+        assert!(
+            sftp_out.read_line(&mut line).unwrap() > 0,
+            "sftp ended early"
+        );
+    }
+    // Both are withdrawn while they run.
+    b.postern
+        .cli(&[
+            "admin",
+            "role",
+            "set",
+            "dev",
+            "--port-forwarding",
+            "false",
+            "--file-transfer",
+            "false",
+        ])
+        .ok();
+    // It ends (as a forward ends: EOF and close, nothing else on the channel).
+    let out = wait_for(open, Duration::from_secs(15), "a withdrawn forward");
+    assert!(!out.stderr.contains("bad ext data"), "{out:?}");
+    // sftp notices when it next talks to the server: its channel is gone.
+    let started = std::time::Instant::now();
+    while sftp.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "sftp still running after file transfer was withdrawn"
+        );
+        let _ = writeln!(sftp_in, "ls");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!sftp.wait().unwrap().success());
+    drop(sftp_in);
+    let withdrawn: Vec<String> = b
+        .postern
+        .events("access.deny")
+        .iter()
+        .filter_map(|e| e["details"]["reason"].as_str().map(String::from))
+        .filter(|r| r.contains("withdrawn"))
+        .collect();
+    assert!(
+        withdrawn.iter().any(|r| r.starts_with("port forwarding"))
+            && withdrawn.iter().any(|r| r.starts_with("file transfer")),
+        "{withdrawn:?}"
+    );
+    // Sessions go on: a command still runs.
+    assert_eq!(b.ssh(&b.dest(), "echo still").ok(), "still\n");
+}

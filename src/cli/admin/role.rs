@@ -29,6 +29,10 @@ pub struct Settings {
     /// Keep statement parameters out of PostgreSQL transcripts.
     #[arg(long)]
     redact_parameters: Option<bool>,
+    /// Where port forwarding may go, HOST:PORT with `*` for any (comma-separated);
+    /// `--forward-to ''` allows anywhere again.
+    #[arg(long, value_delimiter = ',')]
+    forward_to: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -51,6 +55,9 @@ impl Settings {
         }
         if let Some(v) = self.redact_parameters {
             s.redact_parameters = v;
+        }
+        if let Some(v) = self.forward_to {
+            s.forward_to = v.into_iter().filter(|e| !e.is_empty()).collect();
         }
     }
 }
@@ -200,6 +207,13 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("port_forwarding  {}", s.port_forwarding);
                 println!("file_transfer    {}", s.file_transfer);
                 println!("redact_parameters {}", s.redact_parameters);
+                let anywhere = vec!["*:* (anywhere)".to_string()];
+                let to = if s.forward_to.is_empty() {
+                    &anywhere
+                } else {
+                    &s.forward_to
+                };
+                println!("forward_to       {}", output::list(to));
                 for (effect, rules) in [("allow", &r.allow), ("deny", &r.deny)] {
                     for (i, rule) in rules.iter().enumerate() {
                         println!(
