@@ -9,6 +9,8 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+#[cfg(test)]
+mod fuzz;
 pub mod pg;
 pub mod policy;
 pub mod printable;

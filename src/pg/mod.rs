@@ -13,7 +13,7 @@ mod relay;
 mod session;
 mod settings;
 mod text;
-mod tracker;
+pub(crate) mod tracker;
 mod transcript;
 mod upstream;
 pub mod wire;

@@ -240,4 +240,6 @@ impl Policy {
 }
 
 #[cfg(test)]
+mod matrix;
+#[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ fn value() -> impl Strategy<Value = String> {
     proptest::sample::select(VALUES).prop_map(str::to_string)
 }
 
-fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+pub(super) fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     proptest::collection::btree_map(key(), value(), 0..3)
 }
 
@@ -36,7 +36,7 @@ fn requirement() -> impl Strategy<Value = Requirement> {
     ]
 }
 
-fn selector() -> impl Strategy<Value = Selector> {
+pub(super) fn selector() -> impl Strategy<Value = Selector> {
     prop_oneof![
         1 => Just(Selector::All),
         4 => proptest::collection::vec(requirement(), 1..3).prop_map(Selector::Match),
@@ -59,7 +59,7 @@ fn rule() -> impl Strategy<Value = Rule> {
     })
 }
 
-fn dur() -> impl Strategy<Value = Dur> {
+pub(super) fn dur() -> impl Strategy<Value = Dur> {
     (1u64..100_000).prop_map(Dur::from_secs)
 }
 
@@ -114,7 +114,7 @@ fn user() -> User {
 }
 
 /// The reference meaning of one requirement, written independently of the implementation.
-fn model(r: &Requirement, l: &BTreeMap<String, String>) -> bool {
+pub(super) fn model(r: &Requirement, l: &BTreeMap<String, String>) -> bool {
     match r {
         Requirement::Eq(k, v) => l.get(k).map(String::as_str) == Some(v.as_str()),
         Requirement::NotEq(k, v) => l.get(k).map(String::as_str) != Some(v.as_str()),
