@@ -8,6 +8,7 @@ mod audit;
 mod availability;
 mod certs;
 mod cli_output;
+mod drills;
 mod harness;
 mod harness_check;
 mod login;

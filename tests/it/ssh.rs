@@ -30,7 +30,11 @@ impl Bastion {
 
     /// As `start_with_role`, with `serve` reading `config` (TOML) as its config file.
     pub fn start_with(extra: &[&str], config: Option<&str>) -> Bastion {
-        let p = Postern::new();
+        Self::start_on(Postern::new(), extra, config)
+    }
+
+    /// As `start_with`, on a postern made by the caller (a data dir on a tmpfs).
+    pub fn start_on(p: Postern, extra: &[&str], config: Option<&str>) -> Bastion {
         let ca = p.cli(&["admin", "target-ca"]);
         let ca_line = ca.ok().lines().next().unwrap().to_string();
         assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");

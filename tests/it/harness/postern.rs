@@ -22,6 +22,8 @@ pub struct Postern {
     pub ssh: SocketAddr,
     pub pg: SocketAddr,
     pub api: SocketAddr,
+    /// The data dir is a tmpfs of its own, unmounted on drop.
+    tmpfs: bool,
 }
 
 impl Postern {
@@ -39,7 +41,34 @@ impl Postern {
             ssh: SocketAddr::from(([127, 0, 0, 1], free_port())),
             pg: SocketAddr::from(([127, 0, 0, 1], free_port())),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            tmpfs: false,
         }
+    }
+
+    /// As `new`, with the data dir on a tmpfs of `size` (`64m`) so a test can fill it.
+    /// Mounting needs root, as the test machine runs.
+    pub fn new_on_tmpfs(size: &str) -> Postern {
+        let mut p = Postern::new();
+        let dir = p.data_dir();
+        std::fs::create_dir(&dir).expect("data dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs data dir needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p.tmpfs = true;
+        p
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -241,6 +270,12 @@ impl Drop for Postern {
         if let Some(mut c) = self.server.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.tmpfs {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir())
+                .output();
         }
     }
 }

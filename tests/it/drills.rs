@@ -1,0 +1,186 @@
+//! Drills: postern killed under load, its disk full, its store locked. Each ends with the
+//! evidence intact and postern serving again.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Out;
+use crate::harness::postern::{BIN, Postern};
+use crate::pg::PgBastion;
+use crate::ssh::Bastion;
+
+fn verify(dir: &Path) -> Out {
+    Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// `kill -9` of `serve` while PostgreSQL clients write: every audit event written before
+/// the kill is still there, the chain verifies, the interrupted sessions are marked, their
+/// transcripts read back, and postern serves again.
+#[test]
+fn kill_9_under_postgres_load_loses_nothing_acknowledged() {
+    let mut b = PgBastion::start();
+    b.psql(&["-c", "CREATE TABLE drill (n int)"]).ok();
+    // Six clients sending statement after statement.
+    let script: String = (0..20_000)
+        .map(|i| format!("INSERT INTO drill VALUES ({i});\nSELECT pg_sleep(0.002);\n"))
+        .collect();
+    let mut load: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            let mut c = b
+                .psql_command("service=pg1")
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = c.stdin.take().unwrap();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(script.as_bytes());
+            });
+            c
+        })
+        .collect();
+    let start = Instant::now();
+    while b
+        .sessions()
+        .iter()
+        .filter(|s| s["end_reason"].is_null())
+        .count()
+        < 6
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "load did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let acknowledged: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(
+        b.postern
+            .cli(&["audit", "search", "--limit", "100000", "--json"])
+            .ok(),
+    )
+    .unwrap()
+    .iter()
+    .map(|e| e["id"].as_str().unwrap().to_string())
+    .collect();
+    let status = b.postern.stop_with(libc::SIGKILL, Duration::from_secs(5));
+    assert!(status.code().is_none(), "killed");
+    for c in load.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let dir = b.postern.data_dir();
+    let cmd = b.postern.serve_command();
+    b.postern.spawn(cmd);
+    let after: Vec<serde_json::Value> = serde_json::from_str(
+        b.postern
+            .cli(&["audit", "search", "--limit", "100000", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    for id in &acknowledged {
+        assert!(
+            after.iter().any(|e| e["id"] == id.as_str()),
+            "event {id} was lost"
+        );
+    }
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
+    let recovered: Vec<serde_json::Value> = b
+        .sessions()
+        .into_iter()
+        .filter(|s| s["end_reason"] == "crash-recovered")
+        .collect();
+    assert!(recovered.len() >= 6, "{recovered:?}");
+    // Each interrupted transcript reads back, up to the last second before the kill.
+    let statements: usize = recovered.iter().map(|s| b.transcript(s).len()).sum();
+    assert!(
+        statements >= 6,
+        "{statements} statements in the interrupted transcripts"
+    );
+    // And postern serves.
+    assert_eq!(b.psql(&["-c", "SELECT 'after'"]).ok().trim(), "after");
+}
+
+/// The data dir's file system full: a new session is refused with a reason (nothing runs
+/// unrecorded), nothing already written is damaged, and once there is room again sessions
+/// work without a restart.
+#[test]
+fn a_full_disk_refuses_new_sessions_and_recovers_when_space_returns() {
+    let mut b = Bastion::start_on(Postern::new_on_tmpfs("48m"), &[], None);
+    assert_eq!(b.ssh(&b.dest(), "echo before").ok(), "before\n");
+    let dir = b.postern.data_dir();
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let mut small = [0u8; 512];
+    while f.write_all(&small).is_ok() {
+        small[0] ^= 1;
+    }
+    drop(f);
+    let out = b.ssh(
+        &b.dest(),
+        "echo ran-unrecorded > /tmp/postern-drill-$$; echo during",
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("during"), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot record this session")
+            || out.stderr.contains("cannot be recorded"),
+        "{out:?}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Room again: no restart needed.
+    assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
+    assert_eq!(b.postern.stop().code(), Some(0));
+    let out = verify(&dir);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
+}
+
+/// The store locked by another process past its busy timeout: new sessions are refused
+/// with a reason, and once the lock is gone they work again without a restart.
+#[test]
+fn a_locked_store_fails_closed_and_recovers() {
+    let b = Bastion::start();
+    assert_eq!(b.ssh(&b.dest(), "echo before").ok(), "before\n");
+    let db = b.postern.data_dir().join("postern.db");
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\nc.execute('ROLLBACK')",
+        ])
+        .arg(&db)
+        .arg("120")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let out = b.ssh(&b.dest(), "echo during");
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("during"), "{out:?}");
+    assert!(
+        out.stderr.contains("store unavailable") || out.stderr.contains("cannot record"),
+        "{out:?}"
+    );
+    // The lock goes away (its process ends): no restart needed.
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
+}
