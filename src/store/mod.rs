@@ -61,18 +61,12 @@ impl Store {
             if let Err(e) = created
                 && e.kind() != std::io::ErrorKind::AlreadyExists
             {
-                return Err(StoreError::Open {
-                    path: path.display().to_string(),
-                    source: sqlx::Error::Io(e),
-                });
+                return Err(error::open_failed(&path, sqlx::Error::Io(e)));
             }
         }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?
+            .map_err(|e| error::open_failed(&path, e))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // Every acknowledged change is on disk before the call returns.
@@ -83,10 +77,7 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|e| error::open_failed(&path, e))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let audit = writer::AuditQueue::start(pool.clone(), signer);
         Ok(Store {

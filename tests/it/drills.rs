@@ -184,3 +184,27 @@ fn a_locked_store_fails_closed_and_recovers() {
     let _ = locker.wait();
     assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
 }
+
+/// A store that is not a database (damaged, or something else in its place): every use
+/// fails with what is wrong and what to do, and nothing starts on it.
+#[test]
+fn an_unreadable_store_is_named_and_nothing_starts_on_it() {
+    let p = Postern::new();
+    p.cli(&["admin", "user", "add", "alice"]).ok();
+    let db = p.data_dir().join("postern.db");
+    let _ = std::fs::remove_file(p.data_dir().join("postern.db-wal"));
+    let _ = std::fs::remove_file(p.data_dir().join("postern.db-shm"));
+    std::fs::write(&db, vec![0x5au8; 8192]).unwrap();
+    let out = p.cli(&["admin", "user", "list"]);
+    let err = out.fails(2);
+    assert!(
+        err.contains("file is not a database")
+            && err.contains("restore the data dir from a backup"),
+        "{err}"
+    );
+    let out: Out = p.serve_command().output().unwrap().into();
+    assert!(
+        out.fails(2).contains("restore the data dir from a backup"),
+        "{out:?}"
+    );
+}
