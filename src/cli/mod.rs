@@ -11,6 +11,7 @@ mod output;
 mod serve;
 mod sessions;
 mod streams;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

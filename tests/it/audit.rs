@@ -31,6 +31,27 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(out.status.success());
 }
 
+/// Tampers with a copy of `dir` (named `name`, beside it) and checks that `check` on the
+/// copy fails, naming `expect`.
+fn tampered(
+    dir: &Path,
+    name: &str,
+    tamper: &dyn Fn(&Path),
+    check: &dyn Fn(&Path) -> Out,
+    expect: &str,
+) {
+    let copy = dir.parent().unwrap().join(name);
+    copy_dir(dir, &copy);
+    tamper(&copy);
+    let out = check(&copy);
+    assert_eq!(out.code, 1, "{name}: {out:?}");
+    assert!(
+        out.stdout.contains(expect),
+        "{name}: want {expect:?} in {}",
+        out.stdout
+    );
+}
+
 fn verify_head(dir: &Path, head: &Path) -> Out {
     Command::new(BIN)
         .args(["audit", "verify", "--head"])
@@ -42,7 +63,7 @@ fn verify_head(dir: &Path, head: &Path) -> Out {
         .into()
 }
 
-fn verify(dir: &Path) -> Out {
+pub fn verify(dir: &Path) -> Out {
     Command::new(BIN)
         .args(["audit", "verify", "--data-dir"])
         .arg(dir)
@@ -125,7 +146,8 @@ fn every_action_leaves_its_event() {
 
 #[test]
 fn untouched_store_verifies_and_each_tampering_is_named() {
-    let (b, dir) = populated();
+    // The bastion keeps its temp dir (and the copies beside it) until the end.
+    let (_b, dir) = populated();
     let out = verify(&dir);
     assert!(out.ok().starts_with("OK: "), "{out:?}");
     assert!(out.stdout.contains("1 recordings intact"), "{}", out.stdout);
@@ -133,16 +155,7 @@ fn untouched_store_verifies_and_each_tampering_is_named() {
     assert!(n > 10);
 
     let case = |name: &str, tamper: &dyn Fn(&Path), expect: &str| {
-        let copy = b.postern.root().join(name);
-        copy_dir(&dir, &copy);
-        tamper(&copy);
-        let out = verify(&copy);
-        assert_eq!(out.code, 1, "{name}: {out:?}");
-        assert!(
-            out.stdout.contains(expect),
-            "{name}: want {expect:?} in {}",
-            out.stdout
-        );
+        tampered(&dir, name, tamper, &|d| verify(d), expect)
     };
     let db = |d: &Path| d.join("postern.db");
     case(
@@ -664,20 +677,14 @@ fn checkpoints_deleted_or_a_cut_tail_are_caught_and_a_saved_head_holds() {
     assert!(verify(&dir).ok().starts_with("OK: "));
     let n = events(&dir).len() as i64;
     let case = |name: &str, tamper: &dyn Fn(&Path), with_head: bool, expect: &str| {
-        let copy = b.postern.root().join(name);
-        copy_dir(&dir, &copy);
-        tamper(&copy);
-        let out = if with_head {
-            verify_head(&copy, &head)
-        } else {
-            verify(&copy)
+        let check = |d: &Path| {
+            if with_head {
+                verify_head(d, &head)
+            } else {
+                verify(d)
+            }
         };
-        assert_eq!(out.code, 1, "{name}: {out:?}");
-        assert!(
-            out.stdout.contains(expect),
-            "{name}: want {expect:?} in {}",
-            out.stdout
-        );
+        tampered(&dir, name, tamper, &check, expect)
     };
     let db = |d: &Path| d.join("postern.db");
     // The last events and the checkpoints that covered them.

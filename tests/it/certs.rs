@@ -155,24 +155,7 @@ fn certificates_from_the_user_ca_work_and_every_bad_one_is_refused() {
     let fresh = cert(&b, "fresh", &ca, &["-n", "alice", "-z", "1002"]);
     let successes = b.postern.events("auth.success").len();
     b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
-    let out: Out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(&fresh)
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-p", &b.postern.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("true")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-        .into();
+    let out = b.ssh_as_a_person(&fresh, "true");
     assert_eq!(out.code, 255, "{out:?}");
     assert!(
         out.stderr

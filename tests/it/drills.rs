@@ -2,23 +2,14 @@
 //! evidence intact and postern serving again.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::audit::verify;
 use crate::harness::Out;
-use crate::harness::postern::{BIN, Postern};
+use crate::harness::postern::Postern;
 use crate::pg::PgBastion;
 use crate::ssh::Bastion;
-
-fn verify(dir: &Path) -> Out {
-    Command::new(BIN)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap()
-        .into()
-}
 
 /// `kill -9` of `serve` while PostgreSQL clients write: every audit event written before
 /// the kill is still there, the chain verifies, the interrupted sessions are marked, their

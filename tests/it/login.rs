@@ -539,24 +539,7 @@ fn sessions_end_with_the_login_certificate_and_an_expired_one_says_so() {
 
     // Connecting again with the expired certificate: a human message, not just
     // "Permission denied" (needs keyboard-interactive, which BatchMode turns off).
-    let out: Out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(&key)
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", b.known_hosts.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-p", &b.postern.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("true")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into();
+    let out = b.ssh_as_a_person(&key, "true");
     assert_eq!(out.code, 255);
     assert!(
         out.stderr.contains("your postern credential expired at")

@@ -125,6 +125,29 @@ impl Bastion {
         c
     }
 
+    /// `ssh` as a person runs it (no BatchMode, so keyboard-interactive notices show),
+    /// offering only `key`, to `dest` through postern, running `command`.
+    pub fn ssh_as_a_person(&self, key: &std::path::Path, command: &str) -> Out {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(key)
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args(["-p", &self.postern.ssh.port().to_string()])
+            .arg(format!("{}@127.0.0.1", self.dest()))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
     /// `ssh -p PORT USER@127.0.0.1 COMMAND` through postern.
     pub fn ssh(&self, user: &str, command: &str) -> Out {
         self.ssh_with_key(&self.key, user, command)
