@@ -6,6 +6,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY vendor ./vendor
 COPY bench ./bench
 RUN cargo build --release --locked
 

@@ -67,12 +67,12 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 head.display()
             )
         };
-        let last = text
+        let value = text
             .lines()
             .rev()
-            .find(|l| l.contains("\"head\"") || l.contains("\"checkpoint\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("head").or_else(|| v.get("checkpoint")).is_some())
             .with_context(not_a_head)?;
-        let value: serde_json::Value = serde_json::from_str(last).with_context(not_a_head)?;
         let h = value
             .get("head")
             .or_else(|| value.get("checkpoint"))
