@@ -102,6 +102,26 @@ impl Ctx {
 
     /// A failed login: counted for throttling, audited, answered without saying which part
     /// was wrong.
+    /// A login refused unchecked because of earlier failures: audited, 429 with when to
+    /// try again.
+    async fn rate_limited(&self, user: &str, wait: std::time::Duration) -> ApiError {
+        let secs = wait.as_secs() + 1;
+        self.audit(
+            "auth.rate_limited",
+            Actor("unknown".into()),
+            Outcome::Deny,
+            json!({ "method": "password", "user": names::printable(user), "retry_after": secs }),
+        )
+        .await;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed logins; try again in {secs} s"),
+        );
+        e.retry_after = Some(secs);
+        e
+    }
+
     async fn login_failed(&self, user: &str, known: bool, reason: &str, err: ApiError) -> ApiError {
         let actor = if known {
             Actor::user(user)
@@ -212,23 +232,10 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
     let policy = cx.policy().await?;
     let user = policy.users.get(&req.user).cloned();
     let known = user.as_ref().map(|u| u.name.as_str());
-    if let Err(wait) = cx.shared.api.limiter.attempt(Door::Password, known, ip) {
-        let secs = wait.as_secs() + 1;
-        cx.audit(
-            "auth.rate_limited",
-            Actor("unknown".into()),
-            Outcome::Deny,
-            json!({ "method": "password", "user": names::printable(&req.user), "retry_after": secs }),
-        )
-        .await;
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many failed logins; try again in {secs} s"),
-        );
-        e.retry_after = Some(secs);
-        return Err(e);
-    }
+    let attempt = match cx.shared.api.limiter.attempt(Door::Password, known, ip) {
+        Ok(a) => a,
+        Err(wait) => return Err(cx.rate_limited(&req.user, wait).await),
+    };
     let hash = match &user {
         Some(u) => cx
             .shared
@@ -392,10 +399,7 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
         )
         .await
         .map_err(ApiError::store)?;
-    cx.shared
-        .api
-        .limiter
-        .succeeded(Door::Password, &user.name, ip);
+    attempt.succeeded();
     cx.audit(
         "auth.login",
         Actor::user(&user.name),

@@ -48,6 +48,9 @@ struct Window {
     repeated: u64,
     sources: Vec<String>,
     names: Vec<String>,
+    /// Whether more distinct sources or names came than the samples hold.
+    more_sources: bool,
+    more_names: bool,
 }
 
 impl Repeats {
@@ -74,8 +77,10 @@ impl Repeats {
                     return Some(e);
                 }
                 w.repeated += 1;
-                sample(&mut w.sources, e.source.as_deref());
-                sample(&mut w.names, tried_name(&e.details));
+                // Sources by address: one client's many ports are one source.
+                let ip = e.source.as_deref().map(address);
+                w.more_sources |= !sample(&mut w.sources, ip);
+                w.more_names |= !sample(&mut w.names, tried_name(&e.details));
                 return None;
             }
             Some(_) => {}
@@ -89,6 +94,8 @@ impl Repeats {
             repeated: 0,
             sources: Vec::new(),
             names: Vec::new(),
+            more_sources: false,
+            more_names: false,
         };
         if let Some(old) = open.insert(key, w) {
             closed.extend(summary(&old, self.window));
@@ -132,34 +139,51 @@ fn tried_name(details: &Value) -> Option<&str> {
         .find_map(|k| details.get(*k).and_then(Value::as_str))
 }
 
-fn sample(into: &mut Vec<String>, value: Option<&str>) {
-    if let Some(v) = value
-        && into.len() < SAMPLE
-        && !into.iter().any(|x| x == v)
-    {
-        into.push(v.to_string());
+/// The address of `ip:port` (`[v6]:port`), or the text as it is.
+fn address(source: &str) -> &str {
+    match source.parse::<std::net::SocketAddr>() {
+        Ok(_) => source
+            .rsplit_once(':')
+            .map(|(a, _)| a.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(source),
+        Err(_) => source,
     }
 }
 
-/// The event closing a window with repeats: the first event's type, actor and details,
-/// with `repeated` (how many followed it), `window_s`, and samples of sources and names.
+/// Adds `value` to the sample; `false` when it is new but the sample is full.
+fn sample(into: &mut Vec<String>, value: Option<&str>) -> bool {
+    let Some(v) = value else { return true };
+    if into.iter().any(|x| x == v) {
+        return true;
+    }
+    if into.len() < SAMPLE {
+        into.push(v.to_string());
+        return true;
+    }
+    false
+}
+
+/// The event closing a window with repeats: the first event's type, actor, `method` and
+/// `reason` (what the repeats share; per-attempt fields such as a fingerprint are not
+/// theirs), `repeated` (how many were counted), `window_s`, `first_id`, and samples of
+/// the source addresses and names tried (`sources_more`/`names_more` when cut).
 fn summary(w: &Window, window: Duration) -> Option<AuditEvent> {
     if w.repeated == 0 {
         return None;
     }
-    let mut details = match &w.first.details {
-        Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
-    };
-    details.remove("user");
-    details.remove("ssh_user");
+    let mut details = serde_json::Map::new();
+    for k in ["method", "reason"] {
+        if let Some(v) = w.first.details.get(k) {
+            details.insert(k.into(), v.clone());
+        }
+    }
     details.insert("repeated".into(), json!(w.repeated));
     details.insert("window_s".into(), json!(window.as_secs()));
     details.insert("first_id".into(), json!(w.first.id.to_string()));
     details.insert("sources".into(), json!(w.sources));
-    if !w.names.is_empty() {
-        details.insert("names".into(), json!(w.names));
-    }
+    details.insert("sources_more".into(), json!(w.more_sources));
+    details.insert("names".into(), json!(w.names));
+    details.insert("names_more".into(), json!(w.more_names));
     let mut e = AuditEvent::new(
         &w.first.kind,
         &w.first.actor,
@@ -219,6 +243,11 @@ mod tests {
         assert_eq!(d["repeated"], 500);
         assert_eq!(d["sources"].as_array().unwrap().len(), SAMPLE);
         assert_eq!(d["names"].as_array().unwrap().len(), SAMPLE);
+        assert_eq!(
+            (d["sources_more"].clone(), d["names_more"].clone()),
+            (json!(true), json!(true))
+        );
+        assert_eq!(d["sources"][0], "10.0.0.2");
         assert!(d.get("user").is_none());
         assert!(r.due(t0 + Duration::from_secs(120), true).is_empty());
     }

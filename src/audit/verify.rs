@@ -14,9 +14,12 @@ use russh::keys::PublicKey;
 use super::AuditEvent;
 use super::chain::{self, GENESIS, Trailer};
 
-/// postern signs the chain head within 10 s of an event (and at start and shutdown);
-/// an event older than this with no checkpoint after it lost its checkpoint.
+/// postern signs the chain head within 10 s of an event (and at start and shutdown):
+/// a log that went on for longer than this past its last signed event without another
+/// signature lost its checkpoints.
 pub const UNSIGNED_GRACE_MS: i64 = 30_000;
+/// Events dated further ahead of the verifying clock than this were dated by hand.
+pub const FUTURE_SKEW_MS: i64 = 300_000;
 
 /// The first thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,12 +53,21 @@ pub struct Verifier {
     checkpoints: BTreeMap<i64, CheckpointIn>,
     /// (seq of the session.end, file, expected sha256)
     recordings: Vec<(i64, String, String)>,
-    /// The latest seal of each recording still open: file → (seq, bytes, sha256).
-    sealed: BTreeMap<String, (i64, u64, String)>,
-    /// A head an auditor saved earlier (`audit head`), which the log must still reach.
-    head: Option<CheckpointIn>,
-    /// The oldest event (seq, time) that no checkpoint seen so far covers.
-    unsigned_since: Option<(i64, i64)>,
+    /// Every seal of every recording: file → (seq, bytes, sha256), checked all, so a
+    /// later seal or a `session.end` cannot re-baseline bytes sealed before.
+    sealed: BTreeMap<String, Vec<(i64, u64, String)>>,
+    /// Heads kept outside (`audit head`, a witness): the log must still hold each one.
+    heads: BTreeMap<i64, CheckpointIn>,
+    /// Events no checkpoint seen so far covers: the first one's seq, the newest time.
+    unsigned: Option<(i64, i64)>,
+    /// The time of the last signed event, of the first event, and whether the walk
+    /// started at a prune anchor.
+    signed_time: Option<i64>,
+    first_time: Option<i64>,
+    last_time: i64,
+    anchored: bool,
+    /// The verifying clock, for a store (strict about unsigned and future events).
+    now_ms: Option<i64>,
     first_seq: Option<i64>,
     report: Report,
 }
@@ -69,8 +81,13 @@ impl Verifier {
             checkpoints: BTreeMap::new(),
             recordings: Vec::new(),
             sealed: BTreeMap::new(),
-            head: None,
-            unsigned_since: None,
+            heads: BTreeMap::new(),
+            unsigned: None,
+            signed_time: None,
+            first_time: None,
+            last_time: 0,
+            anchored: false,
+            now_ms: None,
             first_seq: None,
             report: Report::default(),
         }
@@ -86,6 +103,7 @@ impl Verifier {
         }
         self.next_seq = Some(a.seq + 1);
         self.prev = a.hash.clone();
+        self.anchored = true;
         Ok(())
     }
 
@@ -101,7 +119,7 @@ impl Verifier {
                 ),
             });
         }
-        self.head = Some(h);
+        self.heads.insert(h.seq, h);
         Ok(())
     }
 
@@ -147,7 +165,8 @@ impl Verifier {
         }
         self.report.checkpoints += 1;
         self.report.last_signed = c.seq;
-        self.unsigned_since = None;
+        self.unsigned = None;
+        self.signed_time = Some(self.last_time);
         Ok(())
     }
 
@@ -190,8 +209,14 @@ impl Verifier {
                 t.checkpoints, self.report.checkpoints
             )));
         }
-        self.unsigned_since = None;
+        self.unsigned = None;
         Ok(())
+    }
+
+    /// Verifies a store as of `now_ms`: strict about events left unsigned and events
+    /// dated in the future.
+    pub fn at(&mut self, now_ms: i64) {
+        self.now_ms = Some(now_ms);
     }
 
     pub fn event(
@@ -241,8 +266,7 @@ impl Verifier {
                 ),
             });
         }
-        if let Some(h) = &self.head
-            && h.seq == seq
+        if let Some(h) = self.heads.get(&seq)
             && h.hash != computed
         {
             return Err(Broken {
@@ -260,7 +284,9 @@ impl Verifier {
             )
         {
             self.sealed
-                .insert(file.to_string(), (seq, bytes, sha.to_string()));
+                .entry(file.to_string())
+                .or_default()
+                .push((seq, bytes, sha.to_string()));
         }
         if e.kind == "session.end"
             && let Some(recs) = e.details.get("recordings").and_then(|r| r.as_array())
@@ -272,7 +298,6 @@ impl Verifier {
                 ) {
                     self.recordings
                         .push((seq, file.to_string(), sha.to_string()));
-                    self.sealed.remove(file);
                 }
             }
         }
@@ -281,10 +306,26 @@ impl Verifier {
         self.report.events += 1;
         self.report.last_seq = seq;
         self.first_seq.get_or_insert(seq);
+        self.first_time.get_or_insert(e.time_ms);
+        self.last_time = e.time_ms;
+        if let Some(now) = self.now_ms
+            && e.time_ms > now.saturating_add(FUTURE_SKEW_MS)
+        {
+            return Err(Broken {
+                seq,
+                what: format!(
+                    "event seq {seq} (id {id}) is dated {}, in the future: its time was set by hand",
+                    super::format_ms(e.time_ms)
+                ),
+            });
+        }
         if self.checkpoints.contains_key(&seq) {
-            self.unsigned_since = None;
-        } else if self.unsigned_since.is_none() {
-            self.unsigned_since = Some((seq, e.time_ms));
+            self.unsigned = None;
+            self.signed_time = Some(e.time_ms);
+        } else {
+            let newest = self.unsigned.map_or(e.time_ms, |(_, t)| t.max(e.time_ms));
+            let first = self.unsigned.map_or(seq, |(s, _)| s);
+            self.unsigned = Some((first, newest));
         }
         Ok(())
     }
@@ -298,32 +339,35 @@ impl Verifier {
         now_ms: Option<i64>,
     ) -> Result<Report, Broken> {
         let last = self.report.last_seq;
-        if let Some(h) = &self.head
-            && h.seq > last
-        {
-            return Err(Broken {
-                seq: h.seq,
-                what: format!(
-                    "the saved head is seq {}, but the log ends at seq {last}: events were removed from the end",
-                    h.seq
-                ),
-            });
-        }
-        if let (Some(now), Some((seq, t))) = (now_ms, self.unsigned_since)
-            && now.saturating_sub(t) > UNSIGNED_GRACE_MS
-        {
-            let why = if self.checkpoints.is_empty() && self.report.checkpoints == 0 {
-                "there is no signed checkpoint at all"
-            } else {
-                "no signed checkpoint covers them"
-            };
+        if let Some((&seq, _)) = self.heads.range(last + 1..).next() {
             return Err(Broken {
                 seq,
                 what: format!(
-                    "events from seq {seq} ({}) on are older than postern's signing interval, but {why}: checkpoints were deleted or the log was rewritten (after a crash, starting `postern serve` signs the tail)",
-                    super::format_ms(t)
+                    "a saved head is seq {seq}, but the log ends at seq {last}: events were removed from the end"
                 ),
             });
+        }
+        if let (Some(now), Some((seq, newest))) = (now_ms.or(self.now_ms), self.unsigned) {
+            let first = self.first_time.unwrap_or(newest);
+            let reference = self.signed_time.unwrap_or(first);
+            let none_at_all =
+                self.checkpoints.is_empty() && self.report.checkpoints == 0 && !self.anchored;
+            if none_at_all && now.saturating_sub(first) > UNSIGNED_GRACE_MS {
+                return Err(Broken {
+                    seq,
+                    what: "there is no signed checkpoint at all, and the log is older than postern's signing interval: checkpoints were deleted".into(),
+                });
+            }
+            if newest.saturating_sub(reference) > UNSIGNED_GRACE_MS {
+                return Err(Broken {
+                    seq,
+                    what: format!(
+                        "events from seq {seq} on go on until {} ({} s after the last signed event), but no signed checkpoint covers them, though postern signs within 10 s: checkpoints were deleted or the log was rewritten after them",
+                        super::format_ms(newest),
+                        newest.saturating_sub(reference) / 1000
+                    ),
+                });
+            }
         }
         if let Some((&seq, _)) = self.checkpoints.range(last + 1..).next() {
             return Err(Broken {
@@ -358,32 +402,54 @@ impl Verifier {
                 }
                 self.report.recordings += 1;
             }
-            for (file, (seq, bytes, sha)) in &self.sealed {
+            let ended: std::collections::BTreeSet<&str> =
+                self.recordings.iter().map(|(_, f, _)| f.as_str()).collect();
+            for (file, seals) in &self.sealed {
                 let path: PathBuf = dir.join(file);
-                let broken = |what: String| Broken { seq: *seq, what };
-                let data = std::fs::read(&path).map_err(|e| {
-                    broken(format!(
-                        "open recording {} sealed by event seq {seq} cannot be read: {e}",
+                let first = seals.first().map_or(0, |s| s.0);
+                let data = std::fs::read(&path).map_err(|e| Broken {
+                    seq: first,
+                    what: format!(
+                        "recording {} sealed by event seq {first} cannot be read: {e}",
                         path.display()
-                    ))
+                    ),
                 })?;
-                let prefix = usize::try_from(*bytes)
-                    .ok()
-                    .and_then(|n| data.get(..n))
-                    .ok_or_else(|| {
-                        broken(format!(
-                            "open recording {} was sealed at {bytes} bytes by event seq {seq} but holds {} now: it was cut",
-                            path.display(),
-                            data.len()
-                        ))
-                    })?;
-                if chain::sha256_hex(prefix) != *sha {
-                    return Err(broken(format!(
-                        "open recording {} was changed within the {bytes} bytes event seq {seq} sealed",
-                        path.display()
-                    )));
+                // One pass: the running hash at each sealed length.
+                let mut seals: Vec<&(i64, u64, String)> = seals.iter().collect();
+                seals.sort_by_key(|s| s.1);
+                let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let mut at = 0usize;
+                for (seq, bytes, sha) in seals {
+                    let broken = |what: String| Broken { seq: *seq, what };
+                    let end = usize::try_from(*bytes)
+                        .ok()
+                        .filter(|n| *n <= data.len())
+                        .ok_or_else(|| {
+                            broken(format!(
+                                "recording {} was sealed at {bytes} bytes by event seq {seq} but holds {} now: it was cut",
+                                path.display(),
+                                data.len()
+                            ))
+                        })?;
+                    hash.update(&data[at..end]);
+                    at = end;
+                    let got: String = hash
+                        .clone()
+                        .finish()
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    if got != *sha {
+                        return Err(broken(format!(
+                            "recording {} was changed within the {bytes} bytes event seq {seq} sealed",
+                            path.display()
+                        )));
+                    }
                 }
-                self.report.open_recordings += 1;
+                if !ended.contains(file.as_str()) {
+                    self.report.open_recordings += 1;
+                }
             }
         }
         Ok(self.report)

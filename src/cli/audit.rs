@@ -296,6 +296,7 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let mut first = true;
     let mut count = 0u64;
     let mut checkpoints = 0u64;
+    let mut done = false;
     let mut first_seq = 0i64;
     let mut last = (0i64, String::new());
     if since.is_none()
@@ -317,9 +318,16 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
         };
         let cps = store.audit_checkpoints(after, page_last).await?;
         for c in &page {
+            // One unbroken run of the chain: from the first event at or after --since to
+            // the last before the first at or after --until (event times need not rise
+            // with seq, and a gap would read as a deletion).
             let t = c.event.time_ms;
-            if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+            if count == 0 && since.is_some_and(|s| t < s) {
                 continue;
+            }
+            if until.is_some_and(|u| t >= u) {
+                done = true;
+                break;
             }
             let prev = c.prev_hash.as_deref().unwrap_or("");
             let hash = c.hash.as_deref().unwrap_or("");
@@ -369,6 +377,9 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
             last = (c.seq, hash.to_string());
         }
         after = page_last;
+        if done {
+            break;
+        }
     }
     let _ = first;
     if matches!(a.format, Format::Jsonl) {

@@ -55,7 +55,7 @@ pub struct DbLoginArgs {
 
 /// A refusal the user can act on: printed as one line, exit status 1.
 fn refused(cmd: &str, message: &str) -> ExitCode {
-    eprintln!("postern {cmd}: {message}");
+    eprintln!("postern {cmd}: {}", crate::printable::cell(message));
     ExitCode::from(1)
 }
 
@@ -389,12 +389,13 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
     crate::credentials::replace_private(&service_file, new.as_bytes())?;
 
     let until = format_clock(b["expires"].as_i64().unwrap_or(0).saturating_mul(1000));
+    let c = crate::printable::cell;
     println!(
         "database credential for {} on {target} ({} as {}), valid until {until} ({})",
-        profile.user,
-        s("database"),
-        s("db_user"),
-        s("ttl")
+        c(&profile.user),
+        c(&s("database")),
+        c(&s("db_user")),
+        c(&s("ttl"))
     );
     println!("  password in {}", pgpass.display());
     println!("  service [{target}] in {}", service_file.display());

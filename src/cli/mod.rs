@@ -139,7 +139,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
     let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
-    Store::open_sqlite(&config.data_dir, Some(std::sync::Arc::new(signer)))
+    let store = Store::open_sqlite(&config.data_dir, Some(std::sync::Arc::new(signer)))
         .await
-        .with_context(|| format!("data dir {}", config.data_dir.display()))
+        .with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    crate::server::mirror::expect_witness(&store, &config.audit.witness).await;
+    Ok(store)
 }

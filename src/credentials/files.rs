@@ -153,8 +153,18 @@ pub fn open_private_append(path: &Path, truncate: bool) -> std::io::Result<fs::F
         o.append(true);
     }
     let f = o.open(path)?;
-    // An existing file keeps its mode on open: make it private too.
+    // What was opened must be ours alone: a regular file of this user with one name (not
+    // a FIFO, nor a file someone else planted or linked to).
     let meta = f.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != euid || meta.nlink() != 1 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file of this user with a single name; remove it or choose another path",
+            path.display()
+        )));
+    }
+    // An existing file keeps its mode on open: make it private too.
     if meta.permissions().mode() & 0o077 != 0 {
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
     }

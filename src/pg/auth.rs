@@ -75,13 +75,14 @@ pub async fn authorize(
     // with a bounded, printable copy of what was tried.
     let known = policy.users.contains_key(&user);
     let tried = shown(&user);
-    if let Err(wait) =
-        shared
-            .api
-            .limiter
-            .attempt(Door::Postgres, known.then_some(user.as_str()), ip)
-    {
-        audit(
+    let attempt = shared
+        .api
+        .limiter
+        .attempt(Door::Postgres, known.then_some(user.as_str()), ip);
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(wait) => {
+            audit(
             shared,
             AuditEvent::new(
                 "auth.rate_limited",
@@ -92,14 +93,15 @@ pub async fn authorize(
             peer,
         )
         .await;
-        return Err(refuse(
-            "28P01",
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs() + 1
-            ),
-        ));
-    }
+            return Err(refuse(
+                "28P01",
+                format!(
+                    "too many failed logins; try again in {} s",
+                    wait.as_secs() + 1
+                ),
+            ));
+        }
+    };
     let fail = |reason: &str| {
         let (actor, details) = if known {
             (
@@ -146,7 +148,7 @@ pub async fn authorize(
     // A token of this user, proven: whatever is wrong with the request now, it is no
     // guess, and the reserved attempt is given back.
     if tok.as_ref().is_some_and(|t| t.user == user) {
-        shared.api.limiter.succeeded(Door::Postgres, &user, ip);
+        attempt.succeeded();
     }
     let again = format!("run postern db login {}", printable(&target_name));
     // A plain DATABASE names the database the token is bound to (drivers that query

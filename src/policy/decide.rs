@@ -190,18 +190,30 @@ pub fn decide(user: &User, roles: &[&Role], target: &Target, req: &Request) -> D
 /// takes away entirely. Someone for whom this is false is answered exactly as for a
 /// target that does not exist: a name alone must not tell what exists, or of what kind.
 pub fn may_reach(roles: &[&Role], target: &Target) -> bool {
-    let rules = |f: fn(&Role) -> &Vec<Rule>| {
-        roles
-            .iter()
-            .flat_map(move |r| f(r).iter())
-            .filter(|r| r.targets.matches(&target.labels))
-    };
-    let denied_entirely = rules(|r| &r.deny)
-        .any(|r| r.logins.is_empty() && r.databases.is_empty() && r.db_users.is_empty());
-    !denied_entirely
-        && rules(|r| &r.allow).any(|r| match target.kind {
-            TargetKind::Ssh => !r.logins.is_empty(),
-            TargetKind::Postgres => !r.databases.is_empty() && !r.db_users.is_empty(),
+    // A name no rule lists stands for what `*` allows.
+    const ANY: &str = "\u{0}any";
+    fn name(l: &str) -> &str {
+        if l == "*" { ANY } else { l }
+    }
+    let user = User::new("reach");
+    let allowed = |req: Request| matches!(decide(&user, roles, target, &req), Decision::Allow(_));
+    roles
+        .iter()
+        .flat_map(|r| r.allow.iter())
+        .filter(|r| r.targets.matches(&target.labels))
+        .any(|r| match target.kind {
+            TargetKind::Ssh => r
+                .logins
+                .iter()
+                .any(|l| allowed(Request::Ssh { login: name(l) })),
+            TargetKind::Postgres => r.databases.iter().any(|d| {
+                r.db_users.iter().any(|u| {
+                    allowed(Request::Postgres {
+                        database: name(d),
+                        db_user: name(u),
+                    })
+                })
+            }),
         })
 }
 

@@ -192,6 +192,20 @@ proptest! {
         };
         let got = decide(&user, &refs, &target, &request);
         let want = reference(&roles, locked, kind, &labels, &req);
+        // May reach = some request of the target's kind would be allowed (an unlocked
+        // user; `zz` stands for any name no rule lists).
+        const NAMES: [&str; 6] = ["root", "ubuntu", "features", "app", "x", "zz"];
+        let some = match kind {
+            TargetKind::Ssh => NAMES
+                .iter()
+                .any(|l| reference(&roles, false, kind, &labels, &Req::Ssh(l.to_string())).is_some()),
+            TargetKind::Postgres => NAMES.iter().any(|d| {
+                NAMES.iter().any(|u| {
+                    reference(&roles, false, kind, &labels, &Req::Pg(d.to_string(), u.to_string())).is_some()
+                })
+            }),
+        };
+        prop_assert_eq!(may_reach(&refs, &target), some);
         match (&got, &want) {
             (Decision::Deny(_), None) => {}
             (Decision::Allow(g), Some(allowing)) => {

@@ -162,6 +162,8 @@ async fn write_loop(
             hash.update(&out);
             bytes += out.len() as u64;
             out.clear();
+            // The bytes a seal names are in the file, not in flight.
+            file.flush().await.map_err(io("flush", &path))?;
         }
         sealer.maybe_seal(&hash, bytes);
         if closing {

@@ -96,6 +96,30 @@ pub async fn run(store: Store, target: String, events: bool, stop: CancellationT
     }
 }
 
+/// The newest head a witness file holds (its last checkpoint line), if there is one.
+pub fn witness_head(target: &str) -> Option<(i64, String)> {
+    if target.is_empty() || target == "stdout" {
+        return None;
+    }
+    let text = std::fs::read_to_string(target).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let c = v.get("checkpoint")?;
+        Some((
+            c.get("seq")?.as_i64()?,
+            c.get("hash")?.as_str()?.to_string(),
+        ))
+    })
+}
+
+/// Tells the store's signer the witness's newest head, so nothing is signed over a log
+/// that no longer holds it.
+pub async fn expect_witness(store: &Store, target: &str) {
+    if let Some((seq, hash)) = witness_head(target) {
+        store.audit_expect(seq, hash).await;
+    }
+}
+
 fn checkpoint_line(c: &crate::store::Checkpoint) -> String {
     serde_json::json!({ "checkpoint": { "seq": c.seq, "hash": c.hash, "signature": c.signature, "time": crate::audit::format_ms(c.time_ms) } }).to_string()
 }

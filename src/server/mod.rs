@@ -5,7 +5,7 @@ pub mod admission;
 pub mod limits;
 mod listener;
 pub mod live;
-mod mirror;
+pub mod mirror;
 mod threads;
 
 use std::net::SocketAddr;
@@ -204,7 +204,9 @@ impl Server {
             }
             Err(e) => warn!(error = %e, "cannot check for sessions interrupted by a crash"),
         }
-        // Whatever a crash or another process left unsigned is signed before serving.
+        // Whatever a crash or another process left unsigned is signed before serving,
+        // unless the log no longer holds the head the witness recorded.
+        mirror::expect_witness(&shared.store, &shared.config.audit.witness).await;
         if let Err(e) = shared.store.audit_checkpoint().await {
             warn!(error = %e, "cannot sign the audit head at start");
         }

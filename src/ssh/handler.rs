@@ -121,6 +121,7 @@ impl Conn {
             cancel: self.cancel.clone(),
             gone: self.gone.clone(),
             withdrawn: CancellationToken::new(),
+            _watch: None,
         }
     }
 

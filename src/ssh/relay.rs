@@ -51,6 +51,8 @@ pub struct Stop {
     /// Fires when a live review withdrew what this channel does (port forwarding to its
     /// destination, file transfer): the channel ends, the session goes on.
     pub withdrawn: CancellationToken,
+    /// Ends the watcher behind `withdrawn` when the channel's stop is dropped.
+    pub _watch: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl Stop {
@@ -61,27 +63,39 @@ impl Stop {
         still: impl Fn(&crate::server::limits::Extras) -> bool + Send + 'static,
     ) -> Stop {
         let withdrawn = CancellationToken::new();
-        let (token, ctx, gone) = (withdrawn.clone(), ctx.clone(), self.gone.clone());
+        let ended = CancellationToken::new();
+        // Subscribed before looking, so a review between the two is not missed.
         let mut changed = ctx.limits.extras.changed();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = changed.changed() => {
-                        if r.is_err() || !still(&ctx.limits.extras) {
-                            token.cancel();
-                            return;
+        if !still(&ctx.limits.extras) {
+            withdrawn.cancel();
+        } else {
+            let (token, ctx, gone, ended) = (
+                withdrawn.clone(),
+                ctx.clone(),
+                self.gone.clone(),
+                ended.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = changed.changed() => {
+                            if r.is_err() || !still(&ctx.limits.extras) {
+                                token.cancel();
+                                return;
+                            }
                         }
+                        _ = ended.cancelled() => return,
+                        _ = gone.cancelled() => return,
+                        _ = ctx.limits.end.cancelled() => return,
                     }
-                    _ = token.cancelled() => return,
-                    _ = gone.cancelled() => return,
-                    _ = ctx.limits.end.cancelled() => return,
                 }
-            }
-        });
+            });
+        }
         Stop {
             cancel: self.cancel.clone(),
             gone: self.gone.clone(),
             withdrawn,
+            _watch: Some(Arc::new(ended.drop_guard())),
         }
     }
 }

@@ -126,17 +126,39 @@ fn checkpoint_row(r: &SqliteRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
-/// Signs the current head if it is not signed yet.
+/// A head this process saw signed (or was told of, from a witness): the log must still
+/// hold it before anything newer is signed.
+pub type Known = Option<(i64, String)>;
+
+/// Signs the current head if it is not signed yet, unless the log no longer holds `known`
+/// (rewritten or cut outside postern: signing would vouch for the rewrite). Returns the
+/// signed head.
 pub async fn checkpoint(
     conn: &mut SqliteConnection,
     signer: &Signer,
-) -> Result<Option<Checkpoint>, StoreError> {
+    known: &Known,
+) -> Result<Known, StoreError> {
     let (seq, hash) = head(conn).await?;
     if seq == 0 {
         return Ok(None);
     }
-    if last_checkpoint(conn).await?.is_some_and(|c| c.seq >= seq) {
-        return Ok(None);
+    if let Some((kseq, khash)) = known {
+        let pruned = anchor(conn)
+            .await?
+            .is_some_and(|a| a.seq > *kseq || (a.seq == *kseq && a.hash == *khash));
+        let at: Option<Option<String>> =
+            sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = ?")
+                .bind(kseq)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if !pruned && at.flatten().as_deref() != Some(khash.as_str()) {
+            return Err(StoreError::Rewritten { seq: *kseq });
+        }
+    }
+    if let Some(c) = last_checkpoint(conn).await?
+        && c.seq >= seq
+    {
+        return Ok(Some((c.seq, c.hash)));
     }
     let cp = Checkpoint {
         seq,
@@ -151,7 +173,7 @@ pub async fn checkpoint(
         .bind(&cp.signature)
         .execute(&mut *conn)
         .await?;
-    Ok(Some(cp))
+    Ok(Some((cp.seq, cp.hash)))
 }
 
 pub async fn checkpoints_in(

@@ -16,6 +16,10 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("the store holds a row it cannot read ({what}): {why}")]
     Corrupt { what: String, why: String },
+    #[error(
+        "the audit log no longer holds event seq {seq} as it was signed: it was rewritten or cut outside postern, so postern will not sign it; run `postern audit verify` and restore the store from a backup"
+    )]
+    Rewritten { seq: i64 },
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }

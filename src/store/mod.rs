@@ -153,6 +153,12 @@ impl Store {
     }
 
     /// Signs the current head of the audit chain (if it is not signed yet).
+    /// A head the log must still hold before this process signs anything newer (the last
+    /// one a witness outside the data dir recorded).
+    pub async fn audit_expect(&self, seq: i64, hash: String) {
+        self.audit.expect(seq, hash).await
+    }
+
     pub async fn audit_checkpoint(&self) -> Result<(), StoreError> {
         self.audit.checkpoint().await
     }

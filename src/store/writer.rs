@@ -23,6 +23,8 @@ const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
 enum Job {
     Append(AuditEvent, oneshot::Sender<Result<(), String>>),
     Checkpoint(oneshot::Sender<Result<(), String>>),
+    /// A head the log must hold (from a witness) before anything newer is signed.
+    Expect(i64, String),
 }
 
 #[derive(Clone)]
@@ -55,6 +57,10 @@ impl AuditQueue {
             .map_err(failed)
     }
 
+    pub async fn expect(&self, seq: i64, hash: String) {
+        let _ = self.tx.send(Job::Expect(seq, hash)).await;
+    }
+
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Job::Checkpoint(ack)).await.is_err() {
@@ -65,33 +71,52 @@ impl AuditQueue {
 }
 
 /// Writes a batch; signs the new head in the same transaction when `sign_with` is given.
+/// The events are written even when signing is refused (a log rewritten outside postern):
+/// that refusal is returned beside success.
 async fn write(
     pool: &SqlitePool,
     events: &[AuditEvent],
     sign_with: Option<&Signer>,
-) -> Result<(), StoreError> {
+    known: &mut audit::Known,
+) -> Result<Option<StoreError>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     audit::insert_chained(&mut tx, events).await?;
+    let mut signed = None;
+    let mut refused = None;
     if let Some(signer) = sign_with {
-        audit::checkpoint(&mut tx, signer).await?;
+        match audit::checkpoint(&mut tx, signer, known).await {
+            Ok(k) => signed = Some(k),
+            Err(e @ StoreError::Rewritten { .. }) => refused = Some(e),
+            Err(e) => return Err(e),
+        }
     }
     tx.commit().await?;
-    Ok(())
+    if let Some(k) = signed {
+        *known = k;
+    }
+    Ok(refused)
 }
 
-async fn sign(pool: &SqlitePool, signer: &Option<Arc<Signer>>) -> Result<(), StoreError> {
+async fn sign(
+    pool: &SqlitePool,
+    signer: &Option<Arc<Signer>>,
+    known: &mut audit::Known,
+) -> Result<(), StoreError> {
     let Some(signer) = signer else {
         return Ok(());
     };
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    audit::checkpoint(&mut tx, signer).await?;
+    let k = audit::checkpoint(&mut tx, signer, known).await?;
     tx.commit().await?;
+    *known = k;
     Ok(())
 }
 
 async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiver<Job>) {
     let mut unsigned: u64 = 0;
     let mut last_sign = Instant::now();
+    // The newest head this writer signed or was told of: never signed over if it changed.
+    let mut known: audit::Known = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,9 +130,12 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
                 // another process that ended without signing, a crash before a restart):
                 // `audit verify` fails on events left unsigned past the interval.
                 if last_sign.elapsed() >= CHECKPOINT_AFTER {
-                    match sign(&pool, &signer).await {
+                    match sign(&pool, &signer, &mut known).await {
                         Ok(()) => { unsigned = 0; last_sign = Instant::now(); }
-                        Err(e) => warn!(error = %e, "cannot sign an audit checkpoint"),
+                        Err(e) => {
+                            warn!(error = %e, "cannot sign an audit checkpoint");
+                            last_sign = Instant::now();
+                        }
                     }
                 }
                 continue;
@@ -122,6 +150,11 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
                 acks.push(ack);
             }
             Job::Checkpoint(ack) => checkpoint_acks.push(ack),
+            Job::Expect(seq, hash) => {
+                if known.as_ref().is_none_or(|(k, _)| seq > *k) {
+                    known = Some((seq, hash));
+                }
+            }
         };
         push(first, &mut events);
         while events.len() < BATCH {
@@ -134,9 +167,14 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
             let due =
                 unsigned + events.len() as u64 >= CHECKPOINT_EVERY || !checkpoint_acks.is_empty();
             let sign_with = if due { signer.as_deref() } else { None };
-            let result = write(&pool, &events, sign_with)
-                .await
-                .map_err(|e| e.to_string());
+            let result = match write(&pool, &events, sign_with, &mut known).await {
+                Ok(Some(refused)) => {
+                    warn!(error = %refused, "cannot sign an audit checkpoint");
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
             if result.is_ok() {
                 if sign_with.is_some() {
                     unsigned = 0;
@@ -150,7 +188,9 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
             }
         }
         if !checkpoint_acks.is_empty() || unsigned >= CHECKPOINT_EVERY {
-            let result = sign(&pool, &signer).await.map_err(|e| e.to_string());
+            let result = sign(&pool, &signer, &mut known)
+                .await
+                .map_err(|e| e.to_string());
             if result.is_ok() {
                 unsigned = 0;
                 last_sign = Instant::now();
@@ -161,6 +201,6 @@ async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiv
         }
     }
     if unsigned > 0 {
-        let _ = sign(&pool, &signer).await;
+        let _ = sign(&pool, &signer, &mut known).await;
     }
 }

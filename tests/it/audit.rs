@@ -661,54 +661,79 @@ fn search_follow_prints_new_events_as_they_arrive() {
 #[test]
 fn checkpoints_deleted_or_a_cut_tail_are_caught_and_a_saved_head_holds() {
     let (b, dir) = populated();
-    let head = b.postern.root().join("head.json");
-    let saved: Out = Command::new(BIN)
-        .args(["audit", "head", "-o"])
-        .arg(&head)
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap()
-        .into();
-    saved.ok();
-    assert!(verify_head(&dir, &head).ok().starts_with("OK: "));
-    // Older than the signing interval (30 s with its margin).
-    std::thread::sleep(std::time::Duration::from_secs(32));
-    assert!(verify(&dir).ok().starts_with("OK: "));
+    let save_head = |to: &Path| {
+        let out: Out = Command::new(BIN)
+            .args(["audit", "head", "-o"])
+            .arg(to)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .into();
+        out.ok();
+        std::fs::read_to_string(to).unwrap()
+    };
+    let early = save_head(&b.postern.root().join("early.json"));
     let n = events(&dir).len() as i64;
-    let case = |name: &str, tamper: &dyn Fn(&Path), with_head: bool, expect: &str| {
-        let check = |d: &Path| {
-            if with_head {
-                verify_head(d, &head)
-            } else {
-                verify(d)
-            }
+    // The log goes on past the signing interval (30 s with its margin).
+    std::thread::sleep(std::time::Duration::from_secs(32));
+    for name in ["late1", "late2"] {
+        let out: Out = Command::new(BIN)
+            .args(["admin", "user", "add", name, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .into();
+        out.ok();
+    }
+    let head = b.postern.root().join("head.json");
+    let late = save_head(&head);
+    assert!(verify(&dir).ok().starts_with("OK: "));
+    assert!(verify_head(&dir, &head).ok().starts_with("OK: "));
+    // A witness-like file whose last line is the older head (as when a restarted postern
+    // appends the store's newest checkpoint): every head in it counts.
+    let heads = b.postern.write("heads.jsonl", &format!("{late}{early}"));
+    let case = |name: &str, tamper: &dyn Fn(&Path), with: Option<&Path>, expect: &str| {
+        let check = |d: &Path| match with {
+            Some(h) => verify_head(d, h),
+            None => verify(d),
         };
         tampered(&dir, name, tamper, &check, expect)
     };
     let db = |d: &Path| d.join("postern.db");
-    // The last events and the checkpoints that covered them.
+    // The last event cut, and the checkpoints after the sleep deleted: what is left was
+    // written more than 30 s after the last signature.
     let cut = format!(
-        "DELETE FROM audit_events WHERE seq > {m}; DELETE FROM audit_checkpoints WHERE seq > {m};",
-        m = n - 3
+        "DELETE FROM audit_events WHERE seq > {}; DELETE FROM audit_checkpoints WHERE seq > {n};",
+        n + 1
     );
     case(
         "cut",
         &|d| sqlite(&db(d), &cut),
-        false,
-        "no signed checkpoint",
+        None,
+        "no signed checkpoint covers them",
+    );
+    // Cut back to a signed event: only a head kept outside tells.
+    let back = format!(
+        "DELETE FROM audit_events WHERE seq > {n}; DELETE FROM audit_checkpoints WHERE seq > {n};"
     );
     case(
         "cut-head",
-        &|d| sqlite(&db(d), &cut),
-        true,
+        &|d| sqlite(&db(d), &back),
+        Some(&head),
+        "events were removed from the end",
+    );
+    case(
+        "cut-heads",
+        &|d| sqlite(&db(d), &back),
+        Some(&heads),
         "events were removed from the end",
     );
     // Every checkpoint gone.
     case(
         "unsigned",
         &|d| sqlite(&db(d), "DELETE FROM audit_checkpoints"),
-        false,
+        None,
         "there is no signed checkpoint at all",
     );
     // A result the log does not know is not read as a success.
@@ -720,7 +745,7 @@ fn checkpoints_deleted_or_a_cut_tail_are_caught_and_a_saved_head_holds() {
                 "UPDATE audit_events SET result = 'fine' WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'success')",
             )
         },
-        false,
+        None,
         "unknown result `fine`",
     );
     // A head from another data dir (another key) is refused.
@@ -793,4 +818,58 @@ fn open_recordings_are_sealed_into_the_chain_while_they_grow() {
     std::fs::write(&file, &original).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// With a witness, postern does not sign a log that no longer holds the witness's newest
+/// head: not when it starts, not from a local command; and verify against the witness
+/// names the cut.
+#[test]
+fn a_log_cut_under_a_witness_is_not_signed_again() {
+    let mut p = Postern::new();
+    let witness = p.root().join("witness.jsonl");
+    let cfg = p.write(
+        "postern.toml",
+        &format!("[audit]\nwitness = \"{}\"\n", witness.display()),
+    );
+    let env = [("POSTERN_CONFIG", cfg.as_path())];
+    let mut cmd = p.serve_command();
+    cmd.arg("--config").arg(&cfg);
+    p.spawn(cmd);
+    for u in ["a", "b", "c"] {
+        p.cli_env(&["admin", "user", "add", u], "", &env).ok();
+    }
+    assert_eq!(p.stop().code(), Some(0));
+    let n = events(&p.data_dir()).len() as i64;
+    sqlite(
+        &p.data_dir().join("postern.db"),
+        &format!(
+            "DELETE FROM audit_events WHERE seq > {m}; DELETE FROM audit_checkpoints WHERE seq > {m};",
+            m = n - 3
+        ),
+    );
+    // A local command will not sign the cut log.
+    let out = p.cli_env(&["audit", "head"], "", &env);
+    assert!(
+        out.fails(2).contains("rewritten or cut outside postern"),
+        "{out:?}"
+    );
+    // Nor will serve, when it starts.
+    let mut cmd = p.serve_command();
+    cmd.arg("--config").arg(&cfg);
+    p.spawn(cmd);
+    assert_eq!(p.stop().code(), Some(0));
+    assert!(
+        p.log().contains("rewritten or cut outside postern"),
+        "{}",
+        p.log()
+    );
+    // (The restarted postern wrote new events where the cut ones were: the witness's
+    // heads name them as rewritten.)
+    let out = verify_head(&p.data_dir(), &witness);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("saved head") && out.stdout.contains("rewritten"),
+        "{}",
+        out.stdout
+    );
 }

@@ -164,7 +164,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 );
                 println!("keys    {}", u.keys.len());
                 for k in &u.keys {
-                    println!("  {} {}", k.fingerprint, k.comment);
+                    println!("  {} {}", k.fingerprint, output::cell(&k.comment));
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -105,9 +105,13 @@ LogLevel VERBOSE
 Subsystem sftp internal-sftp
 AcceptEnv LANG LC_* TERM POSTERN_TEST_*
 MaxStartups 200
+SetEnv HOME={d}/home
 ",
             d = d.display()
         );
+        // Sessions get a home of their own: the login shell reads no startup files of the
+        // machine's account (whose tools may stall a shell's start).
+        std::fs::create_dir_all(d.join("home")).expect("home");
         std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
         let log = std::fs::File::create(d.join("sshd.log")).expect("log");
         let child = Command::new(SSHD)
