@@ -54,7 +54,11 @@ UsePAM no
 PasswordAuthentication no
 PermitRootLogin prohibit-password
 MaxStartups 1000
+SetEnv HOME=$d/home
 CFG
+  # Sessions get a home of their own: shells read no startup files of the machine's
+  # account, so the target's cost per session is the shell alone.
+  mkdir -p "$d/home"
   /usr/sbin/sshd -D -e -f "$d/config" 2>"$d/log" &
   PIDS+=($!)
 }
