@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, LogFormat};
 use crate::credentials::{self, KeyStore};
@@ -43,6 +43,26 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// Every connection, upstream connection and open recording is a file descriptor: the
+/// soft limit (often 1024) is raised to the hard one, so the listeners' budgets, not the
+/// descriptor table, decide how many connections postern holds.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = lim.rlim_max;
+            lim.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!("cannot raise the open files limit; connections may be refused early");
+            }
+        }
+    }
+}
+
 pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(a) = args.ssh_listen {
         config.ssh.listen = a;
@@ -54,6 +74,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         config.api.listen = a;
     }
     init_logging(&config);
+    raise_open_files_limit();
     let dir = config.data_dir.clone();
     let loaded = KeyStore::load_or_create(&dir, &config.tls.hostnames)?;
     let first_start = !loaded.created.is_empty();

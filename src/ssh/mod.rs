@@ -79,7 +79,9 @@ pub async fn serve(
     );
     let state = conn.state();
     let started = tokio::select! {
-        r = server::run_stream(shared.ssh_config.clone(), stream, conn) => r,
+        // Clients too may hold a second small write for our ACK (OpenSSH turns Nagle off
+        // only for terminals): acknowledge at once.
+        r = server::run_stream(shared.ssh_config.clone(), quickack::QuickAck(stream), conn) => r,
         why = gate.expired() => {
             debug!(reason = why, "client did not log in");
             return;

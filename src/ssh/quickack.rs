@@ -1,4 +1,5 @@
-//! A TCP stream towards a target that acknowledges what it reads at once.
+//! A TCP stream that acknowledges what it reads at once (towards targets, and from
+//! clients: OpenSSH's client leaves Nagle on without a terminal too).
 //!
 //! OpenSSH's sshd leaves Nagle's algorithm on for connections without a terminal, so a
 //! program that answers in two writes (headers, then body) has its second write held

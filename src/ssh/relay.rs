@@ -323,26 +323,28 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     };
     let path_text = recording::stored_path(&ctx.shared.config.data_dir, &path);
     let _sealed = ctx.shared.seals.watch(&path_text, &ctx.id, recorder.seal());
-    if let Err(e) = ctx
-        .shared
-        .store
-        .add_recording(&ctx.id, channel_no, &path_text)
-        .await
-    {
-        warn!(session = %ctx.id, error = %e, "cannot index the recording");
-    }
-    ctx.audit(ctx.event(
+    // Indexing the recording, auditing the channel and running it go at once: a command
+    // waits for the target, not for two more disk syncs (the recording exists already).
+    let index = async {
+        if let Err(e) = ctx
+            .shared
+            .store
+            .add_recording(&ctx.id, channel_no, &path_text)
+            .await
+        {
+            warn!(session = %ctx.id, error = %e, "cannot index the recording");
+        }
+    };
+    let audited = ctx.audit(ctx.event(
         "session.channel",
         Outcome::Success,
         json!({ "channel": channel_no, "kind": match start { Start::Shell => "shell", Start::Exec(_) => "exec", Start::Sftp => "sftp" }, "command": command, "recording": path_text }),
-    ))
-    .await;
-
+    ));
     // The channel's end (EOF, exit status, CLOSE) is the relay's.
-    let _ = relay(
+    let run = relay(
         &ctx, &recorder, start, pty, env, down_r, &down_w, down_id, &handle, &stop,
-    )
-    .await;
+    );
+    let ((), (), _) = tokio::join!(index, audited, run);
     finish_shared(&ctx, channel_no, recorder).await;
 }
 

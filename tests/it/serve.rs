@@ -303,3 +303,32 @@ fn refuses_open_directories_linked_keys_and_keeps_exports_private() {
     p.spawn(cmd);
     assert_eq!(p.stop().code(), Some(0));
 }
+
+/// A low soft limit on open files (1024 is common) would refuse connections long before
+/// the listeners' budgets: serve raises it to the hard limit.
+#[test]
+fn serve_raises_its_open_files_limit() {
+    let mut p = Postern::new();
+    let serve = p.serve_command();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=256:")
+        .arg(serve.get_program())
+        .args(serve.get_args());
+    for (k, v) in serve.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    p.spawn(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid().unwrap())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files SOFT HARD files"
+    assert_eq!(fields[3], fields[4], "{line}");
+    assert_ne!(fields[3], "256", "{line}");
+    assert_eq!(p.stop().code(), Some(0));
+}
