@@ -73,6 +73,17 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// `Ok` when `c` is signed by the audit key; else `what` names the signed thing.
+    fn signed(&self, c: &CheckpointIn, what: impl FnOnce() -> String) -> Result<(), Broken> {
+        if chain::verify_checkpoint(&self.key, c.seq, &c.hash, &c.signature) {
+            return Ok(());
+        }
+        Err(Broken {
+            seq: c.seq,
+            what: what(),
+        })
+    }
+
     pub fn new(key: PublicKey) -> Verifier {
         Verifier {
             key,
@@ -95,12 +106,9 @@ impl Verifier {
 
     /// Starts after a prune anchor (signed) instead of genesis.
     pub fn anchor(&mut self, a: &CheckpointIn) -> Result<(), Broken> {
-        if !chain::verify_checkpoint(&self.key, a.seq, &a.hash, &a.signature) {
-            return Err(Broken {
-                seq: a.seq,
-                what: format!("the prune anchor at seq {} has a bad signature", a.seq),
-            });
-        }
+        self.signed(a, || {
+            format!("the prune anchor at seq {} has a bad signature", a.seq)
+        })?;
         self.next_seq = Some(a.seq + 1);
         self.prev = a.hash.clone();
         self.anchored = true;
@@ -110,15 +118,12 @@ impl Verifier {
     /// A head saved earlier with `audit head`: signed by the audit key, and the log must
     /// still hold that event, unchanged.
     pub fn expect_head(&mut self, h: CheckpointIn) -> Result<(), Broken> {
-        if !chain::verify_checkpoint(&self.key, h.seq, &h.hash, &h.signature) {
-            return Err(Broken {
-                seq: h.seq,
-                what: format!(
-                    "the saved head (seq {}) has a bad signature: it was not made with this audit key",
-                    h.seq
-                ),
-            });
-        }
+        self.signed(&h, || {
+            format!(
+                "the saved head (seq {}) has a bad signature: it was not made with this audit key",
+                h.seq
+            )
+        })?;
         self.heads.insert(h.seq, h);
         Ok(())
     }
@@ -130,15 +135,12 @@ impl Verifier {
     }
 
     pub fn checkpoint(&mut self, c: CheckpointIn) -> Result<(), Broken> {
-        if !chain::verify_checkpoint(&self.key, c.seq, &c.hash, &c.signature) {
-            return Err(Broken {
-                seq: c.seq,
-                what: format!(
-                    "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
-                    c.seq
-                ),
-            });
-        }
+        self.signed(&c, || {
+            format!(
+                "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
+                c.seq
+            )
+        })?;
         self.checkpoints.insert(c.seq, c);
         Ok(())
     }
@@ -154,15 +156,12 @@ impl Verifier {
                 ),
             });
         }
-        if !chain::verify_checkpoint(&self.key, c.seq, &c.hash, &c.signature) {
-            return Err(Broken {
-                seq: c.seq,
-                what: format!(
-                    "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
-                    c.seq
-                ),
-            });
-        }
+        self.signed(&c, || {
+            format!(
+                "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
+                c.seq
+            )
+        })?;
         self.report.checkpoints += 1;
         self.report.last_signed = c.seq;
         self.unsigned = None;

@@ -107,6 +107,13 @@ impl Bastion {
 
     /// The same client options, offering only `key` (and its `-cert.pub`, if any).
     pub fn ssh_command_with_key(&self, program: &str, key: &std::path::Path) -> Command {
+        let mut c = self.person_command(program, key);
+        c.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]);
+        c
+    }
+
+    /// A client as a person runs it: no BatchMode, so keyboard-interactive notices show.
+    fn person_command(&self, program: &str, key: &std::path::Path) -> Command {
         let mut c = Command::new(program);
         c.args(["-F", "/dev/null", "-i"])
             .arg(key)
@@ -116,29 +123,14 @@ impl Bastion {
                 "-o",
                 "StrictHostKeyChecking=yes",
                 "-o",
-                "BatchMode=yes",
-                "-o",
                 "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=15",
             ]);
         c
     }
 
-    /// `ssh` as a person runs it (no BatchMode, so keyboard-interactive notices show),
-    /// offering only `key`, to `dest` through postern, running `command`.
+    /// `ssh` as a person runs it, offering only `key`, through postern, running `command`.
     pub fn ssh_as_a_person(&self, key: &std::path::Path, command: &str) -> Out {
-        Command::new("ssh")
-            .args(["-F", "/dev/null", "-i"])
-            .arg(key)
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
+        self.person_command("ssh", key)
             .args(["-p", &self.postern.ssh.port().to_string()])
             .arg(format!("{}@127.0.0.1", self.dest()))
             .arg(command)
