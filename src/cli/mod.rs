@@ -6,6 +6,7 @@ mod admin;
 mod apply;
 mod audit;
 mod check_config;
+mod grep;
 mod login;
 mod output;
 mod serve;

@@ -16,7 +16,7 @@ use crate::store::Store;
 /// every signed checkpoint as a `{"checkpoint": …}` line, starting with the newest one.
 /// A witness (`[audit] witness`) is the checkpoints alone: kept outside the data dir, it
 /// holds heads an attacker with the data dir cannot take back.
-pub async fn run(store: Store, target: String, events: bool, stop: CancellationToken) {
+pub async fn run(store: Store, target: String, events: bool, from: i64, stop: CancellationToken) {
     let mut sink: Box<dyn Write + Send> = if target == "stdout" {
         Box::new(std::io::stdout())
     } else {
@@ -28,7 +28,7 @@ pub async fn run(store: Store, target: String, events: bool, stop: CancellationT
             }
         }
     };
-    let mut after = store.audit_head_seq().await.unwrap_or(0);
+    let mut after = from;
     let mut after_cp = match store.audit_last_checkpoint().await {
         Ok(Some(c)) => {
             if writeln!(sink, "{}", checkpoint_line(&c)).is_err() {

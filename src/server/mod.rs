@@ -118,6 +118,9 @@ async fn bind(
 /// Binds the listeners; `serve` then runs them until `shutdown` fires.
 pub struct Server {
     shared: Arc<Shared>,
+    /// The audit head when the listeners were bound: the mirror starts after it, so an
+    /// event written once clients may connect is never missed.
+    mirror_from: i64,
     ssh: TcpListener,
     postgres: TcpListener,
     api: TcpListener,
@@ -138,7 +141,9 @@ impl Server {
                 *addr = a;
             }
         }
+        let mirror_from = shared.store.audit_head_seq().await.unwrap_or(0);
         Ok(Server {
+            mirror_from,
             shared: Arc::new(shared),
             ssh,
             postgres,
@@ -238,6 +243,7 @@ impl Server {
                 shared.store.clone(),
                 target.clone(),
                 events,
+                self.mirror_from,
                 mirror_stop.clone(),
             ))
         })

@@ -571,7 +571,11 @@ fn events_are_mirrored_as_json_lines_for_a_siem() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let kinds: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
-    assert_eq!(kinds, ["user.create", "server.stop"], "{text}");
+    assert_eq!(
+        kinds,
+        ["server.start", "user.create", "server.stop"],
+        "{text}"
+    );
     assert!(text.contains("\"hash\":"));
     // The signed heads go with the events, the last one vouching for the last event.
     let heads: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("checkpoint")).collect();
