@@ -139,6 +139,20 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
         }
     }
+    // A client that left because a shutdown or a kill ended its channels did not end the
+    // session itself: say what did (both may be ready at once above).
+    if reason == "client exit" {
+        if cancel.is_cancelled() {
+            reason = "shutdown";
+        } else if kill.is_cancelled() {
+            let ending = state
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .and_then(|c| c.limits.ending());
+            reason = ending.map_or("killed", |e| e.reason);
+        }
+    }
     // Whatever the session task still does, it ends with the connection.
     running.abort();
     // The client is gone: channels stop waiting on it, and finalise their recordings
