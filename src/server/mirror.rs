@@ -101,7 +101,16 @@ pub fn witness_head(target: &str) -> Option<(i64, String)> {
     if target.is_empty() || target == "stdout" {
         return None;
     }
-    let text = std::fs::read_to_string(target).ok()?;
+    // The file grows by a line every few seconds for as long as postern runs, and every
+    // local command asks: read its tail only (a checkpoint line is far shorter).
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 8192;
+    let mut f = std::fs::File::open(target).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
     text.lines().rev().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         let c = v.get("checkpoint")?;
