@@ -22,6 +22,9 @@ const LINGER: Duration = Duration::from_secs(2);
 struct Conn {
     handle: Arc<UpHandle>,
     channels: AtomicUsize,
+    /// Channels it takes at most: `CHANNELS_PER_CONNECTION`, or fewer once the target
+    /// refused one (a `MaxSessions` below ours), so it is not asked again past that.
+    room: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -52,6 +55,13 @@ impl Lease {
     pub fn fresh(&self) -> bool {
         self.fresh
     }
+
+    /// The target refused this channel on a live connection: it takes no more than the
+    /// channels it carries without this one.
+    pub fn refused(&self) {
+        let others = self.conn.channels.load(Ordering::Acquire).saturating_sub(1);
+        self.conn.room.fetch_min(others, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Lease {
@@ -74,7 +84,7 @@ impl Pool {
         conns.retain(|c| !c.handle.is_closed());
         let conn = conns
             .iter()
-            .find(|c| c.channels.load(Ordering::Acquire) < CHANNELS_PER_CONNECTION)?
+            .find(|c| c.channels.load(Ordering::Acquire) < c.room.load(Ordering::Acquire))?
             .clone();
         conn.channels.fetch_add(1, Ordering::AcqRel);
         Some(Lease {
@@ -89,6 +99,7 @@ impl Pool {
         let conn = Arc::new(Conn {
             handle: Arc::new(handle),
             channels: AtomicUsize::new(1),
+            room: AtomicUsize::new(CHANNELS_PER_CONNECTION),
         });
         self.conns.lock().await.push(conn.clone());
         Lease {

@@ -32,7 +32,33 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long the end of a channel waits for a peer's answer (its CLOSE, a write).
 const PEER_WAIT: Duration = Duration::from_secs(5);
 
-type UpWrite = ChannelWriteHalf<russh::client::Msg>;
+/// The target's side of a channel, closed when dropped, whoever drops it (a pump that
+/// ended, one aborted). russh answers a target's CLOSE only when the application closes
+/// the channel, and sshd holds one of its `MaxSessions` slots for a channel until both
+/// CLOSEs passed: a channel never closed leaves its connection unusable for new ones.
+struct UpWrite(Option<ChannelWriteHalf<russh::client::Msg>>);
+
+impl std::ops::Deref for UpWrite {
+    type Target = ChannelWriteHalf<russh::client::Msg>;
+
+    fn deref(&self) -> &Self::Target {
+        match &self.0 {
+            Some(w) => w,
+            None => unreachable!("taken only when dropped"),
+        }
+    }
+}
+
+impl Drop for UpWrite {
+    fn drop(&mut self) {
+        // A second CLOSE is not sent: russh forgets a channel once it closed it.
+        if let (Some(w), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = timeout(PEER_WAIT, w.close()).await;
+            });
+        }
+    }
+}
 
 /// What the channel is, for recording and ending it.
 pub(super) enum Kind<'a> {
@@ -77,8 +103,9 @@ impl Pump<'_> {
         down_r: ChannelReadHalf,
         down_w: &ChannelWriteHalf<Msg>,
         mut up_r: ChannelReadHalf,
-        up_w: UpWrite,
+        up_w: ChannelWriteHalf<russh::client::Msg>,
     ) -> (Result<(), String>, Moved) {
+        let up_w = UpWrite(Some(up_w));
         let ctx = self.ctx;
         let gone = &self.stop.gone;
         let (session, record_data) = match self.kind {

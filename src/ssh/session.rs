@@ -92,14 +92,21 @@ impl SessionCtx {
         F: Fn(Arc<UpHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, russh::Error>>,
     {
-        let mut reuse = true;
+        // Two tries on reused connections (one may have died or be full), then a new one.
+        let mut reused_tries = 0;
         loop {
+            let reuse = reused_tries < 2;
             // One opener at a time picks or makes a connection, so channels opened
             // together share one instead of each making its own; the channel itself
             // opens unlocked.
             let lease = {
                 let mut opening = self.upstreams.opening.lock().await;
-                match self.upstreams.lease().await.filter(|_| reuse) {
+                let reused = if reuse {
+                    self.upstreams.lease().await
+                } else {
+                    None
+                };
+                match reused {
                     Some(lease) => lease,
                     None => {
                         self.upstreams
@@ -110,8 +117,11 @@ impl SessionCtx {
             };
             match open(lease.handle()).await {
                 Ok(ch) => return Ok((lease, ch)),
-                // A reused connection that died: one more try, on a new one.
-                Err(_) if !lease.fresh() => reuse = false,
+                // A reused connection that died or is full: it takes no more, try again.
+                Err(_) if !lease.fresh() => {
+                    lease.refused();
+                    reused_tries += 1;
+                }
                 Err(e) => {
                     return Err(format!(
                         "target `{}` refused a channel: {e}",

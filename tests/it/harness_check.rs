@@ -21,6 +21,7 @@ fn sshd_without_authorized_keys_refuses_keys() {
     let sshd = Sshd::start_with(crate::harness::sshd::Options {
         authorized_key: false,
         trusted_ca: None,
+        config: "",
     });
     // No key was made for the client: ssh has nothing to offer and is refused.
     let out = sshd.ssh(&whoami(), "true");

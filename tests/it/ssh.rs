@@ -35,12 +35,22 @@ impl Bastion {
 
     /// As `start_with`, on a postern made by the caller (a data dir on a tmpfs).
     pub fn start_on(p: Postern, extra: &[&str], config: Option<&str>) -> Bastion {
+        Self::start_full(p, extra, config, "")
+    }
+
+    /// As `start`, with a target whose sshd_config begins with `sshd_config`.
+    pub fn start_with_target(sshd_config: &str) -> Bastion {
+        Self::start_full(Postern::new(), &[], None, sshd_config)
+    }
+
+    fn start_full(p: Postern, extra: &[&str], config: Option<&str>, sshd_config: &str) -> Bastion {
         let ca = p.cli(&["admin", "target-ca"]);
         let ca_line = ca.ok().lines().next().unwrap().to_string();
         assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
         let sshd = Sshd::start_with(Options {
             authorized_key: false,
             trusted_ca: Some(&ca_line),
+            config: sshd_config,
         });
         let login = whoami();
         let mut role = vec![

@@ -61,6 +61,53 @@ fn session_channels_per_connection_are_capped() {
 }
 
 #[test]
+fn a_target_allowing_fewer_channels_gets_more_connections() {
+    // A hardened target takes two session channels a connection. Two long commands fill
+    // postern's first connection to it; the commands after them are refused there once,
+    // and from then on go to a second connection (not a refusal and a new connection
+    // each).
+    let b = Bastion::start_with_target("MaxSessions 2\n");
+    let (mut m, sock) = master(&b);
+    let spawn = |cmd: &str| -> Child {
+        muxed(&sock, cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let sleepers: Vec<Child> = (0..2).map(|_| spawn("sleep 6; echo done")).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..4 {
+        let out = wait_for(
+            spawn(&format!("echo {i}")),
+            Duration::from_secs(30),
+            "command",
+        );
+        assert_eq!(out.ok(), format!("{i}\n"));
+    }
+    let log = b.sshd.log();
+    assert_eq!(
+        log.matches("no more sessions").count(),
+        1,
+        "refused channels\n{log}"
+    );
+    assert_eq!(
+        log.matches("Accepted publickey").count(),
+        2,
+        "connections\n{log}"
+    );
+    for c in sleepers {
+        assert_eq!(
+            wait_for(c, Duration::from_secs(30), "sleeper").ok(),
+            "done\n"
+        );
+    }
+    let _ = m.kill();
+    let _ = m.wait();
+}
+
+#[test]
 fn file_transfer_off_refuses_every_transfer_server() {
     let b = Bastion::start_with_role(&["--file-transfer", "false"]);
     let dir = b.postern.root();

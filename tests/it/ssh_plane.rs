@@ -191,7 +191,13 @@ fn multiplexed_commands_keep_their_exit_codes() {
         );
         assert_eq!(out.stdout, format!("hi {i}\n"));
     }
-    // Short commands one after another, each ending cleanly.
+    // Short commands one after another, each ending cleanly, and all on one connection
+    // to the target: each channel's slot there is given back when it ends (sshd allows
+    // ten channels a connection; a channel never closed kept its slot, and every command
+    // past the tenth paid for a refused channel and a new connection).
+    let logins = || b.sshd.log().matches("Accepted publickey").count();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = logins();
     for i in 0..20 {
         let out = wait_for(
             muxed(&sock, &format!("echo {i}"))
@@ -205,6 +211,11 @@ fn multiplexed_commands_keep_their_exit_codes() {
         );
         assert_eq!(out.stdout, format!("{i}\n"), "{out:?}");
     }
+    assert_eq!(
+        logins() - before,
+        1,
+        "connections to the target for 20 commands in a row"
+    );
     // Every channel's upstream connection ended: the target serves nothing now.
     target_serves_nothing(&b);
     let s = only_session(&b);

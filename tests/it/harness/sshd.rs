@@ -38,6 +38,8 @@ pub struct Options<'a> {
     pub authorized_key: bool,
     /// Lines for TrustedUserCAKeys (postern's target CA).
     pub trusted_ca: Option<&'a str>,
+    /// More sshd_config lines (a first match wins in sshd_config: these come first).
+    pub config: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -45,6 +47,7 @@ impl Default for Options<'_> {
         Options {
             authorized_key: true,
             trusted_ca: None,
+            config: "",
         }
     }
 }
@@ -91,7 +94,7 @@ impl Sshd {
         )
         .expect("known_hosts");
         let config = format!(
-            "ListenAddress 127.0.0.1:{port}
+            "{extra}ListenAddress 127.0.0.1:{port}
 HostKey {d}/host_key
 PidFile {d}/sshd.pid
 AuthorizedKeysFile {d}/authorized_keys
@@ -107,7 +110,8 @@ AcceptEnv LANG LC_* TERM POSTERN_TEST_*
 MaxStartups 200
 SetEnv HOME={d}/home
 ",
-            d = d.display()
+            d = d.display(),
+            extra = opts.config,
         );
         // Sessions get a home of their own: the login shell reads no startup files of the
         // machine's account (whose tools may stall a shell's start).
