@@ -10,6 +10,7 @@ mod cancel;
 mod link;
 mod proof;
 mod relay;
+mod scram;
 mod session;
 mod settings;
 mod text;

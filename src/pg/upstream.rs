@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::scram::ScramClient;
+use crate::credentials::scram::{SCRAM as SCRAM_SHA_256, SCRAM_PLUS as SCRAM_SHA_256_PLUS};
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
-};
 use postgres_protocol::message::frontend;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -197,7 +196,7 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
         .map_err(|e| unreachable(e.to_string()))?;
 
     let mut buf = BytesMut::with_capacity(8192);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     let refused = |frame: &[u8]| {
         let (code, message) = error_fields(wire::body(frame));
         UpstreamError::Refused {
@@ -257,10 +256,7 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
                 let (mechanism, cb) = match &binding {
                     // Over TLS, the proof is bound to the certificate this server showed:
                     // a server relaying it to another cannot use it.
-                    Some(b) if plus => (
-                        SCRAM_SHA_256_PLUS,
-                        ChannelBinding::tls_server_end_point(b.clone()),
-                    ),
+                    Some(b) if plus => (SCRAM_SHA_256_PLUS, Some(b.clone())),
                     _ if tls && !verified => {
                         return Err(unsafe_(format!(
                             "over TLS without certificate verification (tls_mode = require), postern logs in only with SCRAM channel binding (SCRAM-SHA-256-PLUS), and the server offers {mechanisms:?}{}; set tls_mode = verify-full with postgres.target_ca_file",
@@ -276,9 +272,9 @@ async fn handshake(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
                             "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
                         )));
                     }
-                    _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    _ => (SCRAM_SHA_256, None),
                 };
-                let s = ScramSha256::new(c.password.as_bytes(), cb);
+                let s = ScramClient::new(c.password, cb).map_err(|e| protocol(e.to_string()))?;
                 frontend::sasl_initial_response(mechanism, s.message(), &mut out)
                     .map_err(|e| protocol(e.to_string()))?;
                 scram = Some(s);
