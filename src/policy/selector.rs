@@ -125,7 +125,16 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
     if let Some((k, v)) = p.split_once("!=") {
         return Ok(Requirement::NotEq(label(k, "key")?, label(v, "value")?));
     }
-    if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
+    // One operator, one way to write it: a doubled or misplaced sign is a typo to show,
+    // not something to guess the meaning of.
+    for typo in ["==", "=!", "!!", "=<", "=>", "<=", ">="] {
+        if p.contains(typo) {
+            return Err(format!(
+                "`{typo}` in `{p}` is not an operator: write `key=value` or `key!=value`"
+            ));
+        }
+    }
+    if let Some((k, v)) = p.split_once('=') {
         return Ok(Requirement::Eq(label(k, "key")?, label(v, "value")?));
     }
     if let Some(k) = p.strip_prefix('!') {
@@ -234,7 +243,6 @@ mod tests {
         for (sel, on_gpu, on_db) in [
             ("*", true, true),
             ("env=prod", true, false),
-            ("env==prod", true, false),
             ("env!=prod", false, true),
             ("team in (vision, nlp)", true, true),
             ("team notin (vision)", false, true),
@@ -264,6 +272,10 @@ mod tests {
             "a, *",
             "env=pr od",
             "team within (a)",
+            "env==prod",
+            "env=!prod",
+            "env!!=prod",
+            "env>=2",
         ] {
             let e = sel.parse::<Selector>().unwrap_err().to_string();
             assert!(e.starts_with("invalid label selector"), "{sel}: {e}");
