@@ -10,6 +10,7 @@ mod pool;
 mod pump;
 mod quickack;
 mod relay;
+pub mod scan;
 mod session;
 mod transfer;
 pub mod upstream;

@@ -16,7 +16,7 @@ use crate::policy::Target;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error(
-        "target `{target}` has no pinned host key; an admin must add it (postern admin target add … --host-key)"
+        "target `{target}` has no pinned host key; an admin must pin it: postern admin target set {target} --scan-host-key (or --host-key KEY, as ssh-keyscan prints it)"
     )]
     NoPinnedKey { target: String },
     #[error("cannot reach target `{target}` at {address}: {why}")]
@@ -26,7 +26,7 @@ pub enum UpstreamError {
         why: String,
     },
     #[error(
-        "target `{target}` presented host key {presented}, but the pinned key is {pinned}; refusing to connect (possible man-in-the-middle, or the host was rebuilt: an admin must update the pinned key)"
+        "target `{target}` presented host key {presented}, but the pinned key is {pinned}; refusing to connect (possible man-in-the-middle, or the host was rebuilt: after checking the new key out of band, an admin updates it with postern admin target set {target} --host-key KEY)"
     )]
     HostKeyMismatch {
         target: String,

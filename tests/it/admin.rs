@@ -161,6 +161,93 @@ fn users_roles_targets_round_trip() {
     );
 }
 
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+#[test]
+fn targets_are_edited_in_place() {
+    let p = Postern::new();
+    p.cli(&[
+        "admin",
+        "target",
+        "add",
+        "gpu",
+        "--ssh",
+        "h:22",
+        "--host-key",
+        KEY,
+        "--label",
+        "env=dev",
+        "--label",
+        "team=a",
+    ])
+    .ok();
+    p.cli(&["admin", "target", "add", "db", "--postgres", "h:5432"])
+        .ok();
+    let out = p.cli(&[
+        "admin",
+        "target",
+        "set",
+        "gpu",
+        "--ssh",
+        "h2:2222",
+        "--label",
+        "env=prod",
+        "--unlabel",
+        "team",
+    ]);
+    assert!(out.ok().contains("gpu"), "{out:?}");
+    let t: serde_json::Value =
+        serde_json::from_str(p.cli(&["admin", "target", "show", "gpu", "--json"]).ok()).unwrap();
+    assert_eq!(t["address"], "h2:2222");
+    assert_eq!(t["labels"], serde_json::json!({ "env": "prod" }));
+    assert_eq!(t["host_key"], KEY);
+    p.cli(&["admin", "target", "set", "db", "--tls-mode", "require"])
+        .ok();
+    let t: serde_json::Value =
+        serde_json::from_str(p.cli(&["admin", "target", "show", "db", "--json"]).ok()).unwrap();
+    assert_eq!(t["tls_mode"], "require");
+    // Each change is audited like any policy change.
+    assert_eq!(p.events("target.update").len(), 2);
+    for (args, expect) in [
+        (
+            vec!["gpu", "--postgres", "h:5432"],
+            "`gpu` is an SSH target; --postgres applies to PostgreSQL targets",
+        ),
+        (
+            vec!["gpu", "--tls-mode", "disable"],
+            "--tls-mode applies to PostgreSQL targets",
+        ),
+        (
+            vec!["db", "--host-key", KEY],
+            "--host-key applies to SSH targets",
+        ),
+        (vec!["gpu", "--unlabel", "nope"], "has no label `nope`"),
+        (vec!["gpu"], "nothing to change"),
+        (vec!["nope", "--label", "a=b"], "target `nope` not found"),
+        (vec!["gpu", "--ssh", "nohost"], "invalid address `nohost`"),
+        (
+            vec!["gpu", "--label", "env==prod"],
+            "invalid label `env==prod`",
+        ),
+    ] {
+        let mut a = vec!["admin", "target", "set"];
+        a.extend(args.iter());
+        let out = p.cli(&a);
+        assert_ne!(out.code, 0, "{a:?}");
+        assert!(
+            out.stderr.contains(expect),
+            "{a:?}: want {expect:?} in {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        p.events("target.update").len(),
+        2,
+        "refused edits change nothing"
+    );
+}
+
 #[test]
 fn bad_input_gets_one_line_errors() {
     let p = Postern::new();
@@ -237,11 +324,38 @@ fn bad_input_gets_one_line_errors() {
     );
     let out = p.cli_stdin(&["admin", "user", "add-key", "x", "-"], "not a key\n");
     assert!(out.fails(2).contains("invalid SSH public key"));
-    // Duplicates are refused.
-    p.cli(&["admin", "target", "add", "t1", "--ssh", "h:22"])
-        .ok();
+    // An SSH target is never added without a pinned host key.
     check(
         &["admin", "target", "add", "t1", "--ssh", "h:22"],
+        "needs its host key pinned",
+    );
+    check(
+        &["admin", "target", "add", "t1", "--ssh", "h:22", "--yes"],
+        "--scan-host-key",
+    );
+    // Duplicates are refused.
+    p.cli(&[
+        "admin",
+        "target",
+        "add",
+        "t1",
+        "--ssh",
+        "h:22",
+        "--host-key",
+        KEY,
+    ])
+    .ok();
+    check(
+        &[
+            "admin",
+            "target",
+            "add",
+            "t1",
+            "--ssh",
+            "h:22",
+            "--host-key",
+            KEY,
+        ],
         "target `t1` already exists",
     );
     // None of the failures reached the store: only t1 exists, and one audit event.

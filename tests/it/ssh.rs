@@ -330,6 +330,84 @@ fn target_trusts_only_the_ca_and_only_for_the_allowed_login() {
 }
 
 #[test]
+fn a_rebuilt_host_is_pinned_again_by_scanning_after_confirmation() {
+    let b = Bastion::start();
+    let other = new_key(&b.postern, "old-host");
+    // t1's host "was rebuilt": postern has the wrong key pinned and refuses.
+    b.postern
+        .cli(&["admin", "target", "set", "t1", "--host-key", &other])
+        .ok();
+    let out = b.ssh(&b.dest(), "true");
+    assert!(
+        out.stderr
+            .contains("postern admin target set t1 --host-key"),
+        "{}",
+        out.stderr
+    );
+    // Scanning shows the fingerprint; without a terminal or --yes nothing is pinned.
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(b.sshd.dir().join("host_key.pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = b
+        .postern
+        .cli(&["admin", "target", "set", "t1", "--scan-host-key"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains(&fingerprint), "{}", out.stderr);
+    assert!(out.stderr.contains("not pinned"), "{}", out.stderr);
+    assert!(b.ssh(&b.dest(), "true").code != 0);
+    // Confirmed: the scanned key is the sshd's, and sessions work again.
+    let out = b
+        .postern
+        .cli(&["admin", "target", "set", "t1", "--scan-host-key", "--yes"]);
+    assert!(out.stderr.contains(&fingerprint), "{out:?}");
+    out.ok();
+    let t: serde_json::Value = serde_json::from_str(
+        b.postern
+            .cli(&["admin", "target", "show", "t1", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(t["host_key"], b.sshd.host_key.as_str());
+    assert_eq!(b.ssh(&b.dest(), "echo back").ok(), "back\n");
+    // A new target scanned the same way; a port with nothing on it is a clear error.
+    let port = b.sshd.port.to_string();
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "t2",
+            "--ssh",
+            &format!("127.0.0.1:{port}"),
+            "--scan-host-key",
+            "--yes",
+        ])
+        .ok();
+    let closed = crate::harness::free_port();
+    let out = b.postern.cli(&[
+        "admin",
+        "target",
+        "add",
+        "t3",
+        "--ssh",
+        &format!("127.0.0.1:{closed}"),
+        "--scan-host-key",
+        "--yes",
+    ]);
+    assert!(
+        out.fails(2).contains("cannot fetch the host key of `t3`: cannot reach"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn host_key_mismatch_and_target_down_are_refused_clearly() {
     let b = Bastion::start();
     let other = new_key(&b.postern, "impostor");

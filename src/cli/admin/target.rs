@@ -24,9 +24,18 @@ pub enum Command {
         ssh: Option<String>,
         #[arg(long, value_name = "HOST:PORT")]
         postgres: Option<String>,
-        /// The SSH target's host public key, e.g. "ssh-ed25519 AAAA…" (pinned; never trust-on-first-use).
-        #[arg(long, requires = "ssh")]
+        /// The SSH target's host public key, e.g. "ssh-ed25519 AAAA…" (pinned; never
+        /// trust-on-first-use): `ssh-keyscan -t ed25519 -p PORT HOST` prints it.
+        #[arg(long, requires = "ssh", conflicts_with = "scan_host_key")]
         host_key: Option<String>,
+        /// Fetch the SSH target's host key now, show its fingerprint and pin it once you
+        /// confirm (compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on
+        /// the host).
+        #[arg(long, requires = "ssh")]
+        scan_host_key: bool,
+        /// With --scan-host-key: pin without asking (the fingerprint was checked another way).
+        #[arg(long, requires = "scan_host_key")]
+        yes: bool,
         /// TLS towards a PostgreSQL target: verify-full (the default: the target's
         /// certificate is checked against postgres.target_ca_file), require (encrypted,
         /// not verified: postern then logs in only with SCRAM channel binding), or disable
@@ -36,6 +45,36 @@ pub enum Command {
         /// A label (repeatable): --label env=prod --label team=vision.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+    },
+    /// Change a target in place: its address, pinned host key, TLS mode or labels.
+    Set {
+        name: String,
+        /// A new address for an SSH target.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "postgres")]
+        ssh: Option<String>,
+        /// A new address for a PostgreSQL target.
+        #[arg(long, value_name = "HOST:PORT")]
+        postgres: Option<String>,
+        /// A new pinned host key for an SSH target, e.g. "ssh-ed25519 AAAA…" (a rebuilt
+        /// host; get it with `ssh-keyscan -t ed25519 -p PORT HOST`).
+        #[arg(long, conflicts_with = "scan_host_key")]
+        host_key: Option<String>,
+        /// Fetch the SSH target's host key now, show its fingerprint and pin it once you
+        /// confirm.
+        #[arg(long)]
+        scan_host_key: bool,
+        /// With --scan-host-key: pin without asking (the fingerprint was checked another way).
+        #[arg(long, requires = "scan_host_key")]
+        yes: bool,
+        /// TLS towards a PostgreSQL target: verify-full, require or disable.
+        #[arg(long, value_parser = parse_tls_mode)]
+        tls_mode: Option<TlsMode>,
+        /// Add or change a label (repeatable): --label env=prod.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Remove a label by its key (repeatable).
+        #[arg(long = "unlabel", value_name = "KEY")]
+        unlabels: Vec<String>,
     },
     List {
         #[arg(long)]
@@ -89,6 +128,8 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             ssh,
             postgres,
             host_key,
+            scan_host_key,
+            yes,
             tls_mode,
             labels,
         } => {
@@ -99,14 +140,20 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => anyhow::bail!("give --ssh HOST:PORT or --postgres HOST:PORT"),
             };
             check_address(&address)?;
-            let host_key = host_key
-                .map(|k| parse_public_key(&k).map(|k| k.public_key))
-                .transpose()?;
+            let labels = parse_labels(&labels)?;
+            let host_key = match (host_key, scan_host_key) {
+                (Some(k), _) => Some(parse_public_key(&k)?.public_key),
+                (None, true) => Some(scanned(config, &name, &address, yes).await?),
+                (None, false) if kind == TargetKind::Ssh => anyhow::bail!(
+                    "an SSH target needs its host key pinned: give --host-key KEY (`ssh-keyscan -t ed25519 -p PORT HOST` prints it; check its fingerprint on the host) or --scan-host-key to fetch it and confirm its fingerprint"
+                ),
+                (None, false) => None,
+            };
             let target = Target {
                 name: name.clone(),
                 kind,
                 address,
-                labels: parse_labels(&labels)?,
+                labels,
                 host_key,
                 tls_mode: match kind {
                     TargetKind::Postgres => Some(tls_mode.unwrap_or(TlsMode::VerifyFull)),
@@ -119,6 +166,60 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 }
                 p.targets.insert(name, target);
                 Ok(())
+            })
+            .await
+        }
+        Command::Set {
+            name,
+            ssh,
+            postgres,
+            host_key,
+            scan_host_key,
+            yes,
+            tls_mode,
+            labels,
+            unlabels,
+        } => {
+            let address = match (ssh, postgres) {
+                (Some(a), _) => Some((TargetKind::Ssh, a)),
+                (None, Some(a)) => Some((TargetKind::Postgres, a)),
+                (None, None) => None,
+            };
+            if let Some((_, a)) = &address {
+                check_address(a)?;
+            }
+            let host_key = match (host_key, scan_host_key) {
+                (Some(k), _) => Some(parse_public_key(&k)?.public_key),
+                (None, true) => {
+                    // The key of the address the target will have.
+                    let current = load(config).await?;
+                    let t = current
+                        .targets
+                        .get(&name)
+                        .ok_or_else(|| not_found("target", &name))?;
+                    let at = address.as_ref().map_or(&t.address, |(_, a)| a);
+                    Some(scanned(config, &name, at, yes).await?)
+                }
+                (None, false) => None,
+            };
+            let change = Change {
+                address,
+                host_key,
+                tls_mode,
+                labels: parse_labels(&labels)?,
+                unlabels,
+            };
+            if change.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give --ssh/--postgres, --host-key, --tls-mode, --label or --unlabel"
+                );
+            }
+            mutate(config, |p| {
+                let t = p
+                    .targets
+                    .get_mut(&name)
+                    .ok_or_else(|| not_found("target", &name))?;
+                change.apply(t)
             })
             .await
         }
@@ -200,6 +301,44 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The host key at `address`, once the admin agreed to its fingerprint (or said --yes);
+/// returned as it is pinned ("ALGORITHM BASE64").
+async fn scanned(config: &Config, name: &str, address: &str, yes: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let key = crate::ssh::scan::host_key(address, config.ssh.connect_timeout.0)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot fetch the host key of `{name}`: {e}"))?;
+    let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256);
+    let openssh = key
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("cannot encode the host key: {e}"))?;
+    let line: String = openssh
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!(
+        "{address} presents a {} host key\n  {fingerprint}",
+        key.algorithm().as_str()
+    );
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "not pinned: check the fingerprint above on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then run again with --yes"
+            );
+        }
+        eprint!("Is this the host key of `{name}`? Pin it [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("not pinned: nothing changed");
+        }
+    }
+    parse_public_key(&line)?;
+    Ok(line)
+}
+
 async fn set_credential(config: &Config, name: &str, db_user: &str) -> anyhow::Result<ExitCode> {
     use crate::audit::{Actor, AuditEvent, Outcome};
     let policy = load(config).await?;
@@ -242,4 +381,69 @@ async fn set_credential(config: &Config, name: &str, db_user: &str) -> anyhow::R
     store.close().await;
     println!("credential for database user {db_user} on {name} stored (sealed)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `target set` changes; the kind of a target stays what it is.
+struct Change {
+    address: Option<(TargetKind, String)>,
+    host_key: Option<String>,
+    tls_mode: Option<TlsMode>,
+    labels: BTreeMap<String, String>,
+    unlabels: Vec<String>,
+}
+
+impl Change {
+    fn is_empty(&self) -> bool {
+        self.address.is_none()
+            && self.host_key.is_none()
+            && self.tls_mode.is_none()
+            && self.labels.is_empty()
+            && self.unlabels.is_empty()
+    }
+
+    fn apply(&self, t: &mut Target) -> Result<(), PolicyError> {
+        let (article, kind) = match t.kind {
+            TargetKind::Ssh => ("an", "SSH"),
+            TargetKind::Postgres => ("a", "PostgreSQL"),
+        };
+        let wrong = |option: &str, applies_to: &str| {
+            PolicyError::Invalid(format!(
+                "target `{}` is {article} {kind} target; {option} applies to {applies_to} targets (to change its kind, remove it and add it again)",
+                t.name
+            ))
+        };
+        if let Some((kind, address)) = &self.address {
+            if *kind != t.kind {
+                return Err(match kind {
+                    TargetKind::Ssh => wrong("--ssh", "SSH"),
+                    TargetKind::Postgres => wrong("--postgres", "PostgreSQL"),
+                });
+            }
+            t.address = address.clone();
+        }
+        if let Some(k) = &self.host_key {
+            if t.kind != TargetKind::Ssh {
+                return Err(wrong("--host-key", "SSH"));
+            }
+            t.host_key = Some(k.clone());
+        }
+        if let Some(m) = self.tls_mode {
+            if t.kind != TargetKind::Postgres {
+                return Err(wrong("--tls-mode", "PostgreSQL"));
+            }
+            t.tls_mode = Some(m);
+        }
+        for k in &self.unlabels {
+            if t.labels.remove(k).is_none() {
+                return Err(PolicyError::Invalid(format!(
+                    "target `{}` has no label `{k}`",
+                    t.name
+                )));
+            }
+        }
+        for (k, v) in &self.labels {
+            t.labels.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
 }

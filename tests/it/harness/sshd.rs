@@ -138,6 +138,11 @@ SetEnv HOME={d}/home
         }
     }
 
+    /// Where its files are (host_key.pub among them).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
