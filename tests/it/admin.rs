@@ -249,6 +249,104 @@ fn targets_are_edited_in_place() {
 }
 
 #[test]
+fn role_rules_are_added_and_removed_in_place() {
+    let p = Postern::new();
+    p.cli(&[
+        "admin", "role", "add", "ml", "--allow", "env=dev", "--logins", "ubuntu",
+    ])
+    .ok();
+    p.cli(&["admin", "user", "add", "alice", "--role", "ml"])
+        .ok();
+    for (name, env) in [("dev-1", "env=dev"), ("prod-1", "env=prod")] {
+        p.cli(&[
+            "admin",
+            "target",
+            "add",
+            name,
+            "--ssh",
+            "h:22",
+            "--host-key",
+            KEY,
+            "--label",
+            env,
+        ])
+        .ok();
+    }
+    let check = |target: &str| {
+        p.cli(&[
+            "access", "check", "--user", "alice", "--target", target, "--login", "ubuntu",
+        ])
+        .code
+    };
+    assert_eq!((check("dev-1"), check("prod-1")), (0, 1));
+    // A second allow rule, then a deny rule that beats it.
+    p.cli(&[
+        "admin",
+        "role",
+        "set",
+        "ml",
+        "--add-allow",
+        "env=prod",
+        "--logins",
+        "ubuntu",
+    ])
+    .ok();
+    assert_eq!((check("dev-1"), check("prod-1")), (0, 0));
+    p.cli(&["admin", "role", "set", "ml", "--add-deny", "env=prod"])
+        .ok();
+    assert_eq!(check("prod-1"), 1);
+    let show = p.cli(&["admin", "role", "show", "ml"]);
+    assert!(
+        show.ok().contains("allow #2  targets [env=prod]"),
+        "{show:?}"
+    );
+    assert!(
+        show.ok().contains("deny #1  targets [env=prod]"),
+        "{show:?}"
+    );
+    // Rules go by the names role show gives them.
+    p.cli(&[
+        "admin",
+        "role",
+        "set",
+        "ml",
+        "--remove-rule",
+        "deny#1",
+        "--remove-rule",
+        "allow#1",
+    ])
+    .ok();
+    assert_eq!((check("dev-1"), check("prod-1")), (1, 0));
+    for (args, expect) in [
+        (vec!["--remove-rule", "3"], "write allow#N or deny#N"),
+        (
+            vec!["--remove-rule", "deny#1"],
+            "has no deny#1: it has 0 deny rules",
+        ),
+        (
+            vec!["--remove-rule", "allow#1"],
+            "would have no allow rule left",
+        ),
+        (
+            vec!["--add-allow", "env==dev", "--logins", "x"],
+            "`==` in `env==dev` is not an operator",
+        ),
+        (vec!["--logins", "x"], "--add-allow"),
+    ] {
+        let mut a = vec!["admin", "role", "set", "ml"];
+        a.extend(args.iter());
+        let out = p.cli(&a);
+        assert_ne!(out.code, 0, "{a:?}");
+        assert!(
+            out.stderr.contains(expect),
+            "{a:?}: want {expect:?} in {}",
+            out.stderr
+        );
+    }
+    assert_eq!(p.events("role.update").len(), 3);
+}
+
+#[test]
 fn bad_input_gets_one_line_errors() {
     let p = Postern::new();
     let check = |args: &[&str], expect: &str| {

@@ -402,7 +402,8 @@ fn a_rebuilt_host_is_pinned_again_by_scanning_after_confirmation() {
         "--yes",
     ]);
     assert!(
-        out.fails(2).contains("cannot fetch the host key of `t3`: cannot reach"),
+        out.fails(2)
+            .contains("cannot fetch the host key of `t3`: cannot reach"),
         "{out:?}"
     );
 }

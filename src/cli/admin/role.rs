@@ -96,12 +96,81 @@ pub enum Command {
     },
     /// Remove a role that no user holds.
     Rm { name: String },
-    /// Change a role's TTLs and switches.
+    /// Change a role in place: its TTLs and switches, and its rules (added at the end,
+    /// removed by the number `role show` prints).
     Set {
         name: String,
         #[command(flatten)]
         settings: Settings,
+        /// Add an allow rule for targets matching this selector, with --logins,
+        /// --databases and --db-users (repeatable; each gets the same lists).
+        #[arg(long, value_name = "SELECTOR")]
+        add_allow: Vec<Selector>,
+        /// Add a deny rule for targets matching this selector (repeatable).
+        #[arg(long, value_name = "SELECTOR")]
+        add_deny: Vec<Selector>,
+        /// Unix logins of the allow rules added (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "add_allow")]
+        logins: Vec<String>,
+        /// Databases of the allow rules added (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "add_allow")]
+        databases: Vec<String>,
+        /// Database users of the allow rules added (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "add_allow")]
+        db_users: Vec<String>,
+        /// Remove a rule, named as `role show` and `access check` name it: allow#N or
+        /// deny#N (repeatable; numbers as they were before this change).
+        #[arg(long, value_name = "allow#N|deny#N", value_parser = parse_rule_ref)]
+        remove_rule: Vec<RuleRef>,
     },
+}
+
+/// A rule of a role, as `role show` numbers it: `allow#2`, `deny#1`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleRef {
+    deny: bool,
+    n: usize,
+}
+
+fn parse_rule_ref(s: &str) -> Result<RuleRef, String> {
+    let bad = || {
+        format!(
+            "`{s}` names no rule: write allow#N or deny#N, as `postern admin role show` numbers them"
+        )
+    };
+    let (effect, n) = s.split_once('#').ok_or_else(bad)?;
+    let n: usize = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+    match effect.trim() {
+        "allow" => Ok(RuleRef { deny: false, n }),
+        "deny" => Ok(RuleRef { deny: true, n }),
+        _ => Err(bad()),
+    }
+}
+
+/// Removes rules as `role show` numbers them.
+fn remove_rules(r: &mut Role, refs: &[RuleRef]) -> Result<(), PolicyError> {
+    let mut refs = refs.to_vec();
+    refs.sort_unstable();
+    refs.dedup();
+    for x in &refs {
+        let (effect, len) = if x.deny {
+            ("deny", r.deny.len())
+        } else {
+            ("allow", r.allow.len())
+        };
+        if x.n > len {
+            return Err(PolicyError::Invalid(format!(
+                "role `{}` has no {effect}#{}: it has {len} {effect} rules (`postern admin role show {}`)",
+                r.name, x.n, r.name
+            )));
+        }
+    }
+    // From the highest down, so the numbers still mean what they meant.
+    for x in refs.into_iter().rev() {
+        let rules = if x.deny { &mut r.deny } else { &mut r.allow };
+        rules.remove(x.n - 1);
+    }
+    Ok(())
 }
 
 fn accounts(what: &'static str, list: &[String]) -> Result<(), PolicyError> {
@@ -257,12 +326,42 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             })
             .await
         }
-        Command::Set { name, settings } => {
+        Command::Set {
+            name,
+            settings,
+            add_allow,
+            add_deny,
+            logins,
+            databases,
+            db_users,
+            remove_rule,
+        } => {
+            accounts("login", &logins)?;
+            accounts("database", &databases)?;
+            accounts("database user", &db_users)?;
             mutate(config, |p| {
                 let r = p
                     .roles
                     .get_mut(&name)
                     .ok_or_else(|| not_found("role", &name))?;
+                remove_rules(r, &remove_rule)?;
+                r.allow.extend(add_allow.into_iter().map(|targets| Rule {
+                    targets,
+                    logins: logins.clone(),
+                    databases: databases.clone(),
+                    db_users: db_users.clone(),
+                }));
+                r.deny.extend(add_deny.into_iter().map(|targets| Rule {
+                    targets,
+                    logins: vec![],
+                    databases: vec![],
+                    db_users: vec![],
+                }));
+                if r.allow.is_empty() {
+                    return Err(PolicyError::Invalid(format!(
+                        "role `{name}` would have no allow rule left; add one (--add-allow) or remove the role"
+                    )));
+                }
                 settings.apply(r);
                 Ok(())
             })
