@@ -109,6 +109,15 @@ pub struct Postgres {
     /// proof included (PostgreSQL's authentication_timeout).
     #[serde(default = "default_authentication_timeout")]
     pub authentication_timeout: Dur,
+    /// How long a target connection a user's session left cleanly (idle, no transaction)
+    /// is kept, reset with `DISCARD ALL`, for that same user's next session with the same
+    /// target, database, database user and settings; "0s" turns reuse off.
+    #[serde(default = "default_backend_idle_timeout")]
+    pub backend_idle_timeout: Dur,
+}
+
+fn default_backend_idle_timeout() -> Dur {
+    Dur::from_secs(30)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -223,6 +232,7 @@ impl Default for Config {
                 target_ca_file: None,
                 client_auth: ClientAuth::default(),
                 authentication_timeout: default_authentication_timeout(),
+                backend_idle_timeout: default_backend_idle_timeout(),
             },
             api: Listener {
                 listen: default_api_listen(),

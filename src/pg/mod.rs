@@ -6,6 +6,7 @@
 //! token from `postern db login`; it names the database user postern logs in as.
 
 mod auth;
+pub mod backends;
 mod cancel;
 mod link;
 mod proof;
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub use backends::Backends;
 pub use cancel::CancelMap;
 
 use crate::audit::AuditEvent;
@@ -65,6 +67,8 @@ layered_io!(
     tokio_rustls::client::TlsStream<TcpStream>,
     tokio::io::Join<tokio::io::Empty, tokio::io::Sink>
 );
+#[cfg(test)]
+layered_io!(tokio::io::DuplexStream);
 
 /// A refusal sent to the client as a FATAL `ErrorResponse`.
 struct Refusal {

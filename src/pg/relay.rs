@@ -55,6 +55,9 @@ pub struct Relay {
     pub parameters: Vec<Bytes>,
     /// Asks the target to cancel what this session runs.
     pub cancel_target: CancelTarget,
+    /// A client's `Terminate` at rest leaves the target connection open and hands it back
+    /// (`Outcome::upstream`) for the next session, instead of passing it on.
+    pub keep_upstream: bool,
 }
 
 pub struct Outcome {
@@ -66,6 +69,9 @@ pub struct Outcome {
     pub client: Option<Box<dyn Io>>,
     /// A limit the client went past.
     pub limit: Option<String>,
+    /// The target connection, at rest, when the client ended with `Terminate` and
+    /// `keep_upstream` was asked.
+    pub upstream: Option<Box<dyn Io>>,
 }
 
 /// Finds message boundaries in one direction's byte stream.
@@ -158,6 +164,16 @@ async fn send(w: &mut WriteSide, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Client → target: each message goes to the tracker (and its statement line to the
 /// recorder) before it is forwarded.
+/// How the client → target direction ended.
+struct ClientSide {
+    cr: ReadSide,
+    uw: WriteSide,
+    reason: &'static str,
+    limit: Option<Limit>,
+    /// The client's `Terminate` was kept from the target, which is at rest.
+    kept: bool,
+}
+
 async fn from_client(
     mut cr: ReadSide,
     mut uw: WriteSide,
@@ -165,7 +181,8 @@ async fn from_client(
     recorder: LineSink,
     limits: Arc<Limits>,
     link: Arc<Link>,
-) -> (ReadSide, &'static str, Option<Limit>) {
+    keep_upstream: bool,
+) -> ClientSide {
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut framer = Framer {
         frame: CLIENT_FRAME,
@@ -173,6 +190,7 @@ async fn from_client(
     };
     let mut lines = Vec::with_capacity(4096);
     let mut limit = None;
+    let mut kept = false;
     let reason = loop {
         tokio::select! {
             biased;
@@ -187,7 +205,14 @@ async fn from_client(
             let mut t = lock(&tracker);
             framer.scan(&buf, |tag, body, cut| {
                 if tag == b'X' {
-                    return Step::StopAfter;
+                    // Everything before it answered, outside a transaction: the target
+                    // connection can serve again; otherwise it hears the Terminate.
+                    kept = keep_upstream && t.at_rest();
+                    return if kept {
+                        Step::StopBefore
+                    } else {
+                        Step::StopAfter
+                    };
                 }
                 match t.client(tag, body, cut, &mut lines) {
                     Ok(()) => Step::Go,
@@ -226,7 +251,13 @@ async fn from_client(
         }
         consume(&mut buf, ready);
     };
-    (cr, reason, limit)
+    ClientSide {
+        cr,
+        uw,
+        reason,
+        limit,
+        kept,
+    }
 }
 
 /// How the target is read once the session is ending.
@@ -270,7 +301,7 @@ async fn to_client(
     limits: Arc<Limits>,
     link: Arc<Link>,
     mut cancel: Option<CancelTarget>,
-) -> (Option<WriteSide>, &'static str) {
+) -> (Option<WriteSide>, ReadSide, &'static str) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut framer = Framer {
         frame: SERVER_FRAME,
@@ -292,7 +323,7 @@ async fn to_client(
                     if let Some(c) = cancel.take() {
                         tokio::spawn(c);
                     }
-                    return (None, "recording failed");
+                    return (None, ur, "recording failed");
                 }
                 if bits & (ENDED | SHUTDOWN) != 0 {
                     if bits & SHUTDOWN != 0 && bits & ENDED == 0 {
@@ -373,7 +404,7 @@ async fn to_client(
             break;
         }
     }
-    (client_ok.then_some(cw), reason)
+    (client_ok.then_some(cw), ur, reason)
 }
 
 /// Relays until either side leaves or the session ends, then records what is left. Each
@@ -388,6 +419,7 @@ pub async fn run(r: Relay) -> Outcome {
         redact,
         parameters,
         cancel_target,
+        keep_upstream,
     } = r;
     let mut tracker = Tracker::new(redact);
     let mut scratch = Vec::new();
@@ -413,6 +445,7 @@ pub async fn run(r: Relay) -> Outcome {
         recorder.clone(),
         limits.clone(),
         link.clone(),
+        keep_upstream,
     )));
     let mut down = AbortOnDropHandle::new(tokio::spawn(to_client(
         ur,
@@ -454,23 +487,38 @@ pub async fn run(r: Relay) -> Outcome {
         let _ = recorder.append(&rest).await;
     }
     let reason = match (up_first, &up, &down) {
-        (true, Some((_, r, _)), _) | (false, _, Some((_, r))) => *r,
+        (true, Some(c), _) => c.reason,
+        (false, _, Some((_, _, r))) => *r,
         _ => "relay failed",
     };
-    let (cr, limit) = match up {
-        Some((cr, _, limit)) => (Some(cr), limit.map(|l| l.0)),
-        None => (None, None),
+    let (cr, uw, limit, kept) = match up {
+        Some(c) => (Some(c.cr), Some(c.uw), c.limit.map(|l| l.0), c.kept),
+        None => (None, None, None, false),
     };
     let limit = limit.or_else(|| lock(&tracker).violation.clone());
+    let (cw, ur) = match down {
+        Some((cw, ur, _)) => (cw, Some(ur)),
+        None => (None, None),
+    };
+    // Kept only if nothing happened after the Terminate either (the session was not
+    // ended under it, the target said nothing more).
+    let rest = kept && up_first && limit.is_none() && lock(&tracker).at_rest();
+    let upstream = match (ur, uw) {
+        (Some(ur), Some(uw)) if rest && link.state.load(Ordering::Acquire) & STOPS == 0 => {
+            link::unsplit(ur, uw)
+        }
+        _ => None,
+    };
     Outcome {
         reason: reason.to_string(),
         bytes_in: link.bytes_in.load(Ordering::Relaxed),
         bytes_out: link.bytes_out.load(Ordering::Relaxed),
-        client: match (cr, down) {
-            (Some(cr), Some((Some(cw), _))) => link::unsplit(cr, cw),
+        client: match (cr, cw) {
+            (Some(cr), Some(cw)) => link::unsplit(cr, cw),
             _ => None,
         },
         limit,
+        upstream,
     }
 }
 

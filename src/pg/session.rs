@@ -13,7 +13,10 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::auth::Authorized;
-use super::{ClientStart, Io, PgSession, Refusal, audit, refuse, relay, settings, upstream, wire};
+use super::transcript::Line;
+use super::{
+    ClientStart, Io, PgSession, Refusal, audit, backends, refuse, relay, settings, upstream, wire,
+};
 use crate::audit::{AuditEvent, Outcome, now_ms};
 use crate::policy::Target;
 use crate::recording::{self, LineRecorder};
@@ -41,16 +44,45 @@ pub async fn run(
     // The client's settings, then the brokered credential, then the target.
     let settings = settings::forwarded(&client.params).map_err(|r| refuse(r.code, r.message))?;
     let password = brokered(shared, &target, &db_user).await?;
-    let up = upstream::connect(upstream::Connect {
-        target: &target,
-        database: &database,
-        db_user: &db_user,
-        password: &password,
-        client_params: &settings,
-        timeout: Duration::from_secs(shared.config.postgres.connect_timeout.as_secs().max(1)),
-        ca_file: shared.config.postgres.target_ca_file.as_deref(),
-    })
-    .await;
+    // A connection this user's last session left at rest, or a new one.
+    let keep_for = shared.config.postgres.backend_idle_timeout.0;
+    let backend_key = backends::Key {
+        user: user.clone(),
+        target: target.name.clone(),
+        address: target.address.clone(),
+        database: database.clone(),
+        db_user: db_user.clone(),
+        settings: settings.clone(),
+        credential: backends::credential_id(&password),
+        thread: std::thread::current().id(),
+    };
+    let kept = if keep_for.is_zero() {
+        None
+    } else {
+        shared.pg_backends.take(&backend_key, keep_for)
+    };
+    let reused = kept.is_some();
+    let up = match kept {
+        Some(b) => Ok(upstream::Upstream {
+            io: b.io,
+            parameters: b.parameters,
+            key: b.key,
+        }),
+        None => {
+            upstream::connect(upstream::Connect {
+                target: &target,
+                database: &database,
+                db_user: &db_user,
+                password: &password,
+                client_params: &settings,
+                timeout: Duration::from_secs(
+                    shared.config.postgres.connect_timeout.as_secs().max(1),
+                ),
+                ca_file: shared.config.postgres.target_ca_file.as_deref(),
+            })
+            .await
+        }
+    };
     drop(password);
     let up = match up {
         Ok(u) => u,
@@ -105,6 +137,7 @@ pub async fn run(
     let header = json!({
         "version": 1, "kind": "postgres", "session": id, "user": user, "target": target.name,
         "database": database, "db_user": db_user, "client": peer.to_string(), "started_ms": started,
+        "backend_pid": up.key.map(|k| k.0), "reused_backend": reused,
     });
     let recorder = match LineRecorder::create(path.clone(), &header.to_string()).await {
         Ok(r) => r,
@@ -147,7 +180,7 @@ pub async fn run(
         e.session_id = Some(id.clone());
         e
     };
-    audit(shared, event("session.start", Outcome::Success, json!({ "kind": "postgres", "database": database, "db_user": db_user, "rule": grant.rule.to_string(), "roles": grant.roles, "recording": path_text })), peer).await;
+    audit(shared, event("session.start", Outcome::Success, json!({ "kind": "postgres", "database": database, "db_user": db_user, "rule": grant.rule.to_string(), "roles": grant.roles, "recording": path_text, "backend_pid": up.key.map(|k| k.0), "reused_backend": reused })), peer).await;
     info!(session = %id, user = %user, target = %target.name, database = %database, db_user = %db_user, "postgres session started");
     shared.live.register(&id, session.clone());
 
@@ -166,6 +199,7 @@ pub async fn run(
             // word (unless it had to abandon a peer that stopped reading).
             let client = std::mem::replace(io, closed());
             let dest = shared.pg_cancel.lookup(key.0, key.1);
+            let backend_parameters = up.parameters.clone();
             let mut outcome = relay::run(relay::Relay {
                 client,
                 upstream: up.io,
@@ -179,10 +213,30 @@ pub async fn run(
                         d.send().await;
                     }
                 }),
+                keep_upstream: !keep_for.is_zero(),
             })
             .await;
             if let Some(client) = outcome.client.take() {
                 *io = client;
+            }
+            // The target connection, at rest, waits for this user's next session: reset
+            // first, and the reset is in this session's transcript.
+            if let Some(upstream) = outcome.upstream.take() {
+                let backend = backends::Backend {
+                    io: upstream,
+                    parameters: backend_parameters,
+                    key: up.key,
+                };
+                let t = Duration::from_millis(
+                    u64::try_from(now_ms().saturating_sub(started)).unwrap_or(0),
+                );
+                let done = shared.pg_backends.keep(backend_key, backend).await;
+                let mut line = Vec::new();
+                Line::new(&mut line, t, "reset")
+                    .str("ran", "DISCARD ALL")
+                    .str("connection", if done { "kept" } else { "closed" })
+                    .end();
+                let _ = recorder.sink().append(&line).await;
             }
             outcome
         }
@@ -192,6 +246,7 @@ pub async fn run(
             bytes_out: 0,
             client: None,
             limit: None,
+            upstream: None,
         },
     };
     shared.pg_cancel.unregister(key);

@@ -79,7 +79,10 @@ pub async fn connect(c: Connect<'_>) -> Result<Upstream, UpstreamError> {
 }
 
 /// Reads one message: (type, whole frame).
-async fn read_message(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> std::io::Result<(u8, Bytes)> {
+pub(super) async fn read_message(
+    io: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+) -> std::io::Result<(u8, Bytes)> {
     loop {
         match wire::frame(buf, wire::MAX_MESSAGE) {
             Ok(Some((tag, len))) => return Ok((tag, buf.split_to(len).freeze())),

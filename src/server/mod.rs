@@ -35,6 +35,8 @@ pub struct Shared {
     /// SCRAM channel binding data (`tls-server-end-point`) of postern's certificate.
     pub pg_end_point: Option<Vec<u8>>,
     pub pg_cancel: crate::pg::CancelMap,
+    /// Target connections kept for their user's next PostgreSQL session.
+    pub pg_backends: crate::pg::Backends,
     /// Failed logins that repeat within `[audit] repeat_window`, counted instead of written.
     pub repeats: crate::audit::repeats::Repeats,
     /// Recordings being written, whose seals become `recording.progress` events.
@@ -228,6 +230,9 @@ impl Server {
                 while stop.run_until_cancelled(tick.tick()).await.is_some() {
                     shared.audit_repeats(false).await;
                     shared.audit_seals().await;
+                    shared
+                        .pg_backends
+                        .expire(shared.config.postgres.backend_idle_timeout.0);
                 }
             })
         };

@@ -244,7 +244,11 @@ fn psql_runs_statements_through_postern_and_every_one_is_recorded() {
     assert_eq!(s["target"], "pg1");
     assert_eq!(s["login"], "app/features");
     assert_eq!(s["end_reason"], "client exit");
-    let lines = b.transcript(&s);
+    let mut lines = b.transcript(&s);
+    // psql ended at rest: the connection was reset and kept for alice's next session.
+    let reset = lines.pop().unwrap();
+    assert_eq!(reset["type"], "reset", "{lines:?}");
+    assert_eq!(reset["connection"], "kept", "{reset}");
     let sql: Vec<&str> = lines
         .iter()
         .map(|l| l["sql"].as_str().unwrap_or(""))
@@ -994,5 +998,80 @@ fn targets_that_require_tls_are_reached_over_tls_and_verified() {
                 .contains("TLS with target `pg4` failed: invalid peer certificate")
             && out.stderr.contains("target_ca_file"),
         "{out:?}"
+    );
+}
+
+#[test]
+fn a_connection_left_at_rest_serves_the_same_users_next_session_reset() {
+    let b = PgBastion::start();
+    let pid = |out: Out| -> String { out.ok().trim().to_string() };
+    // A session leaves state behind of every kind DISCARD ALL resets, and ends at rest.
+    let out = b.psql(&[
+        "-c",
+        "SET search_path TO pg_catalog",
+        "-c",
+        "PREPARE p AS SELECT 1",
+        "-c",
+        "CREATE TEMP TABLE scratch (x int)",
+        "-c",
+        "LISTEN jobs",
+        "-c",
+        "SELECT pg_advisory_lock(42)",
+        "-c",
+        "SELECT pg_backend_pid()",
+    ]);
+    let first = out.ok().lines().last().unwrap_or("").to_string();
+    let ended = b.ended();
+    let lines = b.transcript(&ended);
+    let reset = lines.last().unwrap();
+    assert_eq!(
+        (reset["type"].as_str(), reset["connection"].as_str()),
+        (Some("reset"), Some("kept")),
+        "{lines:?}"
+    );
+    // The next session gets the same backend, with none of that state.
+    let out = b.psql(&[
+        "-c",
+        "SELECT pg_backend_pid(), current_setting('search_path'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL, (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
+    ]);
+    assert_eq!(out.ok(), format!("{first}|\"$user\", public|0|t|0|0\n"));
+    let s = b.ended();
+    let file = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
+    assert_eq!(header["reused_backend"], true, "{header}");
+    assert_eq!(header["backend_pid"].to_string(), first);
+
+    // A session that ends inside a transaction is not kept: the target hears the
+    // Terminate and rolls back; the next session has a new backend.
+    b.psql(&["-c", "CREATE TABLE kept_or_not (x int)"]).ok();
+    let open = pid(b.psql(&[
+        "-c",
+        "BEGIN; INSERT INTO kept_or_not VALUES (1); SELECT pg_backend_pid();",
+    ]));
+    let next = pid(b.psql(&[
+        "-c",
+        "SELECT pg_backend_pid() || '/' || (SELECT count(*) FROM kept_or_not)",
+    ]));
+    let (next_pid, rows) = next.split_once('/').unwrap();
+    assert_ne!(
+        next_pid, open,
+        "a connection left in a transaction was reused"
+    );
+    assert_eq!(rows, "0", "the open transaction was rolled back");
+
+    // A kept connection that died while it waited is noticed when taken: the session
+    // runs on a new one.
+    b.pg.psql(&format!("SELECT pg_terminate_backend({next_pid})"))
+        .ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = pid(b.psql(&["-c", "SELECT pg_backend_pid()"]));
+    assert_ne!(after, next_pid);
+    // Every session is its own: its own row, recording and audit events.
+    let starts = b.postern.events("session.start");
+    assert!(starts.len() >= 6, "{starts:?}");
+    assert!(
+        starts
+            .iter()
+            .any(|e| e["details"]["reused_backend"] == true)
     );
 }

@@ -150,6 +150,16 @@ impl Tracker {
         self.ops.is_empty()
     }
 
+    /// The connection is where a new session would find it: everything answered, outside
+    /// a transaction and COPY, nothing being skipped, the model intact.
+    pub fn at_rest(&self) -> bool {
+        self.idle()
+            && self.tx.status == b'I'
+            && !self.copy_in
+            && !self.skip
+            && self.violation.is_none()
+    }
+
     fn t(&self) -> Duration {
         self.start.elapsed()
     }
