@@ -102,7 +102,8 @@ allow_plaintext = true
 CFG
 RUST_LOG=warn $BIN serve --config "$T/postern.toml" --data-dir "$T/data" --ssh-listen 127.0.0.1:0 \
   --api-listen "127.0.0.1:$API" > "$T/serve.out" 2> "$T/serve.log" &
-PIDS+=($!)
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
 for _ in $(seq 100); do grep -q "postern ready" "$T/serve.out" 2>/dev/null && break; sleep 0.1; done
 export HOME=$T/home
 mkdir -p "$HOME"
@@ -121,27 +122,37 @@ declare -A CONN=(
 declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [pgbouncer-tls]=$APP_PW [postern]=$TOKEN [postern-tls]=$TOKEN)
 ORDER=(direct pgbouncer pgbouncer-tls postern postern-tls)
 
-bench() { # name script mode [extra] -> "tps latency_ms"
-  local out
+# CPU time a process has used, in clock ticks (user + system).
+ticks() { [[ -n $1 ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+proxy_pid() { case $1 in pgbouncer*) cat "$T/run/pgbouncer.pid" ;; postern*) echo "$SERVE_PID" ;; esac; }
+HZ=$(getconf CLK_TCK)
+
+bench() { # name script mode [extra] -> "tps latency_ms proxy_cpu_us_per_transaction"
+  local out pid before after
+  pid=$(proxy_pid "$1")
+  before=$(ticks "$pid")
   out=$(PGPASSWORD=${PW[$1]} pgbench -n $2 ${4:-} -M "$3" -c $CLIENTS -j $THREADS -T "$RUN" "${CONN[$1]}" 2>&1) ||
     { echo "pgbench failed for $1:" >&2; echo "$out" >&2; tail -20 "$T/serve.log" >&2; exit 1; }
-  local tps lat
+  after=$(ticks "$pid")
+  local tps lat n
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
-  echo "$tps $lat"
+  n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+  echo "$tps $lat $(( (after - before) * 1000000 / HZ / (n > 0 ? n : 1) ))"
 }
 
 echo "pgbench -c $CLIENTS -j $THREADS -T $RUN, scale $SCALE, $(nproc) CPUs, median of $ROUNDS rounds; postern records every statement"
 for script in ${SCRIPTS:-"-S" ""}; do
   name=${script:+select-only}; name=${name:-tpcb-like}
   for mode in ${MODES:-simple prepared}; do
-    declare -A TPS=() LAT=()
+    declare -A TPS=() LAT=() CPU=()
     for round in $(seq "$ROUNDS"); do
       for i in 0 1 2 3 4; do
         who=${ORDER[$(( (i + round) % 5 ))]}
-        read -r tps lat < <(bench "$who" "$script" "$mode")
+        read -r tps lat cpu < <(bench "$who" "$script" "$mode")
         TPS[$who]+="$tps "
         LAT[$who]+="$lat "
+        CPU[$who]+="$cpu "
       done
     done
     declare -A MED=()
@@ -156,16 +167,23 @@ print(statistics.median(t), statistics.median(l))")
     python3 -c "
 d, b, bt, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[pgbouncer-tls]}, ${MED[postern]}, ${MED[postern-tls]}
 print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer-tls {t/bt:.2f}x')"
+    # CPU the proxy itself spent per transaction (steadier than tps on a shared VM).
+    python3 -c "
+import statistics
+m = lambda s: statistics.median([float(x) for x in s.split()])
+b, bt, p, t = m('${CPU[pgbouncer]}'), m('${CPU[pgbouncer-tls]}'), m('${CPU[postern]}'), m('${CPU[postern-tls]}')
+print(f'     proxy CPU per transaction: pgbouncer {b:.1f} us, postern {p:.1f} us ({b/p:.2f}x);  pgbouncer-tls {bt:.1f} us, postern-tls {t:.1f} us ({bt/t:.2f}x)')"
   done
 done
 # Connection setup over TLS: a new connection (TLS handshake, authentication, and for
 # postern the brokered login to the target) per select-only transaction.
 if [[ -z ${SKIP_CONNECT:-} ]]; then
-  declare -A CT=()
+  declare -A CT=() CC=()
   for round in $(seq "$ROUNDS"); do
     for who in direct pgbouncer-tls postern-tls; do
-      read -r tps lat < <(bench "$who" -S simple -C)
+      read -r tps lat cpu < <(bench "$who" -S simple -C)
       CT[$who]+="$tps "
+      CC[$who]+="$cpu "
     done
   done
   for who in direct pgbouncer-tls postern-tls; do
@@ -175,7 +193,7 @@ if [[ -z ${SKIP_CONNECT:-} ]]; then
   python3 -c "
 import statistics
 m = lambda s: statistics.median([float(x) for x in s.split()])
-print(f'  => postern-tls/pgbouncer-tls {m(\"${CT[postern-tls]}\")/m(\"${CT[pgbouncer-tls]}\"):.2f}x')"
+print(f'  => postern-tls/pgbouncer-tls {m(\"${CT[postern-tls]}\")/m(\"${CT[pgbouncer-tls]}\"):.2f}x   proxy CPU per connection: pgbouncer-tls {m(\"${CC[pgbouncer-tls]}\"):.0f} us, postern-tls {m(\"${CC[postern-tls]}\"):.0f} us')"
 fi
 statements=$(find "$T/data/recordings" -name '*.pg.jsonl' -exec cat {} + | grep -c '"type":"statement"' || true)
 echo "statements recorded by postern: $statements"

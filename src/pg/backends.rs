@@ -246,7 +246,10 @@ mod tests {
         assert!(pool.take(&other, keep).is_none(), "another credential");
         let got = pool.take(&key("alice"), keep).unwrap();
         // The reset's settings replaced the ones it changed.
-        assert_eq!(got.parameters, vec![Bytes::from(msg(b'S', b"TimeZone\0Etc/UTC\0"))]);
+        assert_eq!(
+            got.parameters,
+            vec![Bytes::from(msg(b'S', b"TimeZone\0Etc/UTC\0"))]
+        );
         assert!(pool.take(&key("alice"), keep).is_none(), "taken once");
     }
 
