@@ -17,8 +17,10 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
+    /// The user asking.
     #[arg(long)]
     user: String,
+    /// The target asked for.
     #[arg(long)]
     target: String,
     /// The unix login on an SSH target.
@@ -30,6 +32,7 @@ pub struct CheckArgs {
     /// The database user on a PostgreSQL target (with --database).
     #[arg(long, requires = "database")]
     db_user: Option<String>,
+    /// Print the decision as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -69,6 +69,7 @@ pub struct SearchArgs {
     /// Keep printing new events as they are written (Ctrl-C stops).
     #[arg(long)]
     follow: bool,
+    /// Print the events as JSON, with their chain hashes (JSON lines with --follow).
     #[arg(long)]
     json: bool,
 }
@@ -81,10 +82,13 @@ enum Format {
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
+    /// jsonl (events with signed checkpoints and a signed trailer) or csv.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
+    /// From: an age (1h, 7d), a date (2026-11-25) or a time (RFC 3339).
     #[arg(long)]
     since: Option<String>,
+    /// Until (exclusive), same forms as --since.
     #[arg(long)]
     until: Option<String>,
     /// Write here instead of standard output.

@@ -6,6 +6,7 @@ mod admin;
 mod apply;
 mod audit;
 mod check_config;
+mod docs;
 mod grep;
 mod login;
 mod output;
@@ -70,6 +71,10 @@ enum Command {
     /// Database credentials for PostgreSQL targets.
     #[command(subcommand)]
     Db(login::DbCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page, or write one for every command with --dir.
+    Man(docs::ManArgs),
 }
 
 /// Exit codes: 0 success, 1 a negative answer (access denied), 2 an error.
@@ -108,6 +113,13 @@ fn quiet_on_closed_stdout() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Made from the command line's own definitions: no config needed, a broken one
+    // does not stand in the way.
+    match cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve(args) => serve::run(config, args).await,
@@ -121,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(args) => login::login(args).await,
         Command::Status => login::status().await,
         Command::Db(cmd) => login::db(cmd).await,
+        Command::Completions(_) | Command::Man(_) => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -21,8 +21,10 @@ use crate::store::{SessionFilter, SessionRow, Store};
 pub enum Command {
     /// List sessions, oldest first.
     List {
+        /// Only sessions of this user.
         #[arg(long)]
         user: Option<String>,
+        /// Only sessions to this target.
         #[arg(long)]
         target: Option<String>,
         /// Only sessions started within this long, e.g. 1h, 7d.
@@ -31,21 +33,27 @@ pub enum Command {
         /// Only sessions still running.
         #[arg(long)]
         active: bool,
+        /// Only the newest N sessions.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Print the sessions, with their recordings, as JSON.
         #[arg(long)]
         json: bool,
     },
     /// One session with its recordings.
     Show {
+        /// The session id (or a unique prefix of it).
         id: String,
+        /// Print the session as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write a recording: a terminal's as an asciicast v2 file (`asciinema play`), a
     /// channel without a terminal as the bytes of one stream, exactly as they crossed.
     Export {
+        /// The session id (or a unique prefix of it).
         id: String,
+        /// The file to write (created 0600; an existing symbolic link is not followed).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         /// The channel to export (default: the first).
@@ -56,12 +64,18 @@ pub enum Command {
         stream: Option<super::streams::Which>,
     },
     /// End a live session, wherever it runs; waits until it has ended.
-    Kill { id: String },
+    Kill {
+        /// The session id (or a unique prefix of it).
+        id: String,
+    },
     /// Search what was typed and printed; prints session, time offset and the matching line.
     Grep {
+        /// The text to look for (plain text, case-sensitive).
         pattern: String,
+        /// Only sessions started within this long, e.g. 1h, 7d.
         #[arg(long)]
         since: Option<Dur>,
+        /// Print the matches as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +83,7 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
+    /// The session id (or a unique prefix of it).
     id: String,
     /// Play faster (2 = twice as fast).
     #[arg(long, default_value_t = 1.0)]

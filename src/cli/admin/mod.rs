@@ -38,7 +38,9 @@ pub enum Command {
 pub enum CertCommand {
     /// Refuse the certificate with this serial from now on.
     Revoke {
+        /// The certificate's serial number, as `sessions show` prints it.
         serial: u64,
+        /// Why it is revoked, kept with the revocation and in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },

@@ -66,6 +66,7 @@ impl Settings {
 pub enum Command {
     /// Add a role with allow (and deny) rules.
     Add {
+        /// The new role's name.
         name: String,
         /// Targets this role allows, as a label selector (`env=dev`, `team in (a, b)`, `*`).
         #[arg(long, required = true)]
@@ -85,20 +86,29 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// List roles with their allow and deny selectors and TTLs.
     List {
+        /// Print the roles as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// One role: its settings, numbered rules and the users it is granted to.
     Show {
+        /// The role to show.
         name: String,
+        /// Print the role as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a role that no user holds.
-    Rm { name: String },
+    Rm {
+        /// The role to remove.
+        name: String,
+    },
     /// Change a role in place: its TTLs and switches, and its rules (added at the end,
     /// removed by the number `role show` prints).
     Set {
+        /// The role to change.
         name: String,
         #[command(flatten)]
         settings: Settings,

@@ -14,7 +14,9 @@ use crate::policy::{PolicyError, Target, TargetKind, TlsMode};
 pub enum Command {
     /// Add an SSH target (--ssh HOST:PORT --host-key KEY) or a PostgreSQL target (--postgres HOST:PORT).
     Add {
+        /// The new target's name.
         name: String,
+        /// The address of an SSH target.
         #[arg(
             long,
             value_name = "HOST:PORT",
@@ -22,6 +24,7 @@ pub enum Command {
             required_unless_present = "postgres"
         )]
         ssh: Option<String>,
+        /// The address of a PostgreSQL target.
         #[arg(long, value_name = "HOST:PORT")]
         postgres: Option<String>,
         /// The SSH target's host public key, e.g. "ssh-ed25519 AAAA…" (pinned; never
@@ -48,6 +51,7 @@ pub enum Command {
     },
     /// Change a target in place: its address, pinned host key, TLS mode or labels.
     Set {
+        /// The target to change.
         name: String,
         /// A new address for an SSH target.
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "postgres")]
@@ -76,22 +80,31 @@ pub enum Command {
         #[arg(long = "unlabel", value_name = "KEY")]
         unlabels: Vec<String>,
     },
+    /// List targets with their kind, address and labels.
     List {
+        /// Print the targets as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// One target: kind, address, labels, pinned host key and TLS mode.
     Show {
+        /// The target to show.
         name: String,
+        /// Print the target as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Remove a target.
     Rm {
+        /// The target to remove.
         name: String,
     },
     /// Store the password postern logs in to a PostgreSQL target with, for one database
     /// user (sealed with the master key; developers never see it).
     SetCredential {
+        /// The PostgreSQL target.
         name: String,
+        /// The database user the password is for.
         #[arg(long, value_name = "USER")]
         db_user: String,
         /// Read the password from standard input (one line).

@@ -16,43 +16,58 @@ use crate::policy::{Policy, PolicyError, User, UserStatus};
 pub enum Command {
     /// Add a user.
     Add {
+        /// The new user's name.
         name: String,
         /// Roles to grant (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// List users with their status, roles and number of keys.
     List {
+        /// Print the users as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// One user: status, roles and keys (by fingerprint).
     Show {
+        /// The user to show.
         name: String,
+        /// Print the user as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Refuse the user everything until unlocked.
     Lock {
+        /// The user to lock.
         name: String,
     },
+    /// Make a locked user active again.
     Unlock {
+        /// The user to unlock.
         name: String,
     },
     /// Remove a user and their keys.
     Rm {
+        /// The user to remove.
         name: String,
     },
     /// Register SSH public keys (one per line) from FILE, or from standard input with `-`.
     AddKey {
+        /// The user the keys belong to.
         name: String,
+        /// A file of OpenSSH public keys (blank lines and `#` comments skipped), or `-`.
         file: PathBuf,
     },
     /// Remove a key by its SHA256 fingerprint.
     RmKey {
+        /// The user the key belongs to.
         name: String,
+        /// The key's fingerprint, as `user show` prints it (SHA256:…).
         fingerprint: String,
     },
     /// Set the password `postern login` checks (Argon2id), read from standard input.
     SetPassword {
+        /// The user whose password to set.
         name: String,
         /// Read the password from standard input (one line), for scripts.
         #[arg(long, required = true)]
@@ -61,17 +76,24 @@ pub enum Command {
     /// Enrol the user in one-time codes (TOTP): prints the otpauth:// URI for their
     /// authenticator app. Enrolling again replaces the secret.
     Totp {
+        /// The user to enrol (or, with --remove, unenrol).
         name: String,
         /// Remove the enrolment instead: the password alone logs in again.
         #[arg(long)]
         remove: bool,
     },
+    /// Grant a role to a user.
     Grant {
+        /// The user to grant the role to.
         name: String,
+        /// The role to grant; it must exist.
         role: String,
     },
+    /// Take a role away from a user.
     Revoke {
+        /// The user to take the role from.
         name: String,
+        /// The role to take away; the user must hold it.
         role: String,
     },
 }
