@@ -76,7 +76,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_files_limit();
     let dir = config.data_dir.clone();
-    let loaded = KeyStore::load_or_create(&dir, &config.tls.hostnames)?;
+    let loaded = KeyStore::load(&dir, &config.tls.hostnames, true)?;
     let first_start = !loaded.created.is_empty();
     for path in &loaded.created {
         info!(path = %path.display(), "created");
@@ -85,6 +85,20 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = Store::open_sqlite(&dir, Some(std::sync::Arc::new(signer)))
         .await
         .with_context(|| format!("data dir {}", dir.display()))?;
+    if let Some(r) = &loaded.reissued {
+        warn!(
+            reason = r.reason,
+            names = %r.after.join(", "),
+            "TLS server certificate issued again by postern's TLS CA (clients that trust the CA need no change)"
+        );
+        let event = crate::audit::AuditEvent::new(
+            "tls.certificate_reissued",
+            &crate::audit::Actor::system(),
+            crate::audit::Outcome::Success,
+            serde_json::json!({ "reason": r.reason, "names_before": r.before, "names": r.after }),
+        );
+        store.append_audit(&event).await?;
+    }
     let keys = loaded.keys;
     let host_fp = credentials::fingerprint(&keys.host_key);
     let ssh_config = crate::ssh::config(&keys);

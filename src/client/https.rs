@@ -295,6 +295,41 @@ impl Client {
 
     fn tls_error(&self, e: std::io::Error) -> String {
         let url = &self.url;
+        let cert_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(|r| match r {
+                rustls::Error::InvalidCertificate(c) => Some(c),
+                _ => None,
+            });
+        match cert_error {
+            Some(rustls::CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            }) => {
+                let expected = crate::printable::safe(&expected.to_str());
+                // webpki writes them as `DnsName("x")` and `IpAddress(1.2.3.4)`.
+                let bare = |n: &str| {
+                    let n = n
+                        .strip_prefix("DnsName(")
+                        .or_else(|| n.strip_prefix("IpAddress("))
+                        .and_then(|n| n.strip_suffix(')'))
+                        .unwrap_or(n);
+                    crate::printable::safe(n.trim_matches('"'))
+                };
+                let presented: Vec<String> = presented.iter().map(|n| bare(n)).collect();
+                return format!(
+                    "the server at {url} has a certificate for {}, not for `{expected}`: connect with one of those names, or have an admin add `{expected}` to [tls] hostnames in the server's config and restart postern (it issues the certificate again from the same CA, so --ca-file stays valid)",
+                    presented.join(", ")
+                );
+            }
+            Some(rustls::CertificateError::NotValidForName) => {
+                return format!(
+                    "the server at {url} has a certificate that does not cover this name: have an admin add it to [tls] hostnames in the server's config and restart postern"
+                );
+            }
+            _ => {}
+        }
         match (&self.pinned, self.seen()) {
             (Some(want), Some(seen)) if *want != seen => format!(
                 "the server at {url} presents certificate {seen}, but ~/.postern/known_servers pins {want}: \

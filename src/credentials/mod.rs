@@ -13,7 +13,7 @@ pub mod password;
 pub mod scram;
 pub mod secrets;
 pub mod ssh_cert;
-mod tls;
+pub mod tls;
 pub mod token;
 pub mod totp;
 
@@ -54,6 +54,8 @@ pub struct KeyStore {
 pub struct Loaded {
     pub keys: KeyStore,
     pub created: Vec<PathBuf>,
+    /// The TLS server certificate was issued again (by the same CA).
+    pub reissued: Option<tls::Reissued>,
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
@@ -108,6 +110,16 @@ impl KeyStore {
         data_dir: &Path,
         hostnames: &[String],
     ) -> Result<Loaded, CredentialError> {
+        Self::load(data_dir, hostnames, false)
+    }
+
+    /// As `load_or_create`; with `renew` (`serve` at its start), a TLS server certificate
+    /// that is missing or not issued for the configured hostnames is issued again.
+    pub fn load(
+        data_dir: &Path,
+        hostnames: &[String],
+        renew: bool,
+    ) -> Result<Loaded, CredentialError> {
         create_dir_private(data_dir)?;
         create_dir_private(&data_dir.join("keys"))?;
         create_dir_private(&data_dir.join("tls"))?;
@@ -157,7 +169,14 @@ impl KeyStore {
             created.push(master_path);
             key
         };
-        let tls = tls::TlsFiles::load_or_create(&data_dir.join("tls"), hostnames, &mut created)?;
+        let mut reissued = None;
+        let tls = tls::TlsFiles::load_or_create(
+            &data_dir.join("tls"),
+            hostnames,
+            &mut created,
+            renew,
+            &mut reissued,
+        )?;
         Ok(Loaded {
             keys: KeyStore {
                 host_key,
@@ -168,6 +187,7 @@ impl KeyStore {
                 tls,
             },
             created,
+            reissued,
         })
     }
 }

@@ -849,3 +849,85 @@ fn the_api_answers_bad_requests_with_json_errors_and_survives_garbage() {
         (401, Some("invalid_token"))
     );
 }
+
+#[test]
+fn tls_names_follow_the_config_and_the_ca_stays() {
+    let mut p = Postern::new();
+    p.cli(&["admin", "role", "add", "dev", "--allow", "*"]).ok();
+    p.cli(&["admin", "user", "add", "alice", "--role", "dev"])
+        .ok();
+    set_password(&p);
+    let tls = p.data_dir().join("tls");
+    let ca = std::fs::read(tls.join("ca.crt")).unwrap();
+    let ca_file = p.write("ca.pem", p.cli(&["admin", "tls-ca"]).ok());
+    let serve_with = |p: &mut Postern, names: &str| {
+        let cfg = p.write("postern.toml", &format!("[tls]\nhostnames = [{names}]\n"));
+        let mut cmd = p.serve_command();
+        cmd.arg("--config").arg(&cfg);
+        p.spawn(cmd);
+    };
+    let login =
+        |p: &Postern| Dev::new().login(p, &["--ca-file", ca_file.to_str().unwrap()], PASSWORD);
+
+    // Names without 127.0.0.1: the certificate is issued again at start, by the same CA,
+    // and a login to 127.0.0.1 is told which names it covers and how to add one.
+    serve_with(&mut p, "\"localhost\"");
+    let out = login(&p);
+    assert!(
+        out.fails(1)
+            .contains("has a certificate for localhost, not for `127.0.0.1`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("[tls] hostnames"), "{}", out.stderr);
+    let e = p.events("tls.certificate_reissued");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0]["details"]["names"], serde_json::json!(["localhost"]));
+    assert_eq!(
+        e[0]["details"]["names_before"],
+        serde_json::json!(["localhost", "127.0.0.1"])
+    );
+    p.stop();
+
+    // The name added: the same CA file works.
+    serve_with(&mut p, "\"localhost\", \"127.0.0.1\"");
+    login(&p).ok();
+    // Unchanged names: nothing issued again.
+    p.stop();
+    serve_with(&mut p, "\"127.0.0.1\", \"localhost\"");
+    assert_eq!(p.events("tls.certificate_reissued").len(), 2);
+    p.stop();
+
+    // The server certificate deleted: issued again from the same CA.
+    std::fs::remove_file(tls.join("server.crt")).unwrap();
+    std::fs::remove_file(tls.join("server.key")).unwrap();
+    serve_with(&mut p, "\"localhost\", \"127.0.0.1\"");
+    login(&p).ok();
+    let e = p.events("tls.certificate_reissued");
+    assert_eq!(e.len(), 3);
+    assert_eq!(
+        e[2]["details"]["reason"],
+        "the server certificate or its key is missing"
+    );
+    p.stop();
+    assert_eq!(
+        std::fs::read(tls.join("ca.crt")).unwrap(),
+        ca,
+        "the CA never changed"
+    );
+
+    // The CA's key gone: postern does not start, and says which file and what to do.
+    std::fs::remove_file(tls.join("ca.key")).unwrap();
+    let out: Out = p.serve_command().output().unwrap().into();
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains(&format!(
+            "TLS CA file {} is missing",
+            tls.join("ca.key").display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!tls.join("ca.key").exists(), "no new CA was made");
+    assert_eq!(std::fs::read(tls.join("ca.crt")).unwrap(), ca);
+}
