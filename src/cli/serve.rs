@@ -24,6 +24,10 @@ pub struct Args {
     /// HTTPS API listener address [default: 127.0.0.1:8443].
     #[arg(long, env = "POSTERN_API_LISTEN", value_name = "ADDR")]
     api_listen: Option<SocketAddr>,
+    /// Log lines as text or as one JSON object per line (for log shippers) [default: the
+    /// config's log.format, text].
+    #[arg(long, env = "POSTERN_LOG_FORMAT", value_enum)]
+    log_format: Option<crate::config::LogFormat>,
 }
 
 fn init_logging(config: &Config) {
@@ -72,6 +76,9 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(a) = args.api_listen {
         config.api.listen = a;
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
     }
     init_logging(&config);
     raise_open_files_limit();

@@ -87,6 +87,7 @@ pub async fn run(
     let up = match up {
         Ok(u) => u,
         Err(e) => {
+            warn!(user = %user, target = %target.name, error = %e, "cannot connect to the target");
             let mut ev = AuditEvent::new(
                 "session.upstream_error",
                 &actor,

@@ -172,6 +172,7 @@ pub async fn serve(
     if let Some(ctx) = ctx {
         ctx.upstreams.close_all().await;
         shared.live.unregister(&ctx.id);
+        let reason = ctx.end_reason(reason);
         ctx.end(reason).await;
         info!(session = %ctx.id, user = %ctx.user, target = %ctx.target.name, reason, "session ended");
     }

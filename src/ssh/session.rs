@@ -37,6 +37,10 @@ pub struct SessionCtx {
     pub(super) next_channel: AtomicU32,
     /// Connections to the target, shared by this session's channels.
     pub(super) upstreams: Arc<Pool>,
+    /// How connecting to the target last went: `None` before any try, `Some(None)` once
+    /// one succeeded, `Some(Some(why))` while every try failed (the session's end reason
+    /// when the client then leaves).
+    pub(super) upstream_state: Mutex<Option<Option<&'static str>>>,
 }
 
 impl crate::server::live::LiveSession for SessionCtx {
@@ -160,16 +164,47 @@ impl SessionCtx {
         )
         .await
         {
-            Ok(h) => Ok(h),
+            Ok(h) => {
+                if let Ok(mut s) = self.upstream_state.lock() {
+                    *s = Some(None);
+                }
+                Ok(h)
+            }
             Err(e) => {
-                let kind = match e {
-                    UpstreamError::HostKeyMismatch { .. } => "session.host_key_mismatch",
-                    _ => "session.upstream_error",
+                let (kind, why) = match e {
+                    UpstreamError::HostKeyMismatch { .. } => {
+                        ("session.host_key_mismatch", "host key mismatch")
+                    }
+                    UpstreamError::NoPinnedKey { .. } => {
+                        ("session.upstream_error", "no pinned host key")
+                    }
+                    UpstreamError::Unreachable { .. } => {
+                        ("session.upstream_error", "upstream unreachable")
+                    }
+                    UpstreamError::AuthRefused { .. } => {
+                        ("session.upstream_error", "upstream refused login")
+                    }
+                    UpstreamError::Protocol { .. } => ("session.upstream_error", "upstream error"),
                 };
+                warn!(session = %self.id, target = %self.target.name, error = %e, "cannot connect to the target");
+                if let Ok(mut s) = self.upstream_state.lock()
+                    && *s != Some(None)
+                {
+                    *s = Some(Some(why));
+                }
                 self.audit(self.event(kind, Outcome::Failure, json!({ "error": e.to_string() })))
                     .await;
                 Err(e.to_string())
             }
+        }
+    }
+
+    /// Why the session ended, as the index says it: a client that left a session whose
+    /// target could never be reached left because of that.
+    pub fn end_reason<'a>(&self, reason: &'a str) -> &'a str {
+        match self.upstream_state.lock().ok().and_then(|s| *s) {
+            Some(Some(why)) if reason == "client exit" => why,
+            _ => reason,
         }
     }
 

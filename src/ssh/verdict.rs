@@ -153,6 +153,7 @@ impl Conn {
             .allowing(&grant.settings),
             next_channel: AtomicU32::new(0),
             upstreams: Arc::new(super::pool::Pool::default()),
+            upstream_state: std::sync::Mutex::new(None),
         });
         let row = SessionRow {
             id: id.clone(),

@@ -332,3 +332,28 @@ fn serve_raises_its_open_files_limit() {
     assert_ne!(fields[3], "256", "{line}");
     assert_eq!(p.stop().code(), Some(0));
 }
+
+#[test]
+fn logs_can_be_json_lines_for_log_shippers() {
+    let mut p = Postern::new();
+    let mut cmd = p.serve_command();
+    cmd.args(["--log-format", "json"]);
+    p.spawn(cmd);
+    p.stop();
+    let log = p.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(log.contains("\"message\":\"created\""), "{log}");
+    // A format it does not know is refused by name.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: text, json"));
+}

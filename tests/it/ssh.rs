@@ -458,6 +458,34 @@ fn host_key_mismatch_and_target_down_are_refused_clearly() {
         out.stderr
     );
     assert!(!b.postern.events("session.host_key_mismatch").is_empty());
+    // The index says why each session ended, and the log warns of both.
+    let reason = |target: &str| {
+        for _ in 0..100 {
+            let list: serde_json::Value = serde_json::from_str(
+                b.postern
+                    .cli(&["sessions", "list", "--json", "--target", target])
+                    .ok(),
+            )
+            .unwrap();
+            if let Some(r) = list[0]["end_reason"].as_str() {
+                return r.to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no ended session to {target}");
+    };
+    assert_eq!(reason("t2"), "host key mismatch");
+    assert_eq!(reason("t3"), "upstream unreachable");
+    let log = b.postern.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("cannot connect to the target"))
+            .count()
+            >= 2,
+        "{log}"
+    );
+    let table = b.postern.cli(&["sessions", "list", "--target", "t2"]);
+    assert!(table.ok().contains("host key mismatch"), "{table:?}");
 }
 
 /// Runs `ssh -tt` through postern, typing `lines` one by one.
