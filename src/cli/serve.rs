@@ -180,9 +180,17 @@ Next steps (in another terminal):
                 postern --data-dir {d} admin user add-key alice ~/.ssh/id_ed25519.pub
                 (or, for short-lived certificates instead of a key:
                  postern --data-dir {d} admin user set-password alice --password-stdin)
-  3. a target:  postern --data-dir {d} admin target add gpu-1 --ssh 10.0.0.5:22 --label env=dev \\
-                  --host-key \"$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)\"
-  4. check:     postern --data-dir {d} access check --user alice --target gpu-1 --login ubuntu
+  3. a target:  postern --data-dir {d} admin target add gpu-1 --ssh 10.0.0.5:22 --label env=dev --scan-host-key
+                (shows the host key's fingerprint to confirm; or --host-key \"KEY\" as
+                 `ssh-keyscan -t ed25519 10.0.0.5` prints it)
+  4. on gpu-1:  let its sshd trust postern's target CA for logins:
+                postern --data-dir {d} admin target-ca | sudo tee /etc/ssh/postern_target_ca.pub
+                echo 'TrustedUserCAKeys /etc/ssh/postern_target_ca.pub' | sudo tee -a /etc/ssh/sshd_config
+                sudo systemctl reload ssh
+  5. check:     postern --data-dir {d} access check --user alice --target gpu-1 --login ubuntu
+For PostgreSQL: a role with --databases DB --db-users USER, a target added with
+--postgres HOST:PORT, and the password postern logs in with:
+  postern --data-dir {d} admin target set-credential DB-TARGET --db-user USER --password-stdin
 Or describe all of it in a file and run: postern --data-dir {d} apply -f config/policy.toml
 Developers then connect with: ssh -p {port} ubuntu@gpu-1@{host}
   (after `postern login --server https://{api} --user alice` when using certificates)

@@ -29,6 +29,54 @@ fn first_start_creates_keys_then_restart_reuses_them() {
     assert!(out.contains("postern initialised its data dir"), "{out}");
     assert!(out.contains("Next steps"), "{out}");
     assert!(out.contains("admin user add alice"), "{out}");
+    for step in [
+        "--scan-host-key",
+        "admin target-ca",
+        "TrustedUserCAKeys",
+        "set-credential",
+    ] {
+        assert!(
+            out.contains(step),
+            "the first-start steps lack {step}:\n{out}"
+        );
+    }
+    // The steps run as printed (the ones that need no target).
+    for line in out.lines().map(str::trim) {
+        let cmd = line.split_once(": ").map_or(line, |(_, c)| c).trim();
+        let runs = [
+            "admin role add",
+            "admin user add alice --role",
+            "access check",
+        ];
+        if !(cmd.starts_with("postern --data-dir") && runs.iter().any(|r| cmd.contains(r))) {
+            continue;
+        }
+        let sh = cmd.replacen("postern", BIN, 1);
+        let done = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&sh)
+            .output()
+            .unwrap();
+        // access check names a target not added yet (an error, 2); the rest succeed.
+        let want = if cmd.contains("access check") { 2 } else { 0 };
+        assert!(
+            done.status.code() == Some(0) || done.status.code() == Some(want),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    assert!(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{BIN} --data-dir {} admin user show alice",
+                p.data_dir().display()
+            ))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     assert!(
         out.contains(&format!("postern ready: ssh {}", p.ssh)),
         "{out}"
