@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod duration;
 #[cfg(test)]
 mod fuzz;
+pub mod metrics;
 pub mod pg;
 pub mod policy;
 pub mod printable;

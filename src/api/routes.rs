@@ -41,6 +41,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db_login))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -51,6 +52,18 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(super::body_in_time))
         .with_state(Ctx { shared, peer })
+}
+
+/// Prometheus metrics: counts by protocol, method, result and reason, never by who or
+/// where (`crate::metrics`).
+async fn metrics(State(cx): State<Ctx>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&cx.shared.live.count_by_protocol()),
+    )
 }
 
 /// Request bodies are small JSON documents.

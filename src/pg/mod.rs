@@ -250,6 +250,10 @@ impl crate::server::live::LiveSession for PgSession {
         &self.limits
     }
 
+    fn protocol(&self) -> &'static str {
+        "postgres"
+    }
+
     fn review(&self, now: &crate::server::live::Current) {
         if let Some(serial) = self.cert_serial
             && now.revoked.contains(&serial)

@@ -293,7 +293,7 @@ pub async fn run(
         )
         .await;
     }
-    audit(shared, event("session.end", Outcome::Success, json!({ "reason": reason, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out, "recordings": recordings })), peer).await;
+    audit(shared, event("session.end", Outcome::Success, json!({ "kind": "postgres", "reason": reason, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out, "recordings": recordings })), peer).await;
     // The row is closed last: whoever sees the session ended finds its events.
     end_row(shared, &id, &reason, result.bytes_in, result.bytes_out).await;
     if let Some(limit) = result.limit {

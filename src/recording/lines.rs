@@ -158,12 +158,14 @@ async fn write_loop(
         }
         if !out.is_empty() {
             s.room.notify_waiters();
+            let started = std::time::Instant::now();
             file.write_all(&out).await.map_err(io("write", &path))?;
             hash.update(&out);
             bytes += out.len() as u64;
             out.clear();
             // The bytes a seal names are in the file, not in flight.
             file.flush().await.map_err(io("flush", &path))?;
+            crate::metrics::recording_write(started.elapsed());
         }
         sealer.maybe_seal(&hash, bytes);
         if closing {

@@ -397,11 +397,14 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> Result<(), RecordingError> {
+        let started = std::time::Instant::now();
         if let Body::Stream(enc) = &mut self.body {
             let block = enc.flush().map_err(io("compress", &self.path))?;
             self.write(&block).await?;
         }
-        self.flush_file().await
+        let r = self.flush_file().await;
+        crate::metrics::recording_write(started.elapsed());
+        r
     }
 
     async fn flush_file(&mut self) -> Result<(), RecordingError> {

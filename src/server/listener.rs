@@ -37,6 +37,7 @@ pub async fn accept_loop(listener: TcpListener, cx: Ctx) {
                 let (permit, gate) = match cx.admission.admit(peer.ip()) {
                     Ok(x) => x,
                     Err(why) => {
+                        crate::metrics::rejected(cx.name);
                         refuse(cx.name, stream, why);
                         continue;
                     }

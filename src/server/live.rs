@@ -28,6 +28,8 @@ pub trait LiveSession: Send + Sync {
     }
     /// Every few seconds: re-decide against the current policy (locks, revocations, TTLs).
     fn review(&self, now: &Current);
+    /// `ssh` or `postgres`, for the live-sessions metric.
+    fn protocol(&self) -> &'static str;
 }
 
 /// What live sessions are re-checked against.
@@ -54,6 +56,19 @@ impl Live {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// How many sessions run here, by protocol.
+    pub fn count_by_protocol(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        for s in self.all() {
+            let p = s.protocol();
+            match counts.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((p, 1)),
+            }
+        }
+        counts
     }
 
     pub fn unregister(&self, id: &str) {

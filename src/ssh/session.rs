@@ -48,6 +48,10 @@ impl crate::server::live::LiveSession for SessionCtx {
         &self.limits
     }
 
+    fn protocol(&self) -> &'static str {
+        "ssh"
+    }
+
     fn review(&self, now: &crate::server::live::Current) {
         if let Some(serial) = self.client_serial
             && now.revoked.contains(&serial)

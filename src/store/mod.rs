@@ -137,17 +137,30 @@ impl Store {
     /// Appends an event to the chain; returns once it is durable. Concurrent callers
     /// share one transaction (group commit).
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.audit.append(event.clone()).await
+        let r = self.audit.append(event.clone()).await;
+        match &r {
+            Ok(()) => crate::metrics::observe(event),
+            Err(_) => crate::metrics::store_error("audit_append"),
+        }
+        r
     }
 
     /// Appends many events in one transaction, in order.
     pub async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                audit::insert_chained(&mut tx, &events).await?;
-                tx.commit().await?;
-                Ok(())
+                let written: Result<(), StoreError> = async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    audit::insert_chained(&mut tx, &events).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await;
+                match written {
+                    Ok(()) => events.iter().for_each(crate::metrics::observe),
+                    Err(_) => crate::metrics::store_error("audit_append"),
+                }
+                written
             }
         }
     }

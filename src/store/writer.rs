@@ -48,13 +48,18 @@ impl AuditQueue {
 
     pub async fn append(&self, e: AuditEvent) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
+        let queued = Instant::now();
         self.tx
             .send(Job::Append(e, ack))
             .await
             .map_err(|_| failed("the audit writer stopped".into()))?;
-        done.await
+        let depth = self.tx.max_capacity() - self.tx.capacity();
+        let r = done
+            .await
             .map_err(|_| failed("the audit writer stopped".into()))?
-            .map_err(failed)
+            .map_err(failed);
+        crate::metrics::audit_append(queued.elapsed(), depth);
+        r
     }
 
     pub async fn expect(&self, seq: i64, hash: String) {
