@@ -270,34 +270,67 @@ fn local_cert(home: &Home) -> Option<(u64, u64)> {
     Some((cert.serial(), cert.valid_before()))
 }
 
+/// Who you are as the server sees it now (a revoked credential, a lock or changed roles
+/// show as they are); the local copy only when the server cannot be asked, and then said.
 pub async fn status() -> anyhow::Result<ExitCode> {
     let home = Home::locate().map_err(anyhow::Error::msg)?;
-    let profile = match home.profile() {
-        Ok(p) => p,
+    let (profile, _, client) = match session(&home) {
+        Ok(s) => s,
         Err(e) => return Ok(refused("status", &e)),
     };
-    let (serial, until) = local_cert(&home)
-        .map(|(s, u)| (s.to_string(), u))
-        .unwrap_or((profile.serial.clone(), profile.valid_before));
-    println!("server:       {}", profile.server);
-    println!("user:         {}", profile.user);
-    println!("roles:        {}", profile.roles.join(", "));
-    println!(
-        "certificate:  {} (serial {serial})",
-        home.path("id_ed25519-cert.pub").display()
-    );
+    let c = crate::printable::cell;
+    println!("server:       {}", c(&profile.server));
+    let reply = client
+        .call("GET", "/v1/whoami", Some(&profile.token), None)
+        .await;
     let now = now_secs();
-    let until_ms = crate::audit::secs_to_ms(until);
-    let at = format_clock(until_ms);
-    if until > now {
-        println!("valid until:  {at} ({} left)", left(until - now));
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("valid until:  {at}");
-        Ok(refused(
-            "status",
-            &crate::credentials::expired_message(until_ms),
-        ))
+    match reply {
+        Ok(r) if r.status == 200 => {
+            let b = &r.body;
+            let roles: Vec<String> = b["roles"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|r| r.as_str()).map(c).collect())
+                .unwrap_or_default();
+            let serial = b["cert_serial"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| b["cert_serial"].as_u64().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let until = b["expires"].as_u64().unwrap_or(0);
+            println!("user:         {}", c(b["user"].as_str().unwrap_or("")));
+            println!("roles:        {}", roles.join(", "));
+            println!(
+                "certificate:  {} (serial {serial})",
+                home.path("id_ed25519-cert.pub").display()
+            );
+            let at = format_clock(crate::audit::secs_to_ms(until));
+            println!(
+                "valid until:  {at} ({} left)",
+                left(until.saturating_sub(now))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        // The server refused the credential: revoked, expired, the user locked or gone.
+        Ok(r) => {
+            println!("user:         {}", c(&profile.user));
+            Ok(refused("status", &message(&r)))
+        }
+        Err(e) => {
+            let (serial, until) = local_cert(&home)
+                .map(|(s, u)| (s.to_string(), u))
+                .unwrap_or((profile.serial.clone(), profile.valid_before));
+            println!("user:         {} (local copy)", c(&profile.user));
+            println!("roles:        {} (local copy)", profile.roles.join(", "));
+            println!(
+                "certificate:  serial {serial}, valid until {}",
+                format_clock(crate::audit::secs_to_ms(until))
+            );
+            eprintln!(
+                "postern status: {}; what is shown is the copy in ~/.postern from the last login, which the server may have revoked since",
+                c(&e)
+            );
+            Ok(ExitCode::from(2))
+        }
     }
 }
 

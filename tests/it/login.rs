@@ -931,3 +931,54 @@ fn tls_names_follow_the_config_and_the_ca_stays() {
     assert!(!tls.join("ca.key").exists(), "no new CA was made");
     assert_eq!(std::fs::read(tls.join("ca.crt")).unwrap(), ca);
 }
+
+#[test]
+fn status_asks_the_server_and_shows_what_changed_since_login() {
+    let mut b = Bastion::start();
+    with_password(&b);
+    let dev = Dev::new();
+    dev.login(
+        &b.postern,
+        &["--ca-file", ca_file(&b).to_str().unwrap()],
+        PASSWORD,
+    )
+    .ok();
+    let s = dev.run(&b.postern, &["status"], "");
+    assert!(s.ok().contains("roles:        dev"), "{s:?}");
+    // A role granted since the login shows at once: the server answers, not the copy.
+    b.postern
+        .cli(&["admin", "role", "add", "ops", "--allow", "env=none"])
+        .ok();
+    b.postern
+        .cli(&["admin", "user", "grant", "alice", "ops"])
+        .ok();
+    let s = dev.run(&b.postern, &["status"], "");
+    assert!(s.ok().contains("roles:        dev, ops"), "{s:?}");
+    // Locked: the server says so.
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    let s = dev.run(&b.postern, &["status"], "");
+    assert!(s.fails(1).contains("user `alice` is locked"), "{s:?}");
+    b.postern.cli(&["admin", "user", "unlock", "alice"]).ok();
+    // Revoked: shown as revoked, although the local certificate is still in date.
+    let serial = events(&b, "auth.login")[0]["details"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.postern.cli(&["admin", "cert", "revoke", &serial]).ok();
+    let s = dev.run(&b.postern, &["status"], "");
+    assert!(
+        s.fails(1).contains(&format!(
+            "your postern credential (serial {serial}) was revoked"
+        )),
+        "{s:?}"
+    );
+    // The server down: the local copy, said to be one, and not a success.
+    b.postern.stop();
+    let s = dev.run(&b.postern, &["status"], "");
+    assert_eq!(s.code, 2, "{s:?}");
+    assert!(s.stdout.contains("(local copy)"), "{s:?}");
+    assert!(
+        s.stderr.contains("the server may have revoked since"),
+        "{s:?}"
+    );
+}
