@@ -7,6 +7,7 @@ mod apply;
 mod audit;
 mod check_config;
 mod docs;
+mod doctor;
 mod grep;
 mod login;
 mod output;
@@ -71,6 +72,8 @@ enum Command {
     /// Database credentials for PostgreSQL targets.
     #[command(subcommand)]
     Db(login::DbCommand),
+    /// Check a target as a session would reach it, and say what to fix.
+    Doctor(doctor::Args),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
     /// Print the manual page, or write one for every command with --dir.
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(args) => login::login(args).await,
         Command::Status => login::status().await,
         Command::Db(cmd) => login::db(cmd).await,
+        Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Completions(_) | Command::Man(_) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -284,3 +284,30 @@ async fn audit(shared: &Shared, mut e: AuditEvent, peer: SocketAddr) {
 }
 
 pub use session::credential_purpose;
+
+/// Logs in to a PostgreSQL target as postern would for a session, and leaves (for
+/// `postern doctor`): `Err` is the message a session would have been refused with.
+pub async fn probe(
+    target: &crate::policy::Target,
+    database: &str,
+    db_user: &str,
+    password: &str,
+    timeout: std::time::Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<i32>, String> {
+    let up = upstream::connect(upstream::Connect {
+        target,
+        database,
+        db_user,
+        password,
+        client_params: &[],
+        timeout,
+        ca_file,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut io = up.io;
+    let _ = io.write_all(b"X\0\0\0\x04").await;
+    let _ = io.shutdown().await;
+    Ok(up.key.map(|k| k.0))
+}

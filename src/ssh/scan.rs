@@ -35,6 +35,15 @@ impl client::Handler for Scan {
 /// The host key `address` presents, preferring Ed25519, then ECDSA, then RSA (the kinds
 /// postern pins).
 pub async fn host_key(address: &str, limit: Duration) -> Result<PublicKey, String> {
+    host_key_of(address, limit, None).await
+}
+
+/// As `host_key`, asking for `kind` first (to compare with a pinned key of that kind).
+pub async fn host_key_of(
+    address: &str,
+    limit: Duration,
+    kind: Option<Algorithm>,
+) -> Result<PublicKey, String> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(address))
         .await
         .map_err(|_| format!("{address} did not answer within {}s", limit.as_secs()))?
@@ -55,6 +64,11 @@ pub async fn host_key(address: &str, limit: Duration) -> Result<PublicKey, Strin
             hash: Some(russh::keys::HashAlg::Sha256),
         },
     ]);
+    if let Some(k) = kind {
+        let mut order = vec![k.clone()];
+        order.extend(config.preferred.key.iter().filter(|a| **a != k).cloned());
+        config.preferred.key = Cow::Owned(order);
+    }
     let seen = Arc::new(Mutex::new(None));
     let handler = Scan { seen: seen.clone() };
     let handshake = client::connect_stream(Arc::new(config), stream, handler);

@@ -1277,3 +1277,60 @@ fn metrics_count_what_the_audit_log_records() {
         }
     }
 }
+
+#[test]
+fn doctor_logs_in_to_a_postgres_target_with_each_credential() {
+    let b = PgBastion::start();
+    let out = b.postern.cli(&["doctor", "pg1"]);
+    assert!(
+        out.ok().contains("ok    login to `features` as `app`"),
+        "{out:?}"
+    );
+    // A database user the roles allow but postern holds no password for.
+    b.postern
+        .cli(&[
+            "admin",
+            "role",
+            "add",
+            "ro",
+            "--allow",
+            "env=test",
+            "--databases",
+            "features",
+            "--db-users",
+            "reader",
+        ])
+        .ok();
+    let out = b.postern.cli(&["doctor", "pg1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("FAIL  a credential for database user `reader`"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("set-credential pg1 --db-user reader"),
+        "{out:?}"
+    );
+    // A wrong password: the target's own refusal.
+    b.postern
+        .cli_stdin(
+            &[
+                "admin",
+                "target",
+                "set-credential",
+                "pg1",
+                "--db-user",
+                "reader",
+                "--password-stdin",
+            ],
+            "wrong\n",
+        )
+        .ok();
+    let out = b.postern.cli(&["doctor", "pg1", "--db-user", "reader"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("FAIL  login to `features` as `reader`"),
+        "{out:?}"
+    );
+}

@@ -1095,3 +1095,69 @@ fn idle_sessions_end_and_locks_reach_live_sessions() {
     );
     assert_eq!(ended_session(&b)["end_reason"], "revoked");
 }
+
+#[test]
+fn doctor_checks_a_target_and_says_what_to_fix() {
+    let b = Bastion::start();
+    let out = b.postern.cli(&["doctor", "t1"]);
+    let text = out.ok();
+    assert!(text.contains("ok    t1 answers at 127.0.0.1:"), "{text}");
+    assert!(
+        text.contains("ok    host key is the pinned one (SHA256:"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ok    login `{}` with a certificate", b.login)),
+        "{text}"
+    );
+    // A target whose sshd does not trust postern's target CA.
+    let plain = Sshd::start_with(Options {
+        authorized_key: false,
+        trusted_ca: None,
+        config: "",
+    });
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "t4",
+            "--ssh",
+            &format!("127.0.0.1:{}", plain.port),
+            "--host-key",
+            &plain.host_key,
+            "--label",
+            "env=test",
+        ])
+        .ok();
+    let out = b.postern.cli(&["doctor", "t4"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("FAIL  login `"), "{out:?}");
+    assert!(out.stdout.contains("TrustedUserCAKeys"), "{out:?}");
+    // A wrong pinned key, and a target that does not answer.
+    let other = new_key(&b.postern, "impostor");
+    b.postern
+        .cli(&["admin", "target", "set", "t4", "--host-key", &other])
+        .ok();
+    let out = b.postern.cli(&["doctor", "t4"]);
+    assert!(out.stdout.contains("is not the pinned"), "{out:?}");
+    assert!(out.stdout.contains("--scan-host-key"), "{out:?}");
+    let closed = crate::harness::free_port();
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "set",
+            "t4",
+            "--ssh",
+            &format!("127.0.0.1:{closed}"),
+        ])
+        .ok();
+    let out = b.postern.cli(&["doctor", "t4"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("FAIL  t4 answers at"), "{out:?}");
+    let checked = b.postern.events("target.checked");
+    assert_eq!(checked.len(), 4);
+    assert_eq!(checked[0]["result"], "success");
+    assert_eq!(checked[3]["result"], "failure");
+}

@@ -92,7 +92,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn keys(config: &Config) -> anyhow::Result<KeyStore> {
+pub(super) fn keys(config: &Config) -> anyhow::Result<KeyStore> {
     Ok(KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys)
 }
 
@@ -119,7 +119,7 @@ where
     Ok(ExitCode::SUCCESS)
 }
 
-async fn load(config: &Config) -> anyhow::Result<Policy> {
+pub(super) async fn load(config: &Config) -> anyhow::Result<Policy> {
     let store = open_store(config).await?;
     let p = store.load_policy().await?;
     store.close().await;
