@@ -151,11 +151,11 @@ fn metrics() -> &'static Metrics {
         );
         // Series that are zero until something goes wrong are there from the start, so a
         // dashboard shows 0 rather than no data.
-        m.store_errors
-            .get_or_create(&Operation {
-                operation: "audit_append",
-            })
-            .inc_by(0);
+        for operation in ["audit_append", "session_start", "session_end"] {
+            m.store_errors
+                .get_or_create(&Operation { operation })
+                .inc_by(0);
+        }
         for listener in ["ssh", "postgres", "api"] {
             m.rejected.get_or_create(&Listener { listener }).inc_by(0);
         }

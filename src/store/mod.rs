@@ -251,17 +251,31 @@ impl Store {
     }
 
     pub async fn start_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => sessions::insert(&mut *pool.acquire().await?, s).await,
+        let r = match &self.backend {
+            Backend::Sqlite(pool) => {
+                async { sessions::insert(&mut *pool.acquire().await?, s).await }.await
+            }
+        };
+        if r.is_err() {
+            crate::metrics::store_error("session_start");
         }
+        r
     }
 
     pub async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
-        match &self.backend {
+        let r = match &self.backend {
             Backend::Sqlite(pool) => {
-                sessions::end(&mut *pool.acquire().await?, id, crate::audit::now_ms(), end).await
+                async {
+                    sessions::end(&mut *pool.acquire().await?, id, crate::audit::now_ms(), end)
+                        .await
+                }
+                .await
             }
+        };
+        if r.is_err() {
+            crate::metrics::store_error("session_end");
         }
+        r
     }
 
     pub async fn add_recording(
