@@ -30,6 +30,20 @@ fn unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     out
 }
 
+/// `config/postern.toml`, which the unit and the image install, passes `check-config`.
+fn example_config_loads(root: &std::path::Path) {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(root.join("config/postern.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_systemd_unit_is_hardened_and_starts_what_the_binary_has() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -77,16 +91,7 @@ fn the_systemd_unit_is_hardened_and_starts_what_the_binary_has() {
         );
     }
     // The config it names is the example the repository installs there, and it loads.
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(root.join("config/postern.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    example_config_loads(root);
     assert_eq!(u["Install"]["WantedBy"], ["multi-user.target"]);
 }
 
@@ -133,16 +138,7 @@ fn the_dockerfile_copies_what_exists_and_reads_its_config() {
     // The config the image reads is the one it copies, and it loads.
     let config = &env["POSTERN_CONFIG"];
     assert_eq!(copied[config], "config/postern.toml");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(root.join("config/postern.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    example_config_loads(root);
     // Every listener is exposed; the health check asks the API listener.
     let help = Command::new(BIN)
         .args(["serve", "--help"])

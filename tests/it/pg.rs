@@ -1077,26 +1077,24 @@ fn a_connection_left_at_rest_serves_the_same_users_next_session_reset() {
     );
 }
 
-/// `/metrics` read as Prometheus would: each sample's name and labels to its value.
+/// `/metrics` read as Prometheus would: each sample's name, labels and value.
 fn scrape(b: &PgBastion) -> Vec<(String, serde_json::Value, f64)> {
-    let ca = b.postern.root().join("tls-ca.pem");
-    let script = format!(
-        r#"
-import json, ssl, urllib.request
-from prometheus_client.parser import text_string_to_metric_families
-ctx = ssl.create_default_context(cafile={ca:?})
-body = urllib.request.urlopen("https://127.0.0.1:{port}/metrics", context=ctx).read().decode()
-out = []
-for family in text_string_to_metric_families(body):
-    for s in family.samples:
-        out.append([s.name, s.labels, s.value])
-print(json.dumps(out))
-"#,
-        ca = ca.display().to_string(),
-        port = b.postern.api.port()
-    );
-    let out = python(&script);
-    serde_json::from_str::<Vec<(String, serde_json::Value, f64)>>(out.ok()).unwrap()
+    let mut parse = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families\nprint(json.dumps([[s.name, s.labels, s.value] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = parse.stdin.take().unwrap();
+        stdin.write_all(scrape_text(b).as_bytes()).unwrap();
+    }
+    let out: Out = parse.wait_with_output().unwrap().into();
+    serde_json::from_str(out.ok()).unwrap()
 }
 
 /// `/metrics` as text.
