@@ -78,8 +78,8 @@ struct Metrics {
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| {
-        let mut registry = Registry::with_prefix("postern");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("postern"),
             auth: Family::default(),
             decisions: Family::default(),
             started: Family::default(),
@@ -92,8 +92,8 @@ fn metrics() -> &'static Metrics {
             audit_queue: Gauge::default(),
             store_errors: Family::default(),
             rejected: Family::default(),
-            registry: Registry::default(),
         };
+        let registry = &mut m.registry;
         registry.register(
             "auth",
             "Authentications (SSH, PostgreSQL, API logins) by method, result and reason",
@@ -159,7 +159,7 @@ fn metrics() -> &'static Metrics {
         for listener in ["ssh", "postgres", "api"] {
             m.rejected.get_or_create(&Listener { listener }).inc_by(0);
         }
-        Metrics { registry, ..m }
+        m
     })
 }
 

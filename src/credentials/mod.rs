@@ -58,6 +58,27 @@ pub struct Loaded {
     pub reissued: Option<tls::Reissued>,
 }
 
+/// HMAC-SHA-256 of `parts` (each length-prefixed, so no two lists collide) under a key
+/// made for this process and never stored: an identifier for a secret (a cache or map
+/// key) that says nothing about it outside this process.
+pub fn process_mac(parts: &[&[u8]]) -> [u8; 32] {
+    use aws_lc_rs::hmac;
+    static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        // Without randomness the key is zero: identifiers still never leave the process.
+        let k = random_bytes::<32>().unwrap_or([0u8; 32]);
+        hmac::Key::new(hmac::HMAC_SHA256, &k)
+    });
+    let mut ctx = hmac::Context::with_key(key);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.sign().as_ref());
+    id
+}
+
 fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
     let mut buf = [0u8; N];
     aws_lc_rs::rand::fill(&mut buf).map_err(|_| CredentialError::Random)?;

@@ -162,8 +162,6 @@ async fn send(w: &mut WriteSide, bytes: &[u8]) -> std::io::Result<()> {
     w.flush().await
 }
 
-/// Client → target: each message goes to the tracker (and its statement line to the
-/// recorder) before it is forwarded.
 /// How the client → target direction ended.
 struct ClientSide {
     cr: ReadSide,
@@ -174,6 +172,8 @@ struct ClientSide {
     kept: bool,
 }
 
+/// Client → target: each message goes to the tracker (and its statement line to the
+/// recorder) before it is forwarded.
 async fn from_client(
     mut cr: ReadSide,
     mut uw: WriteSide,

@@ -46,30 +46,13 @@ fn prepared(password: &str) -> Vec<u8> {
     }
 }
 
-/// PBKDF2-HMAC-SHA-256, from the cache when this password, salt and count were seen.
+/// PBKDF2-HMAC-SHA-256, from the cache when this password, salt and count were seen
+/// (keyed by a per-process MAC of the three, never the password).
 fn salted_password(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
-    static KEY: OnceLock<Option<hmac::Key>> = OnceLock::new();
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], [u8; 32]>>> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let mut k = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut k)
-            .ok()
-            .map(|_| hmac::Key::new(hmac::HMAC_SHA256, &k))
-    });
-    let id = key.as_ref().map(|k| {
-        let mut ctx = hmac::Context::with_key(k);
-        ctx.update(&(password.len() as u64).to_be_bytes());
-        ctx.update(password);
-        ctx.update(&rounds.to_be_bytes());
-        ctx.update(salt);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(ctx.sign().as_ref());
-        id
-    });
+    let id = crate::credentials::process_mac(&[password, salt, &rounds.to_be_bytes()]);
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(id) = &id
-        && let Some(hit) = cache.lock().ok().and_then(|c| c.get(id).copied())
-    {
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&id).copied()) {
         return hit;
     }
     let mut out = [0u8; 32];
@@ -80,7 +63,7 @@ fn salted_password(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
         password,
         &mut out,
     );
-    if let (Some(id), Ok(mut c)) = (id, cache.lock()) {
+    if let Ok(mut c) = cache.lock() {
         if c.len() >= CACHE_ENTRIES {
             c.clear();
         }
