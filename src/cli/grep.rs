@@ -40,6 +40,7 @@ pub(super) fn statement_text(v: &serde_json::Value) -> String {
     };
     let mut line = match s("type") {
         "prepare" => format!("PREPARE {}: {}", s("name"), s("sql")),
+        "bind" => format!("BIND {}", s("sql")),
         "error" if v.get("sql").is_none() => {
             let during = match s("during") {
                 "" => String::new(),
@@ -69,7 +70,7 @@ pub(super) fn statement_text(v: &serde_json::Value) -> String {
             line.push_str(&format!("  → {tag} ({rows}{ms} ms)"));
         }
         (_, None, Some(c)) => line.push_str(&format!("  → {c} ({ms} ms)")),
-        _ if s("type") == "prepare" => {}
+        _ if matches!(s("type"), "prepare" | "bind") => {}
         _ => line.push_str(&format!("  ({ms} ms)")),
     }
     if v["rolled_back"] == true {

@@ -98,10 +98,11 @@ fn program(steps: &[Step], next: &mut u32, case: u32) -> Vec<u8> {
             Step::Copy { sync_inside, fail } => {
                 let m = id();
                 w.extend(query(&format!("copy t from stdin /*{m}*/")));
-                w.extend(msg(b'd', b"2\n"));
+                // A Sync before the rows is ignored; one between rows ends the session.
                 if *sync_inside {
                     w.extend(sync());
                 }
+                w.extend(msg(b'd', b"2\n"));
                 if *fail {
                     w.extend(msg(b'f', b"client gave up\0"));
                 } else {

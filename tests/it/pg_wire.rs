@@ -317,7 +317,8 @@ fn the_transcript_records_what_the_server_ran() {
     c.until_ready();
     c.query("execute s9");
 
-    // Sync inside COPY FROM STDIN is ignored by the server, and by the transcript.
+    // Sync sent with the COPY, before any data, is ignored by the server, and by the
+    // transcript; so is Flush between rows.
     let mut w = parse(b"", "copy t from stdin");
     w.extend(bind(b"", b""));
     w.extend(execute(b""));
@@ -330,7 +331,7 @@ fn the_transcript_records_what_the_server_ran() {
     let (tag, _) = c.next();
     assert_eq!(tag, b'G');
     let mut w = msg(b'd', b"40\n");
-    w.extend(sync());
+    w.extend(msg(b'H', b""));
     w.extend(msg(b'd', b"41\n"));
     w.extend(msg(b'c', b""));
     w.extend(sync());
@@ -340,6 +341,21 @@ fn the_transcript_records_what_the_server_ran() {
         c.query("select string_agg(id::text, ',' order by id) from t"),
         ["4,5,30,40,41"]
     );
+
+    // Bound and never executed: binding plans the statement, which can run functions.
+    let mut w = parse(b"", "select 'bound only'");
+    w.extend(bind(b"", b""));
+    w.extend(sync());
+    c.send(&w);
+    c.until_ready();
+
+    // Pipelined behind the statement that changes client_encoding: the server reads it
+    // in the new encoding, so it is not decoded in the old one (LATIN1: `select 'Ã©'`).
+    let mut w = query("set client_encoding to 'UTF8'");
+    w.extend(query("select 'é' as pipelined"));
+    c.send(&w);
+    c.until_ready();
+    c.until_ready();
     c.send(&terminate());
 
     let t = ended_transcript(&b, n);
@@ -365,7 +381,36 @@ fn the_transcript_records_what_the_server_ran() {
     assert_eq!(statement(&t, "copy t from stdin")["tag"], "COPY 2");
     let last = statement(&t, "select string_agg(id::text, ',' order by id) from t");
     assert_eq!(last["rows"], 1);
+    assert!(
+        t.iter()
+            .any(|l| l["type"] == "bind" && l["sql"] == "select 'bound only'"),
+        "{t:#?}"
+    );
+    assert_eq!(statement(&t, "select 'é' as pipelined")["escaped"], true);
     assert!(t.iter().all(|l| l["completion"] != "none seen"), "{t:#?}");
+
+    // Sync between COPY rows: the server ignores it unless a row before it failed, when
+    // it would end the skipped region instead. postern refuses it and ends the session
+    // before forwarding it; the COPY never completes.
+    let mut c = Raw::connect(&b, &[]);
+    c.send(&query("copy t from stdin"));
+    assert_eq!(c.next().0, b'G');
+    let mut w = msg(b'd', b"50\n");
+    w.extend(sync());
+    c.send(&w);
+    let (tag, body) = c.next();
+    assert_eq!(tag, b'E');
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("Sync sent between COPY data and CopyDone"),
+        "{body}"
+    );
+    assert_eq!(
+        b.psql(&["-tAc", "select count(*) from t where id = 50"])
+            .ok()
+            .trim(),
+        "0"
+    );
 }
 
 #[test]

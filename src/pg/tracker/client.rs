@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::names::{Portal, Sql, Weight};
 use super::{Limit, MAX_NAMES, Op, Tracker};
+use crate::pg::text::Charset;
 use crate::pg::transcript::{Line, Reader, params};
 
 /// Large-object functions clients call by fast path, by their fixed catalog OIDs.
@@ -66,7 +67,14 @@ impl Tracker {
                 tag.escape_ascii()
             )));
         }
-        let cs = self.charset;
+        // While a statement that may set `client_encoding` is in flight, text is decoded
+        // as ASCII: the same in every encoding PostgreSQL accepts from clients, and any
+        // other byte escaped rather than read in an encoding that may no longer hold.
+        let cs = if self.runs == 0 {
+            self.charset
+        } else {
+            Charset::Ascii
+        };
         let mut r = Reader(body);
         let trunc = cut.is_some();
         // PostgreSQL keeps the first 63 bytes of a name: longer ones could alias.
@@ -189,6 +197,12 @@ impl Tracker {
                 self.check(0)?;
                 self.push(Op::Describe, 0);
             }
+            b'S' if self.copy_data => {
+                return Err(Limit(
+                    "Sync sent between COPY data and CopyDone (send CopyDone or CopyFail first)"
+                        .into(),
+                ));
+            }
             b'S' => {
                 self.check(0)?;
                 self.push(Op::Sync, 0);
@@ -218,10 +232,12 @@ impl Tracker {
             b'd' if matches!(self.ops.back(), Some(Op::CopyData)) => {}
             b'd' => {
                 self.check(0)?;
+                self.copy_data = true;
                 self.push(Op::CopyData, 0);
             }
             b'c' | b'f' => {
                 self.check(0)?;
+                self.copy_data = false;
                 self.push(Op::CopyEnd, 0);
             }
             // Flush has no reply and no effect; Terminate ends the session.

@@ -119,6 +119,13 @@ pub struct Tracker {
     skip: bool,
     /// The statement at the front is in `COPY FROM STDIN`: the server reads copy messages.
     copy_in: bool,
+    /// Copy data sent and not yet ended by `CopyDone` or `CopyFail`: a `Sync` now would be
+    /// ignored by the server or end an error's skipped region, depending on whether a row
+    /// before it failed, which cannot be told from here.
+    copy_data: bool,
+    /// Statements in flight (`Query`, `Execute`, fast-path calls): any of them may change
+    /// `client_encoding`, so text sent meanwhile is not decoded with the one known now.
+    runs: usize,
     tx: Tx,
     /// Why the model can no longer tell what the server does: the session must end.
     pub violation: Option<String>,
@@ -137,6 +144,8 @@ impl Tracker {
             portals: Names::new(),
             skip: false,
             copy_in: false,
+            copy_data: false,
+            runs: 0,
             violation: None,
             tx: Tx {
                 status: b'I',
@@ -197,6 +206,9 @@ impl Tracker {
 
     fn push(&mut self, op: Op, size: usize) {
         self.op_bytes += size;
+        if matches!(op, Op::Query(_) | Op::Func(_) | Op::Execute { .. }) {
+            self.runs += 1;
+        }
         self.ops.push_back(op);
     }
 
@@ -208,6 +220,9 @@ impl Tracker {
 
     fn take(&mut self, i: usize) -> Option<Op> {
         let op = self.ops.remove(i)?;
+        if matches!(op, Op::Query(_) | Op::Func(_) | Op::Execute { .. }) {
+            self.runs -= 1;
+        }
         let size = match &op {
             Op::Query(r) | Op::Func(r) => r.size,
             Op::Parse { sql, .. } => sql.weight(),

@@ -73,6 +73,7 @@ impl Tracker {
                             params: portal.params.clone(),
                         });
                     }
+                    self.bound(&name, &portal, out);
                     self.portals.settle(&name, Some(Some(portal)));
                 }
             }
@@ -103,6 +104,34 @@ impl Tracker {
             _ => {}
         }
         self.settle(out);
+    }
+
+    /// A portal the server created, planning its statement (which can run functions):
+    /// unless an `Execute` of it is next in flight, whose statement line says the same,
+    /// a `bind` line records it, so nothing the server ran for it goes unwritten.
+    fn bound(&self, name: &[u8], portal: &Portal, out: &mut Vec<u8>) {
+        let next = self.ops.iter().find(|op| !matches!(op, Op::Describe));
+        if let Some(Op::Execute { name: e, .. }) = next
+            && **e == *name
+        {
+            return;
+        }
+        let mut l = Line::new(out, self.t(), "bind");
+        match &portal.sql {
+            Some(sql) => l.text("sql", &sql.text, sql.escaped),
+            None => l.str("sql", ""),
+        };
+        if !portal.statement.is_empty() {
+            l.text("statement", &portal.statement, false);
+        }
+        if !name.is_empty() {
+            l.bytes("portal", name, self.charset);
+        }
+        match &portal.params {
+            Some(p) => l.json("params", p),
+            None => l.str("params", "redacted"),
+        };
+        l.end();
     }
 
     /// A command tag ends or keeps the transaction.
@@ -199,6 +228,11 @@ impl Tracker {
         }
         self.skip = false;
         self.copy_in = false;
+        if self.ops.is_empty() {
+            // Nothing in flight: the server is not in COPY and will not enter it before
+            // the client's next message.
+            self.copy_data = false;
+        }
         if status == b'I' {
             if self.tx.rollback {
                 self.rollback(out, "rolled back");
