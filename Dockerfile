@@ -6,8 +6,13 @@
 # The data volume must be writable by uid 10001 (a named volume is set up for it; a host
 # directory: chown 10001 DIR, mode 0700).
 FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY web/package.json web/package-lock.json web/console.js web/console.css ./web/
+RUN npm ci --no-audit --no-fund --prefix web
 COPY src ./src
 COPY migrations ./migrations
 COPY vendor ./vendor

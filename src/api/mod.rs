@@ -6,6 +6,7 @@
 //!
 //! Errors are JSON: `{"code": "...", "message": "..."}` (see [`error::ApiError`]).
 
+mod console;
 mod error;
 mod limiter;
 mod routes;
@@ -41,6 +42,8 @@ pub struct Api {
     pub verifiers: tokio::sync::Semaphore,
     /// postern's TLS CA (PEM), handed to clients at login; read once at start.
     pub tls_ca: String,
+    /// Web console logins (cookies), in this process's memory.
+    pub console: console::Logins,
 }
 
 impl Api {
@@ -48,6 +51,7 @@ impl Api {
         Api {
             tls: tls::with_alpn(&tls, b"http/1.1"),
             tls_ca,
+            console: console::Logins::default(),
             limiter: Limiter::default(),
             verifiers: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),

@@ -24,9 +24,9 @@ use crate::server::Shared;
 use crate::store::{ApiToken, IssuedCert};
 
 #[derive(Clone)]
-struct Ctx {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
+pub(super) struct Ctx {
+    pub(super) shared: Arc<Shared>,
+    pub(super) peer: SocketAddr,
 }
 
 type Reply = Result<Json<Value>, ApiError>;
@@ -41,6 +41,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db::db_login))
         .route("/metrics", get(metrics))
+        .merge(super::console::router())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -86,11 +87,11 @@ fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, Ap
 }
 
 impl Ctx {
-    async fn audit(&self, kind: &str, actor: Actor, result: Outcome, details: Value) {
+    pub(super) async fn audit(&self, kind: &str, actor: Actor, result: Outcome, details: Value) {
         self.audit_on(kind, actor, result, None, details).await;
     }
 
-    async fn audit_on(
+    pub(super) async fn audit_on(
         &self,
         kind: &str,
         actor: Actor,
@@ -236,128 +237,165 @@ fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
         .min()
 }
 
-async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
-    let req: LoginRequest = body(raw)?;
-    let ip = cx.peer.ip();
-    let key = names::parse_user_key(&req.public_key)
-        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    let policy = cx.policy().await?;
-    let user = policy.users.get(&req.user).cloned();
-    let known = user.as_ref().map(|u| u.name.as_str());
-    let attempt = match cx.shared.api.limiter.attempt(Door::Password, known, ip) {
-        Ok(a) => a,
-        Err(wait) => return Err(cx.rate_limited(&req.user, wait).await),
-    };
-    let hash = match &user {
-        Some(u) => cx
-            .shared
-            .store
-            .password_hash(&u.name)
-            .await
-            .map_err(ApiError::store)?,
-        None => None,
-    };
-    let Ok(Ok(permit)) = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        cx.shared.api.verifiers.acquire(),
-    )
-    .await
-    else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "postern is busy checking other logins; try again in a few seconds",
-        );
-        e.retry_after = Some(2);
-        return Err(e);
-    };
-    let pw = req.password.clone();
-    let verified = tokio::task::spawn_blocking(move || match &hash {
-        Some(h) => password::verify(&pw, h),
-        None => {
-            password::verify_nothing(&pw);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
-    drop(permit);
-    let wrong = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "wrong user name or password",
-        )
-    };
-    let known = user.is_some();
-    let Some(user) = user.filter(|_| verified) else {
-        let reason = if known {
-            "wrong password"
-        } else {
-            "unknown user"
+/// A user who proved their password (and one-time code when enrolled).
+pub(super) struct Verified<'a> {
+    pub policy: Policy,
+    pub user: User,
+    /// `password` or `password+totp`.
+    pub method: &'static str,
+    /// Settled as a success once the caller has issued what the login is for.
+    pub attempt: super::limiter::Attempt<'a>,
+}
+
+impl Ctx {
+    /// The password (and one-time code) check shared by every password login: throttled
+    /// per user and source, failures audited without saying which part was wrong, locked
+    /// users refused.
+    pub(super) async fn verify_password(
+        &self,
+        name: &str,
+        password: &str,
+        totp: Option<&str>,
+    ) -> Result<Verified<'_>, ApiError> {
+        let ip = self.peer.ip();
+        let policy = self.policy().await?;
+        let user = policy.users.get(name).cloned();
+        let known = user.as_ref().map(|u| u.name.as_str());
+        let attempt = match self.shared.api.limiter.attempt(Door::Password, known, ip) {
+            Ok(a) => a,
+            Err(wait) => return Err(self.rate_limited(name, wait).await),
         };
-        return Err(cx.login_failed(&req.user, known, reason, wrong()).await);
-    };
-    if user.status == UserStatus::Locked {
-        cx.audit(
-            "auth.failure",
-            Actor::user(&user.name),
-            Outcome::Deny,
-            json!({ "method": "password", "reason": "user locked" }),
+        let hash = match &user {
+            Some(u) => self
+                .shared
+                .store
+                .password_hash(&u.name)
+                .await
+                .map_err(ApiError::store)?,
+            None => None,
+        };
+        let Ok(Ok(permit)) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.shared.api.verifiers.acquire(),
         )
-        .await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_locked",
-            format!("user `{}` is locked; ask an admin", user.name),
-        ));
-    }
-    let mut method = "password";
-    if let Some((sealed, _)) = cx
-        .shared
-        .store
-        .totp(&user.name)
         .await
-        .map_err(ApiError::store)?
-    {
-        method = "password+totp";
-        let Some(code) = req.totp.as_deref() else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "totp_required",
-                "this account needs a one-time code from its authenticator app",
-            ));
+        else {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "postern is busy checking other logins; try again in a few seconds",
+            );
+            e.retry_after = Some(2);
+            return Err(e);
         };
-        let secret = cx
-            .shared
-            .keys
-            .master_key
-            .open("totp", &sealed)
-            .map_err(|e| ApiError::internal("cannot unseal a TOTP secret", e))?;
-        let invalid = || {
+        let pw = password.to_string();
+        let verified = tokio::task::spawn_blocking(move || match &hash {
+            Some(h) => password::verify(&pw, h),
+            None => {
+                password::verify_nothing(&pw);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        drop(permit);
+        let wrong = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "totp_invalid",
-                "the one-time code is wrong or was already used",
+                "invalid_credentials",
+                "wrong user name or password",
             )
         };
-        let Some(step) = totp::check(&secret, code, ssh_cert::now_secs()) else {
-            return Err(cx
-                .login_failed(&user.name, true, "wrong one-time code", invalid())
-                .await);
+        let known = user.is_some();
+        let Some(user) = user.filter(|_| verified) else {
+            let reason = if known {
+                "wrong password"
+            } else {
+                "unknown user"
+            };
+            return Err(self.login_failed(name, known, reason, wrong()).await);
         };
-        let fresh = cx
+        if user.status == UserStatus::Locked {
+            self.audit(
+                "auth.failure",
+                Actor::user(&user.name),
+                Outcome::Deny,
+                json!({ "method": "password", "reason": "user locked" }),
+            )
+            .await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "user_locked",
+                format!("user `{}` is locked; ask an admin", user.name),
+            ));
+        }
+        let mut method = "password";
+        if let Some((sealed, _)) = self
             .shared
             .store
-            .use_totp_step(&user.name, i64::try_from(step).unwrap_or(i64::MAX))
+            .totp(&user.name)
             .await
-            .map_err(ApiError::store)?;
-        if !fresh {
-            return Err(cx
-                .login_failed(&user.name, true, "one-time code reused", invalid())
-                .await);
+            .map_err(ApiError::store)?
+        {
+            method = "password+totp";
+            let Some(code) = totp else {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "totp_required",
+                    "this account needs a one-time code from its authenticator app",
+                ));
+            };
+            let secret = self
+                .shared
+                .keys
+                .master_key
+                .open("totp", &sealed)
+                .map_err(|e| ApiError::internal("cannot unseal a TOTP secret", e))?;
+            let invalid = || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "totp_invalid",
+                    "the one-time code is wrong or was already used",
+                )
+            };
+            let Some(step) = totp::check(&secret, code, ssh_cert::now_secs()) else {
+                return Err(self
+                    .login_failed(&user.name, true, "wrong one-time code", invalid())
+                    .await);
+            };
+            let fresh = self
+                .shared
+                .store
+                .use_totp_step(&user.name, i64::try_from(step).unwrap_or(i64::MAX))
+                .await
+                .map_err(ApiError::store)?;
+            if !fresh {
+                return Err(self
+                    .login_failed(&user.name, true, "one-time code reused", invalid())
+                    .await);
+            }
         }
+        Ok(Verified {
+            policy,
+            user,
+            method,
+            attempt,
+        })
     }
+}
+
+async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
+    let req: LoginRequest = body(raw)?;
+    let key = names::parse_user_key(&req.public_key)
+        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
+    let Verified {
+        policy,
+        user,
+        method,
+        attempt,
+    } = cx
+        .verify_password(&req.user, &req.password, req.totp.as_deref())
+        .await?;
     let Some(ttl) = credential_ttl(&policy, &user) else {
         cx.audit(
             "auth.failure",

@@ -246,6 +246,8 @@ fn combine(roles: &[&Role]) -> RoleSettings {
         file_transfer: roles.iter().all(|r| r.settings.file_transfer),
         redact_parameters: roles.iter().any(|r| r.settings.redact_parameters),
         forward_to: forward_to.unwrap_or_default(),
+        // Console rights are not part of a target decision.
+        console: Default::default(),
     }
 }
 

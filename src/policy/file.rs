@@ -43,6 +43,8 @@ struct RoleSpec {
     #[serde(default)]
     forward_to: Vec<Spanned<String>>,
     #[serde(default)]
+    console: BTreeSet<super::ConsoleRight>,
+    #[serde(default)]
     allow: Vec<RuleSpec>,
     #[serde(default)]
     deny: Vec<RuleSpec>,
@@ -165,6 +167,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
                         Ok(e.get_ref().clone())
                     })
                     .collect::<Result<_, LocatedError>>()?,
+                console: r.console,
             },
             allow: convert(r.allow)?,
             deny: convert(r.deny)?,

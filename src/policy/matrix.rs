@@ -57,6 +57,7 @@ fn role(name: &'static str) -> impl Strategy<Value = Role> {
                 file_transfer: ft,
                 redact_parameters: redact,
                 forward_to: to,
+                console: Default::default(),
             },
             allow,
             deny,

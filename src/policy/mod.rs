@@ -86,6 +86,33 @@ pub struct RoleSettings {
     /// Where port forwarding may go (`HOST:PORT`, `*` for any); empty: anywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_to: Vec<String>,
+    /// What members may do in the web console beyond their own sessions and targets.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub console: BTreeSet<ConsoleRight>,
+}
+
+/// A console permission a role grants.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRight {
+    /// Every session, transcript and recording; the audit log and its verification.
+    Audit,
+    /// Also users, roles and targets; lock and unlock users; end live sessions.
+    Admin,
+    /// Access requests and reviews.
+    Review,
+}
+
+impl ConsoleRight {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRight::Audit => "audit",
+            ConsoleRight::Admin => "admin",
+            ConsoleRight::Review => "review",
+        }
+    }
 }
 
 impl Default for RoleSettings {
@@ -98,6 +125,7 @@ impl Default for RoleSettings {
             file_transfer: true,
             redact_parameters: false,
             forward_to: Vec::new(),
+            console: BTreeSet::new(),
         }
     }
 }
@@ -236,6 +264,19 @@ impl Policy {
             .iter()
             .filter_map(|r| self.roles.get(r))
             .collect()
+    }
+
+    /// The console permissions a user's roles grant (`admin` implies `audit`).
+    pub fn console_rights(&self, user: &User) -> BTreeSet<ConsoleRight> {
+        let mut out: BTreeSet<ConsoleRight> = self
+            .roles_of(user)
+            .iter()
+            .flat_map(|r| r.settings.console.iter().copied())
+            .collect();
+        if out.contains(&ConsoleRight::Admin) {
+            out.insert(ConsoleRight::Audit);
+        }
+        out
     }
 }
 

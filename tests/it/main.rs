@@ -8,6 +8,7 @@ mod audit;
 mod availability;
 mod certs;
 mod cli_output;
+mod console;
 mod dist;
 mod drills;
 mod harness;

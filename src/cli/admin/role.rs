@@ -7,7 +7,7 @@ use crate::cli::output;
 use crate::config::Config;
 use crate::duration::Dur;
 use crate::policy::names::{check_account_name, check_role_name};
-use crate::policy::{PolicyError, Role, Rule, Selector};
+use crate::policy::{ConsoleRight, PolicyError, Role, Rule, Selector};
 
 #[derive(clap::Args)]
 pub struct Settings {
@@ -33,6 +33,26 @@ pub struct Settings {
     /// `--forward-to ''` allows anywhere again.
     #[arg(long, value_delimiter = ',')]
     forward_to: Option<Vec<String>>,
+    /// What members may do in the web console (comma-separated: audit, admin, review);
+    /// `--console ''` takes it all away. Everyone sees their own sessions and targets.
+    #[arg(long, value_delimiter = ',')]
+    console: Option<Vec<ConsoleChoice>>,
+}
+
+/// A `--console` value: a right, or nothing (`''`).
+#[derive(Clone)]
+struct ConsoleChoice(Option<ConsoleRight>);
+
+impl std::str::FromStr for ConsoleChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(ConsoleChoice(None));
+        }
+        <ConsoleRight as clap::ValueEnum>::from_str(s.trim(), true)
+            .map(|r| ConsoleChoice(Some(r)))
+            .map_err(|_| format!("`{s}` is not a console right: use audit, admin or review"))
+    }
 }
 
 impl Settings {
@@ -59,6 +79,9 @@ impl Settings {
         if let Some(v) = self.forward_to {
             s.forward_to = v.into_iter().filter(|e| !e.is_empty()).collect();
         }
+        if let Some(v) = self.console {
+            s.console = v.into_iter().filter_map(|c| c.0).collect();
+        }
     }
 }
 
@@ -69,7 +92,7 @@ pub enum Command {
         /// The new role's name.
         name: String,
         /// Targets this role allows, as a label selector (`env=dev`, `team in (a, b)`, `*`).
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "console")]
         allow: Vec<Selector>,
         /// Targets this role denies outright (beats every allow).
         #[arg(long)]
@@ -293,6 +316,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     &s.forward_to
                 };
                 println!("forward_to       {}", output::list(to));
+                let console: Vec<String> =
+                    s.console.iter().map(|c| c.as_str().to_string()).collect();
+                println!("console          {}", output::list(&console));
                 for (effect, rules) in [("allow", &r.allow), ("deny", &r.deny)] {
                     for (i, rule) in rules.iter().enumerate() {
                         println!(
@@ -367,12 +393,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     databases: vec![],
                     db_users: vec![],
                 }));
-                if r.allow.is_empty() {
+                settings.apply(r);
+                if r.allow.is_empty() && r.settings.console.is_empty() {
                     return Err(PolicyError::Invalid(format!(
-                        "role `{name}` would have no allow rule left; add one (--add-allow) or remove the role"
+                        "role `{name}` would grant nothing: no allow rule and no console right; add one (--add-allow, --console) or remove the role"
                     )));
                 }
-                settings.apply(r);
                 Ok(())
             })
             .await

@@ -1,0 +1,447 @@
+//! Session pages: the list with its filters, one session with its recordings played in
+//! the browser, and the recordings themselves (each delivery audited).
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::routes::Ctx;
+use super::auth::{Viewer, refused, refused_to, viewer};
+use super::html::{page, span, when};
+use crate::audit::{Outcome, now_ms};
+use crate::duration::Dur;
+use crate::recording::stream::{self, MARKER, STDERR, STDOUT};
+use crate::store::{AuditFilter, SessionFilter, SessionRow};
+
+/// Rows a list shows at most; filters narrow it.
+const LIST_LIMIT: i64 = 500;
+/// Transcript entries shown on a session page.
+const TRANSCRIPT_ROWS: usize = 5_000;
+/// Bytes of a command's output shown on a session page.
+const STREAM_SHOWN: usize = 64 * 1024;
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    target: String,
+    /// `ssh`, `postgres` or empty.
+    #[serde(default)]
+    protocol: String,
+    /// `1h`, `7d`… or empty.
+    #[serde(default)]
+    since: String,
+    /// `active`, `ended` or empty.
+    #[serde(default)]
+    state: String,
+}
+
+fn not_found(v: &Viewer) -> Response {
+    refused_to(v, StatusCode::NOT_FOUND, "Not found", "No such session.")
+}
+
+fn nonempty(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Sessions the viewer may see, with the list's filters.
+pub async fn list(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let v = match viewer(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let since = match nonempty(&q.since).map(|s| s.parse::<Dur>()) {
+        None => None,
+        Some(Ok(d)) => {
+            Some(now_ms() - i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
+        }
+        Some(Err(e)) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!("`since`: {e} (write e.g. 1h or 7d)"),
+            );
+        }
+    };
+    let filter = SessionFilter {
+        // Without the audit right the list is the viewer's own, whatever was asked.
+        user: if v.audits() {
+            nonempty(&q.user)
+        } else {
+            Some(v.user.name.clone())
+        },
+        target: nonempty(&q.target),
+        since_ms: since,
+        active: q.state == "active",
+        limit: Some(LIST_LIMIT),
+    };
+    let rows = match cx.shared.store.list_sessions(&filter).await {
+        Ok(r) => r,
+        Err(e) => return store_down(e),
+    };
+    let rows: Vec<&SessionRow> = rows
+        .iter()
+        .rev()
+        .filter(|s| q.protocol.is_empty() || s.kind == q.protocol)
+        .filter(|s| q.state != "ended" || s.ended_ms.is_some())
+        .collect();
+    let body = html! {
+        form.filters method="get" action="/sessions" {
+            @if v.audits() {
+                label { "User " input name="user" value=(q.user); }
+            }
+            label { "Target " input name="target" value=(q.target); }
+            label { "Protocol "
+                select name="protocol" {
+                    @for (val, shown) in [("", "any"), ("ssh", "SSH"), ("postgres", "PostgreSQL")] {
+                        option value=(val) selected[q.protocol == val] { (shown) }
+                    }
+                }
+            }
+            label { "Started within " input name="since" placeholder="e.g. 24h" value=(q.since); }
+            label { "State "
+                select name="state" {
+                    @for (val, shown) in [("", "any"), ("active", "active"), ("ended", "ended")] {
+                        option value=(val) selected[q.state == val] { (shown) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        (table(&rows))
+    };
+    page(Some(&v), "Sessions", body).into_response()
+}
+
+/// A table of sessions, newest first, each linking to its page.
+pub(super) fn table(rows: &[&SessionRow]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.empty { "No sessions." }
+        } @else {
+            table.sessions {
+                thead { tr { th { "Started (UTC)" } th { "User" } th { "Target" } th { "Login" } th { "Protocol" } th { "Duration" } th { "Ended" } } }
+                tbody {
+                    @for s in rows {
+                        tr.session data-id=(s.id) {
+                            td { a href={ "/sessions/" (s.id) } { (when(s.started_ms)) } }
+                            td { (s.user) }
+                            td { (s.target) }
+                            td { (s.login) }
+                            td { (s.kind) }
+                            td { (span((s.ended_ms.unwrap_or_else(now_ms) - s.started_ms) / 1000)) }
+                            td {
+                                @match &s.ended_ms {
+                                    Some(_) => { (s.end_reason.as_deref().unwrap_or("ended")) }
+                                    None => { span.live { "live" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The session, when it exists and the viewer may see it; 404 otherwise (another user's
+/// session is indistinguishable from none).
+async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow, Response> {
+    // Whole ids only: a prefix would let a viewer probe ids they may not see.
+    if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(not_found(v));
+    }
+    match cx.shared.store.get_session(id).await {
+        Ok(Some(s)) if s.id == id && v.may_see(&s.user) => Ok(s),
+        Ok(_) => Err(not_found(v)),
+        Err(e) => Err(store_down(e)),
+    }
+}
+
+fn store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "console: store error");
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "postern cannot read its store right now; try again shortly.",
+    )
+}
+
+fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
+    crate::recording::resolve(&cx.shared.config.data_dir, stored)
+}
+
+fn is_transcript(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".pg.jsonl")
+}
+
+pub async fn show(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let v = match viewer(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let s = match visible(&cx, &v, &id).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut parts = Vec::new();
+    for r in &s.recordings {
+        let path = recording_path(&cx, &r.path);
+        let url = format!("/sessions/{}/recording/{}", s.id, r.channel);
+        let part = if is_transcript(&path) {
+            cx.audit_on(
+                "recording.view",
+                v.actor(),
+                Outcome::Success,
+                Some(s.target.clone()),
+                json!({ "session": s.id, "channel": r.channel, "via": "console" }),
+            )
+            .await;
+            transcript(&path)
+        } else if stream::is_stream(&path) {
+            cx.audit_on(
+                "recording.view",
+                v.actor(),
+                Outcome::Success,
+                Some(s.target.clone()),
+                json!({ "session": s.id, "channel": r.channel, "via": "console" }),
+            )
+            .await;
+            command_output(&path)
+        } else {
+            html! {
+                div.player data-cast=(url) data-live=(s.ended_ms.is_none()) {}
+            }
+        };
+        parts.push(html! {
+            section.recording {
+                h2 { "Channel " (r.channel) }
+                p.links {
+                    a href={ (url) "?download=1" } download { "Download" }
+                    " · sha256 " code { (r.sha256.as_deref().unwrap_or("(still recording)")) }
+                }
+                (part)
+            }
+        });
+    }
+    let events = cx
+        .shared
+        .store
+        .search_audit(&AuditFilter {
+            session: Some(s.id.clone()),
+            limit: Some(200),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    let title = format!("{} → {}", s.user, s.target);
+    let body = html! {
+        dl.facts {
+            dt { "Session" } dd { code { (s.id) } }
+            dt { "Protocol" } dd { (s.kind) }
+            dt { "Login" } dd { (s.login) }
+            dt { "From" } dd { (s.client_addr) }
+            dt { "Started (UTC)" } dd { (when(s.started_ms)) }
+            dt { "Ended" } dd {
+                @match s.ended_ms {
+                    Some(e) => { (when(e)) " — " (s.end_reason.as_deref().unwrap_or("")) }
+                    None => { span.live { "live" } }
+                }
+            }
+            @if let Some(x) = s.exit_status { dt { "Exit status" } dd { (x) } }
+            dt { "Bytes" } dd { "in " (s.bytes_in) ", out " (s.bytes_out) }
+        }
+        @if s.recordings.is_empty() { p.empty { "No recordings." } }
+        @for p in &parts { (p) }
+        section.events {
+            h2 { "Audit events" }
+            table.events {
+                thead { tr { th { "Time (UTC)" } th { "Type" } th { "Actor" } th { "Result" } th { "Details" } } }
+                tbody {
+                    @for e in &events {
+                        tr {
+                            td { (when(e.event.time_ms)) }
+                            td { (e.event.kind) }
+                            td { (e.event.actor.0) }
+                            td { (format!("{:?}", e.event.result).to_lowercase()) }
+                            td { code { (e.event.details.to_string()) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&v), &title, body).into_response()
+}
+
+/// A PostgreSQL transcript as a table: time, statement, duration, rows or tag, error.
+fn transcript(path: &Path) -> Markup {
+    let entries = match crate::recording::transcript::read(path) {
+        Ok(e) => e,
+        Err(e) => return html! { p.error { "Cannot read this transcript: " (e) } },
+    };
+    let shown = entries.len().min(TRANSCRIPT_ROWS);
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    html! {
+        input.filter type="search" placeholder="Filter statements" data-filter="transcript";
+        table.transcript {
+            thead { tr { th { "+s" } th { "Statement" } th { "Duration (ms)" } th { "Result" } th { "Error" } } }
+            tbody {
+                @for (t, v) in &entries[..shown] {
+                    @let kind = s(v, "type");
+                    tr class=(kind) data-rolled-back=(v["rolled_back"] == true) {
+                        td.t { (format!("{t:.3}")) }
+                        td.sql {
+                            @match kind.as_str() {
+                                "prepare" => { "PREPARE " (s(v, "name")) ": " }
+                                "bind" => { "BIND " }
+                                _ => {}
+                            }
+                            code { (s(v, "sql")) }
+                            @if let Some(p) = v.get("params").filter(|p| !p.is_null()) {
+                                " " span.params { (p.to_string()) }
+                            }
+                        }
+                        td.ms { (v["duration_ms"].as_f64().map(|d| format!("{d:.3}")).unwrap_or_default()) }
+                        td.result {
+                            (s(v, "tag"))
+                            @if let Some(n) = v["rows"].as_u64() { " (" (n) " rows)" }
+                            @if let Some(c) = v["completion"].as_str() { " " (c) }
+                            @if v["rolled_back"] == true { " (rolled back)" }
+                        }
+                        td.error {
+                            @if let Some(e) = v["error"].as_object() {
+                                (e.get("code").and_then(Value::as_str).unwrap_or("")) " "
+                                (e.get("message").and_then(Value::as_str).unwrap_or(""))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if shown < entries.len() {
+            p.more { (entries.len() - shown) " more entries: download the transcript for all of them." }
+        }
+    }
+}
+
+/// A channel without a terminal: its command and what it printed.
+fn command_output(path: &Path) -> Markup {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut marks = Vec::new();
+    let read = stream::read(path, |r| {
+        let buf = match r.kind {
+            STDOUT => &mut out,
+            STDERR => &mut err,
+            MARKER => {
+                marks.push((r.t_ms, String::from_utf8_lossy(&r.data).into_owned()));
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let room = STREAM_SHOWN.saturating_sub(buf.len());
+        buf.extend_from_slice(&r.data[..room.min(r.data.len())]);
+        Ok(())
+    });
+    let header = match read {
+        Ok(h) => h,
+        Err(e) => return html! { p.error { "Cannot read this recording: " (e) } },
+    };
+    html! {
+        @if let Some(c) = header["command"].as_str() { p { "Command: " code { (c) } } }
+        @for (t, m) in &marks { p.marker { "+" (format!("{:.3}", f64::from(*t) / 1000.0)) "s " (m) } }
+        h3 { "Output" }
+        pre.stdout { (String::from_utf8_lossy(&out)) }
+        @if !err.is_empty() { h3 { "Errors" } pre.stderr { (String::from_utf8_lossy(&err)) } }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct RecordingQuery {
+    #[serde(default)]
+    download: Option<String>,
+}
+
+/// A recording's file as it is stored (asciicast, transcript, stream), streamed from disk:
+/// to the player (`recording.view`) or as a download (`recording.export`).
+pub async fn recording(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath((id, channel)): UrlPath<(String, i64)>,
+    Query(q): Query<RecordingQuery>,
+) -> Response {
+    let v = match viewer(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let s = match visible(&cx, &v, &id).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(r) = s.recordings.iter().find(|r| r.channel == channel) else {
+        return refused_to(
+            &v,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This session has no such recording.",
+        );
+    };
+    let path = recording_path(&cx, &r.path);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "console: cannot open a recording");
+            return refused(
+                StatusCode::NOT_FOUND,
+                "The recording file is missing from postern's data directory.",
+            );
+        }
+    };
+    let download = q.download.is_some();
+    cx.audit_on(
+        if download {
+            "recording.export"
+        } else {
+            "recording.view"
+        },
+        v.actor(),
+        Outcome::Success,
+        Some(s.target.clone()),
+        json!({ "session": s.id, "channel": channel, "via": "console" }),
+    )
+    .await;
+    let (kind, ext) = if is_transcript(&path) {
+        ("application/x-ndjson", "pg.jsonl")
+    } else if stream::is_stream(&path) {
+        ("application/octet-stream", "stream")
+    } else {
+        ("application/x-asciicast", "cast")
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    if download
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"{}-{}.{ext}\"",
+            s.id, channel
+        ))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
