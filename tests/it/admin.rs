@@ -325,7 +325,7 @@ fn role_rules_are_added_and_removed_in_place() {
         ),
         (
             vec!["--remove-rule", "allow#1"],
-            "would have no allow rule left",
+            "would grant nothing: no allow rule",
         ),
         (
             vec!["--add-allow", "env==dev", "--logins", "x"],
