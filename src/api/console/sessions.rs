@@ -180,6 +180,18 @@ fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
     crate::recording::resolve(&cx.shared.config.data_dir, stored)
 }
 
+/// A recording delivered to a viewer: `recording.view` or `recording.export`.
+async fn delivered(cx: &Ctx, v: &Viewer, s: &SessionRow, channel: i64, kind: &str) {
+    cx.audit_on(
+        kind,
+        v.actor(),
+        Outcome::Success,
+        Some(s.target.clone()),
+        json!({ "session": s.id, "channel": channel, "via": "console" }),
+    )
+    .await;
+}
+
 fn is_transcript(path: &Path) -> bool {
     path.to_string_lossy().ends_with(".pg.jsonl")
 }
@@ -202,24 +214,10 @@ pub async fn show(
         let path = recording_path(&cx, &r.path);
         let url = format!("/sessions/{}/recording/{}", s.id, r.channel);
         let part = if is_transcript(&path) {
-            cx.audit_on(
-                "recording.view",
-                v.actor(),
-                Outcome::Success,
-                Some(s.target.clone()),
-                json!({ "session": s.id, "channel": r.channel, "via": "console" }),
-            )
-            .await;
+            delivered(&cx, &v, &s, r.channel, "recording.view").await;
             transcript(&path)
         } else if stream::is_stream(&path) {
-            cx.audit_on(
-                "recording.view",
-                v.actor(),
-                Outcome::Success,
-                Some(s.target.clone()),
-                json!({ "session": s.id, "channel": r.channel, "via": "console" }),
-            )
-            .await;
+            delivered(&cx, &v, &s, r.channel, "recording.view").await;
             command_output(&path)
         } else {
             html! {
@@ -412,18 +410,12 @@ pub async fn recording(
         }
     };
     let download = q.download.is_some();
-    cx.audit_on(
-        if download {
-            "recording.export"
-        } else {
-            "recording.view"
-        },
-        v.actor(),
-        Outcome::Success,
-        Some(s.target.clone()),
-        json!({ "session": s.id, "channel": channel, "via": "console" }),
-    )
-    .await;
+    let kind = if download {
+        "recording.export"
+    } else {
+        "recording.view"
+    };
+    delivered(&cx, &v, &s, channel, kind).await;
     let (kind, ext) = if is_transcript(&path) {
         ("application/x-ndjson", "pg.jsonl")
     } else if stream::is_stream(&path) {
