@@ -75,6 +75,8 @@ pub(super) fn statement_text(v: &serde_json::Value) -> String {
     }
     if v["rolled_back"] == true {
         line.push_str("  (rolled back)");
+    } else if v["maybe_rolled_back"] == true {
+        line.push_str("  (rolled back unless a later statement committed)");
     }
     esc(&line.replace('\n', " "))
 }

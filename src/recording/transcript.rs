@@ -59,7 +59,12 @@ pub fn merge<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Entry> {
                     let done = e.get("error").is_none()
                         && (e.get("tag").is_some() || e["completion"] == "suspended");
                     if done && let Some(o) = e.as_object_mut() {
-                        o.insert("rolled_back".into(), Value::Bool(true));
+                        let key = if v["uncertain"] == true {
+                            "maybe_rolled_back"
+                        } else {
+                            "rolled_back"
+                        };
+                        o.insert(key.into(), Value::Bool(true));
                     }
                 }
             }

@@ -361,14 +361,29 @@ impl Tracker {
     }
 
     /// The session is over: statements still in flight get a result line saying no
-    /// completion was seen, and an open transaction is rolled back by the server.
+    /// completion was seen, and an open transaction is rolled back by the server. With
+    /// statements unanswered, one of them may have committed it (a `COMMIT`, or the `Sync`
+    /// ending a pipeline): the rollback line then says it is uncertain.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let settled = self.ops.is_empty();
         while let Some(op) = self.pop() {
             self.unanswered(op, "none seen", out);
         }
-        if settled && (self.tx.status != b'I' || self.tx.first.is_some()) {
+        if self.tx.status == b'I' && self.tx.first.is_none() {
+            return;
+        }
+        if settled {
             self.rollback(out, "the connection closed inside a transaction");
+        } else if let Some(first) = self.tx.first.take() {
+            Line::new(out, self.t(), "rollback")
+                .num("from", first)
+                .num("to", self.tx.last)
+                .str(
+                    "reason",
+                    "the connection closed with statements unanswered: undone unless one of them committed",
+                )
+                .json("uncertain", "true")
+                .end();
         }
     }
 }

@@ -106,6 +106,34 @@ fn a_statement_is_written_when_sent_and_completed_when_answered() {
 }
 
 #[test]
+fn a_transaction_left_with_statements_unanswered_is_an_uncertain_rollback() {
+    let mut t = T::new();
+    t.c(b'Q', b"begin\0").s(b'C', b"BEGIN\0").s(b'Z', b"T");
+    t.c(b'Q', b"delete from t\0")
+        .s(b'C', b"DELETE 9\0")
+        .s(b'Z', b"T");
+    t.c(b'Q', b"commit\0");
+    t.t.finish(&mut t.out);
+    let l = t.lines();
+    let rb = l.iter().find(|l| l["type"] == "rollback").unwrap();
+    assert_eq!(
+        (&rb["from"], &rb["to"], &rb["uncertain"]),
+        (&json!(1), &json!(2), &json!(true))
+    );
+    // Statements pipelined without a Sync: the same.
+    let mut t = T::new();
+    t.c(b'P', b"\0delete from t\0\0\0")
+        .c(b'B', b"\0\0\0\0\0\0\0\0")
+        .c(b'E', b"\0\0\0\0\0")
+        .c(b'S', b"");
+    t.s(b'1', b"").s(b'2', b"").s(b'C', b"DELETE 3\0");
+    t.t.finish(&mut t.out);
+    let l = t.lines();
+    let rb = l.iter().find(|l| l["type"] == "rollback").unwrap();
+    assert_eq!(rb["uncertain"], true);
+}
+
+#[test]
 fn statements_still_running_at_the_end_say_so() {
     let mut t = T::new();
     t.c(b'Q', b"insert into t values (1)\0");
