@@ -4,9 +4,18 @@
 
 document.addEventListener("DOMContentLoaded", () => {
   // Terminal recordings: asciinema-player, fed the recording's asciicast from postern.
-  for (const el of document.querySelectorAll(".player[data-cast]")) {
+  for (const el of document.querySelectorAll(".player[data-cast], .player[data-live]")) {
     if (typeof AsciinemaPlayer === "undefined") {
       el.textContent = "The terminal player did not load.";
+      continue;
+    }
+    if (el.dataset.live) {
+      // A live channel: its terminal so far, then each event as it is recorded.
+      AsciinemaPlayer.create({ driver: "eventsource", url: el.dataset.live, bufferTime: 0 }, el, {
+        autoPlay: true,
+        fit: "width",
+        controls: false,
+      });
       continue;
     }
     AsciinemaPlayer.create(el.dataset.cast, el, {
@@ -39,4 +48,55 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
+});
+
+// Following the audit log: newer events are fetched every two seconds and put on top.
+document.addEventListener("DOMContentLoaded", () => {
+  const box = document.getElementById("follow");
+  if (!box) return;
+  const tbody = document.querySelector("table.audit tbody");
+  let timer;
+  const poll = async () => {
+    const sep = box.dataset.url.includes("?") ? "&" : "?";
+    const r = await fetch(`${box.dataset.url}${sep}after=${box.dataset.after}`, { credentials: "same-origin" });
+    if (!r.ok) return;
+    for (const e of await r.json()) {
+      const tr = document.createElement("tr");
+      for (const k of ["seq", "time", "type", "actor", "target", "result", "details"]) {
+        const td = document.createElement("td");
+        if (k === "details") {
+          const code = document.createElement("code");
+          code.textContent = e[k];
+          td.appendChild(code);
+        } else {
+          td.textContent = String(e[k]);
+        }
+        tr.appendChild(td);
+      }
+      tbody.prepend(tr);
+      box.dataset.after = String(Math.max(Number(box.dataset.after), e.seq));
+    }
+  };
+  box.addEventListener("change", () => {
+    clearInterval(timer);
+    if (box.checked) timer = setInterval(() => poll().catch(() => {}), 2000);
+  });
+});
+
+// The dashboard's live sessions, refreshed every two seconds from the page itself.
+document.addEventListener("DOMContentLoaded", () => {
+  const section = document.querySelector("section.live");
+  if (!section) return;
+  setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      const r = await fetch(location.pathname, { credentials: "same-origin" });
+      if (!r.ok || !r.url.endsWith(location.pathname)) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.querySelector("section.live");
+      if (fresh) section.replaceChildren(...fresh.childNodes);
+    } catch {
+      // The next round tries again.
+    }
+  }, 2000);
 });

@@ -105,7 +105,7 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open_sqlite(&config.data_dir, None).await?;
     v.at(now_ms());
-    let outcome = verify_store(&store, &mut v).await;
+    let outcome = store.verify_chain(&mut v, |_| {}).await;
     store.close().await;
     let result = match outcome {
         Ok(()) => v.finish(Some(&config.data_dir), Some(now_ms())),
@@ -170,62 +170,6 @@ fn verify_file(file: &std::path::Path, v: &mut Verifier) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-async fn verify_store(store: &Store, v: &mut Verifier) -> Result<(), crate::audit::verify::Broken> {
-    let internal = |e: crate::store::StoreError| crate::audit::verify::Broken {
-        seq: 0,
-        what: format!("cannot read the store: {e}"),
-    };
-    let mut after = 0;
-    if let Some(a) = store.audit_anchor().await.map_err(internal)? {
-        after = a.seq;
-        v.anchor(&signed(a))?;
-    }
-    loop {
-        let page = store.audit_page(after, 5000).await.map_err(internal)?;
-        let Some(last) = page.last().map(|e| e.seq) else {
-            // The end. A checkpoint past it vouches for events that are gone, unless
-            // `serve` appended and signed them since the page was read: look again.
-            let beyond = store
-                .audit_checkpoints(after, i64::MAX)
-                .await
-                .map_err(internal)?;
-            if !beyond.is_empty()
-                && !store
-                    .audit_page(after, 1)
-                    .await
-                    .map_err(internal)?
-                    .is_empty()
-            {
-                continue;
-            }
-            for c in beyond {
-                v.checkpoint(signed(c))?;
-            }
-            break;
-        };
-        for c in store
-            .audit_checkpoints(after, last)
-            .await
-            .map_err(internal)?
-        {
-            v.checkpoint(signed(c))?;
-        }
-        for c in &page {
-            v.event(c.seq, &c.event, c.prev_hash.as_deref(), c.hash.as_deref())?;
-        }
-        after = last;
-    }
-    Ok(())
-}
-
-fn signed(c: crate::store::Checkpoint) -> CheckpointIn {
-    CheckpointIn {
-        seq: c.seq,
-        hash: c.hash,
-        signature: c.signature,
-    }
 }
 
 fn checkpoint_in(c: &serde_json::Value) -> anyhow::Result<CheckpointIn> {

@@ -1,7 +1,8 @@
 //! Session recordings in asciicast v2 (`.cast`, what `asciinema` plays).
 //!
 //! One writer task per recording takes events from a bounded queue: senders wait when it
-//! is full (backpressure, nothing dropped). It appends and flushes at least every second,
+//! is full (backpressure, nothing dropped). It appends and flushes at least every second
+//! (every quarter second for terminals, which live watches read),
 //! syncs and hashes (SHA-256) at the end. A write error fails the recording, and the
 //! session that owns it must end: a session that cannot be recorded does not run.
 
@@ -252,7 +253,13 @@ const STREAM_CHUNK: usize = 64 * 1024;
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<Finished, RecordingError> {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Terminal recordings reach the disk within a quarter second (what a live watch
+        // reads); compressed streams once a second (each flush ends a compressed block).
+        let every = match self.body {
+            Body::Cast { .. } => Duration::from_millis(250),
+            Body::Stream(_) => Duration::from_secs(1),
+        };
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

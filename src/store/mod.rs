@@ -10,6 +10,7 @@ mod credentials;
 pub mod error;
 mod policy;
 mod sessions;
+mod walk;
 mod writer;
 
 use std::path::{Path, PathBuf};

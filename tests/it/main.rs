@@ -9,6 +9,7 @@ mod availability;
 mod certs;
 mod cli_output;
 mod console;
+mod console_admin;
 mod dist;
 mod drills;
 mod harness;

@@ -108,6 +108,9 @@ impl Viewer {
     pub fn audits(&self) -> bool {
         self.rights.contains(&ConsoleRight::Audit)
     }
+    pub fn administers(&self) -> bool {
+        self.rights.contains(&ConsoleRight::Admin)
+    }
     /// A user sees their own sessions; auditors and admins see every one.
     pub fn may_see(&self, session_user: &str) -> bool {
         self.audits() || session_user == self.user.name

@@ -168,6 +168,16 @@ async fn auditor_panels(cx: &Ctx) -> Markup {
                     None => { "No signed checkpoint yet." }
                 }
             }
+            p.verify {
+                @match super::audit::last_result() {
+                    Some((ok, what, at)) => {
+                        "Last verification (" (when(at)) " UTC): "
+                        span class=(if ok { "ok" } else { "error" }) { (if ok { "OK: " } else { "FAILED: " }) (what) }
+                    }
+                    None => { "Not verified since postern started." }
+                }
+                " " a href="/audit/verify" { "Verify now" }
+            }
         }
         section.chart {
             h2 { "Sessions per hour, last 7 days" }

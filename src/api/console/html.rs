@@ -14,6 +14,8 @@ pub fn page(v: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · postern" }
+                // No icon: browsers would otherwise ask for /favicon.ico on every page.
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/assets/console.css";
                 link rel="stylesheet" href="/assets/asciinema-player.css";
                 script src="/assets/asciinema-player.min.js" defer {}
@@ -26,6 +28,15 @@ pub fn page(v: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                         @if let Some(v) = v {
                             a href="/" { "Dashboard" }
                             a href="/sessions" { "Sessions" }
+                            @if v.audits() {
+                                a href="/audit" { "Audit log" }
+                            }
+                            @if v.administers() {
+                                a href="/users" { "Users" }
+                                a href="/roles" { "Roles" }
+                                a href="/targets" { "Targets" }
+                                a href="/access" { "Access check" }
+                            }
                             span.who {
                                 (v.user.name)
                                 @for r in &v.rights { " " span.badge { (r.as_str()) } }

@@ -6,15 +6,24 @@
 //! - `GET /`: the dashboard;
 //! - `GET /sessions`, `GET /sessions/{id}`: sessions the viewer may see, one with its
 //!   recordings (asciicast in asciinema-player, transcripts as tables);
-//! - `GET /sessions/{id}/recording/{channel}`: the recording's file (audited).
+//! - `GET /sessions/{id}/recording/{channel}`: the recording's file (audited);
+//! - `GET /sessions/{id}/live/{channel}`: a live terminal channel as server-sent events;
+//!   `POST /sessions/{id}/kill`: ends a live session (admins);
+//! - `GET /users`, `/users/{name}`, `/roles`, `/roles/{name}`, `/targets`, `/access`:
+//!   the policy and the access check; `POST /users/{name}/lock|unlock` (admins);
+//! - `GET /audit`, `GET /audit/events?after=SEQ`: the audit log and its new events;
+//!   `GET|POST /audit/verify`: the chain verification, run in the background.
 
 // Handlers return the refusal page itself as the error: it is built once, on the way out.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod assets;
+mod audit;
 mod auth;
 mod dashboard;
 mod html;
+mod live;
 mod sessions;
 
 use axum::Router;
@@ -42,6 +51,19 @@ pub(super) fn router() -> Router<Ctx> {
             "/sessions/{id}/recording/{channel}",
             get(sessions::recording),
         )
+        .route("/sessions/{id}/live/{channel}", get(live::watch))
+        .route("/sessions/{id}/kill", post(live::kill))
+        .route("/users", get(admin::users))
+        .route("/users/{name}", get(admin::user))
+        .route("/users/{name}/lock", post(admin::lock))
+        .route("/users/{name}/unlock", post(admin::unlock))
+        .route("/roles", get(admin::roles))
+        .route("/roles/{name}", get(admin::role))
+        .route("/targets", get(admin::targets))
+        .route("/access", get(admin::check))
+        .route("/audit", get(audit::log))
+        .route("/audit/events", get(audit::events))
+        .route("/audit/verify", get(audit::verify_page).post(audit::verify))
         .route("/assets/{name}", get(assets::get))
         .layer(axum::middleware::from_fn(security_headers))
 }

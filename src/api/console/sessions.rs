@@ -156,7 +156,7 @@ pub(super) fn table(rows: &[&SessionRow]) -> Markup {
 
 /// The session, when it exists and the viewer may see it; 404 otherwise (another user's
 /// session is indistinguishable from none).
-async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow, Response> {
+pub(super) async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow, Response> {
     // Whole ids only: a prefix would let a viewer probe ids they may not see.
     if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(not_found(v));
@@ -176,7 +176,7 @@ fn store_down(e: crate::store::StoreError) -> Response {
     )
 }
 
-fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
+pub(super) fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
     crate::recording::resolve(&cx.shared.config.data_dir, stored)
 }
 
@@ -192,7 +192,7 @@ async fn delivered(cx: &Ctx, v: &Viewer, s: &SessionRow, channel: i64, kind: &st
     .await;
 }
 
-fn is_transcript(path: &Path) -> bool {
+pub(super) fn is_transcript(path: &Path) -> bool {
     path.to_string_lossy().ends_with(".pg.jsonl")
 }
 
@@ -219,10 +219,11 @@ pub async fn show(
         } else if stream::is_stream(&path) {
             delivered(&cx, &v, &s, r.channel, "recording.view").await;
             command_output(&path)
+        } else if s.ended_ms.is_none() && r.sha256.is_none() {
+            let live = format!("/sessions/{}/live/{}", s.id, r.channel);
+            html! { div.player.watching data-live=(live) {} }
         } else {
-            html! {
-                div.player data-cast=(url) data-live=(s.ended_ms.is_none()) {}
-            }
+            html! { div.player data-cast=(url) {} }
         };
         parts.push(html! {
             section.recording {
@@ -261,6 +262,12 @@ pub async fn show(
             }
             @if let Some(x) = s.exit_status { dt { "Exit status" } dd { (x) } }
             dt { "Bytes" } dd { "in " (s.bytes_in) ", out " (s.bytes_out) }
+        }
+        @if s.ended_ms.is_none() && v.administers() {
+            form.kill method="post" action={ "/sessions/" (s.id) "/kill" } {
+                input type="hidden" name="csrf" value=(v.csrf);
+                button.danger type="submit" { "Kill session" }
+            }
         }
         @if s.recordings.is_empty() { p.empty { "No recordings." } }
         @for p in &parts { (p) }

@@ -1,0 +1,357 @@
+//! The audit log for auditors: the same filters as `audit search`, new events followed as
+//! they are written, and the Verify button, which walks the whole chain in the background
+//! with the same verifier as `audit verify` and shows its progress.
+
+use std::sync::Mutex;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::routes::Ctx;
+use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, viewer};
+use super::html::{page, when};
+use crate::audit::verify::Verifier;
+use crate::audit::{Outcome, now_ms};
+use crate::duration::Dur;
+use crate::store::{AuditFilter, ChainedEvent};
+
+/// Events the page shows at most; filters narrow it.
+const SHOWN: i64 = 500;
+
+/// The viewer, when they hold the console's audit right.
+async fn auditor(cx: &Ctx, headers: &HeaderMap) -> Result<Viewer, Response> {
+    let v = viewer(cx, headers).await?;
+    if !v.audits() {
+        return Err(refused_to(
+            &v,
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The audit log needs the console's audit right.",
+        ));
+    }
+    Ok(v)
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct LogQuery {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    session: String,
+    /// `1h`, `7d`… or empty.
+    #[serde(default)]
+    since: String,
+    /// Only events after this sequence number (following).
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+fn nonempty(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl LogQuery {
+    fn filter(&self) -> Result<AuditFilter, String> {
+        let since_ms = match nonempty(&self.since).map(|s| s.parse::<Dur>()) {
+            None => None,
+            Some(Ok(d)) => {
+                Some(now_ms() - i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
+            }
+            Some(Err(e)) => return Err(format!("`since`: {e} (write e.g. 1h or 7d)")),
+        };
+        Ok(AuditFilter {
+            kind: nonempty(&self.kind),
+            actor: nonempty(&self.actor),
+            target: nonempty(&self.target),
+            session: nonempty(&self.session),
+            since_ms,
+            until_ms: None,
+            after_seq: self.after,
+            limit: Some(SHOWN),
+        })
+    }
+
+    /// The query string the follow requests repeat.
+    fn encoded(&self) -> String {
+        let pairs = [
+            ("type", &self.kind),
+            ("actor", &self.actor),
+            ("target", &self.target),
+            ("session", &self.session),
+            ("since", &self.since),
+        ];
+        pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn row(e: &ChainedEvent) -> Value {
+    let ev = &e.event;
+    json!({
+        "seq": e.seq,
+        "time": when(ev.time_ms),
+        "type": ev.kind,
+        "actor": ev.actor.0,
+        "target": ev.target.clone().unwrap_or_default(),
+        "result": ev.result.as_str(),
+        "details": ev.details.to_string(),
+    })
+}
+
+pub async fn log(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<LogQuery>) -> Response {
+    let v = match auditor(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(why) => return refused(StatusCode::BAD_REQUEST, &why),
+    };
+    let events = match cx.shared.store.search_audit(&filter).await {
+        Ok(e) => e,
+        Err(e) => return store_down(e),
+    };
+    let last = events.last().map_or(0, |e| e.seq);
+    let follow = format!("/audit/events?{}", q.encoded());
+    let body = html! {
+        form.filters method="get" action="/audit" {
+            label { "Type " input name="type" placeholder="e.g. auth.failure" value=(q.kind); }
+            label { "Actor " input name="actor" value=(q.actor); }
+            label { "Target " input name="target" value=(q.target); }
+            label { "Session " input name="session" value=(q.session); }
+            label { "Within " input name="since" placeholder="e.g. 24h" value=(q.since); }
+            button type="submit" { "Filter" }
+        }
+        p.links {
+            label { input #follow type="checkbox" data-url=(follow) data-after=(last); " Follow new events" }
+            " · " a href="/audit/verify" { "Verify the chain" }
+        }
+        table.audit {
+            thead { tr { th { "Seq" } th { "Time (UTC)" } th { "Type" } th { "Actor" } th { "Target" } th { "Result" } th { "Details" } } }
+            tbody {
+                @for e in events.iter().rev() {
+                    @let r = row(e);
+                    tr {
+                        @for k in ["seq", "time", "type", "actor", "target", "result"] {
+                            td { (r[k].as_str().map(str::to_string).unwrap_or_else(|| r[k].to_string())) }
+                        }
+                        td { code { (r["details"].as_str().unwrap_or("")) } }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(&v), "Audit log", body).into_response()
+}
+
+/// `GET /audit/events?after=SEQ&…`: newer events as JSON, for following the log.
+pub async fn events(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    if let Err(r) = auditor(&cx, &headers).await {
+        return r;
+    }
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    match cx.shared.store.search_audit(&filter).await {
+        Ok(e) => Json(e.iter().map(row).collect::<Vec<_>>()).into_response(),
+        Err(e) => store_down(e),
+    }
+}
+
+fn store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "console: store error");
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "postern cannot read its store right now; try again shortly.",
+    )
+}
+
+/// The chain verification of this process: one at a time.
+#[derive(Clone, Default)]
+struct Run {
+    by: String,
+    started_ms: i64,
+    /// Verified up to this sequence number, out of `last`.
+    done: i64,
+    last: i64,
+    /// `None` while it runs; then whether the chain held, and what was found.
+    result: Option<(bool, String)>,
+    finished_ms: Option<i64>,
+}
+
+static VERIFY: Mutex<Option<Run>> = Mutex::new(None);
+
+fn current() -> Option<Run> {
+    VERIFY.lock().ok().and_then(|g| g.clone())
+}
+
+fn update(f: impl FnOnce(&mut Run)) {
+    if let Ok(mut g) = VERIFY.lock()
+        && let Some(r) = g.as_mut()
+    {
+        f(r);
+    }
+}
+
+pub async fn verify_page(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
+    let v = match auditor(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let run = current();
+    let running = run.as_ref().is_some_and(|r| r.result.is_none());
+    let body = html! {
+        @if running {
+            meta http-equiv="refresh" content="1";
+        }
+        p { "Walks every audit event and signed checkpoint in the store, and every recording \
+             the events name, exactly as " code { "postern audit verify" } " does." }
+        @match &run {
+            None => { p.empty { "No verification has run since postern started." } }
+            Some(r) => {
+                dl.facts {
+                    dt { "Started by" } dd { (r.by) " at " (when(r.started_ms)) }
+                    @match &r.result {
+                        None => {
+                            dt { "Progress" } dd #verify-progress {
+                                progress max=(r.last.max(1)) value=(r.done) {}
+                                " seq " (r.done) " of " (r.last)
+                            }
+                        }
+                        Some((ok, what)) => {
+                            dt { "Result" }
+                            dd #verify-result class=(if *ok { "ok" } else { "error" }) {
+                                (if *ok { "OK: " } else { "FAILED: " }) (what)
+                            }
+                            @if let Some(f) = r.finished_ms { dt { "Finished" } dd { (when(f)) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !running {
+            form.verify method="post" action="/audit/verify" {
+                input type="hidden" name="csrf" value=(v.csrf);
+                button type="submit" { "Verify" }
+            }
+        }
+    };
+    page(Some(&v), "Verify the audit chain", body).into_response()
+}
+
+/// `POST /audit/verify`: starts a verification in the background (unless one runs).
+pub async fn verify(State(cx): State<Ctx>, headers: HeaderMap, form: Form<CsrfForm>) -> Response {
+    let v = match auditor(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if cross_site(&headers) {
+        return refused(StatusCode::FORBIDDEN, "This form came from another site.");
+    }
+    if let Err(r) = v.check_csrf(&form.0.csrf) {
+        return r;
+    }
+    {
+        let Ok(mut g) = VERIFY.lock() else {
+            return refused(StatusCode::INTERNAL_SERVER_ERROR, "verification state lost");
+        };
+        if g.as_ref().is_some_and(|r| r.result.is_none()) {
+            return Redirect::to("/audit/verify").into_response();
+        }
+        *g = Some(Run {
+            by: v.user.name.clone(),
+            started_ms: now_ms(),
+            ..Run::default()
+        });
+    }
+    tokio::spawn(run(cx, v));
+    Redirect::to("/audit/verify").into_response()
+}
+
+async fn run(cx: Ctx, v: Viewer) {
+    let store = &cx.shared.store;
+    if let Ok(last) = store.audit_head_seq().await {
+        update(|r| r.last = last);
+    }
+    let key = cx.shared.keys.audit_key.public_key().clone();
+    let mut verifier = Verifier::new(key);
+    let now = now_ms();
+    verifier.at(now);
+    let walked = store
+        .verify_chain(&mut verifier, |seq| update(|r| r.done = seq))
+        .await;
+    let data_dir = cx.shared.config.data_dir.clone();
+    // Recordings are hashed from disk: off the runtime's threads.
+    let result = match walked {
+        Ok(()) => tokio::task::spawn_blocking(move || verifier.finish(Some(&data_dir), Some(now)))
+            .await
+            .map_err(|e| crate::audit::verify::Broken {
+                seq: 0,
+                what: format!("the verification stopped: {e}"),
+            })
+            .and_then(|r| r),
+        Err(b) => Err(b),
+    };
+    let (ok, what, details) = match &result {
+        Ok(r) => (
+            true,
+            format!(
+                "{} events verified (chain intact), {} signed checkpoints, {} recordings intact, {} open recordings intact up to their last seal",
+                r.events, r.checkpoints, r.recordings, r.open_recordings
+            ),
+            json!({ "events": r.events, "checkpoints": r.checkpoints, "recordings": r.recordings, "via": "console" }),
+        ),
+        Err(b) => (
+            false,
+            format!("at seq {}: {}", b.seq, b.what),
+            json!({ "seq": b.seq, "what": b.what, "via": "console" }),
+        ),
+    };
+    update(|r| {
+        r.result = Some((ok, what));
+        r.finished_ms = Some(now_ms());
+        r.done = r.last;
+    });
+    let outcome = if ok {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    cx.audit("audit.verify", v.actor(), outcome, details).await;
+}
+
+/// The last verification's outcome, for the dashboard: `(ok, what, finished_ms)`.
+pub fn last_result() -> Option<(bool, String, i64)> {
+    let r = current()?;
+    let (ok, what) = r.result?;
+    Some((ok, what, r.finished_ms.unwrap_or(r.started_ms)))
+}
