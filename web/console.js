@@ -18,11 +18,14 @@ document.addEventListener("DOMContentLoaded", () => {
       });
       continue;
     }
+    // A search result opens the recording at its time, on the recording's own clock
+    // (idle time is only shortened when no start is given: it would shift that clock).
+    const start = el.dataset.start ? { startAt: Number(el.dataset.start) } : { idleTimeLimit: 2 };
     AsciinemaPlayer.create(el.dataset.cast, el, {
-      idleTimeLimit: 2,
       preload: true,
       fit: "width",
       controls: true,
+      ...start,
     });
   }
 
@@ -41,12 +44,14 @@ document.addEventListener("DOMContentLoaded", () => {
   // Filter boxes over tables: rows whose text does not contain the filter are hidden.
   for (const input of document.querySelectorAll("input[data-filter]")) {
     const table = input.nextElementSibling;
-    input.addEventListener("input", () => {
+    const apply = () => {
       const needle = input.value.toLowerCase();
       for (const row of table.querySelectorAll("tbody tr")) {
         row.hidden = needle !== "" && !row.textContent.toLowerCase().includes(needle);
       }
-    });
+    };
+    input.addEventListener("input", apply);
+    apply();
   }
 });
 

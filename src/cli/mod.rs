@@ -8,7 +8,6 @@ mod audit;
 mod check_config;
 mod docs;
 mod doctor;
-mod grep;
 mod login;
 mod output;
 mod serve;

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::grep::{
-    grep_cast, grep_stream, grep_transcript, is_transcript, recorded_command, statement_text,
-    transcript_lines,
-};
 use super::{open_store, output};
 use crate::audit::{Actor, AuditEvent, Outcome, format_ms, now_ms};
 use crate::config::Config;
 use crate::duration::Dur;
+use crate::recording::search::{
+    self, is_transcript, recorded_command, statement_text, transcript_lines,
+};
 use crate::store::{SessionFilter, SessionRow, Store};
 
 #[derive(clap::Subcommand)]
@@ -345,14 +344,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 for r in &s.recordings {
                     let path = Path::new(&r.path);
                     // A recording that cannot be read is an error, never "no match".
-                    let found = if is_transcript(path) {
-                        grep_transcript(path, &pattern)
-                    } else if crate::recording::stream::is_stream(path) {
-                        grep_stream(path, &pattern)
-                    } else {
-                        grep_cast(path, &pattern)
-                    }
-                    .with_context(|| {
+                    let found = search::grep(path, &pattern).with_context(|| {
                         format!(
                             "cannot read the recording of session {} channel {}: {}",
                             s.id,

@@ -1,6 +1,6 @@
 //! Reading `.stream` recordings (channels without a terminal) for auditors: one stream's
 //! bytes as they crossed (`sessions export --stream`), a readable account with the text
-//! (`replay`), and text lines (`sessions grep`).
+//! (`replay`); their text lines are searched in `recording::search`.
 
 use std::io::Write;
 use std::path::Path;
@@ -106,51 +106,4 @@ pub fn summary(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The text lines of every stream that contain `pattern`, with the time each line ended.
-pub fn grep(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
-    let mut hits = Vec::new();
-    let mut lines: [Vec<u8>; 3] = Default::default();
-    let check = |line: &mut Vec<u8>, t: f64, hits: &mut Vec<(f64, String)>| {
-        let text = String::from_utf8_lossy(line);
-        if text.contains(pattern) {
-            hits.push((t, safe(text.trim_end_matches('\r'))));
-        }
-        line.clear();
-    };
-    let mut last = 0.0;
-    stream::read(path, |r| {
-        let i = match r.kind {
-            STDIN => 0,
-            STDOUT => 1,
-            STDERR => 2,
-            _ => return Ok(()),
-        };
-        let t = f64::from(r.t_ms) / 1000.0;
-        last = t;
-        for piece in r.data.split_inclusive(|b| *b == b'\n') {
-            let ends = piece.last() == Some(&b'\n');
-            let piece = if ends {
-                &piece[..piece.len() - 1]
-            } else {
-                piece
-            };
-            // A line longer than the window is searched in pieces.
-            if lines[i].len() + piece.len() > SHOWN {
-                check(&mut lines[i], t, &mut hits);
-            }
-            lines[i].extend_from_slice(piece);
-            if ends {
-                check(&mut lines[i], t, &mut hits);
-            }
-        }
-        Ok(())
-    })?;
-    for line in lines.iter_mut() {
-        if !line.is_empty() {
-            check(line, last, &mut hits);
-        }
-    }
-    Ok(hits)
 }

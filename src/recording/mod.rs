@@ -10,6 +10,7 @@ mod cast;
 pub mod error;
 mod lines;
 pub mod seal;
+pub mod search;
 pub mod stream;
 pub mod transcript;
 mod utf8;

@@ -91,6 +91,12 @@ try:
     # Scripts refused by the Content-Security-Policy, or failing, would say so here.
     out["console_errors"] = [e["message"] for e in d.get_log("browser")
                              if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
+    # Her own recordings, searched: the hit opens the player at its time.
+    d.get(base + "/search?q=console-marker")
+    hits = d.find_elements(By.CSS_SELECTOR, "tr.hit")
+    out["alice_hits"] = [h.text for h in hits]
+    hits[0].find_element(By.TAG_NAME, "a").click()
+    out["hit_start"] = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".player[data-start]")).get_attribute("data-start")
     d.get(base + other_url)
     out["alice_other"] = d.find_element(By.TAG_NAME, "main").text
     logout()
@@ -103,6 +109,8 @@ try:
     out["bob_rows"] = [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.session")]
     d.get(base + "/sessions/" + own)
     out["bob_on_alice_session"] = d.find_element(By.TAG_NAME, "main").text
+    d.get(base + "/search?q=console-marker")
+    out["bob_search"] = d.find_element(By.TAG_NAME, "main").text
     logout()
 
     # audrey, an auditor: every session, and the day's figures.
@@ -233,6 +241,25 @@ fn the_console_shows_each_viewer_what_they_may_see_and_plays_recordings() {
         "{r}"
     );
     assert_eq!(r["bob_rows"], serde_json::json!([]));
+    // Search: alice finds her session's text (typed and printed), bob finds nothing.
+    let hits = r["alice_hits"].as_array().unwrap();
+    assert!(!hits.is_empty(), "{r}");
+    assert!(
+        hits.iter()
+            .all(|h| h.as_str().unwrap().contains("console-marker")),
+        "{r}"
+    );
+    assert!(
+        r["hit_start"].as_str().unwrap().parse::<f64>().is_ok(),
+        "{r}"
+    );
+    assert!(
+        r["bob_search"]
+            .as_str()
+            .unwrap()
+            .contains("No recording contains “console-marker”"),
+        "{r}"
+    );
     // Another user's session reads exactly as one that does not exist.
     assert_eq!(r["bob_on_alice_session"], r["alice_other"]);
     assert_eq!(r["audrey_rows"], serde_json::json!([own]));

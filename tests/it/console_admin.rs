@@ -367,3 +367,110 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     assert_eq!(r["audrey lock"], 403, "{r}");
     assert_eq!(r["audrey verify without csrf"], 403, "{r}");
 }
+
+const TRANSCRIPT: &str = r#"
+import json, os, sys
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, password, shots = sys.argv[1:4]
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--ignore-certificate-errors", "--disable-gpu", "--window-size=1280,1000"]:
+    opts.add_argument(a)
+opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+wait = WebDriverWait(d, 20)
+out = {}
+try:
+    d.get(base + "/login")
+    d.find_element(By.NAME, "user").send_keys("audrey")
+    d.find_element(By.NAME, "password").send_keys(password)
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait.until(lambda d: not d.current_url.endswith("/login"))
+    # Full-text search finds the statement; its link opens the transcript filtered to it.
+    d.get(base + "/search")
+    d.find_element(By.NAME, "q").send_keys("pg-console-")
+    d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    hits = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.hit"))
+    out["hits"] = [h.text for h in hits]
+    d.save_screenshot(os.path.join(shots, "search.png"))
+    hits[0].find_element(By.TAG_NAME, "a").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.transcript"))
+    out["shown"] = [r.text for r in d.find_elements(By.CSS_SELECTOR, "table.transcript tbody tr") if r.is_displayed()]
+    out["hidden"] = len([r for r in d.find_elements(By.CSS_SELECTOR, "table.transcript tbody tr") if not r.is_displayed()])
+    d.save_screenshot(os.path.join(shots, "transcript.png"))
+    out["js_errors"] = [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+finally:
+    d.quit()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn an_auditor_finds_a_statement_by_search_and_in_its_transcript() {
+    let b = crate::pg::PgBastion::start();
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
+        .ok();
+    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
+        .ok();
+    p.cli_stdin(
+        &[
+            "admin",
+            "user",
+            "set-password",
+            "audrey",
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .ok();
+    let out = b.psql(&[
+        "-c",
+        "select 1",
+        "-c",
+        "select 'pg-console-' || 6 * 7",
+        "-c",
+        "select 2",
+    ]);
+    assert_eq!(out.ok(), "1\npg-console-42\n2\n");
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots");
+    let path = p.write("console_transcript_test.py", TRANSCRIPT);
+    let out: Out = Command::new("python3")
+        .arg(path)
+        .arg(format!("https://127.0.0.1:{}", p.api.port()))
+        .arg(PASSWORD)
+        .arg(shots)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
+    assert_eq!(r["js_errors"], serde_json::json!([]), "{r}");
+    let hits = r["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{r}");
+    assert!(
+        hits[0]
+            .as_str()
+            .unwrap()
+            .contains("select 'pg-console-' || 6 * 7"),
+        "{r}"
+    );
+    let shown = r["shown"].as_array().unwrap();
+    assert_eq!(shown.len(), 1, "{r}");
+    assert!(
+        shown[0]
+            .as_str()
+            .unwrap()
+            .contains("select 'pg-console-' || 6 * 7"),
+        "{r}"
+    );
+    assert!(shown[0].as_str().unwrap().contains("SELECT 1"), "{r}");
+    assert!(r["hidden"].as_u64().unwrap() >= 2, "{r}");
+    let searches = p.events("recording.search");
+    assert_eq!(searches.len(), 1, "{searches:?}");
+    assert_eq!(searches[0]["actor"], "user:audrey");
+    assert_eq!(searches[0]["details"]["hits"], 1);
+}

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::super::routes::Ctx;
 use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, viewer};
-use super::html::{page, when};
+use super::html::{page, urlencode, when};
 use crate::audit::verify::Verifier;
 use crate::audit::{Outcome, now_ms};
 use crate::duration::Dur;
@@ -96,17 +96,6 @@ impl LogQuery {
             .collect::<Vec<_>>()
             .join("&")
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn row(e: &ChainedEvent) -> Value {

@@ -28,6 +28,7 @@ pub fn page(v: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                         @if let Some(v) = v {
                             a href="/" { "Dashboard" }
                             a href="/sessions" { "Sessions" }
+                            a href="/search" { "Search" }
                             @if v.audits() {
                                 a href="/audit" { "Audit log" }
                             }
@@ -70,4 +71,16 @@ pub fn span(secs: i64) -> String {
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
     }
+}
+
+/// A query-string value, percent-encoded.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -16,8 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::super::routes::Ctx;
 use super::auth::{CsrfForm, cross_site, refused, refused_to, viewer};
-use super::sessions::{is_transcript, recording_path, visible};
+use super::sessions::{recording_path, visible};
 use crate::audit::Outcome;
+use crate::recording::search::is_transcript;
 
 /// How often a watched recording is read for new events.
 const POLL: Duration = Duration::from_millis(100);

@@ -11,6 +11,7 @@
 //!   `POST /sessions/{id}/kill`: ends a live session (admins);
 //! - `GET /users`, `/users/{name}`, `/roles`, `/roles/{name}`, `/targets`, `/access`:
 //!   the policy and the access check; `POST /users/{name}/lock|unlock` (admins);
+//! - `GET /search?q=TEXT`: text in recordings (as `sessions grep`), linking into them;
 //! - `GET /audit`, `GET /audit/events?after=SEQ`: the audit log and its new events;
 //!   `GET|POST /audit/verify`: the chain verification, run in the background.
 
@@ -24,6 +25,7 @@ mod auth;
 mod dashboard;
 mod html;
 mod live;
+mod search;
 mod sessions;
 
 use axum::Router;
@@ -61,6 +63,7 @@ pub(super) fn router() -> Router<Ctx> {
         .route("/roles/{name}", get(admin::role))
         .route("/targets", get(admin::targets))
         .route("/access", get(admin::check))
+        .route("/search", get(search::search))
         .route("/audit", get(audit::log))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify_page).post(audit::verify))

@@ -16,6 +16,7 @@ use super::auth::{Viewer, refused, refused_to, viewer};
 use super::html::{page, span, when};
 use crate::audit::{Outcome, now_ms};
 use crate::duration::Dur;
+use crate::recording::search::is_transcript;
 use crate::recording::stream::{self, MARKER, STDERR, STDOUT};
 use crate::store::{AuditFilter, SessionFilter, SessionRow};
 
@@ -192,14 +193,21 @@ async fn delivered(cx: &Ctx, v: &Viewer, s: &SessionRow, channel: i64, kind: &st
     .await;
 }
 
-pub(super) fn is_transcript(path: &Path) -> bool {
-    path.to_string_lossy().ends_with(".pg.jsonl")
+#[derive(Deserialize, Default)]
+pub struct ShowQuery {
+    /// Where the players start, in seconds (a search result's time).
+    #[serde(default)]
+    t: Option<f64>,
+    /// What the transcript filter starts with (a search result's text).
+    #[serde(default)]
+    q: String,
 }
 
 pub async fn show(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
+    Query(at): Query<ShowQuery>,
 ) -> Response {
     let v = match viewer(&cx, &headers).await {
         Ok(v) => v,
@@ -215,7 +223,7 @@ pub async fn show(
         let url = format!("/sessions/{}/recording/{}", s.id, r.channel);
         let part = if is_transcript(&path) {
             delivered(&cx, &v, &s, r.channel, "recording.view").await;
-            transcript(&path)
+            transcript(&path, &at.q)
         } else if stream::is_stream(&path) {
             delivered(&cx, &v, &s, r.channel, "recording.view").await;
             command_output(&path)
@@ -223,7 +231,8 @@ pub async fn show(
             let live = format!("/sessions/{}/live/{}", s.id, r.channel);
             html! { div.player.watching data-live=(live) {} }
         } else {
-            html! { div.player data-cast=(url) {} }
+            let start = at.t.filter(|t| t.is_finite() && *t >= 0.0);
+            html! { div.player data-cast=(url) data-start=[start] {} }
         };
         parts.push(html! {
             section.recording {
@@ -293,7 +302,7 @@ pub async fn show(
 }
 
 /// A PostgreSQL transcript as a table: time, statement, duration, rows or tag, error.
-fn transcript(path: &Path) -> Markup {
+fn transcript(path: &Path, filter: &str) -> Markup {
     let entries = match crate::recording::transcript::read(path) {
         Ok(e) => e,
         Err(e) => return html! { p.error { "Cannot read this transcript: " (e) } },
@@ -301,7 +310,7 @@ fn transcript(path: &Path) -> Markup {
     let shown = entries.len().min(TRANSCRIPT_ROWS);
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
     html! {
-        input.filter type="search" placeholder="Filter statements" data-filter="transcript";
+        input.filter type="search" placeholder="Filter statements" data-filter="transcript" value=(filter);
         table.transcript {
             thead { tr { th { "+s" } th { "Statement" } th { "Duration (ms)" } th { "Result" } th { "Error" } } }
             tbody {

@@ -1,14 +1,16 @@
 //! Reading recordings for people: a transcript entry as one terminal-safe line, and the
-//! lines of a recording (transcript, `.stream`, asciicast) that contain a pattern.
+//! lines of a recording (transcript, `.stream`, asciicast) that contain a pattern, what
+//! `sessions grep` and the console's search both run.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use super::output;
+use super::stream::{self, STDERR, STDIN, STDOUT};
+use crate::printable::safe;
 
 /// The command a recording's channel ran (`exec`, `subsystem sftp`, `direct-tcpip …`),
 /// from its header; `None` for a shell or a transcript.
-pub(super) fn recorded_command(path: &Path) -> Option<String> {
+pub fn recorded_command(path: &Path) -> Option<String> {
     let file = std::fs::File::open(path).ok()?;
     let mut first = String::new();
     BufReader::new(file).read_line(&mut first).ok()?;
@@ -17,19 +19,19 @@ pub(super) fn recorded_command(path: &Path) -> Option<String> {
 }
 
 /// A PostgreSQL session's transcript (JSON lines), not an asciicast.
-pub(super) fn is_transcript(path: &Path) -> bool {
+pub fn is_transcript(path: &Path) -> bool {
     path.to_string_lossy().ends_with(".pg.jsonl")
 }
 
 /// The entries of a transcript: (offset s, the entry's JSON).
-pub(super) fn transcript_lines(path: &Path) -> std::io::Result<Vec<(f64, serde_json::Value)>> {
+pub fn transcript_lines(path: &Path) -> std::io::Result<Vec<(f64, serde_json::Value)>> {
     crate::recording::transcript::read(path)
 }
 
 /// One transcript entry as a terminal-safe line: `SQL  → TAG (N rows, D ms)`, the error,
 /// how it ended when no result came, and whether it was rolled back.
-pub(super) fn statement_text(v: &serde_json::Value) -> String {
-    let esc = super::output::safe;
+pub fn statement_text(v: &serde_json::Value) -> String {
+    let esc = safe;
     let s = |k: &str| v[k].as_str().unwrap_or("");
     let err = |e: &serde_json::Value| {
         format!(
@@ -81,7 +83,7 @@ pub(super) fn statement_text(v: &serde_json::Value) -> String {
     esc(&line.replace('\n', " "))
 }
 
-pub(super) fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+pub fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
     Ok(transcript_lines(path)?
         .into_iter()
         .map(|(t, v)| (t, statement_text(&v)))
@@ -90,24 +92,74 @@ pub(super) fn grep_transcript(path: &Path, pattern: &str) -> std::io::Result<Vec
 }
 
 /// A `.stream` recording's command (from its header) and text lines.
-pub(super) fn grep_stream(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+pub fn grep_stream(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
     let mut hits: Vec<(f64, String)> = recorded_command(path)
         .filter(|c| c.contains(pattern))
-        .map(|c| (0.0, format!("$ {}", super::output::safe(&c))))
+        .map(|c| (0.0, format!("$ {}", safe(&c))))
         .into_iter()
         .collect();
-    hits.extend(super::streams::grep(path, pattern)?);
+    hits.extend(grep_streams(path, pattern)?);
+    Ok(hits)
+}
+
+/// Longest line searched at once in a `.stream`; a longer one is searched in pieces.
+const SHOWN: usize = 64 * 1024;
+
+/// The text lines of every stream that contain `pattern`, with the time each line ended.
+fn grep_streams(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+    let mut hits = Vec::new();
+    let mut lines: [Vec<u8>; 3] = Default::default();
+    let check = |line: &mut Vec<u8>, t: f64, hits: &mut Vec<(f64, String)>| {
+        let text = String::from_utf8_lossy(line);
+        if text.contains(pattern) {
+            hits.push((t, safe(text.trim_end_matches('\r'))));
+        }
+        line.clear();
+    };
+    let mut last = 0.0;
+    stream::read(path, |r| {
+        let i = match r.kind {
+            STDIN => 0,
+            STDOUT => 1,
+            STDERR => 2,
+            _ => return Ok(()),
+        };
+        let t = f64::from(r.t_ms) / 1000.0;
+        last = t;
+        for piece in r.data.split_inclusive(|b| *b == b'\n') {
+            let ends = piece.last() == Some(&b'\n');
+            let piece = if ends {
+                &piece[..piece.len() - 1]
+            } else {
+                piece
+            };
+            // A line longer than the window is searched in pieces.
+            if lines[i].len() + piece.len() > SHOWN {
+                check(&mut lines[i], t, &mut hits);
+            }
+            lines[i].extend_from_slice(piece);
+            if ends {
+                check(&mut lines[i], t, &mut hits);
+            }
+        }
+        Ok(())
+    })?;
+    for line in lines.iter_mut() {
+        if !line.is_empty() {
+            check(line, last, &mut hits);
+        }
+    }
     Ok(hits)
 }
 
 /// The text lines of a recording (output and input reassembled) that contain `pattern`,
 /// with the time offset at which each line ended.
-pub(super) fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+pub fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
     let file = std::fs::File::open(path)?;
     let mut hits = Vec::new();
     // The command an exec channel ran is in the header.
     if let Some(command) = recorded_command(path).filter(|c| c.contains(pattern)) {
-        hits.push((0.0, format!("$ {}", output::safe(&command))));
+        hits.push((0.0, format!("$ {}", safe(&command))));
     }
     let mut lines = [(String::new(), 0.0f64), (String::new(), 0.0f64)];
     let flush = |buf: &mut String, t: f64, hits: &mut Vec<(f64, String)>| {
@@ -147,6 +199,17 @@ pub(super) fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64,
     hits.sort_by(|a, b| a.0.total_cmp(&b.0));
     hits.dedup();
     Ok(hits)
+}
+
+/// The lines of any recording that contain `pattern`, with their time offsets.
+pub fn grep(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String)>> {
+    if is_transcript(path) {
+        grep_transcript(path, pattern)
+    } else if stream::is_stream(path) {
+        grep_stream(path, pattern)
+    } else {
+        grep_cast(path, pattern)
+    }
 }
 
 /// Removes terminal escape sequences so searches match what a person read.
