@@ -23,6 +23,37 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
     Ok(merge(lines.iter().map(String::as_str)))
 }
 
+/// The entries of the first `max_bytes` of a transcript (whole lines), and whether the file
+/// went on. Statements whose result lies beyond the cut say so, rather than "none seen".
+pub fn read_head(path: &Path, max_bytes: u64) -> std::io::Result<(Vec<Entry>, bool)> {
+    let file = std::fs::File::open(path)?;
+    let mut lines = Vec::new();
+    let mut used = 0u64;
+    let mut cut = false;
+    for line in BufReader::new(file).lines().skip(1) {
+        let line = line?;
+        used += line.len() as u64 + 1;
+        if used > max_bytes {
+            cut = true;
+            break;
+        }
+        lines.push(line);
+    }
+    let mut entries = merge(lines.iter().map(String::as_str));
+    if cut {
+        for (_, e) in &mut entries {
+            // Result lines always carry a duration; without one, no result line was read.
+            if e["completion"] == "none seen"
+                && e.get("duration_ms").is_none()
+                && let Some(o) = e.as_object_mut()
+            {
+                o.insert("completion".into(), "result beyond the part shown".into());
+            }
+        }
+    }
+    Ok((entries, cut))
+}
+
 pub fn merge<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
     let mut by_n: BTreeMap<u64, usize> = BTreeMap::new();
@@ -105,5 +136,29 @@ mod tests {
         assert_eq!(e[2].1["completion"], "none seen");
         assert_eq!(e[3].1["tag"], "SELECT 1");
         assert!(e[3].1.get("completion").is_none());
+    }
+
+    #[test]
+    fn a_head_read_says_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.pg.jsonl");
+        let lines = [
+            r#"{"version":1}"#,
+            r#"{"t":0.1,"type":"statement","n":1,"protocol":"simple","sql":"select 1"}"#,
+            r#"{"t":0.2,"type":"result","n":1,"duration_ms":1.0,"completion":"none seen"}"#,
+            r#"{"t":0.3,"type":"statement","n":2,"protocol":"simple","sql":"select 2"}"#,
+            r#"{"t":0.4,"type":"result","n":2,"duration_ms":1.0,"tag":"SELECT 1"}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let budget = (lines[1].len() + lines[2].len() + lines[3].len() + 3) as u64;
+        let (e, cut) = super::read_head(&path, budget).unwrap();
+        assert!(cut);
+        assert_eq!(e.len(), 2);
+        // A result line that said so stays "none seen"; one beyond the cut says that.
+        assert_eq!(e[0].1["completion"], "none seen");
+        assert_eq!(e[1].1["completion"], "result beyond the part shown");
+        let (e, cut) = super::read_head(&path, 1 << 20).unwrap();
+        assert!(!cut);
+        assert_eq!(e[1].1["tag"], "SELECT 1");
     }
 }

@@ -24,6 +24,8 @@ use crate::store::{AuditFilter, SessionFilter, SessionRow};
 const LIST_LIMIT: i64 = 500;
 /// Transcript entries shown on a session page.
 const TRANSCRIPT_ROWS: usize = 5_000;
+/// Bytes of a transcript read for a session page.
+const TRANSCRIPT_READ: u64 = 8 << 20;
 /// Bytes of a command's output shown on a session page.
 const STREAM_SHOWN: usize = 64 * 1024;
 
@@ -221,12 +223,21 @@ pub async fn show(
     for r in &s.recordings {
         let path = recording_path(&cx, &r.path);
         let url = format!("/sessions/{}/recording/{}", s.id, r.channel);
-        let part = if is_transcript(&path) {
+        let part = if is_transcript(&path) || stream::is_stream(&path) {
             delivered(&cx, &v, &s, r.channel, "recording.view").await;
-            transcript(&path, &at.q)
-        } else if stream::is_stream(&path) {
-            delivered(&cx, &v, &s, r.channel, "recording.view").await;
-            command_output(&path)
+            let filter = at.q.clone();
+            // Read from disk off the runtime's threads.
+            tokio::task::spawn_blocking(move || {
+                if is_transcript(&path) {
+                    transcript(&path, &filter)
+                } else {
+                    command_output(&path)
+                }
+            })
+            .await
+            .unwrap_or_else(
+                |e| html! { p.error { "Cannot read this recording: " (e.to_string()) } },
+            )
         } else if s.ended_ms.is_none() && r.sha256.is_none() {
             let live = format!("/sessions/{}/live/{}", s.id, r.channel);
             html! { div.player.watching data-live=(live) {} }
@@ -303,7 +314,7 @@ pub async fn show(
 
 /// A PostgreSQL transcript as a table: time, statement, duration, rows or tag, error.
 fn transcript(path: &Path, filter: &str) -> Markup {
-    let entries = match crate::recording::transcript::read(path) {
+    let (entries, cut) = match crate::recording::transcript::read_head(path, TRANSCRIPT_READ) {
         Ok(e) => e,
         Err(e) => return html! { p.error { "Cannot read this transcript: " (e) } },
     };
@@ -346,8 +357,8 @@ fn transcript(path: &Path, filter: &str) -> Markup {
                 }
             }
         }
-        @if shown < entries.len() {
-            p.more { (entries.len() - shown) " more entries: download the transcript for all of them." }
+        @if shown < entries.len() || cut {
+            p.more { "The first " (shown) " entries: download the transcript for all of them." }
         }
     }
 }
