@@ -77,6 +77,12 @@ impl Live {
         }
     }
 
+    /// When the session must end (its TTL or its credential), if it runs here.
+    pub fn deadline_ms(&self, id: &str) -> Option<i64> {
+        let m = self.sessions.lock().ok()?;
+        Some(m.get(id)?.limits().deadline_ms())
+    }
+
     /// Ends the session if it runs here; true when it did.
     pub fn kill(&self, id: &str) -> bool {
         let session = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());

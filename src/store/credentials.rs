@@ -120,6 +120,55 @@ impl Store {
         }
     }
 
+    /// A user's certificates still valid at `now_s` (unix seconds), newest first (at most 50).
+    pub async fn valid_certs(&self, user: &str, now_s: i64) -> Result<Vec<IssuedCert>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query(
+                    "SELECT serial, user_name, key_fingerprint, valid_before, issued_ms, source FROM user_certificates WHERE user_name = ? AND valid_before > ? ORDER BY issued_ms DESC LIMIT 50",
+                )
+                .bind(user)
+                .bind(now_s)
+                .fetch_all(&mut *pool.acquire().await?)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let serial: String = r.try_get("serial")?;
+                        Ok(IssuedCert {
+                            serial: serial.parse().unwrap_or(0),
+                            user: r.try_get("user_name")?,
+                            key_fingerprint: r.try_get("key_fingerprint")?,
+                            valid_before: r.try_get("valid_before")?,
+                            issued_ms: r.try_get("issued_ms")?,
+                            source: r.try_get("source")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// A user's database credentials still valid at `now_ms`, newest first (at most 50).
+    pub async fn valid_db_tokens(
+        &self,
+        user: &str,
+        now_ms: i64,
+    ) -> Result<Vec<DbToken>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query(concat!(
+                    db_token_select!(),
+                    " WHERE user_name = ? AND expires_ms > ? ORDER BY issued_ms DESC LIMIT 50"
+                ))
+                .bind(user)
+                .bind(now_ms)
+                .fetch_all(&mut *pool.acquire().await?)
+                .await?;
+                rows.iter().map(db_token_row).collect()
+            }
+        }
+    }
+
     /// Stores a user's sealed TOTP secret, replacing any earlier one; false when the user
     /// does not exist.
     pub async fn set_totp(&self, user: &str, sealed: &str) -> Result<bool, StoreError> {

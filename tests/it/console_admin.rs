@@ -67,6 +67,7 @@ try:
         lambda d: d.find_elements(By.CSS_SELECTOR, "section.live tr.session"))
     out["dashboard_latency_s"] = round(time.time() - opened, 2)
     out["live_rows"] = len(row)
+    out["time_left"] = row[0].find_element(By.CSS_SELECTOR, "td.left").text
     shot("dashboard-live")
     row[0].find_element(By.TAG_NAME, "a").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".player.watching .ap-term"))
@@ -265,6 +266,8 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
     assert_eq!(r["js_errors"], serde_json::json!([]), "{r}");
     assert_eq!(r["live_rows"], 1, "{r}");
+    // The role's 8h session limit, minus the seconds since it started.
+    assert!(s("time_left").starts_with("7h 59m"), "{r}");
     assert!(s("watched").contains("live-watch-42"), "{r}");
     assert_ne!(r["ssh_exit"], 0, "{r}");
     assert!(s("killed_page").contains("killed"), "{r}");
@@ -375,7 +378,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, password, shots = sys.argv[1:4]
+base, password, shots, alice_password = sys.argv[1:5]
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
 for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--ignore-certificate-errors", "--disable-gpu", "--window-size=1280,1000"]:
@@ -384,12 +387,20 @@ opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 wait = WebDriverWait(d, 20)
 out = {}
-try:
+def login(user, pw):
     d.get(base + "/login")
-    d.find_element(By.NAME, "user").send_keys("audrey")
-    d.find_element(By.NAME, "password").send_keys(password)
+    d.find_element(By.NAME, "user").send_keys(user)
+    d.find_element(By.NAME, "password").send_keys(pw)
     d.find_element(By.CSS_SELECTOR, "form.login button").click()
     wait.until(lambda d: not d.current_url.endswith("/login"))
+try:
+    # alice, the developer: her valid credentials and the time each has left.
+    login("alice", alice_password)
+    out["credentials"] = d.find_element(By.CSS_SELECTOR, "section.credentials").text
+    d.save_screenshot(os.path.join(shots, "developer-dashboard.png"))
+    d.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    wait.until(lambda d: d.current_url.endswith("/login"))
+    login("audrey", password)
     # Full-text search finds the statement; its link opens the transcript filtered to it.
     d.get(base + "/search")
     d.find_element(By.NAME, "q").send_keys("pg-console-")
@@ -443,12 +454,19 @@ fn an_auditor_finds_a_statement_by_search_and_in_its_transcript() {
         .arg(format!("https://127.0.0.1:{}", p.api.port()))
         .arg(PASSWORD)
         .arg(shots)
+        .arg(crate::login::PASSWORD)
         .stdin(Stdio::null())
         .output()
         .unwrap()
         .into();
     let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
     assert_eq!(r["js_errors"], serde_json::json!([]), "{r}");
+    let creds = r["credentials"].as_str().unwrap();
+    assert!(creds.contains("SSH certificate"), "{creds}");
+    assert!(
+        creds.contains("Database token pg1/features as app"),
+        "{creds}"
+    );
     let hits = r["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 1, "{r}");
     assert!(

@@ -1,4 +1,5 @@
-//! The first page after login: live sessions, the viewer's targets, and for auditors the
+//! The first page after login: live sessions with their time left, the viewer's targets
+//! and valid credentials, and for auditors the
 //! last day's refusals and failures, today's credentials, the audit chain and a week of
 //! sessions per hour.
 
@@ -9,8 +10,7 @@ use maud::{Markup, html};
 
 use super::super::routes::Ctx;
 use super::auth::{Viewer, viewer};
-use super::html::{page, when};
-use super::sessions::table;
+use super::html::{page, span, when};
 use crate::audit::now_ms;
 use crate::policy::{TargetKind, default_database, default_login, may_reach};
 use crate::store::{AuditFilter, SessionFilter};
@@ -47,15 +47,99 @@ pub async fn dashboard(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
     } else {
         html! {}
     };
+    let credentials = credentials(&cx, &v).await;
     let body = html! {
         section.live {
             h2 { "Live sessions" }
-            (table(&live))
+            (live_table(&cx, &live))
         }
         (targets(&cx, &v, &host))
+        (credentials)
         (audit_part)
     };
     page(Some(&v), "Dashboard", body).into_response()
+}
+
+/// Live sessions with the time each has left (for those this process runs).
+fn live_table(cx: &Ctx, rows: &[&crate::store::SessionRow]) -> Markup {
+    let now = now_ms();
+    html! {
+        @if rows.is_empty() {
+            p.empty { "No live sessions." }
+        } @else {
+            table.sessions {
+                thead { tr { th { "Started (UTC)" } th { "User" } th { "Target" } th { "Login" } th { "Protocol" } th { "Time left" } } }
+                tbody {
+                    @for s in rows {
+                        tr.session data-id=(s.id) {
+                            td { a href={ "/sessions/" (s.id) } { (when(s.started_ms)) } }
+                            td { (s.user) }
+                            td { (s.target) }
+                            td { (s.login) }
+                            td { (s.kind) }
+                            td.left {
+                                @match cx.shared.live.deadline_ms(&s.id) {
+                                    Some(d) => { (span((d - now) / 1000)) }
+                                    None => { "—" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The viewer's own credentials still valid, with the time each has left.
+async fn credentials(cx: &Ctx, v: &Viewer) -> Markup {
+    let store = &cx.shared.store;
+    let now = now_ms();
+    let certs = store
+        .valid_certs(&v.user.name, now / 1000)
+        .await
+        .unwrap_or_default();
+    let tokens = store
+        .valid_db_tokens(&v.user.name, now)
+        .await
+        .unwrap_or_default();
+    let revoked = store.revoked_serials().await.unwrap_or_default();
+    html! {
+        section.credentials {
+            h2 { "Your credentials" }
+            @if certs.is_empty() && tokens.is_empty() {
+                p.empty { "None valid now: run " code { "postern login" } "." }
+            } @else {
+                table.credentials {
+                    thead { tr { th { "Credential" } th { "For" } th { "Issued (UTC)" } th { "Time left" } } }
+                    tbody {
+                        @for c in &certs {
+                            tr {
+                                td { "SSH certificate " (c.serial) }
+                                td { code { (c.key_fingerprint) } }
+                                td { (when(c.issued_ms)) }
+                                td.left {
+                                    @if revoked.contains(&c.serial) { "revoked" }
+                                    @else { (span(c.valid_before - now / 1000)) }
+                                }
+                            }
+                        }
+                        @for t in &tokens {
+                            tr {
+                                td { "Database token" }
+                                td { (t.target) "/" (t.database) " as " (t.db_user) }
+                                td { (when(t.issued_ms)) }
+                                td.left {
+                                    @if t.cert_serial.is_some_and(|s| revoked.contains(&s)) { "revoked" }
+                                    @else { (span((t.expires_ms - now) / 1000)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The targets the viewer's roles reach, with the command that reaches each.
