@@ -13,7 +13,7 @@ use crate::audit::{Actor, AuditEvent, Outcome, format_ms, now_ms};
 use crate::config::Config;
 use crate::credentials::KeyStore;
 use crate::duration::Dur;
-use crate::store::{AuditFilter, ChainedEvent};
+use crate::store::{AuditFilter, ChainedEvent, ExportFormat};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -275,131 +275,34 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
     let signer = Signer::new(&keys.audit_key)?;
     let store = open_store(config).await?;
-    // Make the newest events exportable with a signature.
-    store.audit_checkpoint().await?;
     let since = when(&a.since)?;
     let until = when(&a.until)?;
-    let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            crate::credentials::open_private_append(p, true).with_context(|| {
+    let format = match a.format {
+        Format::Jsonl => ExportFormat::Jsonl,
+        Format::Csv => ExportFormat::Csv,
+    };
+    let count = match &a.output {
+        Some(p) => {
+            let file = crate::credentials::open_private_append(p, true).with_context(|| {
                 format!(
                     "cannot create {} (an existing symbolic link is not followed)",
                     p.display()
                 )
-            })?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            })?;
+            let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+            let n = store
+                .export_audit(format, since, until, &signer, &mut out)
+                .await?;
+            out.into_inner().sync_all().await?;
+            n
+        }
+        None => {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            store
+                .export_audit(format, since, until, &signer, &mut out)
+                .await?
+        }
     };
-    if matches!(a.format, Format::Csv) {
-        writeln!(
-            out,
-            "seq,id,time,type,actor,source,target,session_id,result,details,prev_hash,hash"
-        )?;
-    }
-    let mut after = 0;
-    let mut first = true;
-    let mut count = 0u64;
-    let mut checkpoints = 0u64;
-    let mut done = false;
-    let mut first_seq = 0i64;
-    let mut last = (0i64, String::new());
-    if since.is_none()
-        && let Some(anchor) = store.audit_anchor().await?
-        && matches!(a.format, Format::Jsonl)
-    {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "anchor": { "seq": anchor.seq, "hash": anchor.hash, "signature": anchor.signature } })
-        )?;
-        after = anchor.seq;
-        first = false;
-    }
-    loop {
-        let page = store.audit_page(after, 5000).await?;
-        let Some(page_last) = page.last().map(|e| e.seq) else {
-            break;
-        };
-        let cps = store.audit_checkpoints(after, page_last).await?;
-        for c in &page {
-            // One unbroken run of the chain: from the first event at or after --since to
-            // the last before the first at or after --until (event times need not rise
-            // with seq, and a gap would read as a deletion).
-            let t = c.event.time_ms;
-            if count == 0 && since.is_some_and(|s| t < s) {
-                continue;
-            }
-            if until.is_some_and(|u| t >= u) {
-                done = true;
-                break;
-            }
-            let prev = c.prev_hash.as_deref().unwrap_or("");
-            let hash = c.hash.as_deref().unwrap_or("");
-            match a.format {
-                Format::Jsonl => {
-                    writeln!(out, "{}", chain::export_line(c.seq, &c.event, prev, hash))?;
-                    if let Some(cp) = cps.iter().find(|cp| cp.seq == c.seq) {
-                        writeln!(
-                            out,
-                            "{}",
-                            serde_json::json!({ "checkpoint": { "seq": cp.seq, "hash": cp.hash, "signature": cp.signature } })
-                        )?;
-                        checkpoints += 1;
-                    }
-                }
-                Format::Csv => {
-                    let e = &c.event;
-                    let row = [
-                        c.seq.to_string(),
-                        e.id.to_string(),
-                        format_ms(e.time_ms),
-                        e.kind.clone(),
-                        e.actor.0.clone(),
-                        e.source.clone().unwrap_or_default(),
-                        e.target.clone().unwrap_or_default(),
-                        e.session_id.clone().unwrap_or_default(),
-                        e.result.as_str().to_string(),
-                        e.details.to_string(),
-                        prev.to_string(),
-                        hash.to_string(),
-                    ];
-                    writeln!(
-                        out,
-                        "{}",
-                        row.iter()
-                            .map(|f| csv_field(f))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )?;
-                }
-            }
-            first = false;
-            count += 1;
-            if first_seq == 0 {
-                first_seq = c.seq;
-            }
-            last = (c.seq, hash.to_string());
-        }
-        after = page_last;
-        if done {
-            break;
-        }
-    }
-    let _ = first;
-    if matches!(a.format, Format::Jsonl) {
-        let mut t = chain::Trailer {
-            events: count,
-            checkpoints,
-            first_seq,
-            last_seq: last.0,
-            last_hash: last.1,
-            signature: String::new(),
-        };
-        t.signature = signer.sign_message(&t.message());
-        writeln!(out, "{}", serde_json::json!({ "trailer": t }))?;
-    }
-    out.flush()?;
-    drop(out);
     store
         .append_audit(&AuditEvent::new("audit.export", &Actor::os(), Outcome::Success, serde_json::json!({ "events": count, "output": a.output.as_ref().map(|p| p.display().to_string()) })))
         .await?;
@@ -408,12 +311,4 @@ async fn export(config: &Config, a: ExportArgs) -> anyhow::Result<ExitCode> {
         eprintln!("exported {count} event(s)");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }

@@ -8,6 +8,7 @@
 mod audit;
 mod credentials;
 pub mod error;
+mod export;
 mod policy;
 mod sessions;
 mod walk;
@@ -23,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
 pub use credentials::{ApiToken, DbToken, IssuedCert};
 pub use error::StoreError;
+pub use export::ExportFormat;
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
 use crate::audit::chain::Signer;

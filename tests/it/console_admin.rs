@@ -160,7 +160,7 @@ print(json.dumps(out))
 /// Plain HTTPS: each right's refusals.
 const HTTP: &str = r#"
 import json, ssl, sys, urllib.request, urllib.parse, urllib.error
-base, password, session = sys.argv[1], sys.argv[2], sys.argv[3]
+base, password, session, export_path = sys.argv[1:5]
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *a, **k): return None
@@ -197,6 +197,11 @@ out["audrey /audit"] = call("GET", "/audit", None, audrey)[0]
 out["audrey kill"] = call("POST", "/sessions/" + session + "/kill", {"csrf": audrey_csrf}, audrey)[0]
 out["audrey lock"] = call("POST", "/users/bob/lock", {"csrf": audrey_csrf}, audrey)[0]
 out["audrey verify without csrf"] = call("POST", "/audit/verify", {"csrf": "forged"}, audrey)[0]
+out["alice export"] = call("GET", "/audit/export", None, alice)[0]
+status, body = call("GET", "/audit/export?format=jsonl", None, audrey)
+out["audrey export"] = status
+open(export_path, "w").write(body)
+out["audrey csv"] = call("GET", "/audit/export?format=csv", None, audrey)[1].splitlines()[0]
 print(json.dumps(out))
 "#;
 
@@ -347,7 +352,8 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     assert_eq!(verified[0]["result"], "success");
 
     // Over HTTP: what each right may not do.
-    let r = run(&b, HTTP, &[&session]);
+    let export = p.write("console-export.jsonl", "");
+    let r = run(&b, HTTP, &[&session, export.to_str().unwrap()]);
     for path in ["/users", "/access", "/audit", "/audit/events"] {
         assert_eq!(r[format!("anonymous {path}")], 303, "{path}: {r}");
     }
@@ -369,6 +375,25 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     assert_eq!(r["audrey kill"], 403, "{r}");
     assert_eq!(r["audrey lock"], 403, "{r}");
     assert_eq!(r["audrey verify without csrf"], 403, "{r}");
+    // The download is the signed export `audit verify --file` checks.
+    assert_eq!(r["alice export"], 403, "{r}");
+    assert_eq!(r["audrey export"], 200, "{r}");
+    let verified = p.cli(&["audit", "verify", "--file", export.to_str().unwrap()]);
+    assert!(verified.ok().starts_with("OK: "), "{verified:?}");
+    assert!(
+        r["audrey csv"]
+            .as_str()
+            .unwrap()
+            .starts_with("seq,id,time,type"),
+        "{r}"
+    );
+    let exports = p.events("audit.export");
+    assert!(
+        exports
+            .iter()
+            .any(|e| e["actor"] == "user:audrey" && e["details"]["via"] == "console"),
+        "{exports:?}"
+    );
 }
 
 const TRANSCRIPT: &str = r#"

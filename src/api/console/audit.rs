@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use super::html::{page, urlencode, when};
 use crate::audit::verify::Verifier;
 use crate::audit::{Outcome, now_ms};
 use crate::duration::Dur;
-use crate::store::{AuditFilter, ChainedEvent};
+use crate::store::{AuditFilter, ChainedEvent, ExportFormat};
 
 /// Events the page shows at most; filters narrow it.
 const SHOWN: i64 = 500;
@@ -138,6 +138,9 @@ pub async fn log(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<LogQ
         p.links {
             label { input #follow type="checkbox" data-url=(follow) data-after=(last); " Follow new events" }
             " · " a href="/audit/verify" { "Verify the chain" }
+            " · Export the whole log: "
+            a href="/audit/export?format=jsonl" download { "JSON lines (signed)" }
+            " or " a href="/audit/export?format=csv" download { "CSV" }
         }
         table.audit {
             thead { tr { th { "Seq" } th { "Time (UTC)" } th { "Type" } th { "Actor" } th { "Target" } th { "Result" } th { "Details" } } }
@@ -343,4 +346,83 @@ pub fn last_result() -> Option<(bool, String, i64)> {
     let r = current()?;
     let (ok, what) = r.result?;
     Some((ok, what, r.finished_ms.unwrap_or(r.started_ms)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ExportQuery {
+    /// `jsonl` (the default) or `csv`.
+    #[serde(default)]
+    format: String,
+}
+
+/// `GET /audit/export`: the whole log as `audit export` writes it, streamed as it is read
+/// (JSON lines with signed checkpoints and trailer, which `audit verify --file` checks).
+pub async fn export(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    let v = match auditor(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (format, ext, kind) = match q.format.as_str() {
+        "" | "jsonl" => (ExportFormat::Jsonl, "jsonl", "application/x-ndjson"),
+        "csv" => (ExportFormat::Csv, "csv", "text/csv; charset=utf-8"),
+        other => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown export format `{other}` (jsonl or csv)"),
+            );
+        }
+    };
+    let signer = match crate::audit::chain::Signer::new(&cx.shared.keys.audit_key) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "console: cannot sign an export");
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "postern cannot sign the export with its audit key.",
+            );
+        }
+    };
+    let (mut w, r) = tokio::io::duplex(256 << 10);
+    tokio::spawn(async move {
+        let store = &cx.shared.store;
+        // A browser that stops reading for this long has gone: the export ends.
+        let wrote = tokio::time::timeout(
+            std::time::Duration::from_secs(600),
+            store.export_audit(format, None, None, &signer, &mut w),
+        )
+        .await;
+        let (outcome, details) = match wrote {
+            Ok(Ok(n)) => (
+                Outcome::Success,
+                json!({ "events": n, "format": ext, "via": "console" }),
+            ),
+            Ok(Err(e)) => (
+                Outcome::Failure,
+                json!({ "error": e.to_string(), "format": ext, "via": "console" }),
+            ),
+            Err(_) => (
+                Outcome::Failure,
+                json!({ "error": "timed out", "format": ext, "via": "console" }),
+            ),
+        };
+        cx.audit("audit.export", v.actor(), outcome, details).await;
+    });
+    let mut resp = (
+        StatusCode::OK,
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(r)),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    if let Ok(d) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"postern-audit-{}.{ext}\"",
+        now_ms() / 1000
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, d);
+    }
+    resp
 }

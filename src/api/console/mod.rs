@@ -13,7 +13,8 @@
 //!   the policy and the access check; `POST /users/{name}/lock|unlock` (admins);
 //! - `GET /search?q=TEXT`: text in recordings (as `sessions grep`), linking into them;
 //! - `GET /audit`, `GET /audit/events?after=SEQ`: the audit log and its new events;
-//!   `GET|POST /audit/verify`: the chain verification, run in the background.
+//!   `GET|POST /audit/verify`: the chain verification, run in the background;
+//!   `GET /audit/export?format=jsonl|csv`: the whole log, as `audit export` writes it.
 
 // Handlers return the refusal page itself as the error: it is built once, on the way out.
 #![allow(clippy::result_large_err)]
@@ -66,6 +67,7 @@ pub(super) fn router() -> Router<Ctx> {
         .route("/search", get(search::search))
         .route("/audit", get(audit::log))
         .route("/audit/events", get(audit::events))
+        .route("/audit/export", get(audit::export))
         .route("/audit/verify", get(audit::verify_page).post(audit::verify))
         .route("/assets/{name}", get(assets::get))
         .layer(axum::middleware::from_fn(security_headers))
