@@ -6,6 +6,7 @@
 //!
 //! Errors are JSON: `{"code": "...", "message": "..."}` (see [`error::ApiError`]).
 
+mod actions;
 mod console;
 mod error;
 mod limiter;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 mod db;
+mod ops;
 
 use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
@@ -40,6 +41,14 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db::db_login))
+        .route("/v1/sessions", get(ops::sessions))
+        .route("/v1/sessions/{id}", get(ops::session))
+        .route("/v1/sessions/{id}/kill", post(ops::kill))
+        .route("/v1/audit", get(ops::audit))
+        .route("/v1/access/check", post(ops::check))
+        .route("/v1/users/{name}/lock", post(ops::lock))
+        .route("/v1/users/{name}/unlock", post(ops::unlock))
+        .route("/v1/openapi.json", get(ops::openapi))
         .route("/metrics", get(metrics))
         .merge(super::console::router())
         .fallback(|| async {
@@ -216,9 +225,9 @@ impl Ctx {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginRequest {
+pub(super) struct LoginRequest {
     user: String,
     password: String,
     #[serde(default)]
@@ -384,7 +393,12 @@ impl Ctx {
     }
 }
 
-async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
+/// Password (and one-time code) login: a user certificate for `public_key` and a bearer
+/// token for this API, both valid for the shortest `credential_ttl` of the user's roles.
+#[utoipa::path(post, path = "/v1/login", tag = "login", request_body = LoginRequest,
+    responses((status = 200, description = "`user`, `roles`, `certificate`, `serial`, `valid_before`, `ttl`, `token`, `ssh_port`, `postgres_port`, `tls_ca`", body = Object),
+        (status = 401, body = ops::ErrorOut), (status = 429, body = ops::ErrorOut)))]
+pub(super) async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
     let req: LoginRequest = body(raw)?;
     let key = names::parse_user_key(&req.public_key)
         .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
@@ -477,7 +491,11 @@ async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Rep
     })))
 }
 
-async fn whoami(State(cx): State<Ctx>, headers: HeaderMap) -> Reply {
+/// Who the bearer token belongs to, and until when.
+#[utoipa::path(get, path = "/v1/whoami", tag = "login", security(("bearer" = [])),
+    responses((status = 200, description = "`user`, `roles`, `cert_serial`, `expires`", body = Object),
+        (status = 401, body = ops::ErrorOut)))]
+pub(super) async fn whoami(State(cx): State<Ctx>, headers: HeaderMap) -> Reply {
     let (_, user, t) = cx.bearer(&headers).await?;
     Ok(Json(json!({
         "user": user.name,

@@ -3,6 +3,7 @@
 mod abuse;
 mod access;
 mod admin;
+mod api_ops;
 mod apply;
 mod audit;
 mod availability;

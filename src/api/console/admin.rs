@@ -9,13 +9,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::super::routes::Ctx;
 use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, viewer};
 use super::html::page;
-use crate::audit::Outcome;
-use crate::policy::{Decision, Request, TargetKind, UserStatus, decide};
+use crate::policy::{Decision, Request, TargetKind, UserStatus};
 
 /// The viewer, when they hold the console's admin right.
 async fn admin(cx: &Ctx, headers: &HeaderMap) -> Result<Viewer, Response> {
@@ -129,19 +127,7 @@ async fn set_status(
     if !v.policy.users.contains_key(&name) {
         return missing(&v, "user");
     }
-    let result = cx
-        .shared
-        .store
-        .update_policy(&v.actor(), false, |current| {
-            let mut p = current.clone();
-            if let Some(u) = p.users.get_mut(&name) {
-                u.status = to;
-            }
-            Ok(p)
-        })
-        .await;
-    match result {
-        // Live sessions of a locked user end within a second: the live review re-decides.
+    match crate::api::actions::set_user_status(&cx, &v.actor(), &name, to).await {
         Ok(_) => Redirect::to(&format!("/users/{name}")).into_response(),
         Err(e) => refused_to(
             &v,
@@ -338,19 +324,9 @@ async fn answer(cx: &Ctx, v: &Viewer, q: &CheckQuery) -> Markup {
             return html! { p.error { "A PostgreSQL target needs a database and a database user." } };
         }
     };
-    let decision = decide(user, &p.roles_of(user), target, &request);
-    let outcome = match decision {
-        Decision::Allow(_) => Outcome::Allow,
-        Decision::Deny(_) => Outcome::Deny,
-    };
-    cx.audit_on(
-        "access.check",
-        v.actor(),
-        outcome,
-        Some(target.name.clone()),
-        json!({ "user": user.name, "request": request.to_string(), "decision": decision, "via": "console" }),
-    )
-    .await;
+    let decision =
+        crate::api::actions::check_access(cx, v.actor(), p, user, target, &request, "console")
+            .await;
     match decision {
         Decision::Allow(g) => html! {
             div.decision.allow {

@@ -292,23 +292,13 @@ pub async fn kill(
     if s.ended_ms.is_some() {
         return Redirect::to(&format!("/sessions/{}", s.id)).into_response();
     }
-    if let Err(e) = cx.shared.store.request_kill(&s.id, &v.actor()).await {
+    if let Err(e) = crate::api::actions::kill(&cx, v.actor(), &s, "console").await {
         tracing::warn!(error = %e, "console: cannot write a kill");
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "postern cannot write to its store right now; the session was not ended. Try again shortly.",
         );
     }
-    // Here at once when this process runs it; through the store otherwise.
-    cx.shared.live.kill(&s.id);
-    cx.audit_on(
-        "session.kill",
-        v.actor(),
-        Outcome::Success,
-        Some(s.target.clone()),
-        json!({ "session": s.id, "user": s.user, "via": "console" }),
-    )
-    .await;
     Redirect::to(&format!("/sessions/{}", s.id)).into_response()
 }
 

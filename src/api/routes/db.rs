@@ -18,9 +18,9 @@ use crate::policy::{
 };
 use crate::store::DbToken;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DbLoginRequest {
+pub(super) struct DbLoginRequest {
     target: String,
     #[serde(default)]
     database: Option<String>,
@@ -28,6 +28,12 @@ struct DbLoginRequest {
     db_user: Option<String>,
 }
 
+/// A database token for one target, database and database user (defaults: the first the
+/// user's roles allow), valid for the shortest `credential_ttl` that allows it.
+#[utoipa::path(post, path = "/v1/db/login", tag = "login", request_body = DbLoginRequest,
+    security(("bearer" = [])),
+    responses((status = 200, description = "`user`, `target`, `database`, `db_user`, `dbname`, `token`, `expires`, `ttl`, `postgres_port`", body = Object),
+        (status = 401, body = super::ops::ErrorOut), (status = 403, body = super::ops::ErrorOut)))]
 pub(super) async fn db_login(
     State(cx): State<Ctx>,
     headers: HeaderMap,

@@ -99,14 +99,34 @@ impl Postern {
         c
     }
 
-    /// Starts `serve` and waits for its ready line.
+    /// Starts `serve` and waits for its ready line. Ports are picked before `serve` binds
+    /// them, so another process may take one first: then it starts again on new ones.
     pub fn start(mut self) -> Postern {
-        let cmd = self.serve_command();
-        self.spawn(cmd);
-        self
+        for _ in 0..3 {
+            let cmd = self.serve_command();
+            match self.try_spawn(cmd) {
+                Err(e) if e.contains("Address already in use") => {
+                    self.ssh = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    self.pg = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    self.api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => return self,
+            }
+        }
+        panic!(
+            "postern serve found its ports taken three times; log:\n{}",
+            self.log()
+        );
     }
 
-    pub fn spawn(&mut self, mut cmd: Command) {
+    pub fn spawn(&mut self, cmd: Command) {
+        if let Err(e) = self.try_spawn(cmd) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self, mut cmd: Command) -> Result<String, String> {
         let log = std::fs::File::create(self.dir.path().join("serve.log")).expect("log file");
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -125,11 +145,11 @@ impl Postern {
         });
         self.server = Some(child);
         self.lines = Some(rx);
-        self.wait_for_line("postern ready:", Duration::from_secs(30));
+        self.try_wait_for_line("postern ready:", Duration::from_secs(30))
     }
 
     /// Waits until `serve` prints a line containing `needle`.
-    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
+    fn try_wait_for_line(&mut self, needle: &str, limit: Duration) -> Result<String, String> {
         let start = Instant::now();
         while start.elapsed() < limit {
             let Some(rx) = &self.lines else { break };
@@ -137,7 +157,7 @@ impl Postern {
                 Ok(line) => {
                     self.stdout.push(line.clone());
                     if line.contains(needle) {
-                        return line;
+                        return Ok(line);
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -146,20 +166,20 @@ impl Postern {
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten())
                     {
-                        panic!(
+                        return Err(format!(
                             "postern serve exited with {status} before printing {needle:?}; log:\n{}",
                             self.log()
-                        );
+                        ));
                     }
                 }
                 Err(_) => break,
             }
         }
-        panic!(
+        Err(format!(
             "postern serve did not print {needle:?} within {limit:?}; stdout {:?}; log:\n{}",
             self.stdout,
             self.log()
-        );
+        ))
     }
 
     /// The running server's process id.
