@@ -88,20 +88,20 @@ document.addEventListener("DOMContentLoaded", () => {
   });
 });
 
-// The dashboard's live sessions, refreshed every two seconds from the page itself.
+// The dashboard's live sessions, refreshed every second (only that part of the page).
 document.addEventListener("DOMContentLoaded", () => {
   const section = document.querySelector("section.live");
   if (!section) return;
   setInterval(async () => {
     if (document.hidden) return;
     try {
-      const r = await fetch(location.pathname, { credentials: "same-origin" });
-      if (!r.ok || !r.url.endsWith(location.pathname)) return;
+      const r = await fetch("/?part=live", { credentials: "same-origin", redirect: "error" });
+      if (!r.ok) return;
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       const fresh = doc.querySelector("section.live");
       if (fresh) section.replaceChildren(...fresh.childNodes);
     } catch {
       // The next round tries again.
     }
-  }, 2000);
+  }, 1000);
 });

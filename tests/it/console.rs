@@ -40,7 +40,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, password, own, other_url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+base, password, own, other_url, shots = sys.argv[1:6]
+import os
+os.makedirs(shots, exist_ok=True)
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
 for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--ignore-certificate-errors", "--disable-gpu"]:
@@ -49,7 +51,14 @@ opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 d.set_page_load_timeout(30)
 wait = WebDriverWait(d, 20)
-out = {}
+out = {"console_errors": []}
+def shot(name):
+    # Every page's screenshot; any JavaScript or loading error on it fails the test.
+    d.save_screenshot(os.path.join(shots, name + ".png"))
+    out["console_errors"] += [name + ": " + e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+def refused_page():
+    # A page refused on purpose (401, 404): its status is logged as an error; not ours.
+    d.get_log("browser")
 try:
     def login(user, pw):
         d.get(base + "/login")
@@ -65,13 +74,17 @@ try:
     # Not logged in: every page leads to the login form.
     d.get(base + "/sessions")
     out["anonymous_url"] = d.current_url
+    shot("login")
     login("alice", "wrong")
     out["wrong_password"] = d.find_element(By.CSS_SELECTOR, ".error").text
+    refused_page()
 
     # alice, a developer: her own session, her targets with the command to use.
     login("alice", password)
     out["alice_dashboard"] = d.find_element(By.TAG_NAME, "main").text
+    shot("developer-targets")
     d.get(base + "/sessions")
+    shot("sessions")
     rows = d.find_elements(By.CSS_SELECTOR, "tr.session")
     out["alice_rows"] = [r.get_attribute("data-id") for r in rows]
     rows[0].find_element(By.TAG_NAME, "a").click()
@@ -88,17 +101,17 @@ try:
         print(url, got, d.get_log("browser"), file=sys.stderr)
         d.save_screenshot("/tmp/console-shot.png")
         raise
-    # Scripts refused by the Content-Security-Policy, or failing, would say so here.
-    out["console_errors"] = [e["message"] for e in d.get_log("browser")
-                             if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
+    shot("session-replay")
     # Her own recordings, searched: the hit opens the player at its time.
     d.get(base + "/search?q=console-marker")
     hits = d.find_elements(By.CSS_SELECTOR, "tr.hit")
     out["alice_hits"] = [h.text for h in hits]
     hits[0].find_element(By.TAG_NAME, "a").click()
     out["hit_start"] = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".player[data-start]")).get_attribute("data-start")
+    shot("search-hit")
     d.get(base + other_url)
     out["alice_other"] = d.find_element(By.TAG_NAME, "main").text
+    refused_page()
     logout()
     d.get(base + "/")
     out["after_logout_url"] = d.current_url
@@ -109,6 +122,7 @@ try:
     out["bob_rows"] = [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.session")]
     d.get(base + "/sessions/" + own)
     out["bob_on_alice_session"] = d.find_element(By.TAG_NAME, "main").text
+    refused_page()
     d.get(base + "/search?q=console-marker")
     out["bob_search"] = d.find_element(By.TAG_NAME, "main").text
     logout()
@@ -116,6 +130,7 @@ try:
     # audrey, an auditor: every session, and the day's figures.
     login("audrey", password)
     out["audrey_dashboard"] = d.find_element(By.TAG_NAME, "main").text
+    shot("auditor-dashboard")
     d.get(base + "/sessions")
     out["audrey_rows"] = [r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.session")]
 finally:
@@ -203,7 +218,11 @@ fn the_console_shows_each_viewer_what_they_may_see_and_plays_recordings() {
     let out = browser(
         &b,
         BROWSER,
-        &[&own, "/sessions/00000000-0000-4000-8000-000000000000"],
+        &[
+            &own,
+            "/sessions/00000000-0000-4000-8000-000000000000",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots"),
+        ],
     );
     let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
     assert!(

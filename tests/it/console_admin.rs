@@ -115,6 +115,9 @@ try:
     out["roles"] = main_text()
     d.get(base + "/targets"); shot("targets")
     out["targets"] = main_text()
+    d.find_element(By.LINK_TEXT, "t1").click()
+    out["target"] = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dl.facts")).text
+    shot("target")
     d.get(base + "/users/bob")
     d.find_element(By.CSS_SELECTOR, "form.lock button").click()
     out["locked"] = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dd.status")).text
@@ -184,12 +187,18 @@ def login(user):
     csrf = page.split('name="csrf" value="')[1].split('"')[0]
     return cookie, csrf
 out = {}
-for path in ["/users", "/access", "/audit", "/audit/events", "/sessions/" + session + "/live/0"]:
-    out["anonymous " + path] = call("GET", path)[0]
+# Every page and file, and every form, without a login: to the login page.
+s = "/sessions/" + session
+for path in ["/", "/?part=live", "/sessions", s, s + "/recording/0", s + "/live/0", "/search?q=echo",
+             "/users", "/users/bob", "/roles", "/roles/dev", "/targets", "/targets/t1", "/access",
+             "/audit", "/audit/events", "/audit/verify", "/audit/export"]:
+    out["anonymous GET " + path] = call("GET", path)[0]
+for path in [s + "/kill", "/users/bob/lock", "/users/bob/unlock", "/audit/verify", "/logout"]:
+    out["anonymous POST " + path] = call("POST", path, {"csrf": "x"})[0]
 alice, alice_csrf = login("alice")
 audrey, audrey_csrf = login("audrey")
 for who, cookie in [("alice", alice), ("audrey", audrey)]:
-    for path in ["/users", "/users/bob", "/roles", "/targets", "/access?user=alice&target=t1&login=x"]:
+    for path in ["/users", "/users/bob", "/roles", "/roles/dev", "/targets", "/targets/t1", "/access?user=alice&target=t1&login=x"]:
         out[who + " " + path] = call("GET", path, None, cookie)[0]
 out["alice /audit"] = call("GET", "/audit", None, alice)[0]
 out["alice /audit/events"] = call("GET", "/audit/events", None, alice)[0]
@@ -297,6 +306,11 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
         "{r}"
     );
     assert!(s("targets").contains("t1"), "{r}");
+    assert!(s("target").contains("Reached through roles\ndev"), "{r}");
+    assert!(
+        s("target").contains("alice") && !s("target").contains("audrey"),
+        "{r}"
+    );
     assert_eq!(s("locked"), "locked", "{r}");
     assert_eq!(s("unlocked"), "active", "{r}");
     assert!(s("audit").contains("session.kill"), "{r}");
@@ -355,13 +369,20 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     let export = p.write("console-export.jsonl", "");
     let r = run(&b, HTTP, &[&session, export.to_str().unwrap()]);
     for path in ["/users", "/access", "/audit", "/audit/events"] {
-        assert_eq!(r[format!("anonymous {path}")], 303, "{path}: {r}");
+        assert_eq!(r[format!("anonymous GET {path}")], 303, "{path}: {r}");
     }
     for (k, v) in r.as_object().unwrap() {
         assert!(!k.starts_with("anonymous") || v == 303, "{k}: {v}");
     }
     for who in ["alice", "audrey"] {
-        for path in ["/users", "/users/bob", "/roles", "/targets"] {
+        for path in [
+            "/users",
+            "/users/bob",
+            "/roles",
+            "/roles/dev",
+            "/targets",
+            "/targets/t1",
+        ] {
             assert_eq!(r[format!("{who} {path}")], 403, "{who} {path}: {r}");
         }
         assert_eq!(

@@ -243,7 +243,7 @@ pub async fn targets(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
             tbody {
                 @for t in v.policy.targets.values() {
                     tr {
-                        td { (t.name) }
+                        td { a href={ "/targets/" (t.name) } { (t.name) } }
                         td { (t.kind.to_string()) }
                         td { code { (t.address) } }
                         td { @for (k, val) in &t.labels { code { (k) "=" (val) } " " } }
@@ -253,6 +253,50 @@ pub async fn targets(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
         }
     };
     page(Some(&v), "Targets", body).into_response()
+}
+
+pub async fn target(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let v = match admin(&cx, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(t) = v.policy.targets.get(&name) else {
+        return missing(&v, "target");
+    };
+    // Roles with a rule that selects it, and the users who hold them.
+    let roles: Vec<&str> = v
+        .policy
+        .roles
+        .values()
+        .filter(|r| crate::policy::may_reach(&[r], t))
+        .map(|r| r.name.as_str())
+        .collect();
+    let users: Vec<&str> = v
+        .policy
+        .users
+        .values()
+        .filter(|u| u.roles.iter().any(|r| roles.contains(&r.as_str())))
+        .map(|u| u.name.as_str())
+        .collect();
+    let body = html! {
+        dl.facts {
+            dt { "Kind" } dd { (t.kind.to_string()) }
+            dt { "Address" } dd { code { (t.address) } }
+            dt { "Labels" } dd { @for (k, val) in &t.labels { code { (k) "=" (val) } " " } }
+            @if let Some(k) = &t.host_key { dt { "Host key" } dd { code.wrap { (k) } } }
+            @if let Some(m) = &t.tls_mode {
+                dt { "TLS" } dd { (serde_json::to_string(m).unwrap_or_default().trim_matches('"')) }
+            }
+            dt { "Reached through roles" } dd { @for r in &roles { a href={ "/roles/" (r) } { (r) } " " } }
+            dt { "By users" } dd { @for u in &users { a href={ "/users/" (u) } { (u) } " " } }
+        }
+        p { a href={ "/sessions?target=" (t.name) } { "Sessions on " (t.name) } }
+    };
+    page(Some(&v), &format!("Target {}", t.name), body).into_response()
 }
 
 #[derive(Deserialize, Default)]

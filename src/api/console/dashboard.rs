@@ -3,7 +3,7 @@
 //! last day's refusals and failures, today's credentials, the audit chain and a week of
 //! sessions per hour.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
@@ -20,7 +20,18 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 /// Events counted per figure at most (shown as `N+`).
 const COUNT_CAP: i64 = 10_000;
 
-pub async fn dashboard(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
+#[derive(serde::Deserialize, Default)]
+pub struct DashQuery {
+    /// `live`: only the live sessions, which the page refreshes every second.
+    #[serde(default)]
+    part: String,
+}
+
+pub async fn dashboard(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<DashQuery>,
+) -> Response {
     let v = match viewer(&cx, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -36,6 +47,15 @@ pub async fn dashboard(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
         .await
         .unwrap_or_default();
     let live: Vec<_> = live.iter().rev().collect();
+    let live = html! {
+        section.live {
+            h2 { "Live sessions" }
+            (live_table(&cx, &live))
+        }
+    };
+    if q.part == "live" {
+        return live.into_response();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -49,10 +69,7 @@ pub async fn dashboard(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
     };
     let credentials = credentials(&cx, &v).await;
     let body = html! {
-        section.live {
-            h2 { "Live sessions" }
-            (live_table(&cx, &live))
-        }
+        (live)
         (targets(&cx, &v, &host))
         (credentials)
         (audit_part)

@@ -9,7 +9,8 @@
 //! - `GET /sessions/{id}/recording/{channel}`: the recording's file (audited);
 //! - `GET /sessions/{id}/live/{channel}`: a live terminal channel as server-sent events;
 //!   `POST /sessions/{id}/kill`: ends a live session (admins);
-//! - `GET /users`, `/users/{name}`, `/roles`, `/roles/{name}`, `/targets`, `/access`:
+//! - `GET /users`, `/users/{name}`, `/roles`, `/roles/{name}`, `/targets`,
+//!   `/targets/{name}`, `/access`:
 //!   the policy and the access check; `POST /users/{name}/lock|unlock` (admins);
 //! - `GET /search?q=TEXT`: text in recordings (as `sessions grep`), linking into them;
 //! - `GET /audit`, `GET /audit/events?after=SEQ`: the audit log and its new events;
@@ -63,6 +64,7 @@ pub(super) fn router() -> Router<Ctx> {
         .route("/roles", get(admin::roles))
         .route("/roles/{name}", get(admin::role))
         .route("/targets", get(admin::targets))
+        .route("/targets/{name}", get(admin::target))
         .route("/access", get(admin::check))
         .route("/search", get(search::search))
         .route("/audit", get(audit::log))
