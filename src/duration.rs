@@ -27,6 +27,24 @@ impl Dur {
     pub fn as_secs(self) -> u64 {
         self.0.as_secs()
     }
+
+    /// Unix ms this long before `now_ms`.
+    pub fn before(self, now_ms: i64) -> i64 {
+        now_ms
+            .saturating_sub(i64::try_from(self.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
+    }
+}
+
+/// A `since` filter as people type it (`1h`, `7d`; blank for none) as Unix ms, or what is
+/// wrong with it.
+pub fn since(s: &str, now_ms: i64) -> Result<Option<i64>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<Dur>()
+        .map(|d| Some(d.before(now_ms)))
+        .map_err(|e| format!("`since`: {e}"))
 }
 
 impl FromStr for Dur {

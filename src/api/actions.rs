@@ -9,6 +9,25 @@ use crate::audit::{Actor, Outcome};
 use crate::policy::{Decision, Policy, Request, Target, User, UserStatus, decide};
 use crate::store::{SessionRow, StoreError};
 
+/// The session `id` when it exists and `may_see` its user; `None` alike for one that does
+/// not exist and one the caller may not see. Whole ids only: a prefix would let a caller
+/// probe ids they may not see.
+pub async fn session_for(
+    cx: &Ctx,
+    id: &str,
+    may_see: impl Fn(&str) -> bool,
+) -> Result<Option<SessionRow>, StoreError> {
+    if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Ok(None);
+    }
+    Ok(cx
+        .shared
+        .store
+        .get_session(id)
+        .await?
+        .filter(|s| s.id == id && may_see(&s.user)))
+}
+
 /// Asks whichever `serve` runs the session to end it (the store command `sessions kill`
 /// writes), and ends it at once when it runs in this process.
 pub async fn kill(cx: &Ctx, actor: Actor, s: &SessionRow, via: &str) -> Result<(), StoreError> {

@@ -73,6 +73,18 @@ fn db_token_row(r: &sqlx::sqlite::SqliteRow) -> Result<DbToken, StoreError> {
     })
 }
 
+fn cert_row(r: &sqlx::sqlite::SqliteRow) -> Result<IssuedCert, StoreError> {
+    let serial: String = r.try_get("serial")?;
+    Ok(IssuedCert {
+        serial: serial.parse().unwrap_or(0),
+        user: r.try_get("user_name")?,
+        key_fingerprint: r.try_get("key_fingerprint")?,
+        valid_before: r.try_get("valid_before")?,
+        issued_ms: r.try_get("issued_ms")?,
+        source: r.try_get("source")?,
+    })
+}
+
 impl Store {
     pub async fn record_user_cert(&self, c: &IssuedCert) -> Result<(), StoreError> {
         match &self.backend {
@@ -106,16 +118,7 @@ impl Store {
                 .bind(fingerprint)
                 .fetch_optional(&mut *pool.acquire().await?)
                 .await?;
-                let Some(r) = row else { return Ok(None) };
-                let serial: String = r.try_get("serial")?;
-                Ok(Some(IssuedCert {
-                    serial: serial.parse().unwrap_or(0),
-                    user: r.try_get("user_name")?,
-                    key_fingerprint: r.try_get("key_fingerprint")?,
-                    valid_before: r.try_get("valid_before")?,
-                    issued_ms: r.try_get("issued_ms")?,
-                    source: r.try_get("source")?,
-                }))
+                row.as_ref().map(cert_row).transpose()
             }
         }
     }
@@ -131,19 +134,7 @@ impl Store {
                 .bind(now_s)
                 .fetch_all(&mut *pool.acquire().await?)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        let serial: String = r.try_get("serial")?;
-                        Ok(IssuedCert {
-                            serial: serial.parse().unwrap_or(0),
-                            user: r.try_get("user_name")?,
-                            key_fingerprint: r.try_get("key_fingerprint")?,
-                            valid_before: r.try_get("valid_before")?,
-                            issued_ms: r.try_get("issued_ms")?,
-                            source: r.try_get("source")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(cert_row).collect()
             }
         }
     }

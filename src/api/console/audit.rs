@@ -14,10 +14,9 @@ use serde_json::{Value, json};
 
 use super::super::routes::Ctx;
 use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, viewer};
-use super::html::{page, urlencode, when};
+use super::html::{nonempty, page, urlencode, when};
 use crate::audit::verify::Verifier;
 use crate::audit::{Outcome, now_ms};
-use crate::duration::Dur;
 use crate::store::{AuditFilter, ChainedEvent, ExportFormat};
 
 /// Events the page shows at most; filters narrow it.
@@ -55,19 +54,9 @@ pub struct LogQuery {
     after: Option<i64>,
 }
 
-fn nonempty(s: &str) -> Option<String> {
-    Some(s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
 impl LogQuery {
     fn filter(&self) -> Result<AuditFilter, String> {
-        let since_ms = match nonempty(&self.since).map(|s| s.parse::<Dur>()) {
-            None => None,
-            Some(Ok(d)) => {
-                Some(now_ms() - i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
-            }
-            Some(Err(e)) => return Err(format!("`since`: {e} (write e.g. 1h or 7d)")),
-        };
+        let since_ms = crate::duration::since(&self.since, now_ms())?;
         Ok(AuditFilter {
             kind: nonempty(&self.kind),
             actor: nonempty(&self.actor),
@@ -348,6 +337,9 @@ pub fn last_result() -> Option<(bool, String, i64)> {
     Some((ok, what, r.finished_ms.unwrap_or(r.started_ms)))
 }
 
+/// Exports streaming at once (each reads the whole log).
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 #[derive(Deserialize, Default)]
 pub struct ExportQuery {
     /// `jsonl` (the default) or `csv`.
@@ -386,8 +378,15 @@ pub async fn export(
             );
         }
     };
+    let Ok(turn) = EXPORTS.try_acquire() else {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Two exports are already being downloaded; try again when one has finished.",
+        );
+    };
     let (mut w, r) = tokio::io::duplex(256 << 10);
     tokio::spawn(async move {
+        let _turn = turn;
         let store = &cx.shared.store;
         // A browser that stops reading for this long has gone: the export ends.
         let wrote = tokio::time::timeout(

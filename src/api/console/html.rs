@@ -84,3 +84,8 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A form field, trimmed, when it says anything.
+pub fn nonempty(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}

@@ -12,9 +12,8 @@ use serde_json::json;
 
 use super::super::routes::Ctx;
 use super::auth::{refused, viewer};
-use super::html::{page, urlencode};
+use super::html::{nonempty, page, urlencode};
 use crate::audit::{Outcome, now_ms};
-use crate::duration::Dur;
 use crate::recording::search::{grep, is_transcript};
 use crate::store::SessionFilter;
 
@@ -24,6 +23,9 @@ const SESSIONS: i64 = 500;
 const HITS: usize = 500;
 /// The shortest pattern searched: shorter ones match nearly everything.
 const MIN_PATTERN: usize = 2;
+/// Searches that read recordings at once; others wait their turn (at most `QUEUED`).
+static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+const QUEUED: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Deserialize, Default)]
 pub struct SearchQuery {
@@ -48,10 +50,6 @@ struct Hit {
     transcript: bool,
 }
 
-fn nonempty(s: &str) -> Option<String> {
-    Some(s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
 pub async fn search(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -61,17 +59,10 @@ pub async fn search(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let since = match nonempty(&q.since)
-        .unwrap_or_else(|| "7d".into())
-        .parse::<Dur>()
-    {
-        Ok(d) => now_ms() - i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX),
-        Err(e) => {
-            return refused(
-                StatusCode::BAD_REQUEST,
-                &format!("`since`: {e} (write e.g. 1h or 7d)"),
-            );
-        }
+    let within = nonempty(&q.since).unwrap_or_else(|| "7d".into());
+    let since = match crate::duration::since(&within, now_ms()) {
+        Ok(s) => s,
+        Err(why) => return refused(StatusCode::BAD_REQUEST, &why),
     };
     let pattern = q.q.trim().to_string();
     let mut hits = Vec::new();
@@ -85,7 +76,7 @@ pub async fn search(
                 Some(v.user.name.clone())
             },
             target: nonempty(&q.target),
-            since_ms: Some(since),
+            since_ms: since,
             active: false,
             limit: Some(SESSIONS),
         };
@@ -98,6 +89,12 @@ pub async fn search(
                     "postern cannot read its store right now; try again shortly.",
                 );
             }
+        };
+        let Ok(Ok(_turn)) = tokio::time::timeout(QUEUED, SEARCHES.acquire()).await else {
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Other searches are still reading recordings; try again in a moment.",
+            );
         };
         let data_dir = cx.shared.config.data_dir.clone();
         let needle = pattern.clone();

@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 
 use super::super::routes::Ctx;
 use super::auth::{Viewer, refused, refused_to, viewer};
-use super::html::{page, span, when};
+use super::html::{nonempty, page, span, when};
 use crate::audit::{Outcome, now_ms};
-use crate::duration::Dur;
 use crate::recording::search::is_transcript;
 use crate::recording::stream::{self, MARKER, STDERR, STDOUT};
 use crate::store::{AuditFilter, SessionFilter, SessionRow};
@@ -50,10 +49,6 @@ fn not_found(v: &Viewer) -> Response {
     refused_to(v, StatusCode::NOT_FOUND, "Not found", "No such session.")
 }
 
-fn nonempty(s: &str) -> Option<String> {
-    Some(s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
 /// Sessions the viewer may see, with the list's filters.
 pub async fn list(
     State(cx): State<Ctx>,
@@ -64,17 +59,9 @@ pub async fn list(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let since = match nonempty(&q.since).map(|s| s.parse::<Dur>()) {
-        None => None,
-        Some(Ok(d)) => {
-            Some(now_ms() - i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
-        }
-        Some(Err(e)) => {
-            return refused(
-                StatusCode::BAD_REQUEST,
-                &format!("`since`: {e} (write e.g. 1h or 7d)"),
-            );
-        }
+    let since = match crate::duration::since(&q.since, now_ms()) {
+        Ok(s) => s,
+        Err(why) => return refused(StatusCode::BAD_REQUEST, &why),
     };
     let filter = SessionFilter {
         // Without the audit right the list is the viewer's own, whatever was asked.
@@ -160,13 +147,9 @@ pub(super) fn table(rows: &[&SessionRow]) -> Markup {
 /// The session, when it exists and the viewer may see it; 404 otherwise (another user's
 /// session is indistinguishable from none).
 pub(super) async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow, Response> {
-    // Whole ids only: a prefix would let a viewer probe ids they may not see.
-    if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(not_found(v));
-    }
-    match cx.shared.store.get_session(id).await {
-        Ok(Some(s)) if s.id == id && v.may_see(&s.user) => Ok(s),
-        Ok(_) => Err(not_found(v)),
+    match crate::api::actions::session_for(cx, id, |user| v.may_see(user)).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(not_found(v)),
         Err(e) => Err(store_down(e)),
     }
 }

@@ -17,7 +17,6 @@ use super::{Ctx, body};
 use crate::api::ApiError;
 use crate::api::actions;
 use crate::audit::{Actor, now_ms};
-use crate::duration::Dur;
 use crate::policy::{ConsoleRight, Decision, Policy, Request, TargetKind, User, UserStatus};
 use crate::store::{AuditFilter, SessionFilter, SessionRow};
 
@@ -69,16 +68,7 @@ fn not_found() -> ApiError {
 }
 
 fn since(s: &Option<String>) -> Result<Option<i64>, ApiError> {
-    match s.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(s) => {
-            let d: Dur = s
-                .parse()
-                .map_err(|e| ApiError::bad_request(format!("`since`: {e} (e.g. 1h or 7d)")))?;
-            let ms = i64::try_from(d.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
-            Ok(Some(now_ms().saturating_sub(ms)))
-        }
-    }
+    crate::duration::since(s.as_deref().unwrap_or(""), now_ms()).map_err(ApiError::bad_request)
 }
 
 /// A recording of a session: its channel, size and SHA-256 (once finished).
@@ -198,15 +188,10 @@ pub async fn sessions(
 }
 
 async fn visible(cx: &Ctx, c: &Caller, id: &str) -> Result<SessionRow, ApiError> {
-    // Whole ids only: a prefix would let a caller probe ids they may not see.
-    if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(not_found());
-    }
-    match cx.shared.store.get_session(id).await {
-        Ok(Some(s)) if s.id == id && (c.audits() || s.user == c.user.name) => Ok(s),
-        Ok(_) => Err(not_found()),
-        Err(e) => Err(ApiError::store(e)),
-    }
+    actions::session_for(cx, id, |user| c.audits() || user == c.user.name)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(not_found)
 }
 
 /// One session; another user's session (without the audit right) is `not_found`.
