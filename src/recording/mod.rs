@@ -11,6 +11,7 @@ pub mod error;
 mod lines;
 pub mod seal;
 pub mod search;
+pub mod sftp;
 pub mod stream;
 pub mod transcript;
 mod utf8;

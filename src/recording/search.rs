@@ -176,6 +176,13 @@ pub fn grep_cast(path: &Path, pattern: &str) -> std::io::Result<Vec<(f64, String
         let idx = match ev.1.as_str() {
             "o" => 0,
             "i" => 1,
+            // Markers: exit status, postern's notices, an sftp channel's transfer log.
+            "m" => {
+                if ev.2.contains(pattern) {
+                    hits.push((ev.0, safe(&ev.2)));
+                }
+                continue;
+            }
             _ => continue,
         };
         for c in ev.2.chars() {

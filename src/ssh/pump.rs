@@ -10,8 +10,8 @@
 //! target's exit status, within `CLOSE_GRACE`. Every wait on a peer in the ending is
 //! bounded.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::relay::Stop;
 use super::session::SessionCtx;
 use crate::audit::Outcome;
-use crate::recording::{Event, Recorder};
+use crate::recording::{Event, Recorder, sftp};
 
 /// How long a channel the client closed waits for the target's exit status.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -113,9 +113,12 @@ impl Pump<'_> {
             Kind::Forward => (false, false),
         };
         let halt = CancellationToken::new();
+        // A session whose data is not recorded (sftp) records its transfer log instead.
+        let sftp = (session && !record_data).then(|| Arc::new(Mutex::new(sftp::Log::default())));
         let mut pump = tokio::spawn(client_to_target(
             ctx.clone(),
             self.recorder.clone(),
+            sftp.clone(),
             record_data,
             down_r,
             up_w,
@@ -153,6 +156,9 @@ impl Pump<'_> {
                         ctx.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                         to_client += data.len() as u64;
                         if record_data && self.recorder.record(Event::Output(data.clone())).await.is_err() {
+                            break Err(RECORDING_FAILED.to_string());
+                        }
+                        if !transfer_log(&self.recorder, sftp.as_deref(), false, &data).await {
                             break Err(RECORDING_FAILED.to_string());
                         }
                         // A client that closed reads nothing more.
@@ -274,6 +280,16 @@ impl Pump<'_> {
             None => finish_pump(&mut pump, &halt).await,
         };
         let from_client = end.as_ref().map_or(0, |e| e.sent);
+        // Files the sftp client left open when the channel ended.
+        if let Some(log) = &sftp {
+            let open = log.lock().map(|mut l| std::mem::take(&mut *l).finish());
+            for line in open.unwrap_or_default() {
+                let _ = self
+                    .recorder
+                    .record(Event::Marker(format!("sftp: {line}")))
+                    .await;
+            }
+        }
 
         // The target: our EOF and CLOSE unless it closed, and its answer, bounded.
         if !target_closed && let Some(end) = end {
@@ -299,6 +315,33 @@ impl Pump<'_> {
 }
 
 const RECORDING_FAILED: &str = "recording failed; the session was ended";
+
+/// Feeds sftp bytes (`up`: from the client) to the channel's transfer log and records the
+/// lines they complete as markers; false when the recording failed.
+async fn transfer_log(
+    rec: &Recorder,
+    log: Option<&Mutex<sftp::Log>>,
+    up: bool,
+    data: &[u8],
+) -> bool {
+    let Some(log) = log else {
+        return true;
+    };
+    let lines = match log.lock() {
+        Ok(mut l) => l.feed(up, data),
+        Err(_) => return true,
+    };
+    for line in lines {
+        if rec
+            .record(Event::Marker(format!("sftp: {line}")))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
 
 impl Pump<'_> {
     /// A write towards the client that gives way to the client's going and to the
@@ -375,6 +418,7 @@ async fn finish_pump(
 async fn client_to_target(
     ctx: Arc<SessionCtx>,
     rec: Arc<Recorder>,
+    sftp: Option<Arc<Mutex<sftp::Log>>>,
     record_data: bool,
     mut down_r: ChannelReadHalf,
     up_w: UpWrite,
@@ -394,6 +438,17 @@ async fn client_to_target(
                 ctx.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 sent += data.len() as u64;
                 if record_data && !send(&halt, rec.record(Event::Input(data.clone()))).await {
+                    break;
+                }
+                if !send(&halt, async {
+                    if transfer_log(&rec, sftp.as_deref(), true, &data).await {
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                })
+                .await
+                {
                     break;
                 }
                 if !send(&halt, up_w.data_bytes(data)).await {

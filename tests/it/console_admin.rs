@@ -538,3 +538,102 @@ fn an_auditor_finds_a_statement_by_search_and_in_its_transcript() {
     assert_eq!(searches[0]["actor"], "user:audrey");
     assert_eq!(searches[0]["details"]["hits"], 1);
 }
+
+const PAGE: &str = r#"
+import ssl, sys, urllib.request, urllib.parse
+base, password, path = sys.argv[1:4]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k): return None
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
+req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": "audrey", "password": password}).encode())
+try:
+    r = opener.open(req, timeout=15)
+except urllib.error.HTTPError as e:
+    r = e
+cookie = r.headers.get("set-cookie", "").split(";")[0]
+print(opener.open(urllib.request.Request(base + path, headers={"Cookie": cookie}), timeout=15).read().decode())
+"#;
+
+#[test]
+fn an_sftp_channel_reads_as_its_transfer_log() {
+    let b = Bastion::start();
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
+        .ok();
+    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
+        .ok();
+    p.cli_stdin(
+        &[
+            "admin",
+            "user",
+            "set-password",
+            "audrey",
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .ok();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, vec![42u8; 70_000]).unwrap();
+    let (up, down) = (dir.path().join("up.bin"), dir.path().join("down.bin"));
+    let batch = p.write(
+        "sftp-batch",
+        &format!(
+            "put {} {}\nrename {} {}.moved\nget {}.moved {}\n",
+            src.display(),
+            up.display(),
+            up.display(),
+            up.display(),
+            up.display(),
+            down.display()
+        ),
+    );
+    let out: Out = b
+        .ssh_command("sftp")
+        .args(["-q", "-P", &p.ssh.port().to_string(), "-b"])
+        .arg(&batch)
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    out.ok();
+    assert_eq!(std::fs::read(&down).unwrap().len(), 70_000);
+    let session = p.events("session.start")[0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = p.write("console_page.py", PAGE);
+    let out: Out = Command::new("python3")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{}", p.api.port()))
+        .arg(PASSWORD)
+        .arg(format!("/sessions/{session}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    let page = out.ok();
+    assert!(page.contains("Transfer log"), "{page}");
+    // `sessions grep` finds the transfer too.
+    let grep = p.cli(&["sessions", "grep", "up.bin.moved"]);
+    assert!(
+        grep.ok()
+            .contains(&format!("sftp: read {}.moved (70000 bytes)", up.display())),
+        "{grep:?}"
+    );
+    for line in [
+        format!("wrote {} (70000 bytes)", up.display()),
+        format!("rename {} → {}.moved", up.display(), up.display()),
+        format!("read {}.moved (70000 bytes)", up.display()),
+    ] {
+        assert!(page.contains(&line), "{line}\n{page}");
+    }
+}

@@ -226,7 +226,21 @@ pub async fn show(
             html! { div.player.watching data-live=(live) {} }
         } else {
             let start = at.t.filter(|t| t.is_finite() && *t >= 0.0);
-            html! { div.player data-cast=(url) data-start=[start] {} }
+            // An sftp channel records its transfer log (markers), not the files.
+            let log = tokio::task::spawn_blocking(move || transfer_log(&path))
+                .await
+                .unwrap_or_default();
+            html! {
+                @if let Some(log) = log {
+                    h3 { "Transfer log" }
+                    @if log.is_empty() { p.empty { "Nothing was transferred." } }
+                    table.transfers {
+                        tbody { @for (t, m) in &log { tr { td.t { (format!("+{t:.3}s")) } td { (m) } } } }
+                    }
+                } @else {
+                    div.player data-cast=(url) data-start=[start] {}
+                }
+            }
         };
         parts.push(html! {
             section.recording {
@@ -351,7 +365,13 @@ fn command_output(path: &Path) -> Markup {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut marks = Vec::new();
+    let mut bytes = [0u64; 2];
     let read = stream::read(path, |r| {
+        match r.kind {
+            STDOUT => bytes[0] += r.data.len() as u64,
+            STDERR => bytes[1] += r.data.len() as u64,
+            _ => {}
+        }
         let buf = match r.kind {
             STDOUT => &mut out,
             STDERR => &mut err,
@@ -369,12 +389,51 @@ fn command_output(path: &Path) -> Markup {
         Ok(h) => h,
         Err(e) => return html! { p.error { "Cannot read this recording: " (e) } },
     };
+    let command = header["command"].as_str().unwrap_or("");
+    let at = |t: u32| format!("+{:.3}s", f64::from(t) / 1000.0);
     html! {
-        @if let Some(c) = header["command"].as_str() { p { "Command: " code { (c) } } }
-        @for (t, m) in &marks { p.marker { "+" (format!("{:.3}", f64::from(*t) / 1000.0)) "s " (m) } }
+        @if !command.is_empty() { p { "Command: " code { (command) } } }
+        @for (t, m) in &marks { p.marker { (at(*t)) " " (m) } }
         h3 { "Output" }
-        pre.stdout { (String::from_utf8_lossy(&out)) }
-        @if !err.is_empty() { h3 { "Errors" } pre.stderr { (String::from_utf8_lossy(&err)) } }
+        (stream_text(&out, bytes[0]))
+        @if bytes[1] > 0 { h3 { "Errors" } (stream_text(&err, bytes[1])) }
+    }
+}
+
+/// The markers of an sftp channel's asciicast (its transfer log); `None` for any other.
+fn transfer_log(path: &Path) -> Option<Vec<(f64, String)>> {
+    use std::io::BufRead;
+    if crate::recording::search::recorded_command(path).as_deref() != Some("subsystem sftp") {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let lines = std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .skip(1);
+    Some(
+        lines
+            .filter_map(|l| serde_json::from_str::<(f64, String, String)>(&l).ok())
+            .filter(|(_, code, _)| code == "m")
+            .map(|(t, _, m)| (t, m))
+            .collect(),
+    )
+}
+
+/// What a stream printed, as text; a stream that is mostly not text is only counted.
+fn stream_text(shown: &[u8], total: u64) -> Markup {
+    let text = String::from_utf8_lossy(shown);
+    let printable = text
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'))
+        .count();
+    html! {
+        @if printable * 10 < text.chars().count() * 9 {
+            p.empty { "(binary, " (total) " bytes: download the recording for them)" }
+        } @else {
+            pre { (text) }
+            @if total > shown.len() as u64 { p.more { "… " (total - shown.len() as u64) " more bytes: download the recording for them." } }
+        }
     }
 }
 
