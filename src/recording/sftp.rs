@@ -111,10 +111,8 @@ impl Log {
                     self.opening.insert(id, (text(path), write));
                 }
             }
-            (READ, Some((handle, _))) => {
-                if self.reading.len() < MAX_TRACKED {
-                    self.reading.insert(id, handle.to_vec());
-                }
+            (READ, Some((handle, _))) if self.reading.len() < MAX_TRACKED => {
+                self.reading.insert(id, handle.to_vec());
             }
             (WRITE, Some((handle, next))) => {
                 // handle, uint64 offset, string data

@@ -158,7 +158,7 @@ impl Pump<'_> {
                         if record_data && self.recorder.record(Event::Output(data.clone())).await.is_err() {
                             break Err(RECORDING_FAILED.to_string());
                         }
-                        if !transfer_log(&self.recorder, sftp.as_deref(), false, &data).await {
+                        if !transfer_log(self.recorder, sftp.as_deref(), false, &data).await {
                             break Err(RECORDING_FAILED.to_string());
                         }
                         // A client that closed reads nothing more.
