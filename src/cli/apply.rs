@@ -24,9 +24,29 @@ pub struct Args {
     /// Print the changes as JSON.
     #[arg(long)]
     json: bool,
+    /// With --dry-run, for pipelines: exit 2 when there are changes, 0 when none, and 1
+    /// on an error (as `terraform plan -detailed-exitcode`).
+    #[arg(long, requires = "dry_run")]
+    exit_code: bool,
 }
 
-pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+/// `apply`, with `--exit-code` saying by its status whether anything would change.
+pub async fn run_with_exit_code(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    if !args.exit_code {
+        return run(config, args).await.map(|_| ExitCode::SUCCESS);
+    }
+    match run(config, args).await {
+        Ok(0) => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::from(2)),
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Applies (or with --dry-run shows) the file; returns how many changes there were.
+async fn run(config: &Config, args: Args) -> anyhow::Result<usize> {
     let src = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read policy file {}", args.file.display()))?;
     // Parse and validate everything before touching the store: nothing is half-applied.
@@ -75,5 +95,5 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         println!("{verb} {} change(s)", changes.len());
     }
     store.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(changes.len())
 }

@@ -10,6 +10,7 @@ mod docs;
 mod doctor;
 mod login;
 mod output;
+mod policy_test;
 mod serve;
 mod sessions;
 mod streams;
@@ -56,6 +57,9 @@ enum Command {
     /// Ask the policy engine what it would decide.
     #[command(subcommand)]
     Access(access::Command),
+    /// Check a policy file against expected decisions (no data dir, no server).
+    #[command(subcommand)]
+    Policy(policy_test::Command),
     /// Read the audit log.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -120,13 +124,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Completions(args) => return docs::completions(args),
         Command::Man(args) => return docs::man(args),
+        Command::Policy(cmd) => return policy_test::run(cmd),
         _ => {}
     }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve(args) => serve::run(config, args).await,
         Command::CheckConfig => check_config::run(&cli.config, &config),
-        Command::Apply(args) => apply::run(&config, args).await,
+        Command::Apply(args) => apply::run_with_exit_code(&config, args).await,
         Command::Admin(cmd) => admin::run(&config, cmd).await,
         Command::Access(cmd) => access::run(&config, cmd).await,
         Command::Audit(cmd) => audit::run(&config, cmd).await,
@@ -136,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => login::status().await,
         Command::Db(cmd) => login::db(cmd).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
-        Command::Completions(_) | Command::Man(_) => Ok(ExitCode::SUCCESS),
+        Command::Completions(_) | Command::Man(_) | Command::Policy(_) => Ok(ExitCode::SUCCESS),
     }
 }
 

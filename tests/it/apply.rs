@@ -294,3 +294,87 @@ fn a_lock_set_by_an_admin_survives_apply_unless_the_file_says_otherwise() {
     p.cli(&["apply", "-f", lock.to_str().unwrap()]).ok();
     assert_eq!(users_json(&p)[0]["status"], "locked");
 }
+
+#[test]
+fn a_pipeline_tests_the_policy_and_sees_whether_apply_would_change_anything() {
+    let p = Postern::new();
+    let file = p.write("policy.toml", &policy(&p));
+    // `policy test`: no data dir, no server; every expectation holds.
+    let tests = p.write(
+        "expect.toml",
+        r#"
+[[expect]]
+user = "alice"
+target = "gpu-1"
+login = "ubuntu"
+decision = "allow"
+because = "role `ml` allow rule #1"
+
+[[expect]]
+user = "alice"
+target = "vault-1"
+login = "ubuntu"
+decision = "deny"
+because = "deny rule #1"
+"#,
+    );
+    let (f, t) = (file.to_str().unwrap(), tests.to_str().unwrap());
+    let out = p.cli(&["policy", "test", "-f", f, "-t", t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("ok    alice → ssh login `ubuntu` on gpu-1: allow (allowed by role `ml` allow rule #1 (env=staging))"), "{out:?}");
+    assert!(
+        out.stdout.ends_with("all 2 expectation(s) hold\n"),
+        "{out:?}"
+    );
+    // Nothing was created: no data dir, no store.
+    assert!(!p.data_dir().exists());
+
+    // One that does not hold: named, with the rule that decided and where it is written.
+    let wrong = p.write(
+        "wrong.toml",
+        "[[expect]]\nuser = \"alice\"\ntarget = \"gpu-1\"\nlogin = \"root\"\ndecision = \"allow\"\n\n[[expect]]\nuser = \"nobody\"\ntarget = \"gpu-1\"\nlogin = \"ubuntu\"\ndecision = \"deny\"\n",
+    );
+    let out = p.cli(&["policy", "test", "-f", f, "-t", wrong.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let fail = format!(
+        "FAIL  alice → ssh login `root` on gpu-1: expected allow, got deny (denied: no role allows it (default deny))  ({}:1)",
+        wrong.display()
+    );
+    assert!(out.stdout.contains(&fail), "{out:?}");
+    assert!(
+        out.stdout.contains("the policy has no user `nobody`"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.ends_with("2 of 2 expectation(s) failed\n"),
+        "{out:?}"
+    );
+
+    // A mistake in the expectations is an error with its place.
+    let bad = p.write("bad.toml", "[[expect]]\nuser = \"alice\"\nwho = 1\n");
+    let out = p.cli(&["policy", "test", "-f", f, "-t", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("{}:3", bad.display())),
+        "{out:?}"
+    );
+
+    // `apply --dry-run --exit-code`: 2 while there are changes, 0 once applied.
+    let out = p.cli(&["apply", "-f", f, "--dry-run", "--exit-code"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("would apply"), "{out:?}");
+    p.cli(&["apply", "-f", f]).ok();
+    let out = p.cli(&["apply", "-f", f, "--dry-run", "--exit-code"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = p.cli(&[
+        "apply",
+        "-f",
+        "/nonexistent.toml",
+        "--dry-run",
+        "--exit-code",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = p.cli(&["apply", "-f", f, "--exit-code"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--dry-run"), "{out:?}");
+}
