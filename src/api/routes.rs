@@ -41,6 +41,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db::db_login))
+        .route("/v1/targets", get(ops::targets))
         .route("/v1/sessions", get(ops::sessions))
         .route("/v1/sessions/{id}", get(ops::session))
         .route("/v1/sessions/{id}/kill", post(ops::kill))

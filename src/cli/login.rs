@@ -54,13 +54,13 @@ pub struct DbLoginArgs {
 }
 
 /// A refusal the user can act on: printed as one line, exit status 1.
-fn refused(cmd: &str, message: &str) -> ExitCode {
+pub(super) fn refused(cmd: &str, message: &str) -> ExitCode {
     eprintln!("postern {cmd}: {}", crate::printable::cell(message));
     ExitCode::from(1)
 }
 
 /// The server's `message` for an error reply.
-fn message(r: &Reply) -> String {
+pub(super) fn message(r: &Reply) -> String {
     r.body["message"]
         .as_str()
         .map(str::to_string)
@@ -86,7 +86,7 @@ fn ask(prompt: &str, hidden: bool) -> Result<String, String> {
     }
 }
 
-fn left(secs: u64) -> String {
+pub(super) fn left(secs: u64) -> String {
     Dur::from_secs(secs).to_string()
 }
 
@@ -335,7 +335,7 @@ pub async fn status() -> anyhow::Result<ExitCode> {
 }
 
 /// A client for the server of the last login, trusting it the same way.
-fn session(home: &Home) -> Result<(Profile, ServerUrl, Client), String> {
+pub(super) fn session(home: &Home) -> Result<(Profile, ServerUrl, Client), String> {
     let profile = home.profile()?;
     let url = ServerUrl::parse(&profile.server)?;
     let trust =

@@ -9,6 +9,7 @@ mod check_config;
 mod docs;
 mod doctor;
 mod login;
+mod ls;
 mod output;
 mod policy_test;
 mod serve;
@@ -72,6 +73,12 @@ enum Command {
     Login(login::LoginArgs),
     /// Who you are logged in as, your roles, and how long your credential lasts.
     Status,
+    /// The targets you may reach now, with the logins or databases on each.
+    Ls {
+        /// Print the server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Database credentials for PostgreSQL targets.
     #[command(subcommand)]
     Db(login::DbCommand),
@@ -139,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => sessions::replay(&config, args).await,
         Command::Login(args) => login::login(args).await,
         Command::Status => login::status().await,
+        Command::Ls { json } => ls::run(json).await,
         Command::Db(cmd) => login::db(cmd).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Policy(_) => Ok(ExitCode::SUCCESS),

@@ -281,3 +281,69 @@ pub fn default_database(roles: &[&Role], target: &Target) -> (Option<String>, Op
         first_listed(roles, target, |r| &r.db_users),
     )
 }
+
+/// What a user may use on a target now: the logins (SSH), or databases and database users
+/// (PostgreSQL), that the allow rules covering it list and no deny rule takes back; `*`
+/// where a rule allows any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reach {
+    pub logins: Vec<String>,
+    pub databases: Vec<String>,
+    pub db_users: Vec<String>,
+}
+
+pub fn reach(user: &User, roles: &[&Role], target: &Target) -> Reach {
+    let listed = |list: &dyn Fn(&Rule) -> &Vec<String>| -> Vec<String> {
+        let mut all: Vec<String> = roles
+            .iter()
+            .flat_map(|r| r.allow.iter())
+            .filter(|r| r.targets.matches(&target.labels))
+            .flat_map(|r| list(r).iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    let allowed = |req: Request| matches!(decide(user, roles, target, &req), Decision::Allow(_));
+    match target.kind {
+        TargetKind::Ssh => Reach {
+            logins: listed(&|r| &r.logins)
+                .into_iter()
+                .filter(|l| l == "*" || allowed(Request::Ssh { login: l }))
+                .collect(),
+            ..Reach::default()
+        },
+        TargetKind::Postgres => {
+            let (dbs, users) = (listed(&|r| &r.databases), listed(&|r| &r.db_users));
+            // A name that some partner on the other side makes allowed (`*` stands for a
+            // name no rule lists).
+            let any = "\u{0}any";
+            let name = |n: &str| {
+                if n == "*" {
+                    any.to_string()
+                } else {
+                    n.to_string()
+                }
+            };
+            let pair = |d: &str, u: &str| {
+                allowed(Request::Postgres {
+                    database: &name(d),
+                    db_user: &name(u),
+                })
+            };
+            Reach {
+                databases: dbs
+                    .iter()
+                    .filter(|d| users.iter().any(|u| pair(d, u)))
+                    .cloned()
+                    .collect(),
+                db_users: users
+                    .iter()
+                    .filter(|u| dbs.iter().any(|d| pair(d, u)))
+                    .cloned()
+                    .collect(),
+                ..Reach::default()
+            }
+        }
+    }
+}

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
 pub use decide::{
-    Decision, DenyReason, Effect, Grant, Request, RuleRef, decide, default_database, default_login,
-    may_reach, no_such_target,
+    Decision, DenyReason, Effect, Grant, Reach, Request, RuleRef, decide, default_database,
+    default_login, may_reach, no_such_target, reach,
 };
 pub use diff::{Change, Entity, diff};
 pub use error::PolicyError;

@@ -316,3 +316,33 @@ fn decisions_table() {
         "allow role `dev` allow rule #1 (env=staging)",
     );
 }
+
+#[test]
+fn reach_lists_what_allow_rules_grant_and_deny_rules_leave() {
+    use super::reach;
+    let mut dev = Role::new("dev");
+    dev.allow.push(Rule {
+        targets: "env=staging".parse().unwrap(),
+        logins: vec!["ubuntu".into(), "root".into()],
+        databases: vec!["features".into(), "secrets".into()],
+        db_users: vec!["reader".into()],
+    });
+    dev.deny.push(Rule {
+        targets: "*".parse().unwrap(),
+        logins: vec!["root".into()],
+        databases: vec!["secrets".into()],
+        db_users: vec![],
+    });
+    let staging = target([("env".to_string(), "staging".to_string())].into());
+    let r = reach(&user(), &[&dev], &staging);
+    assert_eq!(r.logins, ["ubuntu"]);
+    let mut pg = staging.clone();
+    pg.kind = TargetKind::Postgres;
+    let r = reach(&user(), &[&dev], &pg);
+    assert_eq!(
+        (r.databases, r.db_users),
+        (vec!["features".to_string()], vec!["reader".to_string()])
+    );
+    let prod = target([("env".to_string(), "prod".to_string())].into());
+    assert_eq!(reach(&user(), &[&dev], &prod), super::Reach::default());
+}

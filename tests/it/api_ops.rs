@@ -160,6 +160,21 @@ fn each_console_right_sees_and_does_through_the_json_api_what_it_may() {
     );
     assert_eq!(checks.len(), 2, "{checks:?}");
 
+    // The targets one may reach, with what (`postern ls` reads the same endpoint).
+    let (status, body) = call("GET", "/v1/targets", Some(&alice), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["targets"][0]["name"], "t1");
+    assert_eq!(body["targets"][0]["logins"], json!([b.login]));
+    let (_, body) = call("GET", "/v1/targets", Some(&audrey), None);
+    assert_eq!(body["targets"], json!([]), "{body}");
+    let dev = crate::login::Dev::new();
+    dev.login(p, &[], PASSWORD).ok();
+    let ls = dev.run(p, &["ls"], "");
+    let line = format!("ssh -p {} {}@t1@127.0.0.1", p.ssh.port(), b.login);
+    assert!(ls.ok().contains(&line), "{ls:?}");
+    assert!(ls.ok().contains(&format!("logins {}", b.login)), "{ls:?}");
+    assert!(ls.ok().contains("your login is valid for"), "{ls:?}");
+
     // The document: every endpoint, the bearer scheme.
     let (status, doc) = call("GET", "/v1/openapi.json", None, None);
     assert_eq!(status, 200);
@@ -168,6 +183,7 @@ fn each_console_right_sees_and_does_through_the_json_api_what_it_may() {
         "/v1/login",
         "/v1/whoami",
         "/v1/db/login",
+        "/v1/targets",
         "/v1/sessions",
         "/v1/sessions/{id}",
         "/v1/sessions/{id}/kill",

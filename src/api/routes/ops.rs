@@ -465,6 +465,62 @@ pub async fn unlock(
     set_status(cx, headers, name, UserStatus::Active).await
 }
 
+/// A target the caller may reach, and with what.
+#[derive(Serialize, ToSchema)]
+pub struct TargetOut {
+    name: String,
+    /// `ssh` or `postgres`.
+    kind: String,
+    /// SSH: the logins (`*`: any login a rule allows).
+    logins: Vec<String>,
+    /// PostgreSQL: the databases and database users.
+    databases: Vec<String>,
+    db_users: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TargetsOut {
+    targets: Vec<TargetOut>,
+    /// postern's SSH and PostgreSQL ports, to connect with.
+    ssh_port: u16,
+    postgres_port: u16,
+    /// When the caller's login ends (Unix seconds).
+    expires: i64,
+}
+
+/// The targets the caller's roles reach now, with the logins or databases on each
+/// (`postern ls`).
+#[utoipa::path(get, path = "/v1/targets", tag = "policy", security(("bearer" = [])),
+    responses((status = 200, body = TargetsOut), (status = 401, body = ErrorOut)))]
+pub async fn targets(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+) -> Result<Json<TargetsOut>, ApiError> {
+    let (policy, user, token) = cx.bearer(&headers).await?;
+    let roles = policy.roles_of(&user);
+    let targets = policy
+        .targets
+        .values()
+        .filter(|t| crate::policy::may_reach(&roles, t))
+        .map(|t| {
+            let r = crate::policy::reach(&user, &roles, t);
+            TargetOut {
+                name: t.name.clone(),
+                kind: t.kind.to_string(),
+                logins: r.logins,
+                databases: r.databases,
+                db_users: r.db_users,
+            }
+        })
+        .collect();
+    Ok(Json(TargetsOut {
+        targets,
+        ssh_port: cx.shared.config.ssh.listen.port(),
+        postgres_port: cx.shared.config.postgres.listen.port(),
+        expires: token.expires_ms / 1000,
+    }))
+}
+
 /// Every error: a stable machine code and a message for people.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorOut {
@@ -496,7 +552,7 @@ impl utoipa::Modify for Bearer {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
-    paths(super::login, super::whoami, super::db::db_login, sessions, session, kill, audit, check, lock, unlock),
+    paths(super::login, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock),
     components(schemas(ErrorOut)),
     modifiers(&Bearer)
 )]
