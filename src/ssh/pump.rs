@@ -158,7 +158,7 @@ impl Pump<'_> {
                         if record_data && self.recorder.record(Event::Output(data.clone())).await.is_err() {
                             break Err(RECORDING_FAILED.to_string());
                         }
-                        if !transfer_log(self.recorder, sftp.as_deref(), false, &data).await {
+                        if sftp.is_some() && !transfer_log(self.recorder, sftp.as_deref(), false, &data).await {
                             break Err(RECORDING_FAILED.to_string());
                         }
                         // A client that closed reads nothing more.
@@ -440,14 +440,15 @@ async fn client_to_target(
                 if record_data && !send(&halt, rec.record(Event::Input(data.clone()))).await {
                     break;
                 }
-                if !send(&halt, async {
-                    if transfer_log(&rec, sftp.as_deref(), true, &data).await {
-                        Ok(())
-                    } else {
-                        Err(())
-                    }
-                })
-                .await
+                if sftp.is_some()
+                    && !send(&halt, async {
+                        if transfer_log(&rec, sftp.as_deref(), true, &data).await {
+                            Ok(())
+                        } else {
+                            Err(())
+                        }
+                    })
+                    .await
                 {
                     break;
                 }

@@ -5,6 +5,7 @@
 use postern::client::https::{Client, ServerUrl, Trust};
 use serde_json::{Value, json};
 
+use crate::console::{console_roles, console_user};
 use crate::ssh::Bastion;
 
 const PASSWORD: &str = "api-ops-pass-7d41";
@@ -13,23 +14,11 @@ const PASSWORD: &str = "api-ops-pass-7d41";
 fn each_console_right_sees_and_does_through_the_json_api_what_it_may() {
     let b = Bastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "admins", "--console", "admin"])
-        .ok();
-    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
-        .ok();
-    p.cli(&["admin", "user", "add", "ada", "--role", "admins"])
-        .ok();
-    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
-        .ok();
-    p.cli(&["admin", "user", "add", "bob", "--role", "dev"])
-        .ok();
-    for u in ["ada", "alice", "audrey", "bob"] {
-        p.cli_stdin(
-            &["admin", "user", "set-password", u, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
-        .ok();
-    }
+    console_roles(p);
+    console_user(p, "ada", Some("admins"), PASSWORD);
+    console_user(p, "audrey", Some("auditor"), PASSWORD);
+    console_user(p, "bob", Some("dev"), PASSWORD);
+    console_user(p, "alice", None, PASSWORD);
     let out = b.ssh(&b.dest(), "echo api-ops");
     assert_eq!(out.ok(), "api-ops\n");
     let session = p.events("session.start")[0]["session_id"]

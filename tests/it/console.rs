@@ -6,17 +6,29 @@
 use std::process::{Command, Stdio};
 
 use crate::harness::Out;
+use crate::harness::postern::Postern;
 use crate::ssh::Bastion;
 
 const PASSWORD: &str = "console-pass-81f3";
 
-fn set_password(b: &Bastion, user: &str) {
-    b.postern
-        .cli_stdin(
-            &["admin", "user", "set-password", user, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
+/// The console's two rights as roles: `admins` (admin) and `auditor` (audit).
+pub fn console_roles(p: &Postern) {
+    p.cli(&["admin", "role", "add", "admins", "--console", "admin"])
         .ok();
+    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
+        .ok();
+}
+
+/// Adds `user` with `role` (none: the user exists already) and gives them `password`.
+pub fn console_user(p: &Postern, user: &str, role: Option<&str>, password: &str) {
+    if let Some(role) = role {
+        p.cli(&["admin", "user", "add", user, "--role", role]).ok();
+    }
+    p.cli_stdin(
+        &["admin", "user", "set-password", user, "--password-stdin"],
+        &format!("{password}\n"),
+    )
+    .ok();
 }
 
 /// Runs `script` (Python, with selenium) given the console's base URL and the password.
@@ -177,18 +189,11 @@ print(json.dumps(out))
 #[test]
 fn the_console_shows_each_viewer_what_they_may_see_and_plays_recordings() {
     let b = Bastion::start();
-    b.postern
-        .cli(&["admin", "role", "add", "auditor", "--console", "audit"])
-        .ok();
-    b.postern
-        .cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
-        .ok();
-    b.postern
-        .cli(&["admin", "user", "add", "bob", "--role", "dev"])
-        .ok();
-    for u in ["alice", "bob", "audrey"] {
-        set_password(&b, u);
-    }
+    let p = &b.postern;
+    console_roles(p);
+    console_user(p, "audrey", Some("auditor"), PASSWORD);
+    console_user(p, "bob", Some("dev"), PASSWORD);
+    console_user(p, "alice", None, PASSWORD);
     // alice's terminal session, from a terminal 100 columns wide (util-linux `script`).
     let ssh = b
         .ssh_command("ssh")

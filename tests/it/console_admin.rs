@@ -7,6 +7,7 @@
 
 use std::process::{Command, Stdio};
 
+use crate::console::{console_roles, console_user};
 use crate::harness::Out;
 use crate::ssh::Bastion;
 
@@ -232,23 +233,11 @@ fn run(b: &Bastion, script: &str, args: &[&str]) -> serde_json::Value {
 fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
     let b = Bastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "admins", "--console", "admin"])
-        .ok();
-    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
-        .ok();
-    p.cli(&["admin", "user", "add", "ada", "--role", "admins"])
-        .ok();
-    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
-        .ok();
-    p.cli(&["admin", "user", "add", "bob", "--role", "dev"])
-        .ok();
-    for u in ["ada", "alice", "bob", "audrey"] {
-        p.cli_stdin(
-            &["admin", "user", "set-password", u, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
-        .ok();
-    }
+    console_roles(p);
+    console_user(p, "ada", Some("admins"), PASSWORD);
+    console_user(p, "audrey", Some("auditor"), PASSWORD);
+    console_user(p, "bob", Some("dev"), PASSWORD);
+    console_user(p, "alice", None, PASSWORD);
     let enrolled = p.cli(&["admin", "user", "totp", "ada"]);
     let secret = enrolled
         .ok()
@@ -469,21 +458,8 @@ print(json.dumps(out))
 fn an_auditor_finds_a_statement_by_search_and_in_its_transcript() {
     let b = crate::pg::PgBastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
-        .ok();
-    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
-        .ok();
-    p.cli_stdin(
-        &[
-            "admin",
-            "user",
-            "set-password",
-            "audrey",
-            "--password-stdin",
-        ],
-        &format!("{PASSWORD}\n"),
-    )
-    .ok();
+    console_roles(p);
+    console_user(p, "audrey", Some("auditor"), PASSWORD);
     let out = b.psql(&[
         "-c",
         "select 1",
@@ -559,21 +535,8 @@ print(opener.open(urllib.request.Request(base + path, headers={"Cookie": cookie}
 fn an_sftp_channel_reads_as_its_transfer_log() {
     let b = Bastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "auditor", "--console", "audit"])
-        .ok();
-    p.cli(&["admin", "user", "add", "audrey", "--role", "auditor"])
-        .ok();
-    p.cli_stdin(
-        &[
-            "admin",
-            "user",
-            "set-password",
-            "audrey",
-            "--password-stdin",
-        ],
-        &format!("{PASSWORD}\n"),
-    )
-    .ok();
+    console_roles(p);
+    console_user(p, "audrey", Some("auditor"), PASSWORD);
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::routes::Ctx;
-use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, viewer};
+use super::auth::{CsrfForm, Viewer, cross_site, refused, refused_to, store_down, viewer};
 use super::html::{nonempty, page, urlencode, when};
 use crate::audit::verify::Verifier;
 use crate::audit::{Outcome, now_ms};
@@ -166,14 +166,6 @@ pub async fn events(
         Ok(e) => Json(e.iter().map(row).collect::<Vec<_>>()).into_response(),
         Err(e) => store_down(e),
     }
-}
-
-fn store_down(e: crate::store::StoreError) -> Response {
-    tracing::warn!(error = %e, "console: store error");
-    refused(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "postern cannot read its store right now; try again shortly.",
-    )
 }
 
 /// The chain verification of this process: one at a time.

@@ -150,13 +150,7 @@ pub async fn viewer(cx: &Ctx, headers: &HeaderMap) -> Result<Viewer, Response> {
     let cookie = cookie_value(headers).ok_or_else(to_login)?;
     let logins = &cx.shared.api.console;
     let (name, csrf) = logins.touch(cookie).ok_or_else(to_login)?;
-    let policy = cx.shared.store.load_policy().await.map_err(|e| {
-        tracing::warn!(error = %e, "console: cannot load the policy");
-        refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "postern cannot read its store right now; try again shortly.",
-        )
-    })?;
+    let policy = cx.shared.store.load_policy().await.map_err(store_down)?;
     let user = match policy.users.get(&name) {
         Some(u) if u.status == UserStatus::Active => u.clone(),
         _ => {
@@ -171,6 +165,15 @@ pub async fn viewer(cx: &Ctx, headers: &HeaderMap) -> Result<Viewer, Response> {
         csrf,
         policy,
     })
+}
+
+/// The page for a store that cannot be read: logged, and the viewer told to retry.
+pub fn store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "console: store error");
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "postern cannot read its store right now; try again shortly.",
+    )
 }
 
 /// A page saying why a request was refused.

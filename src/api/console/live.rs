@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::super::routes::Ctx;
 use super::auth::{CsrfForm, cross_site, refused, refused_to, viewer};
-use super::sessions::{recording_path, visible};
+use super::sessions::{recording_of, visible};
 use crate::audit::Outcome;
 use crate::recording::search::is_transcript;
 
@@ -72,16 +72,9 @@ pub async fn watch(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let path = match s.recordings.iter().find(|r| r.channel == channel) {
-        Some(r) => recording_path(&cx, &r.path),
-        None => {
-            return refused_to(
-                &v,
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "This session has no such recording.",
-            );
-        }
+    let path = match recording_of(&cx, &v, &s, channel) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     if is_transcript(&path) || crate::recording::stream::is_stream(&path) {
         return refused_to(
@@ -123,6 +116,7 @@ pub async fn watch(
         channel,
         path,
         file,
+        chunk: vec![0u8; CHUNK],
         out: w,
     };
     tokio::spawn(async move {
@@ -150,6 +144,8 @@ struct Tail {
     channel: i64,
     path: PathBuf,
     file: tokio::fs::File,
+    /// The buffer each poll reads the recording into.
+    chunk: Vec<u8>,
     out: DuplexStream,
 }
 
@@ -166,13 +162,12 @@ impl Tail {
 
     /// The recording's lines from where the last read ended: header first, then events.
     async fn pump(&mut self, pending: &mut Vec<u8>, header: &mut bool) -> std::io::Result<()> {
-        let mut chunk = vec![0u8; CHUNK];
         loop {
-            let n = self.file.read(&mut chunk).await?;
+            let n = self.file.read(&mut self.chunk).await?;
             if n == 0 {
                 return Ok(());
             }
-            pending.extend_from_slice(&chunk[..n]);
+            pending.extend_from_slice(&self.chunk[..n]);
             let mut frames = String::new();
             let mut used = 0;
             while let Some(end) = pending[used..].iter().position(|&b| b == b'\n') {

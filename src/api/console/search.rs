@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::routes::Ctx;
-use super::auth::{refused, viewer};
+use super::auth::{refused, store_down, viewer};
 use super::html::{nonempty, page, urlencode};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::search::{grep, is_transcript};
@@ -82,13 +82,7 @@ pub async fn search(
         };
         let rows = match cx.shared.store.list_sessions(&filter).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "console: store error");
-                return refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "postern cannot read its store right now; try again shortly.",
-                );
-            }
+            Err(e) => return store_down(e),
         };
         let Ok(Ok(_turn)) = tokio::time::timeout(QUEUED, SEARCHES.acquire()).await else {
             return refused(

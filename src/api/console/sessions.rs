@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::routes::Ctx;
-use super::auth::{Viewer, refused, refused_to, viewer};
+use super::auth::{Viewer, refused, refused_to, store_down, viewer};
 use super::html::{nonempty, page, span, when};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::search::is_transcript;
@@ -154,15 +154,25 @@ pub(super) async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow
     }
 }
 
-fn store_down(e: crate::store::StoreError) -> Response {
-    tracing::warn!(error = %e, "console: store error");
-    refused(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "postern cannot read its store right now; try again shortly.",
-    )
+/// The file of the session's recording of `channel`, or the page saying it has none.
+pub(super) fn recording_of(
+    cx: &Ctx,
+    v: &Viewer,
+    s: &SessionRow,
+    channel: i64,
+) -> Result<PathBuf, Response> {
+    match s.recordings.iter().find(|r| r.channel == channel) {
+        Some(r) => Ok(recording_path(cx, &r.path)),
+        None => Err(refused_to(
+            v,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This session has no such recording.",
+        )),
+    }
 }
 
-pub(super) fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
+fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
     crate::recording::resolve(&cx.shared.config.data_dir, stored)
 }
 
@@ -459,15 +469,10 @@ pub async fn recording(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Some(r) = s.recordings.iter().find(|r| r.channel == channel) else {
-        return refused_to(
-            &v,
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "This session has no such recording.",
-        );
+    let path = match recording_of(&cx, &v, &s, channel) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let path = recording_path(&cx, &r.path);
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {
