@@ -78,7 +78,7 @@ pub async fn check_access(
     request: &Request<'_>,
     via: &str,
 ) -> Decision {
-    let decision = decide(user, &policy.roles_of(user), target, request);
+    let decision = decide(user, &policy.roles_for(user, &target.name), target, request);
     let outcome = match decision {
         Decision::Allow(_) => Outcome::Allow,
         Decision::Deny(_) => Outcome::Deny,

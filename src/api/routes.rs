@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 mod db;
 mod ops;
+mod requests;
 
 use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
@@ -49,6 +50,12 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/access/check", post(ops::check))
         .route("/v1/users/{name}/lock", post(ops::lock))
         .route("/v1/users/{name}/unlock", post(ops::unlock))
+        .route("/v1/requests", get(requests::list).post(requests::create))
+        .route("/v1/requests/roles", get(requests::roles))
+        .route("/v1/requests/{id}/approve", post(requests::approve))
+        .route("/v1/requests/{id}/deny", post(requests::deny))
+        .route("/v1/requests/{id}/cancel", post(requests::cancel))
+        .route("/v1/requests/{id}/revoke", post(requests::revoke))
         .route("/v1/openapi.json", get(ops::openapi))
         .route("/metrics", get(metrics))
         .merge(super::console::router())
@@ -237,11 +244,12 @@ pub(super) struct LoginRequest {
     public_key: String,
 }
 
-/// The shortest `credential_ttl` of the user's roles, never beyond any role's
+/// The shortest `credential_ttl` of the user's roles (standing, granted, or requestable,
+/// so someone with no standing role can log in to ask), never beyond any role's
 /// `max_session_ttl`.
 fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
     policy
-        .roles_of(user)
+        .login_roles(user)
         .iter()
         .map(|r| r.settings.credential_ttl.min(r.settings.max_session_ttl))
         .min()

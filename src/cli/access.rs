@@ -56,7 +56,12 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             "give --login for an SSH target, or --database and --db-user for a PostgreSQL target"
         ),
     };
-    let decision = decide(user, &policy.roles_of(user), target, &request);
+    let decision = decide(
+        user,
+        &policy.roles_for(user, &target.name),
+        target,
+        &request,
+    );
     let (outcome, code) = match &decision {
         Decision::Allow(_) => (Outcome::Allow, ExitCode::SUCCESS),
         Decision::Deny(_) => (Outcome::Deny, ExitCode::from(1)),

@@ -63,6 +63,13 @@ pub async fn run(json: bool) -> anyhow::Result<ExitCode> {
                 format!("postern db login {name}"),
             )
         };
+        let may = match t["granted_until"].as_u64() {
+            Some(until) => format!(
+                "{may} (by request, {} left)",
+                left(until.saturating_sub(now_secs()))
+            ),
+            None => may,
+        };
         rows.push(vec![name, kind.to_string(), may, connect]);
     }
     if rows.is_empty() {

@@ -12,6 +12,7 @@ mod login;
 mod ls;
 mod output;
 mod policy_test;
+mod request;
 mod serve;
 mod sessions;
 mod streams;
@@ -79,6 +80,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Just-in-time access: ask for a role for a time; reviewers approve or deny.
+    #[command(subcommand)]
+    Request(request::Command),
     /// Database credentials for PostgreSQL targets.
     #[command(subcommand)]
     Db(login::DbCommand),
@@ -148,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => login::status().await,
         Command::Ls { json } => ls::run(json).await,
         Command::Db(cmd) => login::db(cmd).await,
+        Command::Request(cmd) => request::run(cmd).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Policy(_) => Ok(ExitCode::SUCCESS),
     }

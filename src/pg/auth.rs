@@ -24,6 +24,8 @@ pub struct Authorized {
     pub database: String,
     pub db_user: String,
     pub grant: Grant,
+    /// The approved request the access rests on, when no standing role gives it.
+    pub resting: Option<crate::policy::TimedGrant>,
     /// The login (user certificate) the token was issued under.
     pub cert_serial: Option<u64>,
 }
@@ -264,7 +266,7 @@ pub async fn authorize(
     let db_user = tok.db_user.clone();
     let grant = match decide(
         u,
-        &policy.roles_of(u),
+        &policy.roles_for(u, &target.name),
         &target,
         &Request::Postgres {
             database: &database,
@@ -289,8 +291,17 @@ pub async fn authorize(
             return Err(refuse(
                 code,
                 format!(
-                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}",
-                    target.name
+                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}{}",
+                    target.name,
+                    crate::policy::requests::refusal_hint(
+                        &policy,
+                        u,
+                        &target,
+                        &Request::Postgres {
+                            database: &database,
+                            db_user: &db_user
+                        }
+                    )
                 ),
             ));
         }
@@ -307,7 +318,9 @@ pub async fn authorize(
     )
     .await;
 
+    let resting = policy.grant_end(u, &target.name, &grant.roles).cloned();
     Ok(Authorized {
+        resting,
         user,
         actor,
         target,

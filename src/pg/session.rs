@@ -39,6 +39,7 @@ pub async fn run(
         database,
         db_user,
         grant,
+        resting,
         cert_serial,
     } = auth;
     // The client's settings, then the brokered credential, then the target.
@@ -166,14 +167,17 @@ pub async fn run(
         target: target.name.clone(),
         database: database.clone(),
         db_user: db_user.clone(),
-        limits: Arc::new(Limits::new(
-            grant.settings.max_session_ttl,
-            grant.settings.idle_timeout,
-            shared.config.ssh.expiry_warning,
-            i64::MAX / 2,
-            None,
-            end.clone(),
-        )),
+        limits: Arc::new(
+            Limits::new(
+                grant.settings.max_session_ttl,
+                grant.settings.idle_timeout,
+                shared.config.ssh.expiry_warning,
+                i64::MAX / 2,
+                None,
+                end.clone(),
+            )
+            .resting_on(resting.as_ref()),
+        ),
     });
     let event = |kind: &str, result: Outcome, details: serde_json::Value| {
         let mut e = AuditEvent::new(kind, &actor, result, details);

@@ -88,6 +88,8 @@ impl fmt::Display for DenyReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "decision")]
+// One per decision, moved rarely: boxing the grant would cost an allocation per decision.
+#[allow(clippy::large_enum_variant)]
 pub enum Decision {
     Allow(Grant),
     Deny(DenyReason),
@@ -246,8 +248,8 @@ fn combine(roles: &[&Role]) -> RoleSettings {
         file_transfer: roles.iter().all(|r| r.settings.file_transfer),
         redact_parameters: roles.iter().any(|r| r.settings.redact_parameters),
         forward_to: forward_to.unwrap_or_default(),
-        // Console rights are not part of a target decision.
-        console: Default::default(),
+        // Console rights and request settings are not part of a target decision.
+        ..RoleSettings::default()
     }
 }
 

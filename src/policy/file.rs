@@ -45,6 +45,13 @@ struct RoleSpec {
     #[serde(default)]
     console: BTreeSet<super::ConsoleRight>,
     #[serde(default)]
+    requestable_by: Vec<String>,
+    #[serde(default)]
+    reviewers: Vec<String>,
+    approvals_required: Option<u8>,
+    max_request_ttl: Option<Dur>,
+    request_expiry: Option<Dur>,
+    #[serde(default)]
     allow: Vec<RuleSpec>,
     #[serde(default)]
     deny: Vec<RuleSpec>,
@@ -168,6 +175,11 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
                     })
                     .collect::<Result<_, LocatedError>>()?,
                 console: r.console,
+                requestable_by: r.requestable_by,
+                reviewers: r.reviewers,
+                approvals_required: r.approvals_required.unwrap_or(d.approvals_required),
+                max_request_ttl: r.max_request_ttl.unwrap_or(d.max_request_ttl),
+                request_expiry: r.request_expiry.unwrap_or(d.request_expiry),
             },
             allow: convert(r.allow)?,
             deny: convert(r.deny)?,

@@ -58,6 +58,7 @@ fn role(name: &'static str) -> impl Strategy<Value = Role> {
                 redact_parameters: redact,
                 forward_to: to,
                 console: Default::default(),
+                ..RoleSettings::default()
             },
             allow,
             deny,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod file;
 pub mod forward;
 pub mod names;
+pub mod requests;
 pub mod selector;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ pub use decide::{
 };
 pub use diff::{Change, Entity, diff};
 pub use error::PolicyError;
+pub use requests::TimedGrant;
 pub use selector::Selector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -89,6 +91,31 @@ pub struct RoleSettings {
     /// What members may do in the web console beyond their own sessions and targets.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub console: BTreeSet<ConsoleRight>,
+    /// Who may ask for this role for a time (`user:NAME`, `role:NAME`, `*` for anyone);
+    /// empty: the role is not requestable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requestable_by: Vec<String>,
+    /// Roles whose members decide requests for this role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviewers: Vec<String>,
+    /// Approvals, from different reviewers, a request needs (2: a two-person rule).
+    #[serde(
+        default = "requests::one_approval",
+        skip_serializing_if = "requests::is_one_approval"
+    )]
+    pub approvals_required: u8,
+    /// The longest grant a request may ask for.
+    #[serde(
+        default = "requests::default_max_ttl",
+        skip_serializing_if = "requests::is_default_max_ttl"
+    )]
+    pub max_request_ttl: Dur,
+    /// How long an undecided request stays pending.
+    #[serde(
+        default = "requests::default_expiry",
+        skip_serializing_if = "requests::is_default_expiry"
+    )]
+    pub request_expiry: Dur,
 }
 
 /// A console permission a role grants.
@@ -126,6 +153,11 @@ impl Default for RoleSettings {
             redact_parameters: false,
             forward_to: Vec::new(),
             console: BTreeSet::new(),
+            requestable_by: Vec::new(),
+            reviewers: Vec::new(),
+            approvals_required: requests::one_approval(),
+            max_request_ttl: requests::default_max_ttl(),
+            request_expiry: requests::default_expiry(),
         }
     }
 }
@@ -211,6 +243,10 @@ pub struct Policy {
     pub users: BTreeMap<String, User>,
     pub roles: BTreeMap<String, Role>,
     pub targets: BTreeMap<String, Target>,
+    /// Access approved requests give for a time. Not something admins define: loaded with
+    /// the policy for decisions (`roles_for`), never diffed, applied or stored with it.
+    #[serde(skip)]
+    pub grants: Vec<TimedGrant>,
 }
 
 impl Policy {
@@ -218,6 +254,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         for role in self.roles.values() {
             forward::check(&role.settings.forward_to)?;
+            requests::check_role(self, role)?;
         }
         let mut key_owner: BTreeMap<&str, &str> = BTreeMap::new();
         for user in self.users.values() {

@@ -85,6 +85,7 @@ fn role(name: String, with_deny: bool) -> impl Strategy<Value = Role> {
                 redact_parameters: false,
                 forward_to: Vec::new(),
                 console: Default::default(),
+                ..RoleSettings::default()
             },
             allow,
             deny,
@@ -206,7 +207,7 @@ proptest! {
     ) {
         let roles: Vec<Role> = ttls.iter().enumerate().map(|(i, (c, m, idle, pf, ft))| {
             let mut r = Role::new(&format!("r{i}"));
-            r.settings = RoleSettings { credential_ttl: *c, max_session_ttl: *m, idle_timeout: *idle, port_forwarding: *pf, file_transfer: *ft, redact_parameters: false, forward_to: Vec::new(), console: Default::default() };
+            r.settings = RoleSettings { credential_ttl: *c, max_session_ttl: *m, idle_timeout: *idle, port_forwarding: *pf, file_transfer: *ft, redact_parameters: false, forward_to: Vec::new(), console: Default::default(), ..RoleSettings::default() };
             r.allow.push(Rule { targets: Selector::All, logins: vec!["root".into()], databases: vec![], db_users: vec![] });
             r
         }).collect();

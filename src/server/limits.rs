@@ -10,7 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::now_ms;
 use crate::duration::Dur;
-use crate::policy::{Decision, Policy, Request, RoleSettings, decide};
+use crate::policy::{Decision, Policy, Request, RoleSettings, TimedGrant, decide};
+
+/// The approved request a session's access rests on, when no standing role gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GrantEnd {
+    request: i64,
+    until_ms: i64,
+}
 
 /// The audit event of a session that `Limits` ended, by reason (kills are audited when
 /// asked for, shutdowns by the server).
@@ -20,6 +27,7 @@ pub fn ending_event(reason: &str) -> Option<&'static str> {
         "idle" => Some("session.idle_timeout"),
         "revoked" => Some("session.revoked"),
         "credential_expired" => Some("session.credential_expired"),
+        "grant_ended" => Some("session.grant_ended"),
         _ => None,
     }
 }
@@ -107,6 +115,8 @@ pub struct Limits {
     /// stderr); a channel opened later still sees it.
     pub notices: watch::Sender<Option<String>>,
     ttl_secs: AtomicI64,
+    grant: Mutex<Option<GrantEnd>>,
+    grant_warned: Mutex<bool>,
     /// Fires when the session must end (kill, expiry, idle, revocation).
     pub end: CancellationToken,
     pub extras: Extras,
@@ -136,6 +146,8 @@ impl Limits {
             ending: Mutex::new(None),
             notices: watch::channel(None).0,
             ttl_secs: AtomicI64::new(i64::try_from(max_session.as_secs()).unwrap_or(i64::MAX)),
+            grant: Mutex::new(None),
+            grant_warned: Mutex::new(false),
             end,
             extras: Extras::new(RoleSettings::default()),
         }
@@ -145,6 +157,57 @@ impl Limits {
     pub fn allowing(mut self, settings: &RoleSettings) -> Limits {
         self.extras = Extras::new(settings.clone());
         self
+    }
+
+    /// The session's access rests on this grant: it ends when the grant does (with a
+    /// warning before), unless a later review finds other access.
+    pub fn resting_on(self, grant: Option<&TimedGrant>) -> Limits {
+        self.set_grant(grant);
+        self
+    }
+
+    fn set_grant(&self, grant: Option<&TimedGrant>) {
+        let new = grant.map(|g| GrantEnd {
+            request: g.request,
+            until_ms: g.until_ms,
+        });
+        let mut cur = self.grant.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != new {
+            if new.map(|g| g.until_ms) > cur.map(|g| g.until_ms) {
+                *self.grant_warned.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            }
+            *cur = new;
+        }
+    }
+
+    /// Ends or warns when the grant the session rests on runs out; true when it ended.
+    fn tick_grant(&self, now: i64) -> bool {
+        let Some(g) = *self.grant.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
+        if now >= g.until_ms {
+            self.terminate(
+                "grant_ended",
+                format!(
+                    "the access granted by request #{} has ended and this session with it; to continue, request it again: postern request create",
+                    g.request
+                ),
+            );
+            return true;
+        }
+        if now + self.warn_before_ms >= g.until_ms
+            && g.until_ms <= self.deadline_ms()
+            && let Ok(mut warned) = self.grant_warned.lock()
+            && !*warned
+        {
+            *warned = true;
+            let left = (g.until_ms - now + 999) / 1000;
+            self.notices.send_replace(Some(format!(
+                "the access granted by request #{} ends in {left} s and this session with it; save your work",
+                g.request
+            )));
+        }
+        false
     }
 
     pub fn touch(&self) {
@@ -171,6 +234,9 @@ impl Limits {
 
     /// Called about once a second: warns before the deadline, ends at it, ends when idle.
     pub fn tick(&self, now: i64) {
+        if self.tick_grant(now) {
+            return;
+        }
         let deadline = self.deadline_ms();
         let credential_ends = self.credential_ms.filter(|c| *c <= deadline);
         if let Some(c) = credential_ends
@@ -226,11 +292,20 @@ impl Limits {
             );
             return;
         };
-        match decide(u, &policy.roles_of(u), t, req) {
+        match decide(u, &policy.roles_for(u, &t.name), t, req) {
             Decision::Deny(reason) => {
-                self.terminate("revoked", format!("access was withdrawn: {reason}"))
+                let grant = *self.grant.lock().unwrap_or_else(|p| p.into_inner());
+                let how = match grant {
+                    Some(g) => format!(
+                        "the grant of request #{} was revoked or ended ({reason})",
+                        g.request
+                    ),
+                    None => reason.to_string(),
+                };
+                self.terminate("revoked", format!("access was withdrawn: {how}"))
             }
             Decision::Allow(g) => {
+                self.set_grant(policy.grant_end(u, &t.name, &g.roles));
                 // A shortened TTL applies at once; a longer one never outlives the certificate.
                 let wanted =
                     (self.started_ms + secs_ms(g.settings.max_session_ttl)).min(self.hard_limit_ms);

@@ -125,6 +125,21 @@ pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: Canc
         for s in &sessions {
             s.tick(now);
         }
+        if n % REVIEW_EVERY == 0 {
+            // Requests left undecided and grants that ran their time, each closed once.
+            match store.sweep_requests(now).await {
+                Ok(swept) => {
+                    for r in swept {
+                        info!(
+                            request = r.id,
+                            state = r.state.as_str(),
+                            "access request closed"
+                        );
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot close expired access requests"),
+            }
+        }
         if n % REVIEW_EVERY == 0 && !sessions.is_empty() {
             match tokio::try_join!(store.load_policy(), store.revoked_serials()) {
                 Ok((policy, revoked)) => {

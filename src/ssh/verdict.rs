@@ -14,6 +14,7 @@ use super::upstream::Credentials;
 use super::username::{self, printable};
 use crate::audit::{Actor, Outcome, now_ms};
 use crate::credentials::ssh_cert::{self, CertRequest};
+use crate::policy::requests::{refusal_hint, unreached_refusal};
 use crate::policy::{
     Decision, Policy, Request, TargetKind, User, decide, default_login, may_reach, no_such_target,
 };
@@ -39,10 +40,26 @@ impl Conn {
                 return refuse(m);
             }
         };
-        let roles = policy.roles_of(user);
+        let roles = policy.roles_for(user, &dest.target);
         // A target the user may reach nothing on is answered like one that does not exist.
         let target = match policy.targets.get(&dest.target) {
             Some(t) if may_reach(&roles, t) => t,
+            // Nothing reaches it now, but a role the user may request would: they may know.
+            Some(t)
+                if t.kind == TargetKind::Ssh
+                    && let Some(refusal) =
+                        unreached_refusal(policy, user, t, dest.login.as_deref(), None, None) =>
+            {
+                self.audit(
+                    "access.deny",
+                    actor,
+                    Outcome::Deny,
+                    Some(t.name.clone()),
+                    json!({ "reason": "no role reaches the target", "kind": "ssh", "requestable": true }),
+                )
+                .await;
+                return refuse(refusal);
+            }
             found => {
                 let reason = match found {
                     Some(_) => "no role reaches the target",
@@ -90,12 +107,14 @@ impl Conn {
                     json!({ "login": login, "reason": reason.to_string(), "decision": reason }),
                 )
                 .await;
+                let hint = refusal_hint(policy, user, target, &Request::Ssh { login: &login });
                 return refuse(format!(
-                    "access to {login}@{} denied: {reason}",
+                    "access to {login}@{} denied: {reason}{hint}",
                     target.name
                 ));
             }
         };
+        let resting = policy.grant_end(user, &target.name, &grant.roles).cloned();
         let id = Uuid::new_v4().to_string();
         let credential_until = self
             .credential_until
@@ -104,7 +123,12 @@ impl Conn {
         // credential when sessions end with it.
         let valid_before = (ssh_cert::now_secs()
             .saturating_add(grant.settings.max_session_ttl.as_secs()))
-        .min(credential_until.unwrap_or(u64::MAX));
+        .min(credential_until.unwrap_or(u64::MAX))
+        .min(
+            resting
+                .as_ref()
+                .map_or(u64::MAX, |g| u64::try_from(g.until_ms / 1000).unwrap_or(0)),
+        );
         let cert = match ssh_cert::issue(
             &self.shared.keys.target_ca,
             &CertRequest {
@@ -150,7 +174,8 @@ impl Conn {
                 credential_until.map(crate::audit::secs_to_ms),
                 self.kill.clone(),
             )
-            .allowing(&grant.settings),
+            .allowing(&grant.settings)
+            .resting_on(resting.as_ref()),
             next_channel: AtomicU32::new(0),
             upstreams: Arc::new(super::pool::Pool::default()),
             upstream_state: std::sync::Mutex::new(None),

@@ -10,6 +10,7 @@ mod credentials;
 pub mod error;
 mod export;
 mod policy;
+mod requests;
 mod sessions;
 mod walk;
 mod writer;
@@ -25,6 +26,7 @@ pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
 pub use credentials::{ApiToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
+pub use requests::{NewRequest, RequestError, RequestFilter};
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
 use crate::audit::chain::Signer;
@@ -89,13 +91,9 @@ impl Store {
         })
     }
 
+    /// The policy as decisions see it now: with the grants of approved requests running.
     pub async fn load_policy(&self) -> Result<Policy, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                policy::load(&mut conn).await
-            }
-        }
+        self.load_policy_at(crate::audit::now_ms()).await
     }
 
     /// Changes the policy in one serialised transaction: `edit` gets the current policy

@@ -37,13 +37,17 @@ impl Dev {
     }
 
     pub fn login(&self, p: &Postern, extra: &[&str], password: &str) -> Out {
+        self.login_as(p, "alice", extra, password)
+    }
+
+    pub fn login_as(&self, p: &Postern, user: &str, extra: &[&str], password: &str) -> Out {
         let server = format!("https://127.0.0.1:{}", p.api.port());
         let mut args = vec![
             "login",
             "--server",
             &server,
             "--user",
-            "alice",
+            user,
             "--password-stdin",
         ];
         args.extend_from_slice(extra);

@@ -21,6 +21,7 @@ mod pg_drivers;
 mod pg_property;
 mod pg_trust;
 mod pg_wire;
+mod requests;
 mod serve;
 mod ssh;
 mod ssh_limits;

@@ -161,14 +161,13 @@ async fn credentials(cx: &Ctx, v: &Viewer) -> Markup {
 
 /// The targets the viewer's roles reach, with the command that reaches each.
 fn targets(cx: &Ctx, v: &Viewer, host: &str) -> Markup {
-    let roles = v.policy.roles_of(&v.user);
     let ssh_port = cx.shared.config.ssh.listen.port();
     let pg_port = cx.shared.config.postgres.listen.port();
     let reach: Vec<_> = v
         .policy
         .targets
         .values()
-        .filter(|t| may_reach(&roles, t))
+        .filter(|t| may_reach(&v.policy.roles_for(&v.user, &t.name), t))
         .collect();
     html! {
         section.targets {
@@ -180,6 +179,7 @@ fn targets(cx: &Ctx, v: &Viewer, host: &str) -> Markup {
                     thead { tr { th { "Target" } th { "Kind" } th { "Connect with" } } }
                     tbody {
                         @for t in &reach {
+                            @let roles = v.policy.roles_for(&v.user, &t.name);
                             @let line = match t.kind {
                                 TargetKind::Ssh => {
                                     let login = default_login(&roles, t).map(|l| format!("{l}@")).unwrap_or_default();

@@ -13,6 +13,7 @@ use super::{Ctx, Reply, body};
 use crate::api::ApiError;
 use crate::audit::{Actor, Outcome, now_ms};
 use crate::credentials::token;
+use crate::policy::requests::{refusal_hint, unreached_refusal};
 use crate::policy::{
     Decision, Request, TargetKind, decide, default_database, may_reach, names, no_such_target,
 };
@@ -42,10 +43,35 @@ pub(super) async fn db_login(
     let (policy, user, login) = cx.bearer(&headers).await?;
     let req: DbLoginRequest = body(raw)?;
     let actor = Actor::user(&user.name);
-    let roles = policy.roles_of(&user);
+    let roles = policy.roles_for(&user, &req.target);
     // A target the user may reach nothing on is answered like one that does not exist.
     let target = match policy.targets.get(&req.target) {
         Some(t) if may_reach(&roles, t) => t,
+        Some(t)
+            if t.kind == TargetKind::Postgres
+                && let Some(refusal) = unreached_refusal(
+                    &policy,
+                    &user,
+                    t,
+                    None,
+                    req.database.as_deref(),
+                    req.db_user.as_deref(),
+                ) =>
+        {
+            cx.audit_on(
+                "access.deny",
+                actor,
+                Outcome::Deny,
+                Some(t.name.clone()),
+                json!({ "reason": "no role reaches the target", "kind": "postgres", "requestable": true }),
+            )
+            .await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                refusal,
+            ));
+        }
         found => {
             let reason = match found {
                 Some(_) => "no role reaches the target",
@@ -122,8 +148,17 @@ pub(super) async fn db_login(
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!(
-                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}",
-                    target.name
+                    "access to database `{database}` as `{db_user}` on `{}` denied: {reason}{}",
+                    target.name,
+                    refusal_hint(
+                        &policy,
+                        &user,
+                        target,
+                        &Request::Postgres {
+                            database: &database,
+                            db_user: &db_user
+                        }
+                    )
                 ),
             ));
         }
@@ -133,7 +168,11 @@ pub(super) async fn db_login(
         .credential_ttl
         .min(grant.settings.max_session_ttl);
     let issued = now_ms();
-    let expires = issued.saturating_add(crate::audit::secs_to_ms(ttl.as_secs()));
+    // Access resting on an approved request lasts no longer than its grant.
+    let resting = policy.grant_end(&user, &target.name, &grant.roles);
+    let expires = issued
+        .saturating_add(crate::audit::secs_to_ms(ttl.as_secs()))
+        .min(resting.map_or(i64::MAX, |g| g.until_ms));
     let (secret, hash) =
         token::new_token("pgt_").map_err(|e| ApiError::internal("cannot make a token", e))?;
     cx.shared

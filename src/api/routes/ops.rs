@@ -476,6 +476,10 @@ pub struct TargetOut {
     /// PostgreSQL: the databases and database users.
     databases: Vec<String>,
     db_users: Vec<String>,
+    /// When the access rests on approved requests only: when the last of them ends
+    /// (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    granted_until: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -497,20 +501,23 @@ pub async fn targets(
     headers: HeaderMap,
 ) -> Result<Json<TargetsOut>, ApiError> {
     let (policy, user, token) = cx.bearer(&headers).await?;
-    let roles = policy.roles_of(&user);
     let targets = policy
         .targets
         .values()
-        .filter(|t| crate::policy::may_reach(&roles, t))
-        .map(|t| {
+        .filter_map(|t| {
+            let roles = policy.roles_for(&user, &t.name);
+            if !crate::policy::may_reach(&roles, t) {
+                return None;
+            }
             let r = crate::policy::reach(&user, &roles, t);
-            TargetOut {
+            Some(TargetOut {
                 name: t.name.clone(),
                 kind: t.kind.to_string(),
                 logins: r.logins,
                 databases: r.databases,
                 db_users: r.db_users,
-            }
+                granted_until: policy.reach_until(&user, t).map(|g| g.until_ms / 1000),
+            })
         })
         .collect();
     Ok(Json(TargetsOut {
@@ -552,7 +559,9 @@ impl utoipa::Modify for Bearer {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
-    paths(super::login, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock),
+    paths(super::login, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
+        super::requests::create, super::requests::list, super::requests::roles, super::requests::approve,
+        super::requests::deny, super::requests::cancel, super::requests::revoke),
     components(schemas(ErrorOut)),
     modifiers(&Bearer)
 )]

@@ -37,6 +37,22 @@ pub struct Settings {
     /// `--console ''` takes it all away. Everyone sees their own sessions and targets.
     #[arg(long, value_delimiter = ',')]
     console: Option<Vec<ConsoleChoice>>,
+    /// Who may request this role for a time: `user:NAME`, `role:NAME` or `*`
+    /// (comma-separated); `--requestable-by ''` makes it not requestable.
+    #[arg(long, value_delimiter = ',')]
+    requestable_by: Option<Vec<String>>,
+    /// Roles whose members approve or deny requests for this role (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    reviewers: Option<Vec<String>>,
+    /// Approvals from different reviewers a request needs (2 for a two-person rule).
+    #[arg(long)]
+    approvals_required: Option<u8>,
+    /// The longest a request may ask for, e.g. 4h.
+    #[arg(long)]
+    max_request_ttl: Option<Dur>,
+    /// How long an undecided request stays pending, e.g. 24h.
+    #[arg(long)]
+    request_expiry: Option<Dur>,
 }
 
 /// A `--console` value: a right, or nothing (`''`).
@@ -81,6 +97,22 @@ impl Settings {
         }
         if let Some(v) = self.console {
             s.console = v.into_iter().filter_map(|c| c.0).collect();
+        }
+        let listed = |v: Vec<String>| v.into_iter().filter(|e| !e.trim().is_empty()).collect();
+        if let Some(v) = self.requestable_by {
+            s.requestable_by = listed(v);
+        }
+        if let Some(v) = self.reviewers {
+            s.reviewers = listed(v);
+        }
+        if let Some(v) = self.approvals_required {
+            s.approvals_required = v;
+        }
+        if let Some(v) = self.max_request_ttl {
+            s.max_request_ttl = v;
+        }
+        if let Some(v) = self.request_expiry {
+            s.request_expiry = v;
         }
     }
 }
@@ -319,6 +351,13 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 let console: Vec<String> =
                     s.console.iter().map(|c| c.as_str().to_string()).collect();
                 println!("console          {}", output::list(&console));
+                if !s.requestable_by.is_empty() {
+                    println!("requestable_by   {}", output::list(&s.requestable_by));
+                    println!("reviewers        {}", output::list(&s.reviewers));
+                    println!("approvals_required {}", s.approvals_required);
+                    println!("max_request_ttl  {}", s.max_request_ttl);
+                    println!("request_expiry   {}", s.request_expiry);
+                }
                 for (effect, rules) in [("allow", &r.allow), ("deny", &r.deny)] {
                     for (i, rule) in rules.iter().enumerate() {
                         println!(

@@ -1,0 +1,548 @@
+//! Access requests, their approvals and the grants they become. Every change is one
+//! `BEGIN IMMEDIATE` transaction that reads the current policy (who may ask, who may
+//! decide), changes the request and appends its audit event: either both land or neither.
+
+use serde_json::json;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{Backend, Store, StoreError, audit, policy};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::duration::Dur;
+use crate::policy::requests::{
+    AccessRequest, Approval, RequestState, may_review, may_revoke, refuse_request,
+};
+use crate::policy::{Policy, TimedGrant, UserStatus};
+
+/// Pending requests one user may have at once.
+pub const MAX_PENDING_PER_USER: i64 = 20;
+/// Longest reason kept, in bytes.
+pub const MAX_REASON: usize = 1000;
+
+/// What a developer asks for.
+pub struct NewRequest {
+    pub role: String,
+    pub target: Option<String>,
+    pub reason: String,
+    pub ttl: Dur,
+}
+
+/// Which requests to list.
+#[derive(Default)]
+pub struct RequestFilter {
+    pub user: Option<String>,
+    pub state: Option<RequestState>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no access request #{0}")]
+    NotFound(i64),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Refused(String),
+    /// The request is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RequestError {
+    fn from(e: sqlx::Error) -> Self {
+        RequestError::Store(StoreError::Db(e))
+    }
+}
+
+fn check_reason(reason: &str, required: bool) -> Result<String, RequestError> {
+    let r = reason.trim();
+    if required && r.is_empty() {
+        return Err(RequestError::Invalid(
+            "a reason is required (--reason \"…\"): reviewers and auditors read it".into(),
+        ));
+    }
+    if r.len() > MAX_REASON {
+        return Err(RequestError::Invalid(format!(
+            "the reason is {} bytes; keep it under {MAX_REASON}",
+            r.len()
+        )));
+    }
+    Ok(r.to_string())
+}
+
+fn event(kind: &str, actor: &Actor, r: &AccessRequest, extra: serde_json::Value) -> AuditEvent {
+    let mut details = json!({
+        "request": r.id,
+        "user": r.user,
+        "role": r.role,
+        "ttl_secs": r.ttl_secs,
+        "state": r.state.as_str(),
+    });
+    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    let mut e = AuditEvent::new(kind, actor, Outcome::Success, details);
+    e.target = r.target.clone();
+    e
+}
+
+async fn approvals(conn: &mut SqliteConnection, id: i64) -> Result<Vec<Approval>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT reviewer, reason, at_ms FROM request_approvals WHERE request_id = ? ORDER BY at_ms, reviewer",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Approval {
+                reviewer: r.try_get("reviewer")?,
+                reason: r.try_get("reason")?,
+                at_ms: r.try_get("at_ms")?,
+            })
+        })
+        .collect()
+}
+
+fn row(r: &SqliteRow) -> Result<AccessRequest, StoreError> {
+    let state: String = r.try_get("state")?;
+    let ttl: i64 = r.try_get("ttl_secs")?;
+    let approvals_required: i64 = r.try_get("approvals_required")?;
+    Ok(AccessRequest {
+        id: r.try_get("id")?,
+        user: r.try_get("user_name")?,
+        role: r.try_get("role_name")?,
+        target: r.try_get("target")?,
+        reason: r.try_get("reason")?,
+        ttl_secs: u64::try_from(ttl).unwrap_or(0),
+        state: RequestState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            what: "access request".into(),
+            why: format!("unknown state `{state}`"),
+        })?,
+        created_ms: r.try_get("created_ms")?,
+        pending_until_ms: r.try_get("pending_until_ms")?,
+        approvals_required: u8::try_from(approvals_required).unwrap_or(u8::MAX),
+        approvals: Vec::new(),
+        decided_by: r.try_get("decided_by")?,
+        decided_ms: r.try_get("decided_ms")?,
+        decision_reason: r.try_get("decision_reason")?,
+        grant_until_ms: r.try_get("grant_until_ms")?,
+    })
+}
+
+async fn get(conn: &mut SqliteConnection, id: i64) -> Result<Option<AccessRequest>, StoreError> {
+    let Some(r) = sqlx::query("SELECT * FROM access_requests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut req = row(&r)?;
+    req.approvals = approvals(conn, id).await?;
+    Ok(Some(req))
+}
+
+/// Writes a request's state and decision columns.
+async fn save(conn: &mut SqliteConnection, r: &AccessRequest) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE access_requests SET state = ?, decided_by = ?, decided_ms = ?, decision_reason = ?, grant_until_ms = ? WHERE id = ?",
+    )
+    .bind(r.state.as_str())
+    .bind(&r.decided_by)
+    .bind(r.decided_ms)
+    .bind(&r.decision_reason)
+    .bind(r.grant_until_ms)
+    .bind(r.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The grants of approved requests still running at `now`.
+pub async fn active_grants(
+    conn: &mut SqliteConnection,
+    now: i64,
+) -> Result<Vec<TimedGrant>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, user_name, role_name, target, grant_until_ms FROM access_requests WHERE state = 'approved' AND grant_until_ms > ? ORDER BY id",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TimedGrant {
+                request: r.try_get("id")?,
+                user: r.try_get("user_name")?,
+                role: r.try_get("role_name")?,
+                target: r.try_get("target")?,
+                until_ms: r.try_get("grant_until_ms")?,
+            })
+        })
+        .collect()
+}
+
+impl Store {
+    /// The policy with the grants running at `now`, as decisions see it.
+    pub async fn load_policy_at(&self, now: i64) -> Result<Policy, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                let mut p = policy::load(&mut conn).await?;
+                p.grants = active_grants(&mut conn, now).await?;
+                Ok(p)
+            }
+        }
+    }
+
+    /// Files a request by `user`, checked against the policy at this moment.
+    pub async fn create_request(
+        &self,
+        user: &str,
+        new: &NewRequest,
+        now: i64,
+    ) -> Result<AccessRequest, RequestError> {
+        let reason = check_reason(&new.reason, true)?;
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let p = policy::load(&mut tx).await?;
+        let refused = |m: String| Err(RequestError::Refused(m));
+        let Some(u) = p.users.get(user) else {
+            return refused(format!("user `{user}` does not exist"));
+        };
+        if u.status != UserStatus::Active {
+            return refused(format!("user `{user}` is locked"));
+        }
+        let Some(role) = p.roles.get(&new.role) else {
+            return Err(RequestError::Invalid(format!(
+                "no role `{}`; `postern request roles` lists the roles you may request",
+                crate::printable::cell(&new.role)
+            )));
+        };
+        let target = match &new.target {
+            None => None,
+            Some(t) => match p.targets.get(t) {
+                Some(t) => Some(t),
+                None => {
+                    return Err(RequestError::Invalid(crate::policy::no_such_target(t)));
+                }
+            },
+        };
+        if let Some(why) = refuse_request(&p, u, role, target, new.ttl) {
+            return refused(why);
+        }
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM access_requests WHERE user_name = ? AND state = 'pending'",
+        )
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+        if pending >= MAX_PENDING_PER_USER {
+            return Err(RequestError::Conflict(format!(
+                "you have {pending} pending requests; cancel some first (`postern request list`)"
+            )));
+        }
+        let same: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM access_requests WHERE user_name = ? AND role_name = ? AND target IS ? AND state = 'pending'",
+        )
+        .bind(user)
+        .bind(&role.name)
+        .bind(&new.target)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = same {
+            return Err(RequestError::Conflict(format!(
+                "request #{id} for the same access is already pending"
+            )));
+        }
+        let pending_until = now.saturating_add(crate::audit::secs_to_ms(
+            role.settings.request_expiry.as_secs(),
+        ));
+        let ttl = i64::try_from(new.ttl.as_secs()).unwrap_or(i64::MAX);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO access_requests (user_name, role_name, target, reason, ttl_secs, state, created_ms, pending_until_ms, approvals_required) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
+        )
+        .bind(user)
+        .bind(&role.name)
+        .bind(&new.target)
+        .bind(&reason)
+        .bind(ttl)
+        .bind(now)
+        .bind(pending_until)
+        .bind(i64::from(role.settings.approvals_required))
+        .fetch_one(&mut *tx)
+        .await?;
+        let r = get(&mut tx, id).await?.ok_or(RequestError::NotFound(id))?;
+        let e = event(
+            "request.created",
+            &Actor::user(user),
+            &r,
+            json!({ "reason": reason, "approvals_required": r.approvals_required, "pending_until_ms": pending_until }),
+        );
+        audit::insert_chained(&mut tx, &[e]).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// A reviewer approves or denies a pending request. Approvals count once per reviewer;
+    /// the last one needed turns the request into a grant from `now` for its TTL.
+    pub async fn decide_request(
+        &self,
+        reviewer: &str,
+        id: i64,
+        approve: bool,
+        reason: &str,
+        now: i64,
+    ) -> Result<AccessRequest, RequestError> {
+        let reason = check_reason(reason, !approve)?;
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let p = policy::load(&mut tx).await?;
+        let mut r = get(&mut tx, id).await?.ok_or(RequestError::NotFound(id))?;
+        let actor = Actor::user(reviewer);
+        if r.state == RequestState::Pending && now >= r.pending_until_ms {
+            r.state = RequestState::Expired;
+            r.decided_ms = Some(now);
+            save(&mut tx, &r).await?;
+            let e = event("request.expired", &Actor::system(), &r, json!({}));
+            audit::insert_chained(&mut tx, &[e]).await?;
+            tx.commit().await?;
+            return Err(RequestError::Conflict(format!(
+                "request #{id} expired undecided"
+            )));
+        }
+        if r.state != RequestState::Pending {
+            return Err(RequestError::Conflict(format!(
+                "request #{id} is {}, not pending",
+                r.state.as_str()
+            )));
+        }
+        if r.user == reviewer {
+            return Err(RequestError::Refused(
+                "you cannot decide your own request; another reviewer must".into(),
+            ));
+        }
+        let (Some(u), Some(role)) = (p.users.get(reviewer), p.roles.get(&r.role)) else {
+            return Err(RequestError::Refused(format!(
+                "you are not a reviewer of role `{}`",
+                r.role
+            )));
+        };
+        if !may_review(u, role) {
+            return Err(RequestError::Refused(format!(
+                "you are not a reviewer of role `{}` (its reviewers: members of {})",
+                r.role,
+                role.settings.reviewers.join(", ")
+            )));
+        }
+        if r.approvals.iter().any(|a| a.reviewer == reviewer) {
+            return Err(RequestError::Conflict(format!(
+                "you already approved request #{id}; it needs another reviewer"
+            )));
+        }
+        let kind = if approve {
+            sqlx::query(
+                "INSERT INTO request_approvals (request_id, reviewer, reason, at_ms) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(reviewer)
+            .bind(&reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            r.approvals.push(Approval {
+                reviewer: reviewer.to_string(),
+                reason: reason.clone(),
+                at_ms: now,
+            });
+            // The requirement is the role's now, or the one the request was filed under
+            // if that was stricter.
+            let needed = r.approvals_required.max(role.settings.approvals_required);
+            if r.approvals.len() >= usize::from(needed) {
+                r.state = RequestState::Approved;
+                r.decided_by = Some(reviewer.to_string());
+                r.decided_ms = Some(now);
+                r.decision_reason = Some(reason.clone());
+                r.grant_until_ms = Some(now.saturating_add(crate::audit::secs_to_ms(r.ttl_secs)));
+                save(&mut tx, &r).await?;
+                "request.approved"
+            } else {
+                "request.approval"
+            }
+        } else {
+            r.state = RequestState::Denied;
+            r.decided_by = Some(reviewer.to_string());
+            r.decided_ms = Some(now);
+            r.decision_reason = Some(reason.clone());
+            save(&mut tx, &r).await?;
+            "request.denied"
+        };
+        let e = event(
+            kind,
+            &actor,
+            &r,
+            json!({
+                "reason": reason,
+                "approvals": r.approvals.len(),
+                "approvals_required": r.approvals_required,
+                "grant_until_ms": r.grant_until_ms,
+            }),
+        );
+        audit::insert_chained(&mut tx, &[e]).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// The requester takes back a pending request.
+    pub async fn cancel_request(
+        &self,
+        user: &str,
+        id: i64,
+        now: i64,
+    ) -> Result<AccessRequest, RequestError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut r = match get(&mut tx, id).await? {
+            Some(r) if r.user == user => r,
+            // Another user's request is answered as one that does not exist.
+            _ => return Err(RequestError::NotFound(id)),
+        };
+        if r.state != RequestState::Pending {
+            return Err(RequestError::Conflict(format!(
+                "request #{id} is {}; only a pending request can be cancelled{}",
+                r.state.as_str(),
+                if r.state == RequestState::Approved {
+                    " (`postern request revoke` ends a grant)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        r.state = RequestState::Cancelled;
+        r.decided_by = Some(user.to_string());
+        r.decided_ms = Some(now);
+        save(&mut tx, &r).await?;
+        let e = event("request.cancelled", &Actor::user(user), &r, json!({}));
+        audit::insert_chained(&mut tx, &[e]).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// Ends a running grant before its time: its requester, a reviewer of its role or a
+    /// console admin. Sessions that relied on it end at the next live review.
+    pub async fn revoke_request(
+        &self,
+        user: &str,
+        id: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<AccessRequest, RequestError> {
+        let reason = check_reason(reason, false)?;
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let p = policy::load(&mut tx).await?;
+        let Some(mut r) = get(&mut tx, id).await? else {
+            return Err(RequestError::NotFound(id));
+        };
+        let allowed = r.user == user
+            || match (p.users.get(user), p.roles.get(&r.role)) {
+                (Some(u), Some(role)) => may_revoke(&p, u, role),
+                _ => false,
+            };
+        if !allowed {
+            return Err(RequestError::NotFound(id));
+        }
+        let running = r.state == RequestState::Approved && r.grant_until_ms.unwrap_or(0) > now;
+        if !running {
+            return Err(RequestError::Conflict(format!(
+                "request #{id} has no running grant (it is {})",
+                r.state.as_str()
+            )));
+        }
+        r.state = RequestState::Revoked;
+        r.decided_by = Some(user.to_string());
+        r.decided_ms = Some(now);
+        r.decision_reason = Some(reason.clone());
+        save(&mut tx, &r).await?;
+        let e = event(
+            "request.revoked",
+            &Actor::user(user),
+            &r,
+            json!({ "reason": reason }),
+        );
+        audit::insert_chained(&mut tx, &[e]).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    pub async fn get_request(&self, id: i64) -> Result<Option<AccessRequest>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        get(&mut *pool.acquire().await?, id).await
+    }
+
+    /// Requests, newest first.
+    pub async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<AccessRequest>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut conn = pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT * FROM access_requests WHERE (?1 IS NULL OR user_name = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(&f.user)
+        .bind(f.state.map(RequestState::as_str))
+        .bind(f.limit.unwrap_or(500))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut req = row(r)?;
+            req.approvals = approvals(&mut conn, req.id).await?;
+            out.push(req);
+        }
+        Ok(out)
+    }
+
+    /// Pending requests past their expiry become `expired`, grants past their end
+    /// `ended`, each with its audit event, once (whichever process sweeps first).
+    pub async fn sweep_requests(&self, now: i64) -> Result<Vec<AccessRequest>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM access_requests WHERE (state = 'pending' AND pending_until_ms <= ?1) OR (state = 'approved' AND grant_until_ms <= ?1) LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT * FROM access_requests WHERE (state = 'pending' AND pending_until_ms <= ?1) OR (state = 'approved' AND grant_until_ms <= ?1) ORDER BY id LIMIT 500",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row_ in &rows {
+            let mut r = row(row_)?;
+            let kind = if r.state == RequestState::Pending {
+                r.state = RequestState::Expired;
+                r.decided_ms = Some(now);
+                "request.expired"
+            } else {
+                r.state = RequestState::Ended;
+                "request.grant_ended"
+            };
+            save(&mut tx, &r).await?;
+            events.push(event(kind, &Actor::system(), &r, json!({})));
+            out.push(r);
+        }
+        audit::insert_chained(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
