@@ -35,8 +35,10 @@ pub enum Command {
     /// Your requests; with --pending, the ones waiting for your decision; with --grants,
     /// running grants you may revoke.
     List {
+        /// The pending requests you may decide (as a reviewer).
         #[arg(long, conflicts_with = "grants")]
         pending: bool,
+        /// The running grants you may revoke.
         #[arg(long)]
         grants: bool,
         /// Print the requests as JSON.
