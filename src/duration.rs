@@ -20,7 +20,7 @@ pub struct DurationError {
 }
 
 impl Dur {
-    pub fn from_secs(secs: u64) -> Self {
+    pub const fn from_secs(secs: u64) -> Self {
         Dur(Duration::from_secs(secs))
     }
 

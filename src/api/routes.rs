@@ -9,21 +9,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 mod db;
+mod login;
 mod ops;
 mod requests;
 
 use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 use crate::credentials::{password, ssh_cert, token, totp};
-use crate::duration::Dur;
 use crate::policy::{Policy, User, UserStatus, names};
 use crate::server::Shared;
-use crate::store::{ApiToken, IssuedCert};
+use crate::store::ApiToken;
 
 #[derive(Clone)]
 pub(super) struct Ctx {
@@ -39,7 +38,8 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
             "/v1/health",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
-        .route("/v1/login", post(login))
+        .route("/v1/login", post(login::login))
+        .route("/v1/login/bot", post(login::login_bot))
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db::db_login))
         .route("/v1/targets", get(ops::targets))
@@ -233,28 +233,6 @@ impl Ctx {
     }
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LoginRequest {
-    user: String,
-    password: String,
-    #[serde(default)]
-    totp: Option<String>,
-    /// The client's public key, OpenSSH format: what the certificate certifies.
-    public_key: String,
-}
-
-/// The shortest `credential_ttl` of the user's roles (standing, granted, or requestable,
-/// so someone with no standing role can log in to ask), never beyond any role's
-/// `max_session_ttl`.
-fn credential_ttl(policy: &Policy, user: &User) -> Option<Dur> {
-    policy
-        .login_roles(user)
-        .iter()
-        .map(|r| r.settings.credential_ttl.min(r.settings.max_session_ttl))
-        .min()
-}
-
 /// A user who proved their password (and one-time code when enrolled).
 pub(super) struct Verified<'a> {
     pub policy: Policy,
@@ -333,6 +311,16 @@ impl Ctx {
             };
             return Err(self.login_failed(name, known, reason, wrong()).await);
         };
+        if user.bot {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bot",
+                format!(
+                    "`{}` is a bot: bots log in with their join token (postern login --bot), never a password or the console",
+                    user.name
+                ),
+            ));
+        }
         if user.status == UserStatus::Locked {
             self.audit(
                 "auth.failure",
@@ -400,104 +388,6 @@ impl Ctx {
             attempt,
         })
     }
-}
-
-/// Password (and one-time code) login: a user certificate for `public_key` and a bearer
-/// token for this API, both valid for the shortest `credential_ttl` of the user's roles.
-#[utoipa::path(post, path = "/v1/login", tag = "login", request_body = LoginRequest,
-    responses((status = 200, description = "`user`, `roles`, `certificate`, `serial`, `valid_before`, `ttl`, `token`, `ssh_port`, `postgres_port`, `tls_ca`", body = Object),
-        (status = 401, body = ops::ErrorOut), (status = 429, body = ops::ErrorOut)))]
-pub(super) async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
-    let req: LoginRequest = body(raw)?;
-    let key = names::parse_user_key(&req.public_key)
-        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    let Verified {
-        policy,
-        user,
-        method,
-        attempt,
-    } = cx
-        .verify_password(&req.user, &req.password, req.totp.as_deref())
-        .await?;
-    let Some(ttl) = credential_ttl(&policy, &user) else {
-        cx.audit(
-            "auth.failure",
-            Actor::user(&user.name),
-            Outcome::Deny,
-            json!({ "method": method, "reason": "no roles" }),
-        )
-        .await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no_roles",
-            format!(
-                "user `{}` has no roles, so no access to issue; ask an admin to grant one",
-                user.name
-            ),
-        ));
-    };
-    let public = russh::keys::PublicKey::from_openssh(&key.public_key)
-        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    let valid_before = ssh_cert::now_secs().saturating_add(ttl.as_secs());
-    let (cert, serial) =
-        ssh_cert::issue_user(&cx.shared.keys.user_ca, &public, &user.name, valid_before)
-            .map_err(|e| ApiError::internal("cannot sign the certificate", e))?;
-    let cert_line = cert
-        .to_openssh()
-        .map_err(|e| ApiError::internal("cannot encode the certificate", e))?;
-    let valid_before_ms = crate::audit::secs_to_ms(valid_before);
-    cx.shared
-        .store
-        .record_user_cert(&IssuedCert {
-            serial,
-            user: user.name.clone(),
-            key_fingerprint: key.fingerprint.clone(),
-            valid_before: i64::try_from(valid_before).unwrap_or(i64::MAX),
-            issued_ms: now_ms(),
-            source: cx.peer.to_string(),
-        })
-        .await
-        .map_err(ApiError::store)?;
-    let (bearer, bearer_hash) =
-        token::new_token("pst_").map_err(|e| ApiError::internal("cannot make a token", e))?;
-    cx.shared
-        .store
-        .insert_api_token(
-            &bearer_hash,
-            &ApiToken {
-                user: user.name.clone(),
-                cert_serial: serial.to_string(),
-                expires_ms: valid_before_ms,
-            },
-        )
-        .await
-        .map_err(ApiError::store)?;
-    attempt.succeeded();
-    cx.audit(
-        "auth.login",
-        Actor::user(&user.name),
-        Outcome::Success,
-        json!({
-            "method": method,
-            "serial": serial.to_string(),
-            "key_fingerprint": key.fingerprint,
-            "ttl": ttl.to_string(),
-            "valid_before": valid_before,
-        }),
-    )
-    .await;
-    Ok(Json(json!({
-        "user": user.name,
-        "roles": user.roles,
-        "certificate": cert_line.trim(),
-        "serial": serial.to_string(),
-        "valid_before": valid_before,
-        "ttl": ttl.to_string(),
-        "token": bearer,
-        "ssh_port": cx.shared.config.ssh.listen.port(),
-        "postgres_port": cx.shared.config.postgres.listen.port(),
-        "tls_ca": cx.shared.api.tls_ca,
-    })))
 }
 
 /// Who the bearer token belongs to, and until when.

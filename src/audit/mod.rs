@@ -22,6 +22,15 @@ impl Actor {
         Actor(format!("user:{name}"))
     }
 
+    /// A postern user as the actor: `user:NAME`, or `bot:NAME` for a machine identity.
+    pub fn of(user: &crate::policy::User) -> Actor {
+        if user.bot {
+            Actor(format!("bot:{}", user.name))
+        } else {
+            Actor::user(&user.name)
+        }
+    }
+
     pub fn system() -> Actor {
         Actor("system:postern".into())
     }

@@ -21,8 +21,14 @@ pub struct LoginArgs {
     #[arg(long, env = "POSTERN_SERVER")]
     server: Option<String>,
     /// Your postern user name (default: the user of the last login).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bot")]
     user: Option<String>,
+    /// Log in as this bot (a pipeline or agent), with its join token from --token-stdin.
+    #[arg(long, requires = "token_stdin")]
+    bot: Option<String>,
+    /// Read the bot's join token from the first line of standard input.
+    #[arg(long, requires = "bot", conflicts_with_all = ["password_stdin", "totp"])]
+    token_stdin: bool,
     /// Read the password from the first line of standard input (scripts, service accounts).
     #[arg(long)]
     password_stdin: bool,
@@ -108,8 +114,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(refused("login", &e)),
     };
     let Some(user) = args
-        .user
+        .bot
         .clone()
+        .or_else(|| args.user.clone())
         .or_else(|| previous.as_ref().map(|p| p.user.clone()))
     else {
         return Ok(refused("login", "which user? pass --user NAME"));
@@ -137,7 +144,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(refused("login", &e)),
     };
 
-    let password = if args.password_stdin {
+    let password = if args.password_stdin || args.token_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_string()
@@ -151,11 +158,21 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let public = key.public_key().to_openssh()?;
     let mut totp = args.totp.clone();
     let reply = loop {
-        let mut req = json!({ "user": user, "password": password, "public_key": public });
+        let (path, mut req) = if args.bot.is_some() {
+            (
+                "/v1/login/bot",
+                json!({ "bot": user, "token": password, "public_key": public }),
+            )
+        } else {
+            (
+                "/v1/login",
+                json!({ "user": user, "password": password, "public_key": public }),
+            )
+        };
         if let Some(code) = &totp {
             req["totp"] = json!(code);
         }
-        let reply = match client.call("POST", "/v1/login", None, Some(&req)).await {
+        let reply = match client.call("POST", path, None, Some(&req)).await {
             Ok(r) => r,
             Err(e) => return Ok(refused("login", &e)),
         };

@@ -232,7 +232,10 @@ pub async fn authorize(
     }
 
     // The access decision.
-    let actor = Actor::user(&user);
+    let actor = match policy.users.get(&user) {
+        Some(u) => Actor::of(u),
+        None => Actor::user(&user),
+    };
     let deny = |reason: &str| {
         let mut e = AuditEvent::new(
             "access.deny",

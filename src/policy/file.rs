@@ -92,6 +92,9 @@ struct UserSpec {
     /// When present, whether the user is locked; when absent, a lock set by
     /// `admin user lock` stays as it is (new users start unlocked).
     locked: Option<bool>,
+    /// A machine identity (`postern admin bot`): logs in with a join token.
+    #[serde(default)]
+    bot: bool,
 }
 
 /// A policy read from a file. `keys_managed` names the users whose `keys` the file sets,
@@ -233,6 +236,7 @@ pub fn parse(path: &Path, src: &str) -> Result<PolicyDoc, LocatedError> {
         let name = u.name.get_ref().clone();
         cx.check(&u.name, check_user_name(&name))?;
         let mut user = User::new(&name);
+        user.bot = u.bot;
         if let Some(locked) = u.locked {
             status_managed.insert(name.clone());
             if locked {

@@ -60,6 +60,10 @@ pub struct User {
     pub status: UserStatus,
     pub roles: BTreeSet<String>,
     pub keys: Vec<UserKey>,
+    /// A machine identity (a pipeline, an agent): logs in with a join token, never a
+    /// password or the console; cannot request or approve access; acts as `bot:NAME`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
 }
 
 impl User {
@@ -69,6 +73,7 @@ impl User {
             status: UserStatus::Active,
             roles: BTreeSet::new(),
             keys: Vec::new(),
+            bot: false,
         }
     }
 }

@@ -173,6 +173,7 @@ impl Policy {
 /// Whether `user` may ask for `role`.
 pub fn may_request(policy: &Policy, user: &User, role: &Role) -> bool {
     user.status == UserStatus::Active
+        && !user.bot
         && role.settings.requestable_by.iter().any(|e| match asker(e) {
             Some(Asker::Anyone) => true,
             Some(Asker::User(n)) => n == user.name,
@@ -195,6 +196,7 @@ pub fn requestable_roles<'p>(policy: &'p Policy, user: &User) -> Vec<&'p Role> {
 /// reviewer roles.
 pub fn may_review(user: &User, role: &Role) -> bool {
     user.status == UserStatus::Active
+        && !user.bot
         && role
             .settings
             .reviewers
@@ -217,6 +219,9 @@ pub fn refuse_request(
     target: Option<&Target>,
     ttl: Dur,
 ) -> Option<String> {
+    if user.bot {
+        return Some("bots cannot request access; an admin grants their roles".into());
+    }
     if !may_request(policy, user, role) {
         return Some(format!(
             "role `{}` is not requestable by you; `postern request roles` lists the ones that are",

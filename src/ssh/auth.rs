@@ -158,7 +158,7 @@ impl Conn {
             details["reason"] = json!("user locked");
             self.audit(
                 "auth.failure",
-                Actor::user(&user.name),
+                Actor::of(user),
                 Outcome::Failure,
                 None,
                 details,
@@ -173,7 +173,7 @@ impl Conn {
         self.gate.passed();
         self.audit(
             "auth.success",
-            Actor::user(&user.name),
+            Actor::of(user),
             Outcome::Success,
             None,
             details,

@@ -20,6 +20,8 @@ use crate::store::SessionEnd;
 pub struct SessionCtx {
     pub id: String,
     pub user: String,
+    /// Who the session's events name: `user:NAME` or `bot:NAME`.
+    pub actor: Actor,
     pub login: String,
     pub target: Target,
     pub grant: Grant,
@@ -79,7 +81,7 @@ impl SessionCtx {
     }
 
     pub fn event(&self, kind: &str, result: Outcome, details: serde_json::Value) -> AuditEvent {
-        let mut e = AuditEvent::new(kind, &Actor::user(&self.user), result, details);
+        let mut e = AuditEvent::new(kind, &self.actor, result, details);
         e.source = Some(self.client_addr.clone());
         e.target = Some(self.target.name.clone());
         e.session_id = Some(self.id.clone());

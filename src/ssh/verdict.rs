@@ -24,7 +24,7 @@ use crate::store::SessionRow;
 impl Conn {
     /// Decides what an authenticated user may do, from the SSH username.
     pub(super) async fn verdict(&self, policy: &Policy, user: &User, ssh_user: &str) -> Verdict {
-        let actor = Actor::user(&user.name);
+        let actor = Actor::of(user);
         let refuse = |m: String| Verdict::Refused(m);
         let dest = match username::parse(ssh_user) {
             Ok(d) => d,
@@ -151,6 +151,7 @@ impl Conn {
         let ctx = Arc::new(SessionCtx {
             id: id.clone(),
             user: user.name.clone(),
+            actor: Actor::of(user),
             login: login.clone(),
             target: target.clone(),
             grant: grant.clone(),

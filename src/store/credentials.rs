@@ -365,3 +365,63 @@ impl Store {
         }
     }
 }
+
+/// A bot's join token (as its SHA-256) and the cap on the credentials it logs in to.
+#[derive(Clone, Debug)]
+pub struct BotToken {
+    pub hash: String,
+    pub credential_ttl_secs: u64,
+    pub created_ms: i64,
+}
+
+impl Store {
+    /// Sets (or replaces: the old token stops working) a bot's join token.
+    pub async fn set_bot_token(&self, bot: &str, t: &BotToken) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut conn = pool.acquire().await?;
+        if !super::user_exists(&mut conn, bot).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO bot_tokens (user_name, token_hash, credential_ttl_secs, created_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (user_name) DO UPDATE SET token_hash = excluded.token_hash,
+               credential_ttl_secs = excluded.credential_ttl_secs, created_ms = excluded.created_ms",
+        )
+        .bind(bot)
+        .bind(&t.hash)
+        .bind(i64::try_from(t.credential_ttl_secs).unwrap_or(i64::MAX))
+        .bind(t.created_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
+    }
+
+    pub async fn bot_token(&self, bot: &str) -> Result<Option<BotToken>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query(
+            "SELECT token_hash, credential_ttl_secs, created_ms FROM bot_tokens WHERE user_name = ?",
+        )
+        .bind(bot)
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+        row.map(|r| {
+            let ttl: i64 = r.try_get("credential_ttl_secs")?;
+            Ok(BotToken {
+                hash: r.try_get("token_hash")?,
+                credential_ttl_secs: u64::try_from(ttl).unwrap_or(0),
+                created_ms: r.try_get("created_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Removes a bot's join token; true if it had one.
+    pub async fn remove_bot_token(&self, bot: &str) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let done = sqlx::query("DELETE FROM bot_tokens WHERE user_name = ?")
+            .bind(bot)
+            .execute(&mut *pool.acquire().await?)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

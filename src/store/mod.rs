@@ -23,7 +23,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
-pub use credentials::{ApiToken, DbToken, IssuedCert};
+pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use requests::{NewRequest, RequestError, RequestFilter};

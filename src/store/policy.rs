@@ -34,13 +34,14 @@ pub async fn load(conn: &mut SqliteConnection) -> Result<Policy, StoreError> {
         p.targets.insert(name, target);
     }
     let mut users: BTreeMap<String, User> = BTreeMap::new();
-    for r in sqlx::query("SELECT name, status FROM users")
+    for r in sqlx::query("SELECT name, status, kind FROM users")
         .fetch_all(&mut *conn)
         .await?
     {
         let name: String = r.try_get("name")?;
         let status: String = r.try_get("status")?;
         let mut u = User::new(&name);
+        u.bot = r.try_get::<String, _>("kind")? == "bot";
         u.status = if status == "locked" {
             UserStatus::Locked
         } else {
@@ -78,6 +79,10 @@ pub async fn load(conn: &mut SqliteConnection) -> Result<Policy, StoreError> {
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(corrupt("serialising a policy entity"))
+}
+
+fn kind(u: &User) -> &'static str {
+    if u.bot { "bot" } else { "person" }
 }
 
 async fn write_user_links(conn: &mut SqliteConnection, u: &User) -> Result<(), StoreError> {
@@ -187,10 +192,11 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
             }
             Change::Create(Entity::User(u)) => {
                 sqlx::query(
-                    "INSERT INTO users (name, status, created_ms, updated_ms) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO users (name, status, kind, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
                 )
                 .bind(&u.name)
                 .bind(u.status.to_string())
+                .bind(kind(u))
                 .bind(now)
                 .bind(now)
                 .execute(&mut *conn)
@@ -201,8 +207,9 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 after: Entity::User(u),
                 ..
             } => {
-                sqlx::query("UPDATE users SET status = ?, updated_ms = ? WHERE name = ?")
+                sqlx::query("UPDATE users SET status = ?, kind = ?, updated_ms = ? WHERE name = ?")
                     .bind(u.status.to_string())
+                    .bind(kind(u))
                     .bind(now)
                     .bind(&u.name)
                     .execute(&mut *conn)

@@ -7,6 +7,7 @@ mod api_ops;
 mod apply;
 mod audit;
 mod availability;
+mod bots;
 mod certs;
 mod cli_output;
 mod console;

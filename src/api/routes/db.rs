@@ -42,7 +42,7 @@ pub(super) async fn db_login(
 ) -> Reply {
     let (policy, user, login) = cx.bearer(&headers).await?;
     let req: DbLoginRequest = body(raw)?;
-    let actor = Actor::user(&user.name);
+    let actor = Actor::of(&user);
     let roles = policy.roles_for(&user, &req.target);
     // A target the user may reach nothing on is answered like one that does not exist.
     let target = match policy.targets.get(&req.target) {

@@ -35,7 +35,7 @@ impl Caller {
         self.rights.contains(&ConsoleRight::Audit)
     }
     fn actor(&self) -> Actor {
-        Actor::user(&self.user.name)
+        Actor::of(&self.user)
     }
     fn needs(&self, right: ConsoleRight) -> Result<(), ApiError> {
         if self.rights.contains(&right) {
@@ -559,7 +559,7 @@ impl utoipa::Modify for Bearer {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
-    paths(super::login, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
+    paths(super::login::login, super::login::login_bot, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
         super::requests::create, super::requests::list, super::requests::roles, super::requests::approve,
         super::requests::deny, super::requests::cancel, super::requests::revoke),
     components(schemas(ErrorOut)),

@@ -1,5 +1,6 @@
 //! `postern admin …`: imperative changes to users, roles and targets, each audited.
 
+pub mod bot;
 mod role;
 mod target;
 mod user;
@@ -17,6 +18,9 @@ pub enum Command {
     /// Users: who may log in, with which keys and roles.
     #[command(subcommand)]
     User(user::Command),
+    /// Bots: machine identities for pipelines and agents, with join tokens.
+    #[command(subcommand)]
+    Bot(bot::Command),
     /// Roles: allow and deny rules and TTLs.
     #[command(subcommand)]
     Role(role::Command),
@@ -69,6 +73,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::User(c) => user::run(config, c).await,
+        Command::Bot(c) => bot::run(config, c).await,
         Command::Role(c) => role::run(config, c).await,
         Command::Target(c) => target::run(config, c).await,
         Command::TargetCa => {

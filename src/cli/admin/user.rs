@@ -236,6 +236,11 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 .read_line(&mut line)
                 .context("cannot read the password from standard input")?;
             let password = line.trim_end_matches(['\n', '\r']);
+            if load(config).await?.users.get(&name).is_some_and(|u| u.bot) {
+                anyhow::bail!(
+                    "`{name}` is a bot: bots log in with their join token (`postern admin bot rotate {name}`), never a password"
+                );
+            }
             let hash = crate::credentials::password::hash(password)?;
             let store = crate::cli::open_store(config).await?;
             if !store.set_password_hash(&name, &hash).await? {
