@@ -15,7 +15,9 @@ CREATE TABLE access_requests (
     decided_by TEXT,
     decided_ms INTEGER,
     decision_reason TEXT,
-    grant_until_ms INTEGER
+    grant_until_ms INTEGER,
+    -- 1 once `request.grant_expiring` was written for its grant.
+    expiring_noted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX access_requests_state ON access_requests (state, user_name);
 

@@ -33,6 +33,7 @@ pub struct Config {
     pub tls: Tls,
     pub log: Log,
     pub audit: Audit,
+    pub notify: Notify,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -163,6 +164,29 @@ pub struct Audit {
     pub repeat_window: Dur,
 }
 
+/// Notifications about access requests, by webhook.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notify {
+    /// Where request notifications are POSTed as JSON (with a Slack-compatible `text`):
+    /// "" (off), or an http:// or https:// URL.
+    pub webhook: String,
+    /// A CA certificate (PEM) an https webhook may chain to besides the public roots.
+    pub ca_file: String,
+    /// How long before a grant ends its requester's channel hears of it.
+    pub grant_warning: Dur,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Notify {
+            webhook: String::new(),
+            ca_file: String::new(),
+            grant_warning: Dur::from_secs(10 * 60),
+        }
+    }
+}
+
 impl Default for Audit {
     fn default() -> Self {
         Audit {
@@ -240,6 +264,7 @@ impl Default for Config {
             tls: Tls::default(),
             log: Log::default(),
             audit: Audit::default(),
+            notify: Notify::default(),
         }
     }
 }
@@ -354,6 +379,10 @@ impl Config {
             if d.as_secs() == 0 {
                 return Err(ConfigError::Value(format!("{name} must be at least 1s")));
             }
+        }
+        if !self.notify.webhook.is_empty() {
+            crate::server::notify::Endpoint::parse(&self.notify.webhook)
+                .map_err(|e| ConfigError::Value(format!("notify.webhook: {e}")))?;
         }
         if self.ssh.connect_timeout.as_secs() == 0 {
             return Err(ConfigError::Value(

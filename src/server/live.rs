@@ -103,7 +103,13 @@ pub const POLL: Duration = Duration::from_millis(250);
 const REVIEW_EVERY: u64 = 4;
 
 /// Applies session commands written by admin commands until `stop` fires.
-pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: CancellationToken) {
+pub async fn watch_commands(
+    store: Store,
+    live: std::sync::Arc<Live>,
+    grant_warning: Duration,
+    stop: CancellationToken,
+) {
+    let warn_ms = i64::try_from(grant_warning.as_millis()).unwrap_or(i64::MAX);
     let mut seq = match store.last_session_command().await {
         Ok(s) => s,
         Err(e) => {
@@ -127,7 +133,7 @@ pub async fn watch_commands(store: Store, live: std::sync::Arc<Live>, stop: Canc
         }
         if n % REVIEW_EVERY == 0 {
             // Requests left undecided and grants that ran their time, each closed once.
-            match store.sweep_requests(now).await {
+            match store.sweep_requests(now, warn_ms).await {
                 Ok(swept) => {
                     for r in swept {
                         info!(

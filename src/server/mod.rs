@@ -6,6 +6,7 @@ pub mod limits;
 mod listener;
 pub mod live;
 pub mod mirror;
+pub mod notify;
 mod threads;
 
 use std::net::SocketAddr;
@@ -220,6 +221,7 @@ impl Server {
         let watcher = tokio::spawn(live::watch_commands(
             shared.store.clone(),
             shared.live.clone(),
+            shared.config.notify.grant_warning.0,
             shutdown.clone(),
         ));
         let repeats = {
@@ -237,6 +239,14 @@ impl Server {
             })
         };
         let mirror_stop = CancellationToken::new();
+        let notifier = (!shared.config.notify.webhook.is_empty()).then(|| {
+            tokio::spawn(notify::run(
+                shared.store.clone(),
+                shared.config.notify.clone(),
+                self.mirror_from,
+                mirror_stop.clone(),
+            ))
+        });
         let followers: Vec<_> = [
             (&shared.config.audit.mirror, true),
             (&shared.config.audit.witness, false),
@@ -338,6 +348,16 @@ impl Server {
         mirror_stop.cancel();
         for f in followers {
             let _ = f.await;
+        }
+        // A webhook being retried gets a moment, not the shutdown.
+        if let Some(n) = notifier {
+            let abort = n.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), n)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         shared.store.close().await;
         info!("stopped");

@@ -506,23 +506,42 @@ impl Store {
     }
 
     /// Pending requests past their expiry become `expired`, grants past their end
-    /// `ended`, each with its audit event, once (whichever process sweeps first).
-    pub async fn sweep_requests(&self, now: i64) -> Result<Vec<AccessRequest>, StoreError> {
+    /// `ended`, and grants ending within `warn_ms` are noted as expiring, each with its
+    /// audit event, once (whichever process sweeps first).
+    pub async fn sweep_requests(
+        &self,
+        now: i64,
+        warn_ms: i64,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        macro_rules! due {
+            () => {
+                "(state = 'pending' AND pending_until_ms <= ?1)
+                 OR (state = 'approved' AND grant_until_ms <= ?1)
+                 OR (state = 'approved' AND expiring_noted = 0 AND grant_until_ms <= ?2)"
+            };
+        }
         let Backend::Sqlite(pool) = &self.backend;
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM access_requests WHERE (state = 'pending' AND pending_until_ms <= ?1) OR (state = 'approved' AND grant_until_ms <= ?1) LIMIT 1",
-        )
+        let warn_at = now.saturating_add(warn_ms);
+        let due: Option<i64> = sqlx::query_scalar(concat!(
+            "SELECT id FROM access_requests WHERE ",
+            due!(),
+            " LIMIT 1"
+        ))
         .bind(now)
+        .bind(warn_at)
         .fetch_optional(&mut *pool.acquire().await?)
         .await?;
         if due.is_none() {
             return Ok(Vec::new());
         }
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "SELECT * FROM access_requests WHERE (state = 'pending' AND pending_until_ms <= ?1) OR (state = 'approved' AND grant_until_ms <= ?1) ORDER BY id LIMIT 500",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM access_requests WHERE ",
+            due!(),
+            " ORDER BY id LIMIT 500"
+        ))
         .bind(now)
+        .bind(warn_at)
         .fetch_all(&mut *tx)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -533,12 +552,25 @@ impl Store {
                 r.state = RequestState::Expired;
                 r.decided_ms = Some(now);
                 "request.expired"
-            } else {
+            } else if r.grant_until_ms.unwrap_or(0) <= now {
                 r.state = RequestState::Ended;
                 "request.grant_ended"
+            } else {
+                "request.grant_expiring"
             };
             save(&mut tx, &r).await?;
-            events.push(event(kind, &Actor::system(), &r, json!({})));
+            if kind != "request.expired" {
+                sqlx::query("UPDATE access_requests SET expiring_noted = 1 WHERE id = ?")
+                    .bind(r.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            events.push(event(
+                kind,
+                &Actor::system(),
+                &r,
+                json!({ "grant_until_ms": r.grant_until_ms }),
+            ));
             out.push(r);
         }
         audit::insert_chained(&mut tx, &events).await?;

@@ -352,3 +352,178 @@ fn two_approvals_then_the_grant_runs_out_under_a_live_psql_session() {
     assert_eq!(approvals[0]["actor"], "user:bob");
     assert_eq!(p.events("request.approved")[0]["actor"], "user:carol");
 }
+
+/// A local webhook receiver: records every body; answers 503 to the first delivery (so
+/// postern must retry), 500 to any body containing `deny-me`, 200 otherwise.
+fn receiver() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut first = String::new();
+            r.read_line(&mut first).ok();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).ok();
+            let text = String::from_utf8_lossy(&body).to_string();
+            let status = if n == 0 {
+                "503 Busy"
+            } else if text.contains("deny-me") {
+                "500 Broken"
+            } else {
+                "200 OK"
+            };
+            assert!(first.starts_with("POST /hook "), "{first}");
+            seen.lock()
+                .unwrap()
+                .push(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn request_events_reach_a_webhook_with_retries_and_failures_are_audited() {
+    let (port, got) = receiver();
+    let config =
+        format!("[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\ngrant_warning = \"1h\"\n");
+    let b = Bastion::start_with(&[], Some(&config));
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
+        .ok();
+    p.cli(&[
+        "admin",
+        "role",
+        "add",
+        "gpu-admin",
+        "--allow",
+        "env=test",
+        "--logins",
+        &b.login,
+        "--requestable-by",
+        "*",
+        "--reviewers",
+        "sre",
+    ])
+    .ok();
+    crate::login::set_password(p);
+    reviewers(p, &["bob"]);
+    let alice = logged_in(p, "alice");
+    let bob = logged_in(p, "bob");
+    alice
+        .run(
+            p,
+            &[
+                "request",
+                "create",
+                "--role",
+                "gpu-admin",
+                "--target",
+                "t1",
+                "--for",
+                "30m",
+                "--reason",
+                "fix <gpu> & go",
+            ],
+            "",
+        )
+        .ok();
+    bob.run(p, &["request", "approve", "1", "--reason", "ok"], "")
+        .ok();
+    alice
+        .run(
+            p,
+            &[
+                "request",
+                "create",
+                "--role",
+                "gpu-admin",
+                "--for",
+                "30m",
+                "--reason",
+                "deny-me",
+            ],
+            "",
+        )
+        .ok();
+    bob.run(p, &["request", "deny", "2", "--reason", "not today"], "")
+        .ok();
+
+    let texts = || -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["text"].as_str().map(str::to_string))
+            .collect()
+    };
+    for _ in 0..400 {
+        if texts().iter().any(|t| t.contains("denied by bob")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = texts();
+    let created: Vec<&String> = t.iter().filter(|t| t.contains("request #1;")).collect();
+    assert_eq!(created.len(), 2, "delivered again after the 503: {t:#?}");
+    assert!(
+        created[0].contains(
+            "alice asks for role gpu-admin on t1 for 30m: \u{201c}fix &lt;gpu&gt; &amp; go\u{201d}"
+        ),
+        "{t:#?}"
+    );
+    assert!(t.iter().any(|t| t.contains("request #1 approved by bob: alice has role gpu-admin on t1 until")), "{t:#?}");
+    assert!(
+        t.iter()
+            .any(|t| t.contains("alice's role gpu-admin on t1 (request #1) ends at")),
+        "{t:#?}"
+    );
+    assert!(
+        t.iter()
+            .any(|t| t.contains("request #2 (alice, gpu-admin) denied by bob: not today")),
+        "{t:#?}"
+    );
+    // The one the receiver kept refusing: five attempts, then audited.
+    assert_eq!(
+        t.iter().filter(|t| t.contains("request #2;")).count(),
+        5,
+        "{t:#?}"
+    );
+    let failed = p.events("notify.failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["details"]["type"], "request.created");
+    assert!(
+        failed[0]["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500")
+    );
+    // The event itself rides along for machines.
+    let with_event = got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v["event"]["type"] == "request.approved");
+    assert!(with_event);
+}
