@@ -527,3 +527,101 @@ fn request_events_reach_a_webhook_with_retries_and_failures_are_audited() {
         .any(|v| v["event"]["type"] == "request.approved");
     assert!(with_event);
 }
+
+/// Plain HTTPS against the console: forms as a browser posts them.
+const CONSOLE: &str = r#"
+import json, ssl, sys, urllib.request, urllib.parse, urllib.error
+base, password = sys.argv[1:3]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k): return None
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
+def call(method, path, form=None, cookie=None):
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Cookie": cookie} if cookie else {})
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    return r.status, r.read().decode(errors="replace")
+def login(user):
+    req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": user, "password": password}).encode())
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    cookie = r.headers.get("set-cookie", "").split(";")[0]
+    page = call("GET", "/", None, cookie)[1]
+    return cookie, page.split('name="csrf" value="')[1].split('"')[0]
+out = {}
+alice, a_csrf = login("alice")
+bob, b_csrf = login("bob")
+out["form"] = 'action="/requests"' in call("GET", "/requests", None, alice)[1]
+out["ask"] = call("POST", "/requests", {"csrf": a_csrf, "role": "gpu-admin", "target": "t1", "for": "1h", "reason": "<script>x</script> night fix"}, alice)[0]
+out["forged"] = call("POST", "/requests", {"csrf": "forged", "role": "gpu-admin", "for": "1h", "reason": "r"}, alice)[0]
+out["too long"] = call("POST", "/requests", {"csrf": a_csrf, "role": "gpu-admin", "for": "9h", "reason": "r"}, alice)
+out["self approve"] = call("POST", "/requests/1/approve", {"csrf": a_csrf, "reason": ""}, alice)[0]
+page = call("GET", "/requests", None, bob)[1]
+out["bob sees"] = "Waiting for your decision" in page and "&lt;script&gt;x&lt;/script&gt; night fix" in page
+out["approve"] = call("POST", "/requests/1/approve", {"csrf": b_csrf, "reason": "ok"}, bob)[0]
+out["alice sees grant"] = "granted until" in call("GET", "/requests", None, alice)[1]
+out["revoke"] = call("POST", "/requests/1/revoke", {"csrf": b_csrf, "reason": "enough"}, bob)[0]
+out["alice sees revoked"] = "revoked" in call("GET", "/requests", None, alice)[1]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_console_files_approves_and_revokes_requests() {
+    let b = Bastion::start();
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
+        .ok();
+    p.cli(&[
+        "admin",
+        "role",
+        "add",
+        "gpu-admin",
+        "--allow",
+        "env=test",
+        "--logins",
+        &b.login,
+        "--requestable-by",
+        "user:alice",
+        "--reviewers",
+        "sre",
+        "--max-request-ttl",
+        "2h",
+    ])
+    .ok();
+    crate::login::set_password(p);
+    reviewers(p, &["bob"]);
+    let script = p.write("requests_console.py", CONSOLE);
+    let out: crate::harness::Out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{}", p.api.port()))
+        .arg(PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
+    assert_eq!(r["form"], true, "{r}");
+    assert_eq!(r["ask"], 303, "{r}");
+    assert_eq!(r["forged"], 403, "{r}");
+    assert_eq!(r["too long"][0], 403, "{r}");
+    assert!(
+        r["too long"][1].as_str().unwrap().contains("at most 2h"),
+        "{r}"
+    );
+    assert_eq!(r["self approve"], 403, "{r}");
+    assert_eq!(r["bob sees"], true, "{r}");
+    assert_eq!(r["approve"], 303, "{r}");
+    assert_eq!(r["alice sees grant"], true, "{r}");
+    assert_eq!(r["revoke"], 303, "{r}");
+    assert_eq!(r["alice sees revoked"], true, "{r}");
+    assert_eq!(p.events("request.approved")[0]["actor"], "user:bob");
+    assert_eq!(
+        p.events("request.revoked")[0]["details"]["reason"],
+        "enough"
+    );
+}

@@ -29,6 +29,7 @@ pub fn page(v: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                             a href="/" { "Dashboard" }
                             a href="/sessions" { "Sessions" }
                             a href="/search" { "Search" }
+                            a href="/requests" { "Requests" }
                             @if v.audits() {
                                 a href="/audit" { "Audit log" }
                             }

@@ -27,6 +27,7 @@ mod auth;
 mod dashboard;
 mod html;
 mod live;
+mod requests;
 mod search;
 mod sessions;
 
@@ -67,6 +68,8 @@ pub(super) fn router() -> Router<Ctx> {
         .route("/targets/{name}", get(admin::target))
         .route("/access", get(admin::check))
         .route("/search", get(search::search))
+        .route("/requests", get(requests::list).post(requests::ask))
+        .route("/requests/{id}/{verb}", post(requests::decide))
         .route("/audit", get(audit::log))
         .route("/audit/events", get(audit::events))
         .route("/audit/export", get(audit::export))
