@@ -16,6 +16,7 @@ mod db;
 mod login;
 mod ops;
 mod requests;
+mod reviews;
 
 use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
@@ -56,6 +57,11 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/requests/{id}/deny", post(requests::deny))
         .route("/v1/requests/{id}/cancel", post(requests::cancel))
         .route("/v1/requests/{id}/revoke", post(requests::revoke))
+        .route("/v1/reviews", get(reviews::list).post(reviews::start))
+        .route("/v1/reviews/items", get(reviews::items))
+        .route("/v1/reviews/items/{id}/certify", post(reviews::certify))
+        .route("/v1/reviews/items/{id}/revoke", post(reviews::revoke))
+        .route("/v1/reviews/{id}/report", get(reviews::report))
         .route("/v1/openapi.json", get(ops::openapi))
         .route("/metrics", get(metrics))
         .merge(super::console::router())

@@ -13,6 +13,7 @@ mod ls;
 mod output;
 mod policy_test;
 mod request;
+mod review;
 mod serve;
 mod sessions;
 mod streams;
@@ -83,6 +84,9 @@ enum Command {
     /// Just-in-time access: ask for a role for a time; reviewers approve or deny.
     #[command(subcommand)]
     Request(request::Command),
+    /// Periodic access reviews: campaigns, certify or revoke each grant, reports.
+    #[command(subcommand)]
+    Review(review::Command),
     /// Database credentials for PostgreSQL targets.
     #[command(subcommand)]
     Db(login::DbCommand),
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls { json } => ls::run(json).await,
         Command::Db(cmd) => login::db(cmd).await,
         Command::Request(cmd) => request::run(cmd).await,
+        Command::Review(cmd) => review::run(cmd).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Policy(_) => Ok(ExitCode::SUCCESS),
     }

@@ -82,7 +82,7 @@ pub enum Command {
     },
 }
 
-async fn call(
+pub(super) async fn call(
     what: &str,
     method: &str,
     path: &str,

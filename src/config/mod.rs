@@ -34,6 +34,7 @@ pub struct Config {
     pub log: Log,
     pub audit: Audit,
     pub notify: Notify,
+    pub review: Review,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -177,6 +178,39 @@ pub struct Notify {
     pub grant_warning: Dur,
 }
 
+/// Periodic access reviews.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Review {
+    /// Start a campaign over every standing grant this often (absent: only by hand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every: Option<Dur>,
+    /// How long reviewers have, for campaigns started on schedule (and by default).
+    pub due: Dur,
+    /// What happens to items undecided at the due date: "revoke" or "report".
+    pub on_due: OnDue,
+    /// Grants unused for this long are flagged stale.
+    pub stale_after: Dur,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDue {
+    Revoke,
+    Report,
+}
+
+impl Default for Review {
+    fn default() -> Self {
+        Review {
+            every: None,
+            due: Dur::from_secs(14 * 86_400),
+            on_due: OnDue::Revoke,
+            stale_after: Dur::from_secs(90 * 86_400),
+        }
+    }
+}
+
 impl Default for Notify {
     fn default() -> Self {
         Notify {
@@ -265,6 +299,7 @@ impl Default for Config {
             log: Log::default(),
             audit: Audit::default(),
             notify: Notify::default(),
+            review: Review::default(),
         }
     }
 }

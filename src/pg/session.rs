@@ -118,6 +118,7 @@ pub async fn run(
         bytes_out: 0,
         exit_status: None,
         cert_serial: cert_serial.map(|s| s.to_string()),
+        roles: grant.roles.clone(),
         recordings: vec![],
     };
     let not_recorded = || {

@@ -9,6 +9,7 @@ pub mod file;
 pub mod forward;
 pub mod names;
 pub mod requests;
+pub mod reviews;
 pub mod selector;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -106,10 +106,10 @@ const REVIEW_EVERY: u64 = 4;
 pub async fn watch_commands(
     store: Store,
     live: std::sync::Arc<Live>,
-    grant_warning: Duration,
+    config: std::sync::Arc<crate::config::Config>,
     stop: CancellationToken,
 ) {
-    let warn_ms = i64::try_from(grant_warning.as_millis()).unwrap_or(i64::MAX);
+    let warn_ms = crate::audit::secs_to_ms(config.notify.grant_warning.as_secs());
     let mut seq = match store.last_session_command().await {
         Ok(s) => s,
         Err(e) => {
@@ -132,6 +132,7 @@ pub async fn watch_commands(
             s.tick(now);
         }
         if n % REVIEW_EVERY == 0 {
+            reviews(&store, &config.review).await;
             // Requests left undecided and grants that ran their time, each closed once.
             match store.sweep_requests(now, warn_ms).await {
                 Ok(swept) => {
@@ -167,6 +168,44 @@ pub async fn watch_commands(
                 }
             }
             Err(e) => warn!(error = %e, "cannot read session commands"),
+        }
+    }
+}
+
+/// Closes review campaigns past their due date, and starts one when `[review] every`
+/// says it is time.
+async fn reviews(store: &Store, cfg: &crate::config::Review) {
+    let now = crate::clock::now_ms();
+    match store.sweep_reviews(now).await {
+        Ok(closed) => {
+            for c in closed {
+                info!(campaign = c.id, "access review closed at its due date");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot close access reviews past their due date"),
+    }
+    let Some(every) = cfg.every else { return };
+    let due = match store.last_review_ms().await {
+        Ok(last) => last.is_none_or(|l| now - l >= crate::audit::secs_to_ms(every.as_secs())),
+        Err(e) => {
+            warn!(error = %e, "cannot read when the last access review started");
+            false
+        }
+    };
+    if due {
+        let c = crate::store::NewCampaign {
+            name: format!("every {every}, {}", crate::audit::format_ms(now)),
+            scope: crate::policy::reviews::Scope::All,
+            due: cfg.due,
+            revoke_at_due: cfg.on_due == crate::config::OnDue::Revoke,
+            stale_after: cfg.stale_after,
+        };
+        match store
+            .start_review(&crate::audit::Actor::system(), &c, now)
+            .await
+        {
+            Ok(c) => info!(campaign = c.id, "access review started on schedule"),
+            Err(e) => warn!(error = %e, "cannot start the scheduled access review"),
         }
     }
 }

@@ -221,7 +221,7 @@ impl Server {
         let watcher = tokio::spawn(live::watch_commands(
             shared.store.clone(),
             shared.live.clone(),
-            shared.config.notify.grant_warning.0,
+            Arc::new(shared.config.clone()),
             shutdown.clone(),
         ));
         let repeats = {

@@ -195,6 +195,7 @@ impl Conn {
             bytes_out: 0,
             exit_status: None,
             cert_serial: Some(cert.serial.to_string()),
+            roles: grant.roles.clone(),
             recordings: vec![],
         };
         if let Err(e) = self.shared.store.start_session(&row).await {

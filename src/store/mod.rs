@@ -11,6 +11,7 @@ pub mod error;
 mod export;
 mod policy;
 mod requests;
+mod reviews;
 mod sessions;
 mod walk;
 mod writer;
@@ -27,6 +28,7 @@ pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use requests::{NewRequest, RequestError, RequestFilter};
+pub use reviews::{Campaign, NewCampaign, ReviewItem, review_csv};
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
 use crate::audit::chain::Signer;
@@ -112,24 +114,12 @@ impl Store {
             Backend::Sqlite(pool) => {
                 // IMMEDIATE takes the write lock first, so two admins cannot interleave.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let current = policy::load(&mut tx).await?;
-                let desired = edit(&current)?;
-                desired.validate()?;
-                let changes = diff(&current, &desired);
+                let changes = edit_policy(&mut tx, actor, dry_run, edit).await?;
                 if dry_run || changes.is_empty() {
                     tx.rollback().await?;
-                    return Ok(changes);
+                } else {
+                    tx.commit().await?;
                 }
-                policy::write(&mut tx, &changes).await?;
-                let events: Vec<AuditEvent> = changes
-                    .iter()
-                    .map(|c| {
-                        AuditEvent::new(c.event_type(), actor, Outcome::Success, c.details())
-                            .with_target(format!("{}:{}", c.entity().kind(), c.entity().name()))
-                    })
-                    .collect();
-                audit::insert_chained(&mut tx, &events).await?;
-                tx.commit().await?;
                 Ok(changes)
             }
         }
@@ -452,6 +442,37 @@ impl Store {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// Inside a transaction that holds the write lock: reads the policy, applies `edit`,
+/// validates the result and (unless `dry_run`) writes the difference with one audit event
+/// per change. The caller commits.
+async fn edit_policy<F>(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &Actor,
+    dry_run: bool,
+    edit: F,
+) -> Result<Vec<Change>, StoreError>
+where
+    F: FnOnce(&Policy) -> Result<Policy, PolicyError>,
+{
+    let current = policy::load(tx).await?;
+    let desired = edit(&current)?;
+    desired.validate()?;
+    let changes = diff(&current, &desired);
+    if dry_run || changes.is_empty() {
+        return Ok(changes);
+    }
+    policy::write(tx, &changes).await?;
+    let events: Vec<AuditEvent> = changes
+        .iter()
+        .map(|c| {
+            AuditEvent::new(c.event_type(), actor, Outcome::Success, c.details())
+                .with_target(format!("{}:{}", c.entity().kind(), c.entity().name()))
+        })
+        .collect();
+    audit::insert_chained(tx, &events).await?;
+    Ok(changes)
+}
 
 async fn user_exists(conn: &mut sqlx::SqliteConnection, user: &str) -> Result<bool, StoreError> {
     Ok(sqlx::query("SELECT 1 FROM users WHERE name = ?")

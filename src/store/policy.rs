@@ -85,11 +85,19 @@ fn kind(u: &User) -> &'static str {
     if u.bot { "bot" } else { "person" }
 }
 
-async fn write_user_links(conn: &mut SqliteConnection, u: &User) -> Result<(), StoreError> {
+/// Writes a user's roles (each with when it was granted: `since`'s time for roles it
+/// already held, `now` for new ones) and keys.
+async fn write_user_links(
+    conn: &mut SqliteConnection,
+    u: &User,
+    since: &BTreeMap<String, Option<i64>>,
+    now: i64,
+) -> Result<(), StoreError> {
     for role in &u.roles {
-        sqlx::query("INSERT INTO user_roles (user_name, role_name) VALUES (?, ?)")
+        sqlx::query("INSERT INTO user_roles (user_name, role_name, granted_ms) VALUES (?, ?, ?)")
             .bind(&u.name)
             .bind(role)
+            .bind(since.get(role).copied().unwrap_or(Some(now)))
             .execute(&mut *conn)
             .await?;
     }
@@ -111,13 +119,24 @@ async fn write_user_links(conn: &mut SqliteConnection, u: &User) -> Result<(), S
 /// Applies `changes` in order (see [`crate::policy::diff`] for why the order is safe).
 pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), StoreError> {
     let now = now_ms();
-    // Keys may move between users in one change set: clear updated users' links first.
+    // Keys may move between users in one change set: clear updated users' links first,
+    // remembering since when each role was held.
+    let mut held: BTreeMap<String, BTreeMap<String, Option<i64>>> = BTreeMap::new();
     for c in changes {
         if let Change::Update {
             after: Entity::User(u),
             ..
         } = c
         {
+            let mut since = BTreeMap::new();
+            for r in sqlx::query("SELECT role_name, granted_ms FROM user_roles WHERE user_name = ?")
+                .bind(&u.name)
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                since.insert(r.try_get("role_name")?, r.try_get("granted_ms")?);
+            }
+            held.insert(u.name.clone(), since);
             sqlx::query("DELETE FROM user_keys WHERE user_name = ?")
                 .bind(&u.name)
                 .execute(&mut *conn)
@@ -201,7 +220,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-                write_user_links(conn, u).await?;
+                write_user_links(conn, u, &BTreeMap::new(), now).await?;
             }
             Change::Update {
                 after: Entity::User(u),
@@ -214,7 +233,8 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                     .bind(&u.name)
                     .execute(&mut *conn)
                     .await?;
-                write_user_links(conn, u).await?;
+                let since = held.get(&u.name).cloned().unwrap_or_default();
+                write_user_links(conn, u, &since, now).await?;
             }
             Change::Delete(Entity::User(u)) => {
                 sqlx::query("DELETE FROM users WHERE name = ?")

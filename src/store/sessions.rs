@@ -20,6 +20,9 @@ pub struct SessionRow {
     pub bytes_out: i64,
     pub exit_status: Option<i64>,
     pub cert_serial: Option<String>,
+    /// The roles that allowed the session (what access reviews call its use).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
     pub recordings: Vec<RecordingRow>,
 }
 
@@ -51,8 +54,8 @@ pub struct SessionEnd {
 
 pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial, roles)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&s.id)
     .bind(&s.kind)
@@ -62,6 +65,7 @@ pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), S
     .bind(&s.client_addr)
     .bind(s.started_ms)
     .bind(s.cert_serial.as_ref().and_then(|c| c.parse::<i64>().ok()))
+    .bind(s.roles.join(","))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -137,6 +141,12 @@ fn row_to_session(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreError>
         cert_serial: r
             .try_get::<Option<i64>, _>("cert_serial")?
             .map(|s| s.to_string()),
+        roles: r
+            .try_get::<String, _>("roles")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         recordings: Vec::new(),
     })
 }

@@ -23,6 +23,7 @@ mod pg_property;
 mod pg_trust;
 mod pg_wire;
 mod requests;
+mod reviews;
 mod serve;
 mod ssh;
 mod ssh_limits;

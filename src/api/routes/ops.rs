@@ -561,7 +561,9 @@ impl utoipa::Modify for Bearer {
     info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
     paths(super::login::login, super::login::login_bot, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
         super::requests::create, super::requests::list, super::requests::roles, super::requests::approve,
-        super::requests::deny, super::requests::cancel, super::requests::revoke),
+        super::requests::deny, super::requests::cancel, super::requests::revoke,
+        super::reviews::start, super::reviews::list, super::reviews::items, super::reviews::certify,
+        super::reviews::revoke, super::reviews::report),
     components(schemas(ErrorOut)),
     modifiers(&Bearer)
 )]

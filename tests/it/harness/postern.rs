@@ -71,6 +71,15 @@ impl Postern {
         p
     }
 
+    /// Runs `serve`'s review clock this far ahead of the real one.
+    pub fn set_clock_ahead(&self, by: std::time::Duration) {
+        std::fs::write(
+            self.root().join("clock-offset-ms"),
+            by.as_millis().to_string(),
+        )
+        .expect("clock file");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -92,6 +101,8 @@ impl Postern {
             .arg("--api-listen")
             .arg(self.api.to_string())
             .env_remove("POSTERN_CONFIG")
+            // The test clock (debug builds): `set_clock_ahead` moves due dates past.
+            .env("POSTERN_TEST_CLOCK", self.root().join("clock-offset-ms"))
             .env("RUST_LOG", "info");
         if let Ok(l) = std::env::var("POSTERN_TEST_LOG") {
             c.env("RUST_LOG", l);
