@@ -248,3 +248,98 @@ fn a_schedule_starts_campaigns_by_itself() {
     );
     assert_eq!(b.ssh(&b.dest(), "echo still").ok().trim(), "still");
 }
+
+const CONSOLE: &str = r#"
+import json, ssl, sys, urllib.request, urllib.parse, urllib.error
+base, password = sys.argv[1:3]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k): return None
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
+def call(method, path, form=None, cookie=None):
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Cookie": cookie} if cookie else {})
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    return r.status, r.read().decode(errors="replace")
+def login(user):
+    req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": user, "password": password}).encode())
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    cookie = r.headers.get("set-cookie", "").split(";")[0]
+    page = call("GET", "/", None, cookie)[1]
+    return cookie, page.split('name="csrf" value="')[1].split('"')[0]
+out = {}
+ops, o_csrf = login("ops")
+bob, b_csrf = login("bob")
+alice, a_csrf = login("alice")
+out["bob start"] = call("POST", "/reviews", {"csrf": b_csrf, "scope": "role=dev"}, bob)[0]
+out["bad scope"] = call("POST", "/reviews", {"csrf": o_csrf, "scope": "user=x"}, ops)[0]
+out["start"] = call("POST", "/reviews", {"csrf": o_csrf, "name": "Q1 <b>", "scope": "role=dev", "due": "7d"}, ops)[0]
+page = call("GET", "/reviews", None, bob)[1]
+out["bob items"] = page.count('tr class="item"')
+ids = [int(x.split('"')[0]) for x in page.split('data-id="')[1:]]
+out["no reason"] = call("POST", "/reviews/items/%d/revoke" % ids[0], {"csrf": b_csrf, "reason": ""}, bob)[0]
+out["certify"] = call("POST", "/reviews/items/%d/certify" % ids[0], {"csrf": b_csrf, "reason": "ok"}, bob)[0]
+out["revoke"] = call("POST", "/reviews/items/%d/revoke" % ids[1], {"csrf": b_csrf, "reason": "gone"}, bob)[0]
+out["alice report"] = call("GET", "/reviews/1/report.csv", None, alice)[0]
+status, csv = call("GET", "/reviews/1/report.csv", None, ops)
+out["report"] = [status, csv]
+out["ops page"] = "Q1 &lt;b&gt;" in call("GET", "/reviews", None, ops)[1]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_console_starts_a_review_and_decides_its_items() {
+    let b = Bastion::start();
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
+        .ok();
+    p.cli(&["admin", "role", "add", "admins", "--console", "admin"])
+        .ok();
+    p.cli(&["admin", "role", "set", "dev", "--reviewers", "sre"])
+        .ok();
+    p.cli(&["admin", "user", "add", "carol", "--role", "dev"])
+        .ok();
+    for (name, role) in [("ops", "admins"), ("bob", "sre")] {
+        p.cli(&["admin", "user", "add", name, "--role", role]).ok();
+    }
+    for name in ["ops", "bob", "alice"] {
+        p.cli_stdin(
+            &["admin", "user", "set-password", name, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .ok();
+    }
+    let script = p.write("reviews_console.py", CONSOLE);
+    let out: crate::harness::Out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{}", p.api.port()))
+        .arg(PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
+    assert_eq!(r["bob start"], 403, "{r}");
+    assert_eq!(r["bad scope"], 400, "{r}");
+    assert_eq!(r["start"], 303, "{r}");
+    assert_eq!(r["bob items"], 2, "alice's and carol's grants of dev: {r}");
+    assert_eq!(r["no reason"], 400, "{r}");
+    assert_eq!(r["certify"], 303, "{r}");
+    assert_eq!(r["revoke"], 303, "{r}");
+    assert_eq!(r["alice report"], 403, "{r}");
+    assert_eq!(r["report"][0], 200, "{r}");
+    let csv = r["report"][1].as_str().unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.contains(",certified,\"bob\",") && csv.contains(",revoked,\"bob\","),
+        "{csv}"
+    );
+    assert_eq!(r["ops page"], true, "{r}");
+    assert_eq!(p.events("review.started")[0]["actor"], "user:ops");
+}

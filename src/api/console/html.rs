@@ -30,6 +30,7 @@ pub fn page(v: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                             a href="/sessions" { "Sessions" }
                             a href="/search" { "Search" }
                             a href="/requests" { "Requests" }
+                            a href="/reviews" { "Reviews" }
                             @if v.audits() {
                                 a href="/audit" { "Audit log" }
                             }

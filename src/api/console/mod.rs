@@ -28,6 +28,7 @@ mod dashboard;
 mod html;
 mod live;
 mod requests;
+mod reviews;
 mod search;
 mod sessions;
 
@@ -70,6 +71,9 @@ pub(super) fn router() -> Router<Ctx> {
         .route("/search", get(search::search))
         .route("/requests", get(requests::list).post(requests::ask))
         .route("/requests/{id}/{verb}", post(requests::decide))
+        .route("/reviews", get(reviews::list).post(reviews::start))
+        .route("/reviews/items/{id}/{verb}", post(reviews::decide))
+        .route("/reviews/{id}/report.csv", get(reviews::report))
         .route("/audit", get(audit::log))
         .route("/audit/events", get(audit::events))
         .route("/audit/export", get(audit::export))
