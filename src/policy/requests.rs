@@ -401,3 +401,122 @@ pub struct AccessRequest {
     pub decision_reason: Option<String>,
     pub grant_until_ms: Option<i64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Rule, TargetKind};
+
+    fn policy(file: &str) -> Result<Policy, String> {
+        super::super::file::parse(std::path::Path::new("p.toml"), file)
+            .map(|d| d.policy)
+            .map_err(|e| e.to_string())
+    }
+
+    const FILE: &str = r#"
+[[roles]]
+name = "sre"
+console = ["audit"]
+[[roles]]
+name = "dev"
+[[roles.allow]]
+targets = "env=dev"
+logins = ["ubuntu"]
+[[roles]]
+name = "gpu-admin"
+requestable_by = ["role:dev", "user:zoe"]
+reviewers = ["sre"]
+approvals_required = 2
+max_request_ttl = "4h"
+[[roles.allow]]
+targets = "gpu"
+logins = ["root"]
+[[targets]]
+name = "gpu-1"
+kind = "ssh"
+address = "10.0.0.1:22"
+labels = { gpu = "a100" }
+[[targets]]
+name = "gpu-2"
+kind = "ssh"
+address = "10.0.0.2:22"
+labels = { gpu = "h100" }
+[[users]]
+name = "alice"
+roles = ["dev"]
+[[users]]
+name = "zoe"
+[[users]]
+name = "bob"
+roles = ["sre"]
+"#;
+
+    #[test]
+    fn request_settings_come_from_policy_files_and_are_checked() {
+        let p = policy(FILE).unwrap();
+        let r = &p.roles["gpu-admin"].settings;
+        assert_eq!(
+            (r.approvals_required, r.max_request_ttl.as_secs()),
+            (2, 4 * 3600)
+        );
+        assert_eq!(r.request_expiry, default_expiry());
+        for (from, to, why) in [
+            ("reviewers = [\"sre\"]\n", "", "names no reviewers"),
+            ("\"user:zoe\"]", "\"zoe\"]", "is not `user:NAME`"),
+            ("\"role:dev\"", "\"role:nope\"", "names role `nope`"),
+            (
+                "approvals_required = 2",
+                "approvals_required = 9",
+                "must be 1 to 5",
+            ),
+        ] {
+            let err = policy(&FILE.replacen(from, to, 1)).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn grants_decide_like_roles_for_their_target_until_they_end() {
+        let mut p = policy(FILE).unwrap();
+        let alice = p.users["alice"].clone();
+        let (g1, g2) = (p.targets["gpu-1"].clone(), p.targets["gpu-2"].clone());
+        let root = Request::Ssh { login: "root" };
+        let allowed = |p: &Policy, t: &Target| {
+            matches!(
+                decide(&alice, &p.roles_for(&alice, &t.name), t, &root),
+                Decision::Allow(_)
+            )
+        };
+        assert!(!allowed(&p, &g1));
+        assert_eq!(would_allow(&p, &alice, &g1, &root), vec!["gpu-admin"]);
+        assert!(refusal_hint(&p, &alice, &g1, &root).contains("--role gpu-admin --target gpu-1"));
+        // bob reviews but may not ask; zoe may ask by name.
+        assert!(would_allow(&p, &p.users["bob"], &g1, &root).is_empty());
+        assert!(may_request(&p, &p.users["zoe"], &p.roles["gpu-admin"]));
+        p.grants.push(TimedGrant {
+            request: 1,
+            user: "alice".into(),
+            role: "gpu-admin".into(),
+            target: Some("gpu-1".into()),
+            until_ms: 5_000,
+        });
+        assert!(allowed(&p, &g1));
+        assert!(!allowed(&p, &g2), "the grant names gpu-1 only");
+        let end = p.grant_end(&alice, "gpu-1", &["gpu-admin".into()]).unwrap();
+        assert_eq!((end.request, end.until_ms), (1, 5_000));
+        assert_eq!(p.reach_until(&alice, &g1).map(|g| g.request), Some(1));
+        // A standing role that allows the same makes the grant irrelevant to the session.
+        let mut held = alice.clone();
+        held.roles.insert("gpu-admin".into());
+        assert!(p.grant_end(&held, "gpu-1", &["gpu-admin".into()]).is_none());
+        // A deny rule in any role still wins over a grant.
+        p.roles.get_mut("dev").unwrap().deny.push(Rule {
+            targets: "gpu".parse().unwrap(),
+            logins: vec![],
+            databases: vec![],
+            db_users: vec![],
+        });
+        assert!(!allowed(&p, &g1));
+        assert_eq!(g1.kind, TargetKind::Ssh);
+    }
+}
