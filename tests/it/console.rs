@@ -31,6 +31,58 @@ pub fn console_user(p: &Postern, user: &str, role: Option<&str>, password: &str)
     .ok();
 }
 
+/// The start of a Python script that posts the console's forms as a browser would:
+/// `base` and `password` from its arguments, `call(method, path, form, cookie)` →
+/// `(status, body)` without following redirects, and `login(user)` → `(cookie, csrf)`.
+pub const PY_FORMS: &str = r#"
+import json, ssl, sys, urllib.request, urllib.parse, urllib.error
+base, password = sys.argv[1:3]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k): return None
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
+def call(method, path, form=None, cookie=None):
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Cookie": cookie} if cookie else {})
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    return r.status, r.read().decode(errors="replace")
+def login(user):
+    req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": user, "password": password}).encode())
+    try:
+        r = opener.open(req, timeout=15)
+    except urllib.error.HTTPError as e:
+        r = e
+    cookie = r.headers.get("set-cookie", "").split(";")[0]
+    page = call("GET", "/", None, cookie)[1]
+    return cookie, page.split('name="csrf" value="')[1].split('"')[0]
+out = {}
+"#;
+
+/// Runs `PY_FORMS` then `body` against `p`'s console, with `args` after the base URL and
+/// the password; the JSON it prints.
+pub fn post_forms(p: &Postern, password: &str, body: &str, args: &[&str]) -> serde_json::Value {
+    python(p, password, &format!("{PY_FORMS}{body}"), args)
+}
+
+/// Runs a Python `script` given the console's base URL, `password` and `args`; the JSON
+/// it prints.
+pub fn python(p: &Postern, password: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let path = p.write("console_script.py", script);
+    let out: Out = Command::new("python3")
+        .arg(path)
+        .arg(format!("https://127.0.0.1:{}", p.api.port()))
+        .arg(password)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    serde_json::from_str(out.ok().trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
 /// Runs `script` (Python, with selenium) given the console's base URL and the password.
 fn browser(b: &Bastion, script: &str, args: &[&str]) -> Out {
     let path = b.postern.write("console_test.py", script);

@@ -163,31 +163,7 @@ print(json.dumps(out))
 
 /// Plain HTTPS: each right's refusals.
 const HTTP: &str = r#"
-import json, ssl, sys, urllib.request, urllib.parse, urllib.error
-base, password, session, export_path = sys.argv[1:5]
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *a, **k): return None
-opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
-def call(method, path, form=None, cookie=None):
-    data = urllib.parse.urlencode(form).encode() if form is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Cookie": cookie} if cookie else {})
-    try:
-        r = opener.open(req, timeout=15)
-    except urllib.error.HTTPError as e:
-        r = e
-    return r.status, r.read().decode(errors="replace")
-def login(user):
-    req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": user, "password": password}).encode())
-    try:
-        r = opener.open(req, timeout=15)
-    except urllib.error.HTTPError as e:
-        r = e
-    cookie = r.headers.get("set-cookie", "").split(";")[0]
-    status, page = call("GET", "/", None, cookie)
-    csrf = page.split('name="csrf" value="')[1].split('"')[0]
-    return cookie, csrf
-out = {}
+session, export_path = sys.argv[3:5]
 # Every page and file, and every form, without a login: to the login page.
 s = "/sessions/" + session
 for path in ["/", "/?part=live", "/sessions", s, s + "/recording/0", s + "/live/0", "/search?q=echo",
@@ -216,17 +192,7 @@ print(json.dumps(out))
 "#;
 
 fn run(b: &Bastion, script: &str, args: &[&str]) -> serde_json::Value {
-    let path = b.postern.write("console_admin_test.py", script);
-    let out: Out = Command::new("python3")
-        .arg(path)
-        .arg(format!("https://127.0.0.1:{}", b.postern.api.port()))
-        .arg(PASSWORD)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into();
-    serde_json::from_str(out.ok().trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    crate::console::python(&b.postern, PASSWORD, script, args)
 }
 
 #[test]
@@ -356,7 +322,12 @@ fn an_admin_watches_a_live_session_ends_it_and_checks_access_in_the_browser() {
 
     // Over HTTP: what each right may not do.
     let export = p.write("console-export.jsonl", "");
-    let r = run(&b, HTTP, &[&session, export.to_str().unwrap()]);
+    let r = crate::console::post_forms(
+        &b.postern,
+        PASSWORD,
+        HTTP,
+        &[&session, export.to_str().unwrap()],
+    );
     for path in ["/users", "/access", "/audit", "/audit/events"] {
         assert_eq!(r[format!("anonymous GET {path}")], 303, "{path}: {r}");
     }

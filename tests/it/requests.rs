@@ -22,6 +22,31 @@ fn reviewers(p: &Postern, names: &[&str]) {
     }
 }
 
+/// Roles `sre` (reviewers, console audit) and `gpu-admin` (the test's login on t1),
+/// requestable by `who` for at most `max_ttl`, reviewed by `sre`.
+fn gpu_admin(b: &Bastion, who: &str, max_ttl: &str) {
+    let p = &b.postern;
+    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
+        .ok();
+    p.cli(&[
+        "admin",
+        "role",
+        "add",
+        "gpu-admin",
+        "--allow",
+        "env=test",
+        "--logins",
+        &b.login,
+        "--requestable-by",
+        who,
+        "--reviewers",
+        "sre",
+        "--max-request-ttl",
+        max_ttl,
+    ])
+    .ok();
+}
+
 fn logged_in(p: &Postern, user: &str) -> Dev {
     let dev = Dev::new();
     let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());
@@ -44,25 +69,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn a_requested_role_is_approved_used_over_ssh_and_revoked_mid_session() {
     let b = Bastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
-        .ok();
-    p.cli(&[
-        "admin",
-        "role",
-        "add",
-        "gpu-admin",
-        "--allow",
-        "env=test",
-        "--logins",
-        &b.login,
-        "--requestable-by",
-        "user:alice",
-        "--reviewers",
-        "sre",
-        "--max-request-ttl",
-        "1h",
-    ])
-    .ok();
+    gpu_admin(&b, "user:alice", "1h");
     p.cli(&["admin", "user", "revoke", "alice", "dev"]).ok();
     crate::login::set_password(p);
     reviewers(p, &["bob"]);
@@ -411,23 +418,7 @@ fn request_events_reach_a_webhook_with_retries_and_failures_are_audited() {
         format!("[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\ngrant_warning = \"1h\"\n");
     let b = Bastion::start_with(&[], Some(&config));
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
-        .ok();
-    p.cli(&[
-        "admin",
-        "role",
-        "add",
-        "gpu-admin",
-        "--allow",
-        "env=test",
-        "--logins",
-        &b.login,
-        "--requestable-by",
-        "*",
-        "--reviewers",
-        "sre",
-    ])
-    .ok();
+    gpu_admin(&b, "*", "8h");
     crate::login::set_password(p);
     reviewers(p, &["bob"]);
     let alice = logged_in(p, "alice");
@@ -530,30 +521,6 @@ fn request_events_reach_a_webhook_with_retries_and_failures_are_audited() {
 
 /// Plain HTTPS against the console: forms as a browser posts them.
 const CONSOLE: &str = r#"
-import json, ssl, sys, urllib.request, urllib.parse, urllib.error
-base, password = sys.argv[1:3]
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *a, **k): return None
-opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect)
-def call(method, path, form=None, cookie=None):
-    data = urllib.parse.urlencode(form).encode() if form is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Cookie": cookie} if cookie else {})
-    try:
-        r = opener.open(req, timeout=15)
-    except urllib.error.HTTPError as e:
-        r = e
-    return r.status, r.read().decode(errors="replace")
-def login(user):
-    req = urllib.request.Request(base + "/login", method="POST", data=urllib.parse.urlencode({"user": user, "password": password}).encode())
-    try:
-        r = opener.open(req, timeout=15)
-    except urllib.error.HTTPError as e:
-        r = e
-    cookie = r.headers.get("set-cookie", "").split(";")[0]
-    page = call("GET", "/", None, cookie)[1]
-    return cookie, page.split('name="csrf" value="')[1].split('"')[0]
-out = {}
 alice, a_csrf = login("alice")
 bob, b_csrf = login("bob")
 out["form"] = 'action="/requests"' in call("GET", "/requests", None, alice)[1]
@@ -574,37 +541,10 @@ print(json.dumps(out))
 fn the_console_files_approves_and_revokes_requests() {
     let b = Bastion::start();
     let p = &b.postern;
-    p.cli(&["admin", "role", "add", "sre", "--console", "audit"])
-        .ok();
-    p.cli(&[
-        "admin",
-        "role",
-        "add",
-        "gpu-admin",
-        "--allow",
-        "env=test",
-        "--logins",
-        &b.login,
-        "--requestable-by",
-        "user:alice",
-        "--reviewers",
-        "sre",
-        "--max-request-ttl",
-        "2h",
-    ])
-    .ok();
+    gpu_admin(&b, "user:alice", "2h");
     crate::login::set_password(p);
     reviewers(p, &["bob"]);
-    let script = p.write("requests_console.py", CONSOLE);
-    let out: crate::harness::Out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("https://127.0.0.1:{}", p.api.port()))
-        .arg(PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-        .into();
-    let r: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
+    let r = crate::console::post_forms(p, PASSWORD, CONSOLE, &[]);
     assert_eq!(r["form"], true, "{r}");
     assert_eq!(r["ask"], 303, "{r}");
     assert_eq!(r["forged"], 403, "{r}");

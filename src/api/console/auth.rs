@@ -176,6 +176,32 @@ pub fn store_down(e: crate::store::StoreError) -> Response {
     )
 }
 
+/// The viewer of a posted form: logged in, the form from this site, its CSRF token theirs.
+pub async fn form_viewer(cx: &Ctx, headers: &HeaderMap, csrf: &str) -> Result<Viewer, Response> {
+    let v = viewer(cx, headers).await?;
+    if cross_site(headers) {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "This form came from another site.",
+        ));
+    }
+    v.check_csrf(csrf)?;
+    Ok(v)
+}
+
+/// A refusal of a request or review action, as a page with the status it deserves.
+pub fn not_done(v: &Viewer, e: crate::store::RequestError) -> Response {
+    use crate::store::RequestError as E;
+    let status = match &e {
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Refused(_) => StatusCode::FORBIDDEN,
+        E::Conflict(_) => StatusCode::CONFLICT,
+        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    refused_to(v, status, "Not done", &e.to_string())
+}
+
 /// A page saying why a request was refused.
 pub fn refused(status: StatusCode, why: &str) -> Response {
     let body = page(None, "Refused", html! { p.error { (why) } });

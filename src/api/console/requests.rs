@@ -11,14 +11,14 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::super::routes::Ctx;
-use super::auth::{Viewer, cross_site, refused, refused_to, store_down, viewer};
+use super::auth::{Viewer, form_viewer, not_done, refused_to, store_down, viewer};
 use super::html::{page, when};
 use crate::audit::now_ms;
 use crate::duration::Dur;
 use crate::policy::requests::{
     AccessRequest, RequestState, may_review, may_revoke, requestable_roles,
 };
-use crate::store::{NewRequest, RequestError, RequestFilter};
+use crate::store::{NewRequest, RequestFilter};
 
 #[derive(Deserialize)]
 pub struct AskForm {
@@ -183,32 +183,8 @@ pub async fn list(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
     page(Some(&v), "Requests", body).into_response()
 }
 
-/// A refusal from the store, as a page.
-fn refusal(v: &Viewer, e: RequestError) -> Response {
-    let status = match &e {
-        RequestError::NotFound(_) => StatusCode::NOT_FOUND,
-        RequestError::Refused(_) => StatusCode::FORBIDDEN,
-        RequestError::Conflict(_) => StatusCode::CONFLICT,
-        RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
-        RequestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    refused_to(v, status, "Not done", &e.to_string())
-}
-
-async fn checked(cx: &Ctx, headers: &HeaderMap, csrf: &str) -> Result<Viewer, Response> {
-    let v = viewer(cx, headers).await?;
-    if cross_site(headers) {
-        return Err(refused(
-            StatusCode::FORBIDDEN,
-            "This form came from another site.",
-        ));
-    }
-    v.check_csrf(csrf)?;
-    Ok(v)
-}
-
 pub async fn ask(State(cx): State<Ctx>, headers: HeaderMap, Form(f): Form<AskForm>) -> Response {
-    let v = match checked(&cx, &headers, &f.csrf).await {
+    let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -229,7 +205,7 @@ pub async fn ask(State(cx): State<Ctx>, headers: HeaderMap, Form(f): Form<AskFor
         .await
     {
         Ok(_) => Redirect::to("/requests").into_response(),
-        Err(e) => refusal(&v, e),
+        Err(e) => not_done(&v, e),
     }
 }
 
@@ -239,7 +215,7 @@ pub async fn decide(
     UrlPath((id, verb)): UrlPath<(i64, String)>,
     Form(f): Form<ActForm>,
 ) -> Response {
-    let v = match checked(&cx, &headers, &f.csrf).await {
+    let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -254,6 +230,6 @@ pub async fn decide(
     };
     match done {
         Ok(_) => Redirect::to("/requests").into_response(),
-        Err(e) => refusal(&v, e),
+        Err(e) => not_done(&v, e),
     }
 }

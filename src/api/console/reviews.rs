@@ -10,13 +10,13 @@ use maud::html;
 use serde::Deserialize;
 
 use super::super::routes::Ctx;
-use super::auth::{Viewer, cross_site, refused, refused_to, store_down, viewer};
+use super::auth::{form_viewer, not_done, refused_to, store_down, viewer};
 use super::html::{page, when};
 use crate::audit::{AuditEvent, Outcome};
 use crate::config::OnDue;
 use crate::duration::Dur;
 use crate::policy::reviews::{Scope, may_decide};
-use crate::store::{NewCampaign, RequestError};
+use crate::store::NewCampaign;
 
 #[derive(Deserialize)]
 pub struct StartForm {
@@ -120,24 +120,12 @@ pub async fn list(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
     page(Some(&v), "Reviews", body).into_response()
 }
 
-async fn checked(cx: &Ctx, headers: &HeaderMap, csrf: &str) -> Result<Viewer, Response> {
-    let v = viewer(cx, headers).await?;
-    if cross_site(headers) {
-        return Err(refused(
-            StatusCode::FORBIDDEN,
-            "This form came from another site.",
-        ));
-    }
-    v.check_csrf(csrf)?;
-    Ok(v)
-}
-
 pub async fn start(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Form(f): Form<StartForm>,
 ) -> Response {
-    let v = match checked(&cx, &headers, &f.csrf).await {
+    let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -185,7 +173,7 @@ pub async fn decide(
     UrlPath((id, verb)): UrlPath<(i64, String)>,
     Form(f): Form<DecideForm>,
 ) -> Response {
-    let v = match checked(&cx, &headers, &f.csrf).await {
+    let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -201,15 +189,7 @@ pub async fn decide(
         .await;
     match done {
         Ok(_) => Redirect::to("/reviews").into_response(),
-        Err(e) => {
-            let status = match &e {
-                RequestError::Refused(_) => StatusCode::FORBIDDEN,
-                RequestError::Conflict(_) => StatusCode::CONFLICT,
-                RequestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            refused_to(&v, status, "Not done", &e.to_string())
-        }
+        Err(e) => not_done(&v, e),
     }
 }
 

@@ -20,7 +20,8 @@ use crate::policy::requests::{
 };
 use crate::store::{NewRequest, RequestError, RequestFilter};
 
-fn refused(e: RequestError) -> ApiError {
+/// A refusal of a request or review action, with its status and code.
+pub(super) fn refused(e: RequestError) -> ApiError {
     match e {
         RequestError::NotFound(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())

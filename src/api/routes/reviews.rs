@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::requests::refused;
 use super::{Ctx, body};
 use crate::api::ApiError;
 use crate::audit::{Actor, AuditEvent, Outcome, format_ms};
@@ -17,7 +18,7 @@ use crate::config::OnDue;
 use crate::duration::Dur;
 use crate::policy::reviews::{Scope, may_decide};
 use crate::policy::{ConsoleRight, Policy, User};
-use crate::store::{Campaign, NewCampaign, RequestError, ReviewItem};
+use crate::store::{Campaign, NewCampaign, ReviewItem};
 
 fn needs(policy: &Policy, user: &User, right: ConsoleRight) -> Result<(), ApiError> {
     let rights = policy.console_rights(user);
@@ -33,18 +34,6 @@ fn needs(policy: &Policy, user: &User, right: ConsoleRight) -> Result<(), ApiErr
             right.as_str()
         ),
     ))
-}
-
-fn refused(e: RequestError) -> ApiError {
-    match e {
-        RequestError::NotFound(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-        }
-        RequestError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-        RequestError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-        RequestError::Invalid(m) => ApiError::bad_request(m),
-        RequestError::Store(e) => ApiError::store(e),
-    }
 }
 
 #[derive(Deserialize, Default, ToSchema)]
