@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::harness::Out;
 use crate::harness::postern::Postern;
@@ -105,17 +104,7 @@ fn a_bot_logs_in_with_its_join_token_reaches_ssh_and_loses_it_on_rotate_and_revo
     bot_login(p, &dev, "ci", &new_token).ok();
 
     // Revoked: a live session ends, new ones and logins are refused.
-    let child = ssh_as(&b, dev.home(), "sleep 30; echo never")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if p.events("session.start").len() >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = crate::ssh::sleeping_session(&b, &dev.home().join(".postern/id_ed25519"), 2);
     p.cli(&["admin", "bot", "revoke", "ci"]).ok();
     let out = wait_child(child);
     assert!(!out.stdout.contains("never"));

@@ -2,7 +2,6 @@
 //! approved by someone else (two people where the role says so), used with the stock
 //! `ssh` and `psql`, and ended — revoked or run out — with the live session ending too.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::postern::Postern;
@@ -198,17 +197,7 @@ fn a_requested_role_is_approved_used_over_ssh_and_revoked_mid_session() {
     assert_eq!(out.ok().trim(), "through-the-grant");
 
     // Revoked while a session runs on it: the session ends, saying why.
-    let child = b
-        .ssh_command("ssh")
-        .args(["-p", &p.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("sleep 30; echo never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the session", || p.events("session.start").len() >= 2);
+    let child = crate::ssh::sleeping_session(&b, &b.key, 2);
     let out = bob.run(p, &["request", "revoke", "1", "--reason", "done"], "");
     assert!(out.ok().contains("request #1 revoked"), "{}", out.stdout);
     let out = wait_child(child);

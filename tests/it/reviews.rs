@@ -2,7 +2,6 @@
 //! use, certify, revoke (a live session resting on the grant ends), the due date passing
 //! on a test clock (the rest revoked), and the auditors' report.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::postern::Postern;
@@ -113,22 +112,7 @@ fn a_review_certifies_revokes_and_closes_at_its_due_date() {
     );
 
     // Revoking alice's grant ends her live session.
-    let child = b
-        .ssh_command("ssh")
-        .args(["-p", &p.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("sleep 30; echo never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if p.events("session.start").len() >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = crate::ssh::sleeping_session(&b, &b.key, 2);
     let no_reason = bob.run(
         p,
         &["review", "revoke", &a.to_string(), "--reason", " "],

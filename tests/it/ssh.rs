@@ -860,6 +860,32 @@ pub fn open_shell(b: &Bastion) -> std::process::Child {
     panic!("session never became active; log:\n{}", b.postern.log());
 }
 
+/// `ssh … 'sleep 30; echo never'` through postern offering only `key`, started once the
+/// session is indexed (`session.start` events reach `sessions`).
+pub fn sleeping_session(
+    b: &Bastion,
+    key: &std::path::Path,
+    sessions: usize,
+) -> std::process::Child {
+    let child = b
+        .ssh_command_with_key("ssh", key)
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("sleep 30; echo never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..150 {
+        if b.postern.events("session.start").len() >= sessions {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child
+}
+
 pub fn wait_child(mut child: std::process::Child) -> Out {
     for _ in 0..100 {
         if child.try_wait().unwrap().is_some() {

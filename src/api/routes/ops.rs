@@ -41,16 +41,21 @@ impl Caller {
         if self.rights.contains(&right) {
             return Ok(());
         }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this needs the console's `{}` right (a role with `console = [\"{}\"]`)",
-                right.as_str(),
-                right.as_str()
-            ),
-        ))
+        Err(lacks(right))
     }
+}
+
+/// The refusal of a caller without a console right.
+pub(super) fn lacks(right: ConsoleRight) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this needs the console's `{}` right (a role with `console = [\"{}\"]`)",
+            right.as_str(),
+            right.as_str()
+        ),
+    )
 }
 
 async fn caller(cx: &Ctx, headers: &HeaderMap) -> Result<Caller, ApiError> {

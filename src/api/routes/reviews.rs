@@ -21,19 +21,11 @@ use crate::policy::{ConsoleRight, Policy, User};
 use crate::store::{Campaign, NewCampaign, ReviewItem};
 
 fn needs(policy: &Policy, user: &User, right: ConsoleRight) -> Result<(), ApiError> {
-    let rights = policy.console_rights(user);
-    if rights.contains(&right) {
-        return Ok(());
+    if policy.console_rights(user).contains(&right) {
+        Ok(())
+    } else {
+        Err(super::ops::lacks(right))
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!(
-            "this needs the console's `{}` right (a role with `console = [\"{}\"]`)",
-            right.as_str(),
-            right.as_str()
-        ),
-    ))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
