@@ -305,10 +305,15 @@ fn two_approvals_then_the_grant_runs_out_under_a_live_psql_session() {
     carol.run(p, &["request", "approve", "1"], "").ok();
     assert_eq!(b.psql(&["-c", "select 41 + 1"]).ok().trim(), "42");
 
-    // The grant ends while a statement runs: the session ends with it.
+    // The grant ends while a statement runs: the session ends with it, warned first.
     let child = running(&b, "select pg_sleep(60)");
     let out = wait_child(child);
     assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("postern: the access granted by request #1 ends in"),
+        "{out:?}"
+    );
     assert!(
         out.stderr
             .contains("the access granted by request #1 has ended"),
