@@ -33,7 +33,7 @@ pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
 
 use crate::audit::chain::Signer;
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::policy::{Change, Policy, PolicyError, diff};
+use crate::policy::{self as policy_model, Change, Policy, PolicyError, diff};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -463,13 +463,25 @@ where
         return Ok(changes);
     }
     policy::write(tx, &changes).await?;
-    let events: Vec<AuditEvent> = changes
+    let mut events: Vec<AuditEvent> = changes
         .iter()
         .map(|c| {
             AuditEvent::new(c.event_type(), actor, Outcome::Success, c.details())
                 .with_target(format!("{}:{}", c.entity().kind(), c.entity().name()))
         })
         .collect();
+    // A removed user's or role's open requests and running grants end with it, so a user
+    // or role made later under the same name inherits nothing.
+    for c in &changes {
+        if let Change::Delete(e) = c {
+            let (user, role) = match e {
+                policy_model::Entity::User(u) => (Some(u.name.as_str()), None),
+                policy_model::Entity::Role(r) => (None, Some(r.name.as_str())),
+                policy_model::Entity::Target(_) => continue,
+            };
+            events.extend(requests::close_removed(tx, actor, user, role).await?);
+        }
+    }
     audit::insert_chained(tx, &events).await?;
     Ok(changes)
 }

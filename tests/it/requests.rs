@@ -221,6 +221,42 @@ fn a_requested_role_is_approved_used_over_ssh_and_revoked_mid_session() {
     wait_for("session.revoked", || {
         !p.events("session.revoked").is_empty()
     });
+
+    // A removed user's grants end with them: someone added later under the same name
+    // inherits nothing.
+    let out = alice.run(
+        p,
+        &[
+            "request",
+            "create",
+            "--role",
+            "gpu-admin",
+            "--for",
+            "1h",
+            "--reason",
+            "again",
+        ],
+        "",
+    );
+    out.ok();
+    bob.run(p, &["request", "approve", "2"], "").ok();
+    assert_eq!(b.ssh(&b.dest(), "echo granted").ok().trim(), "granted");
+    p.cli(&["admin", "user", "rm", "alice"]).ok();
+    let ended = p.events("request.revoked");
+    assert_eq!(
+        ended.last().unwrap()["details"]["reason"],
+        "user `alice` was removed"
+    );
+    p.cli(&["admin", "user", "add", "alice"]).ok();
+    p.cli(&[
+        "admin",
+        "user",
+        "add-key",
+        "alice",
+        b.key.with_extension("pub").to_str().unwrap(),
+    ])
+    .ok();
+    assert_ne!(b.ssh(&b.dest(), "echo inherited").code, 0);
 }
 
 #[test]

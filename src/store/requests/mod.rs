@@ -443,3 +443,46 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Ends the pending requests and running grants of a removed user or role (in the
+/// caller's transaction); their `request.revoked` events, for the caller to append.
+pub(super) async fn close_removed(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &Actor,
+    user: Option<&str>,
+    role: Option<&str>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM access_requests WHERE state IN ('pending', 'approved')
+           AND (?1 IS NULL OR user_name = ?1) AND (?2 IS NULL OR role_name = ?2)",
+    )
+    .bind(user)
+    .bind(role)
+    .fetch_all(&mut *tx)
+    .await?;
+    let why = match (user, role) {
+        (Some(u), _) => format!("user `{u}` was removed"),
+        (_, Some(r)) => format!("role `{r}` was removed"),
+        _ => return Ok(Vec::new()),
+    };
+    let now = crate::audit::now_ms();
+    let mut events = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut req = row(r)?;
+        req.state = if req.state == RequestState::Pending {
+            RequestState::Cancelled
+        } else {
+            RequestState::Revoked
+        };
+        req.decided_ms = Some(now);
+        req.decision_reason = Some(why.clone());
+        save(tx, &req).await?;
+        let kind = if req.state == RequestState::Cancelled {
+            "request.cancelled"
+        } else {
+            "request.revoked"
+        };
+        events.push(event(kind, actor, &req, json!({ "reason": why })));
+    }
+    Ok(events)
+}
