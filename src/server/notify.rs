@@ -251,36 +251,55 @@ pub async fn run(store: Store, cfg: Notify, from: i64, stop: CancellationToken) 
     let mut after = from;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while stop.run_until_cancelled(tick.tick()).await.is_some() {
-        let page = match store.audit_page(after, 200).await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot read audit events to notify");
-                continue;
-            }
-        };
-        for c in page {
-            after = c.seq;
-            let Some(text) = text(&c.event) else {
-                continue;
-            };
-            let body = json!({ "text": text, "event": c.event }).to_string();
-            if let Err((attempts, error)) = deliver(&to, &tls, body.as_bytes(), &stop).await {
-                warn!(%error, seq = c.seq, "a request notification could not be delivered");
-                let failed = AuditEvent::new(
-                    "notify.failed",
-                    &Actor::system(),
-                    Outcome::Failure,
-                    json!({ "seq": c.seq, "type": c.event.kind, "attempts": attempts, "error": error }),
-                );
-                if let Err(e) = store.append_audit(&failed).await {
-                    warn!(error = %e, "cannot audit a failed notification");
+        // Pages until caught up: a busy log never leaves the announcements behind.
+        loop {
+            let page = match store.audit_page(after, 1000).await {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, "cannot read audit events to notify");
+                    break;
                 }
-            }
-            if stop.is_cancelled() {
+            };
+            if !announce(&store, &to, &tls, page, &mut after, &stop).await {
                 return;
             }
         }
     }
+}
+
+/// Announces the request events of `page`; false once `stop` fired.
+async fn announce(
+    store: &Store,
+    to: &Endpoint,
+    tls: &Arc<ClientConfig>,
+    page: Vec<crate::store::ChainedEvent>,
+    after: &mut i64,
+    stop: &CancellationToken,
+) -> bool {
+    for c in page {
+        *after = c.seq;
+        let Some(text) = text(&c.event) else {
+            continue;
+        };
+        let body = json!({ "text": text, "event": c.event }).to_string();
+        if let Err((attempts, error)) = deliver(to, tls, body.as_bytes(), stop).await {
+            warn!(%error, seq = c.seq, "a request notification could not be delivered");
+            let failed = AuditEvent::new(
+                "notify.failed",
+                &Actor::system(),
+                Outcome::Failure,
+                json!({ "seq": c.seq, "type": c.event.kind, "attempts": attempts, "error": error }),
+            );
+            if let Err(e) = store.append_audit(&failed).await {
+                warn!(error = %e, "cannot audit a failed notification");
+            }
+        }
+        if stop.is_cancelled() {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
