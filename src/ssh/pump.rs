@@ -138,6 +138,8 @@ impl Pump<'_> {
         // A write to the client interrupted by the session's end (kill, TTL, shutdown)
         // while the client was not taking data.
         let mut stalled = false;
+        // The target reported how the command ended (an exit status or signal).
+        let mut exited = false;
         let outcome = loop {
             let client_closed = client_end.is_some();
             let grace_over = async {
@@ -183,6 +185,7 @@ impl Pump<'_> {
                         break Err(format!("target `{}` refused to start the shell, command or subsystem", ctx.target.name));
                     }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        exited = true;
                         if let Ok(mut s) = ctx.exit_status.lock() {
                             *s = Some(exit_status);
                         }
@@ -190,6 +193,7 @@ impl Pump<'_> {
                         send(gone, down_w.exit_status(exit_status)).await;
                     }
                     Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
+                        exited = true;
                         let _ = self.recorder.record(Event::Marker(format!("exit-signal {signal_name:?}"))).await;
                         if let Kind::Session { handle, down_id, .. } = &self.kind {
                             send(gone, handle.exit_signal_request(*down_id, signal_name, core_dumped, error_message, lang_tag)).await;
@@ -242,9 +246,12 @@ impl Pump<'_> {
             }
         };
 
-        // A write cut short by the session's end is that end.
+        // A write cut short by the session's end is that end; so is a target channel that
+        // closed without an exit status while postern was ending the session (its upstream
+        // connection may go first).
         let outcome = match outcome {
             Ok(()) if stalled => Err(self.ending()),
+            Ok(()) if target_closed && !exited && session && self.ended() => Err(self.ending()),
             o => o,
         };
         // The client hears the end: EOF and CLOSE, or why postern ended the channel (a
