@@ -92,6 +92,13 @@ async fn metrics(State(cx): State<Ctx>) -> impl axum::response::IntoResponse {
 /// Request bodies are small JSON documents.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
+/// A numeric id from the path (a request, a review item or campaign), with a JSON error.
+fn path_id(s: &str) -> Result<i64, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::bad_request(format!("`{}` is not a number", crate::printable::cell(s)))
+    })
+}
+
 /// Parses a JSON body into `T`, with an error that says what is wrong with it.
 fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = raw.map_err(|e| {

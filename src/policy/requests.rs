@@ -228,7 +228,10 @@ pub fn refuse_request(
             role.name
         ));
     }
-    if ttl.as_secs() == 0 || ttl > role.settings.max_request_ttl {
+    if ttl.as_secs() == 0 {
+        return Some("ask for a time longer than 0s (--for 1h)".into());
+    }
+    if ttl > role.settings.max_request_ttl {
         return Some(format!(
             "role `{}` may be requested for at most {} (max_request_ttl), not {ttl}",
             role.name, role.settings.max_request_ttl

@@ -238,10 +238,10 @@ async fn act(
 pub async fn approve(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RequestOut>, ApiError> {
-    act(cx, headers, id, raw, "approve").await
+    act(cx, headers, super::path_id(&id)?, raw, "approve").await
 }
 
 /// Denies a pending request, with a reason.
@@ -252,10 +252,10 @@ pub async fn approve(
 pub async fn deny(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RequestOut>, ApiError> {
-    act(cx, headers, id, raw, "deny").await
+    act(cx, headers, super::path_id(&id)?, raw, "deny").await
 }
 
 /// Cancels one's own pending request.
@@ -266,10 +266,10 @@ pub async fn deny(
 pub async fn cancel(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RequestOut>, ApiError> {
-    act(cx, headers, id, raw, "cancel").await
+    act(cx, headers, super::path_id(&id)?, raw, "cancel").await
 }
 
 /// Ends a running grant now (its requester, a reviewer of its role, or a console admin);
@@ -281,8 +281,8 @@ pub async fn cancel(
 pub async fn revoke(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RequestOut>, ApiError> {
-    act(cx, headers, id, raw, "revoke").await
+    act(cx, headers, super::path_id(&id)?, raw, "revoke").await
 }

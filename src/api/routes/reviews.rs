@@ -200,10 +200,10 @@ async fn decide(
 pub async fn certify(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ItemOut>, ApiError> {
-    decide(cx, headers, id, raw, true).await
+    decide(cx, headers, super::path_id(&id)?, raw, true).await
 }
 
 /// Takes a grant away now, with a reason; sessions resting on it end within a second.
@@ -213,10 +213,10 @@ pub async fn certify(
 pub async fn revoke(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ItemOut>, ApiError> {
-    decide(cx, headers, id, raw, false).await
+    decide(cx, headers, super::path_id(&id)?, raw, false).await
 }
 
 /// Every item of a campaign with its decision, reviewer, time and reason (audit right).
@@ -226,11 +226,12 @@ pub async fn revoke(
 pub async fn report(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let (policy, user, _) = cx.bearer(&headers).await?;
     needs(&policy, &user, ConsoleRight::Audit)?;
+    let id = super::path_id(&id)?;
     let store = &cx.shared.store;
     let Some(campaign) = store.review_campaign(id).await.map_err(ApiError::store)? else {
         return Err(ApiError::new(
