@@ -39,6 +39,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
             "/v1/health",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/v1/ready", get(ready))
         .route("/v1/login", post(login::login))
         .route("/v1/login/bot", post(login::login_bot))
         .route("/v1/whoami", get(whoami))
@@ -75,6 +76,35 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(super::body_in_time))
         .with_state(Ctx { shared, peer })
+}
+
+/// Readiness for a load balancer: 200 when the store takes a write within two seconds
+/// (new sessions can be decided and recorded), 503 with the reason otherwise. `/v1/health` says
+/// only that the process serves.
+#[utoipa::path(get, path = "/v1/ready", tag = "health",
+    responses((status = 200, description = "`status`: `ready`, `store`: `ok`"), (status = 503, body = ops::ErrorOut)))]
+async fn ready(State(cx): State<Ctx>) -> Reply {
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        cx.shared.store.writable(),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready", "store": "ok" }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store failed");
+            Err(not_ready(
+                "postern cannot read its store; new sessions are refused until it can",
+            ))
+        }
+        Err(_) => Err(not_ready(
+            "postern's store did not answer within 2 s; new sessions are refused until it does",
+        )),
+    }
+}
+
+fn not_ready(why: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)
 }
 
 /// Prometheus metrics: counts by protocol, method, result and reason, never by who or

@@ -180,6 +180,18 @@ impl Store {
         }
     }
 
+    /// Whether a change could be written now: takes the write lock and lets it go, writing
+    /// nothing (readiness probes).
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                tx.rollback().await?;
+                Ok(())
+            }
+        }
+    }
+
     /// The sequence number of the newest event (0 when there is none).
     pub async fn audit_head_seq(&self) -> Result<i64, StoreError> {
         match &self.backend {

@@ -163,6 +163,11 @@ fn a_locked_store_fails_closed_and_recovers() {
     )
     .unwrap();
     assert_eq!(line.trim(), "locked");
+    assert_eq!(
+        ready(&b.postern),
+        503,
+        "a load balancer takes this replica out"
+    );
     let out = b.ssh(&b.dest(), "echo during");
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!out.stdout.contains("during"), "{out:?}");
@@ -174,6 +179,21 @@ fn a_locked_store_fails_closed_and_recovers() {
     let _ = locker.kill();
     let _ = locker.wait();
     assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
+    assert_eq!(ready(&b.postern), 200);
+}
+
+/// `GET /v1/ready`'s status.
+fn ready(p: &Postern) -> i64 {
+    let out: Out = Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys, urllib.request, urllib.error\nctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\ntry:\n    print(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=20).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)",
+        ])
+        .arg(format!("https://127.0.0.1:{}/v1/ready", p.api.port()))
+        .output()
+        .unwrap()
+        .into();
+    out.ok().trim().parse().unwrap()
 }
 
 /// A store that is not a database (damaged, or something else in its place): every use

@@ -564,7 +564,7 @@ impl utoipa::Modify for Bearer {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
-    paths(super::login::login, super::login::login_bot, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
+    paths(super::ready, super::login::login, super::login::login_bot, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
         super::requests::create, super::requests::list, super::requests::roles, super::requests::approve,
         super::requests::deny, super::requests::cancel, super::requests::revoke,
         super::reviews::start, super::reviews::list, super::reviews::items, super::reviews::certify,
