@@ -479,6 +479,19 @@ roles = ["sre"]
     }
 
     #[test]
+    fn the_example_policy_file_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let p = policy(&text).unwrap();
+        let gpu = &p.roles["gpu-admin"];
+        assert!(may_request(&p, &p.users["alice"], gpu));
+        assert!(!may_request(&p, &p.users["bob"], gpu));
+        assert!(may_review(&p.users["bob"], gpu));
+        assert!(p.users["ci-deploy"].bot);
+        assert!(!may_request(&p, &p.users["ci-deploy"], gpu));
+    }
+
+    #[test]
     fn grants_decide_like_roles_for_their_target_until_they_end() {
         let mut p = policy(FILE).unwrap();
         let alice = p.users["alice"].clone();
