@@ -137,6 +137,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         pg_end_point,
         pg_cancel: Default::default(),
         pg_backends: Default::default(),
+        replica: Default::default(),
     })
     .await?;
     // Signals are watched before the ready line: whoever waits for it may stop us at once.

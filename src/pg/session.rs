@@ -119,6 +119,7 @@ pub async fn run(
         exit_status: None,
         cert_serial: cert_serial.map(|s| s.to_string()),
         roles: grant.roles.clone(),
+        replica: shared.replica().map(str::to_string),
         recordings: vec![],
     };
     let not_recorded = || {

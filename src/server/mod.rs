@@ -42,9 +42,61 @@ pub struct Shared {
     pub repeats: crate::audit::repeats::Repeats,
     /// Recordings being written, whose seals become `recording.progress` events.
     pub seals: Arc<crate::recording::seal::Seals>,
+    /// This replica's name in the store (`host:api-port`), set when `serve` runs.
+    pub replica: std::sync::OnceLock<String>,
+}
+
+/// A replica whose lease was not renewed for this long is taken for dead: the others
+/// close its sessions.
+const REPLICA_LEASE: Duration = Duration::from_secs(10);
+
+/// This machine's host name.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // (or truncates, which the search for NUL below handles).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        _ => "localhost".into(),
+    }
 }
 
 impl Shared {
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.get().map(String::as_str)
+    }
+
+    /// Closes the sessions of replicas that died (`at_start`: this replica's own from an
+    /// earlier run too), each with its `session.end` event.
+    async fn recover_sessions(&self, at_start: bool) {
+        let me = self.replica().unwrap_or_default();
+        let cutoff =
+            crate::audit::now_ms() - i64::try_from(REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .store
+            .close_orphan_sessions("crash-recovered", me, at_start, cutoff)
+            .await
+        {
+            Ok(orphans) => {
+                for o in orphans {
+                    let mut e = AuditEvent::new(
+                        "session.end",
+                        &Actor::system(),
+                        Outcome::Failure,
+                        serde_json::json!({ "reason": "crash-recovered", "user": o.user, "login": o.login, "replica": o.replica }),
+                    );
+                    e.session_id = Some(o.id.clone());
+                    e.target = Some(o.target.clone());
+                    let _ = self.store.append_audit(&e).await;
+                    warn!(session = %o.id, replica = ?o.replica, "session was interrupted by a crash; marked crash-recovered");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot check for sessions interrupted by a crash"),
+        }
+    }
+
     /// Writes an audit event (repeated login failures collapse, see `audit::repeats`);
     /// a store that cannot take it is logged, the caller carries on with its refusal.
     pub async fn audit(&self, e: AuditEvent) {
@@ -194,24 +246,20 @@ impl Server {
             .await
             .map_err(|e| warn!(error = %e, "cannot write the server.start audit event"));
 
-        // Sessions a crash interrupted are marked so before new ones start.
-        match shared.store.close_orphan_sessions("crash-recovered").await {
-            Ok(orphans) => {
-                for o in orphans {
-                    let mut e = AuditEvent::new(
-                        "session.end",
-                        &Actor::system(),
-                        Outcome::Failure,
-                        serde_json::json!({ "reason": "crash-recovered", "user": o.user, "login": o.login }),
-                    );
-                    e.session_id = Some(o.id.clone());
-                    e.target = Some(o.target.clone());
-                    let _ = shared.store.append_audit(&e).await;
-                    warn!(session = %o.id, "session was interrupted by a crash; marked crash-recovered");
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot check for sessions interrupted by a crash"),
+        // This replica's lease; then sessions a crash interrupted (this replica's from an
+        // earlier run: it held this host and port, so it is gone) are marked so before new
+        // ones start.
+        let api_port = self.api.local_addr().map_or(0, |a| a.port());
+        let me = format!("{}:{}", hostname(), api_port);
+        let _ = shared.replica.set(me.clone());
+        if let Err(e) = shared
+            .store
+            .heartbeat_replica(&me, crate::audit::now_ms())
+            .await
+        {
+            warn!(error = %e, "cannot take this replica's lease in the store");
         }
+        shared.recover_sessions(true).await;
         // Whatever a crash or another process left unsigned is signed before serving,
         // unless the log no longer holds the head the witness recorded.
         mirror::expect_witness(&shared.store, &shared.config.audit.witness).await;
@@ -230,6 +278,16 @@ impl Server {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                    // The lease, and the sessions of replicas whose lease ran out.
+                    if let Some(me) = shared.replica()
+                        && let Err(e) = shared
+                            .store
+                            .heartbeat_replica(me, crate::audit::now_ms())
+                            .await
+                    {
+                        warn!(error = %e, "cannot renew this replica's lease");
+                    }
+                    shared.recover_sessions(false).await;
                     shared.audit_repeats(false).await;
                     shared.audit_seals().await;
                     shared
@@ -344,6 +402,11 @@ impl Server {
         // The final head is signed before the mirror and the witness take their last look.
         if let Err(e) = shared.store.audit_checkpoint().await {
             warn!(error = %e, "cannot sign the audit head at shutdown");
+        }
+        if let Some(me) = shared.replica()
+            && let Err(e) = shared.store.remove_replica(me).await
+        {
+            warn!(error = %e, "cannot give up this replica's lease");
         }
         mirror_stop.cancel();
         for f in followers {

@@ -196,6 +196,7 @@ impl Conn {
             exit_status: None,
             cert_serial: Some(cert.serial.to_string()),
             roles: grant.roles.clone(),
+            replica: self.shared.replica().map(str::to_string),
             recordings: vec![],
         };
         if let Err(e) = self.shared.store.start_session(&row).await {

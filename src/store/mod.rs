@@ -398,12 +398,50 @@ impl Store {
     }
 
     /// Closes sessions a crashed process left open (single node: every open session).
-    pub async fn close_orphan_sessions(&self, reason: &str) -> Result<Vec<SessionRow>, StoreError> {
+    /// Closes the sessions of replicas that died (see `sessions::close_orphans`).
+    pub async fn close_orphan_sessions(
+        &self,
+        reason: &str,
+        me: &str,
+        at_start: bool,
+        expired_before: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => {
-                sessions::close_orphans(&mut *pool.acquire().await?, reason).await
+                sessions::close_orphans(
+                    &mut *pool.acquire().await?,
+                    reason,
+                    me,
+                    at_start,
+                    expired_before,
+                )
+                .await
             }
         }
+    }
+
+    /// Takes or renews `name`'s lease.
+    pub async fn heartbeat_replica(&self, name: &str, now: i64) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        sqlx::query(
+            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES (?1, ?2, ?2)
+             ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&mut *pool.acquire().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives up `name`'s lease (a clean stop: its sessions have ended).
+    pub async fn remove_replica(&self, name: &str) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        sqlx::query("DELETE FROM replicas WHERE name = ?")
+            .bind(name)
+            .execute(&mut *pool.acquire().await?)
+            .await?;
+        Ok(())
     }
 
     pub async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRow>, StoreError> {

@@ -23,6 +23,9 @@ pub struct SessionRow {
     /// The roles that allowed the session (what access reviews call its use).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The replica (`host:api-port`) that runs or ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     pub recordings: Vec<RecordingRow>,
 }
 
@@ -54,8 +57,8 @@ pub struct SessionEnd {
 
 pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial, roles)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial, roles, replica)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&s.id)
     .bind(&s.kind)
@@ -66,6 +69,7 @@ pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), S
     .bind(s.started_ms)
     .bind(s.cert_serial.as_ref().and_then(|c| c.parse::<i64>().ok()))
     .bind(s.roles.join(","))
+    .bind(&s.replica)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -147,6 +151,7 @@ fn row_to_session(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreError>
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
+        replica: r.try_get("replica")?,
         recordings: Vec::new(),
     })
 }
@@ -261,18 +266,33 @@ pub async fn last_command(conn: &mut SqliteConnection) -> Result<i64, StoreError
     )
 }
 
-/// Sessions left open by a process that died: closed with `reason`; returns their ids.
+/// Sessions left open by a replica that died: `me`'s own from an earlier run (at its
+/// start, `at_start`, with those of no replica), and those of replicas whose lease ran
+/// out before `expired_before` or that no longer hold one. Closed with `reason`, once.
 pub async fn close_orphans(
     conn: &mut SqliteConnection,
     reason: &str,
+    me: &str,
+    at_start: bool,
+    expired_before: i64,
 ) -> Result<Vec<SessionRow>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM sessions WHERE ended_ms IS NULL")
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT * FROM sessions WHERE ended_ms IS NULL AND (
+            (?1 AND (replica IS NULL OR replica = ?2))
+            OR (replica IS NOT NULL AND replica != ?2 AND (
+                replica IN (SELECT name FROM replicas WHERE heartbeat_ms < ?3)
+                OR replica NOT IN (SELECT name FROM replicas))))",
+    )
+    .bind(at_start)
+    .bind(me)
+    .bind(expired_before)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = Vec::new();
     for r in &rows {
         let s = row_to_session(r)?;
-        sqlx::query(
+        // Whoever closes it first reports it.
+        let done = sqlx::query(
             "UPDATE sessions SET ended_ms = ?, end_reason = ? WHERE id = ? AND ended_ms IS NULL",
         )
         .bind(crate::audit::now_ms())
@@ -280,7 +300,9 @@ pub async fn close_orphans(
         .bind(&s.id)
         .execute(&mut *conn)
         .await?;
-        out.push(s);
+        if done.rows_affected() == 1 {
+            out.push(s);
+        }
     }
     Ok(out)
 }

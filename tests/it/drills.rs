@@ -219,3 +219,116 @@ fn an_unreadable_store_is_named_and_nothing_starts_on_it() {
         "{out:?}"
     );
 }
+
+/// Two `serve` replicas on one store: when one is killed with `kill -9`, the other closes
+/// that replica's sessions as crash-recovered once its lease runs out, and its own live
+/// session goes on untouched.
+#[test]
+fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
+    use std::io::BufRead;
+    let b = Bastion::start();
+    let p = &b.postern;
+    let (ssh_b, api_b) = (crate::harness::free_port(), crate::harness::free_port());
+    let mut replica = Command::new(crate::harness::postern::BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(p.data_dir())
+        .args(["--ssh-listen", &format!("127.0.0.1:{ssh_b}")])
+        .args(["--pg-listen", "127.0.0.1:0"])
+        .args(["--api-listen", &format!("127.0.0.1:{api_b}")])
+        .env_remove("POSTERN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(replica.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("postern ready"))),
+        "the second replica did not start"
+    );
+    let host_key =
+        std::fs::read_to_string(p.data_dir().join("keys/ssh_host_ed25519_key.pub")).unwrap();
+    let mut known = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&b.known_hosts)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut known,
+        format!("[127.0.0.1]:{ssh_b} {host_key}").as_bytes(),
+    )
+    .unwrap();
+
+    let on_a = crate::ssh::sleeping_session(&b, &b.key, 1);
+    let on_b = b
+        .ssh_command("ssh")
+        .args(["-p", &ssh_b.to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("sleep 60; echo never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sessions = || -> Vec<serde_json::Value> {
+        serde_json::from_str(p.cli(&["sessions", "list", "--json"]).ok()).unwrap()
+    };
+    let mut live = Vec::new();
+    for _ in 0..150 {
+        live = sessions()
+            .into_iter()
+            .filter(|s| s["ended_ms"].is_null())
+            .collect();
+        if live.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(live.len(), 2, "{live:?}");
+    let replicas: std::collections::BTreeSet<String> = live
+        .iter()
+        .map(|s| s["replica"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        replicas.len(),
+        2,
+        "each session names its replica: {live:?}"
+    );
+    let b_name = format!(":{api_b}");
+
+    // kill -9 the second replica: the first notices its lease run out.
+    unsafe { libc::kill(replica.id() as i32, libc::SIGKILL) };
+    let _ = replica.wait();
+    let mut recovered = None;
+    for _ in 0..250 {
+        recovered = sessions().into_iter().find(|s| {
+            s["replica"].as_str().is_some_and(|r| r.ends_with(&b_name)) && !s["ended_ms"].is_null()
+        });
+        if recovered.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recovered = recovered.expect("the dead replica's session was never closed");
+    assert_eq!(recovered["end_reason"], "crash-recovered");
+    let own = sessions()
+        .into_iter()
+        .find(|s| !s["replica"].as_str().unwrap_or("").ends_with(&b_name))
+        .unwrap();
+    assert!(
+        own["ended_ms"].is_null(),
+        "the live replica's session goes on: {own}"
+    );
+    let ends = p.events("session.end");
+    assert!(ends.iter().any(|e| {
+        e["details"]["reason"] == "crash-recovered"
+            && e["details"]["replica"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(&b_name))
+    }));
+    let mut on_b = on_b;
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+    let mut on_a = on_a;
+    let _ = on_a.kill();
+    let _ = on_a.wait();
+}
