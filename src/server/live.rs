@@ -200,11 +200,11 @@ async fn reviews(store: &Store, cfg: &crate::config::Review) {
             revoke_at_due: cfg.on_due == crate::config::OnDue::Revoke,
             stale_after: cfg.stale_after,
         };
-        match store
-            .start_review(&crate::audit::Actor::system(), &c, now)
-            .await
-        {
-            Ok(c) => info!(campaign = c.id, "access review started on schedule"),
+        let every_ms = crate::audit::secs_to_ms(every.as_secs());
+        match store.start_scheduled_review(&c, now, every_ms).await {
+            Ok(Some(c)) => info!(campaign = c.id, "access review started on schedule"),
+            // Another replica started it first.
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot start the scheduled access review"),
         }
     }

@@ -162,6 +162,75 @@ async fn save_decision(tx: &mut SqliteConnection, i: &ReviewItem) -> Result<(), 
     Ok(())
 }
 
+/// A new campaign and its items, with `review.started`, in the caller's transaction.
+async fn insert_campaign(
+    tx: &mut SqliteConnection,
+    actor: &Actor,
+    c: &NewCampaign,
+    now: i64,
+) -> Result<Campaign, StoreError> {
+    let p = policy::load(&mut *tx).await?;
+    let due_ms = now.saturating_add(crate::audit::secs_to_ms(c.due.as_secs()));
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO review_campaigns (name, scope, created_ms, created_by, due_ms, on_due) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&c.name)
+    .bind(c.scope.to_string())
+    .bind(now)
+    .bind(&actor.0)
+    .bind(due_ms)
+    .bind(if c.revoke_at_due { "revoke" } else { "report" })
+    .fetch_one(&mut *tx)
+    .await?;
+    let stale_before = now.saturating_sub(crate::audit::secs_to_ms(c.stale_after.as_secs()));
+    for (user, role) in c.scope.grants(&p) {
+        let granted: Option<i64> = sqlx::query_scalar(
+            "SELECT granted_ms FROM user_roles WHERE user_name = ? AND role_name = ?",
+        )
+        .bind(&user.name)
+        .bind(&role)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        let last_used: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(started_ms) FROM sessions WHERE user_name = ? AND instr(',' || roles || ',', ',' || ? || ',') > 0",
+        )
+        .bind(&user.name)
+        .bind(&role)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stale = last_used.or(granted).unwrap_or(i64::MIN) < stale_before;
+        sqlx::query(
+            "INSERT INTO review_items (campaign_id, user_name, role_name, granted_ms, last_used_ms, stale) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&user.name)
+        .bind(&role)
+        .bind(granted)
+        .bind(last_used)
+        .bind(i64::from(stale))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let campaign = get_campaign(&mut *tx, id)
+        .await?
+        .ok_or(StoreError::Corrupt {
+            what: "review campaign".into(),
+            why: "missing right after it was written".into(),
+        })?;
+    let e = AuditEvent::new(
+        "review.started",
+        actor,
+        Outcome::Success,
+        json!({
+            "campaign": id, "name": c.name, "scope": campaign.scope, "due_ms": due_ms,
+            "on_due": campaign.on_due, "items": campaign.counts.get("open").copied().unwrap_or(0),
+        }),
+    );
+    audit::insert_chained(&mut *tx, &[e]).await?;
+    Ok(campaign)
+}
+
 impl Store {
     /// Starts a campaign: one item per standing grant in scope, with its age and last
     /// use, and `review.started`.
@@ -173,67 +242,31 @@ impl Store {
     ) -> Result<Campaign, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let p = policy::load(&mut tx).await?;
-        let due_ms = now.saturating_add(crate::audit::secs_to_ms(c.due.as_secs()));
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO review_campaigns (name, scope, created_ms, created_by, due_ms, on_due) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&c.name)
-        .bind(c.scope.to_string())
-        .bind(now)
-        .bind(&actor.0)
-        .bind(due_ms)
-        .bind(if c.revoke_at_due { "revoke" } else { "report" })
-        .fetch_one(&mut *tx)
-        .await?;
-        let stale_before = now.saturating_sub(crate::audit::secs_to_ms(c.stale_after.as_secs()));
-        for (user, role) in c.scope.grants(&p) {
-            let granted: Option<i64> = sqlx::query_scalar(
-                "SELECT granted_ms FROM user_roles WHERE user_name = ? AND role_name = ?",
-            )
-            .bind(&user.name)
-            .bind(&role)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
-            let last_used: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(started_ms) FROM sessions WHERE user_name = ? AND instr(',' || roles || ',', ',' || ? || ',') > 0",
-            )
-            .bind(&user.name)
-            .bind(&role)
-            .fetch_one(&mut *tx)
-            .await?;
-            let stale = last_used.or(granted).unwrap_or(i64::MIN) < stale_before;
-            sqlx::query(
-                "INSERT INTO review_items (campaign_id, user_name, role_name, granted_ms, last_used_ms, stale) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(&user.name)
-            .bind(&role)
-            .bind(granted)
-            .bind(last_used)
-            .bind(i64::from(stale))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let campaign = get_campaign(&mut tx, id)
-            .await?
-            .ok_or(StoreError::Corrupt {
-                what: "review campaign".into(),
-                why: "missing right after it was written".into(),
-            })?;
-        let e = AuditEvent::new(
-            "review.started",
-            actor,
-            Outcome::Success,
-            json!({
-                "campaign": id, "name": c.name, "scope": campaign.scope, "due_ms": due_ms,
-                "on_due": campaign.on_due, "items": campaign.counts.get("open").copied().unwrap_or(0),
-            }),
-        );
-        audit::insert_chained(&mut tx, &[e]).await?;
+        let campaign = insert_campaign(&mut tx, actor, c, now).await?;
         tx.commit().await?;
         Ok(campaign)
+    }
+
+    /// Starts a campaign unless one started less than `every_ms` ago, deciding in the
+    /// same transaction, so replicas sharing the store start one between them.
+    pub async fn start_scheduled_review(
+        &self,
+        c: &NewCampaign,
+        now: i64,
+        every_ms: i64,
+    ) -> Result<Option<Campaign>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(created_ms) FROM review_campaigns")
+            .fetch_one(&mut *tx)
+            .await?;
+        if last.is_some_and(|l| now - l < every_ms) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let campaign = insert_campaign(&mut tx, &Actor::system(), c, now).await?;
+        tx.commit().await?;
+        Ok(Some(campaign))
     }
 
     /// Campaigns, newest first.
