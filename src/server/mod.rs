@@ -301,6 +301,7 @@ impl Server {
             tokio::spawn(notify::run(
                 shared.store.clone(),
                 shared.config.notify.clone(),
+                shared.replica().unwrap_or_default().to_string(),
                 self.mirror_from,
                 mirror_stop.clone(),
             ))

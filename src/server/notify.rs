@@ -240,7 +240,7 @@ async fn deliver(
 }
 
 /// Follows the audit chain from `from` and announces request events until `stop`.
-pub async fn run(store: Store, cfg: Notify, from: i64, stop: CancellationToken) {
+pub async fn run(store: Store, cfg: Notify, replica: String, from: i64, stop: CancellationToken) {
     let (to, tls) = match (Endpoint::parse(&cfg.webhook), tls_config(&cfg.ca_file)) {
         (Ok(to), Ok(tls)) => (to, tls),
         (Err(e), _) | (_, Err(e)) => {
@@ -261,7 +261,7 @@ pub async fn run(store: Store, cfg: Notify, from: i64, stop: CancellationToken) 
                     break;
                 }
             };
-            if !announce(&store, &to, &tls, page, &mut after, &stop).await {
+            if !announce(&store, &to, &tls, &replica, page, &mut after, &stop).await {
                 return;
             }
         }
@@ -273,6 +273,7 @@ async fn announce(
     store: &Store,
     to: &Endpoint,
     tls: &Arc<ClientConfig>,
+    replica: &str,
     page: Vec<crate::store::ChainedEvent>,
     after: &mut i64,
     stop: &CancellationToken,
@@ -282,6 +283,14 @@ async fn announce(
         let Some(text) = text(&c.event) else {
             continue;
         };
+        // Another replica following the same log announces it.
+        match store.claim_notification(c.seq, replica).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, seq = c.seq, "cannot claim a request notification; sending it anyway");
+            }
+        }
         let body = json!({ "text": text, "event": c.event }).to_string();
         if let Err((attempts, error)) = deliver(to, tls, body.as_bytes(), stop).await {
             warn!(%error, seq = c.seq, "a request notification could not be delivered");

@@ -434,6 +434,21 @@ impl Store {
         Ok(())
     }
 
+    /// Claims the notification of audit event `seq` for `replica`: true for the first
+    /// claimant only, so replicas following the same log announce each event once.
+    pub async fn claim_notification(&self, seq: i64, replica: &str) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let done = sqlx::query(
+            "INSERT INTO notify_claims (seq, replica, claimed_ms) VALUES (?, ?, ?) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(seq)
+        .bind(replica)
+        .bind(crate::audit::now_ms())
+        .execute(&mut *pool.acquire().await?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Gives up `name`'s lease (a clean stop: its sessions have ended).
     pub async fn remove_replica(&self, name: &str) -> Result<(), StoreError> {
         let Backend::Sqlite(pool) = &self.backend;

@@ -225,27 +225,10 @@ fn an_unreadable_store_is_named_and_nothing_starts_on_it() {
 /// session goes on untouched.
 #[test]
 fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
-    use std::io::BufRead;
     let b = Bastion::start();
     let p = &b.postern;
-    let (ssh_b, api_b) = (crate::harness::free_port(), crate::harness::free_port());
-    let mut replica = Command::new(crate::harness::postern::BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(p.data_dir())
-        .args(["--ssh-listen", &format!("127.0.0.1:{ssh_b}")])
-        .args(["--pg-listen", "127.0.0.1:0"])
-        .args(["--api-listen", &format!("127.0.0.1:{api_b}")])
-        .env_remove("POSTERN_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(replica.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("postern ready"))),
-        "the second replica did not start"
-    );
+    let mut replica = p.replica(None);
+    let (ssh_b, api_b) = (replica.ssh, replica.api);
     let host_key =
         std::fs::read_to_string(p.data_dir().join("keys/ssh_host_ed25519_key.pub")).unwrap();
     let mut known = std::fs::OpenOptions::new()
@@ -296,8 +279,8 @@ fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
     let b_name = format!(":{api_b}");
 
     // kill -9 the second replica: the first notices its lease run out.
-    unsafe { libc::kill(replica.id() as i32, libc::SIGKILL) };
-    let _ = replica.wait();
+    unsafe { libc::kill(replica.child.id() as i32, libc::SIGKILL) };
+    let _ = replica.child.wait();
     let mut recovered = None;
     for _ in 0..250 {
         recovered = sessions().into_iter().find(|s| {

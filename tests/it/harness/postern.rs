@@ -310,3 +310,50 @@ impl Drop for Postern {
         }
     }
 }
+
+/// A second `serve` on the same data dir (a replica sharing the store), on its own ports;
+/// killed when dropped.
+pub struct Replica {
+    pub child: Child,
+    pub ssh: u16,
+    pub api: u16,
+}
+
+impl Postern {
+    /// Starts a replica of this postern: the same data dir and, when given, config file.
+    pub fn replica(&self, config: Option<&Path>) -> Replica {
+        let (ssh, api) = (free_port(), free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--ssh-listen", &format!("127.0.0.1:{ssh}")])
+            .args(["--pg-listen", "127.0.0.1:0"])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .env_remove("POSTERN_CONFIG")
+            .env("POSTERN_TEST_CLOCK", self.root().join("clock-offset-ms"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("spawn a replica");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("postern ready"));
+        assert!(ready, "the replica did not start");
+        // Whatever it prints later is read, so its stdout never fills or breaks.
+        std::thread::spawn(move || lines.for_each(drop));
+        Replica { child, ssh, api }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
