@@ -278,13 +278,45 @@ fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
     );
     let b_name = format!(":{api_b}");
 
+    // A kill asked for through the store reaches the replica that runs the session.
+    let killed = b
+        .ssh_command("ssh")
+        .args(["-p", &ssh_b.to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("sleep 60; echo never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut third = None;
+    for _ in 0..150 {
+        third = sessions()
+            .into_iter()
+            .find(|s| s["ended_ms"].is_null() && !live.iter().any(|l| l["id"] == s["id"]));
+        if third.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let third = third.expect("a third session");
+    p.cli(&["sessions", "kill", third["id"].as_str().unwrap()])
+        .ok();
+    let out = crate::ssh::wait_child(killed);
+    assert!(
+        out.stderr.contains("an admin ended this session"),
+        "{out:?}"
+    );
+
     // kill -9 the second replica: the first notices its lease run out.
     unsafe { libc::kill(replica.child.id() as i32, libc::SIGKILL) };
     let _ = replica.child.wait();
     let mut recovered = None;
     for _ in 0..250 {
         recovered = sessions().into_iter().find(|s| {
-            s["replica"].as_str().is_some_and(|r| r.ends_with(&b_name)) && !s["ended_ms"].is_null()
+            s["replica"].as_str().is_some_and(|r| r.ends_with(&b_name))
+                && s["id"] != third["id"]
+                && !s["ended_ms"].is_null()
         });
         if recovered.is_some() {
             break;
