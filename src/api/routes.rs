@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 
 mod db;
 mod login;
+mod openapi;
 mod ops;
 mod requests;
 mod reviews;
+mod targets;
 
 use super::{ApiError, Door};
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
@@ -44,7 +46,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/login/bot", post(login::login_bot))
         .route("/v1/whoami", get(whoami))
         .route("/v1/db/login", post(db::db_login))
-        .route("/v1/targets", get(ops::targets))
+        .route("/v1/targets", get(targets::targets))
         .route("/v1/sessions", get(ops::sessions))
         .route("/v1/sessions/{id}", get(ops::session))
         .route("/v1/sessions/{id}/kill", post(ops::kill))
@@ -63,7 +65,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
         .route("/v1/reviews/items/{id}/certify", post(reviews::certify))
         .route("/v1/reviews/items/{id}/revoke", post(reviews::revoke))
         .route("/v1/reviews/{id}/report", get(reviews::report))
-        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/openapi.json", get(openapi::openapi))
         .route("/metrics", get(metrics))
         .merge(super::console::router())
         .fallback(|| async {
@@ -82,7 +84,7 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
 /// (new sessions can be decided and recorded), 503 with the reason otherwise. `/v1/health` says
 /// only that the process serves.
 #[utoipa::path(get, path = "/v1/ready", tag = "health",
-    responses((status = 200, description = "`status`: `ready`, `store`: `ok`"), (status = 503, body = ops::ErrorOut)))]
+    responses((status = 200, description = "`status`: `ready`, `store`: `ok`"), (status = 503, body = openapi::ErrorOut)))]
 async fn ready(State(cx): State<Ctx>) -> Reply {
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -436,7 +438,7 @@ impl Ctx {
 /// Who the bearer token belongs to, and until when.
 #[utoipa::path(get, path = "/v1/whoami", tag = "login", security(("bearer" = [])),
     responses((status = 200, description = "`user`, `roles`, `cert_serial`, `expires`", body = Object),
-        (status = 401, body = ops::ErrorOut)))]
+        (status = 401, body = openapi::ErrorOut)))]
 pub(super) async fn whoami(State(cx): State<Ctx>, headers: HeaderMap) -> Reply {
     let (_, user, t) = cx.bearer(&headers).await?;
     Ok(Json(json!({

@@ -212,12 +212,15 @@ pub async fn ask(State(cx): State<Ctx>, headers: HeaderMap, Form(f): Form<AskFor
 pub async fn decide(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    UrlPath((id, verb)): UrlPath<(i64, String)>,
+    UrlPath((id, verb)): UrlPath<(String, String)>,
     Form(f): Form<ActForm>,
 ) -> Response {
     let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return refused_to(&v, StatusCode::NOT_FOUND, "Not found", "No such request.");
     };
     let store = &cx.shared.store;
     let (name, now) = (v.user.name.as_str(), now_ms());

@@ -170,12 +170,20 @@ pub async fn start(
 pub async fn decide(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    UrlPath((id, verb)): UrlPath<(i64, String)>,
+    UrlPath((id, verb)): UrlPath<(String, String)>,
     Form(f): Form<DecideForm>,
 ) -> Response {
     let v = match form_viewer(&cx, &headers, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return refused_to(
+            &v,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such review item.",
+        );
     };
     let certify = match verb.as_str() {
         "certify" => true,
@@ -197,11 +205,14 @@ pub async fn decide(
 pub async fn report(
     State(cx): State<Ctx>,
     headers: HeaderMap,
-    UrlPath(id): UrlPath<i64>,
+    UrlPath(id): UrlPath<String>,
 ) -> Response {
     let v = match viewer(&cx, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return refused_to(&v, StatusCode::NOT_FOUND, "Not found", "No such campaign.");
     };
     if !v.audits() {
         return refused_to(

@@ -34,7 +34,7 @@ pub(super) struct DbLoginRequest {
 #[utoipa::path(post, path = "/v1/db/login", tag = "login", request_body = DbLoginRequest,
     security(("bearer" = [])),
     responses((status = 200, description = "`user`, `target`, `database`, `db_user`, `dbname`, `token`, `expires`, `ttl`, `postgres_port`", body = Object),
-        (status = 401, body = super::ops::ErrorOut), (status = 403, body = super::ops::ErrorOut)))]
+        (status = 401, body = super::openapi::ErrorOut), (status = 403, body = super::openapi::ErrorOut)))]
 pub(super) async fn db_login(
     State(cx): State<Ctx>,
     headers: HeaderMap,

@@ -53,7 +53,7 @@ pub struct BotLoginRequest {
 /// token for this API, both valid for the shortest `credential_ttl` of the user's roles.
 #[utoipa::path(post, path = "/v1/login", tag = "login", request_body = LoginRequest,
     responses((status = 200, description = "`user`, `roles`, `certificate`, `serial`, `valid_before`, `ttl`, `token`, `ssh_port`, `postgres_port`, `tls_ca`", body = Object),
-        (status = 401, body = super::ops::ErrorOut), (status = 429, body = super::ops::ErrorOut)))]
+        (status = 401, body = super::openapi::ErrorOut), (status = 429, body = super::openapi::ErrorOut)))]
 pub async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
     let req: LoginRequest = body(raw)?;
     let key = names::parse_user_key(&req.public_key)
@@ -73,7 +73,7 @@ pub async fn login(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) ->
 /// certificate and bearer token a person gets, valid for at most the bot's cap.
 #[utoipa::path(post, path = "/v1/login/bot", tag = "login", request_body = BotLoginRequest,
     responses((status = 200, description = "as `/v1/login`", body = Object),
-        (status = 401, body = super::ops::ErrorOut), (status = 429, body = super::ops::ErrorOut)))]
+        (status = 401, body = super::openapi::ErrorOut), (status = 429, body = super::openapi::ErrorOut)))]
 pub async fn login_bot(State(cx): State<Ctx>, raw: Result<Bytes, BytesRejection>) -> Reply {
     let req: BotLoginRequest = body(raw)?;
     let key = names::parse_user_key(&req.public_key)

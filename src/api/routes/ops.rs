@@ -1,7 +1,7 @@
 //! The console's operations as JSON, for scripts: sessions, the audit log, the access
 //! check, lock/unlock and kill, behind the bearer token of `postern login`, with the same
-//! console rights and the same actions (`api::actions`) as the pages. Documented by the
-//! OpenAPI document at `/v1/openapi.json`, generated from these handlers.
+//! console rights and the same actions (`api::actions`) as the pages. Documented in
+//! `/v1/openapi.json` (`openapi.rs`).
 
 use std::collections::BTreeSet;
 
@@ -156,7 +156,7 @@ pub struct SessionsOut {
 /// Sessions the caller may see: their own, or every one with the audit right.
 #[utoipa::path(get, path = "/v1/sessions", params(SessionsQuery), tag = "sessions",
     security(("bearer" = [])),
-    responses((status = 200, body = SessionsOut), (status = 401, body = ErrorOut)))]
+    responses((status = 200, body = SessionsOut), (status = 401, body = super::openapi::ErrorOut)))]
 pub async fn sessions(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -203,7 +203,7 @@ async fn visible(cx: &Ctx, c: &Caller, id: &str) -> Result<SessionRow, ApiError>
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = String, Path, description = "The session id (36 characters)")),
     security(("bearer" = [])),
-    responses((status = 200, body = SessionOut), (status = 404, body = ErrorOut)))]
+    responses((status = 200, body = SessionOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn session(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -225,7 +225,7 @@ pub struct KillOut {
 #[utoipa::path(post, path = "/v1/sessions/{id}/kill", tag = "sessions",
     params(("id" = String, Path, description = "The session id")),
     security(("bearer" = [])),
-    responses((status = 200, body = KillOut), (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+    responses((status = 200, body = KillOut), (status = 403, body = super::openapi::ErrorOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn kill(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -291,7 +291,7 @@ pub struct EventsOut {
 /// The audit log, with the filters of `audit search` (audit right).
 #[utoipa::path(get, path = "/v1/audit", params(AuditQuery), tag = "audit",
     security(("bearer" = [])),
-    responses((status = 200, body = EventsOut), (status = 403, body = ErrorOut)))]
+    responses((status = 200, body = EventsOut), (status = 403, body = super::openapi::ErrorOut)))]
 pub async fn audit(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -356,7 +356,7 @@ pub struct CheckOut {
 /// The policy engine's decision and the rule that made it, as `access check` (admin right).
 #[utoipa::path(post, path = "/v1/access/check", tag = "policy", request_body = CheckIn,
     security(("bearer" = [])),
-    responses((status = 200, body = CheckOut), (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+    responses((status = 200, body = CheckOut), (status = 403, body = super::openapi::ErrorOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn check(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -448,7 +448,7 @@ async fn set_status(
 #[utoipa::path(post, path = "/v1/users/{name}/lock", tag = "policy",
     params(("name" = String, Path, description = "The user")),
     security(("bearer" = [])),
-    responses((status = 200, body = UserStatusOut), (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+    responses((status = 200, body = UserStatusOut), (status = 403, body = super::openapi::ErrorOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn lock(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -461,127 +461,11 @@ pub async fn lock(
 #[utoipa::path(post, path = "/v1/users/{name}/unlock", tag = "policy",
     params(("name" = String, Path, description = "The user")),
     security(("bearer" = [])),
-    responses((status = 200, body = UserStatusOut), (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+    responses((status = 200, body = UserStatusOut), (status = 403, body = super::openapi::ErrorOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn unlock(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<UserStatusOut>, ApiError> {
     set_status(cx, headers, name, UserStatus::Active).await
-}
-
-/// A target the caller may reach, and with what.
-#[derive(Serialize, ToSchema)]
-pub struct TargetOut {
-    name: String,
-    /// `ssh` or `postgres`.
-    kind: String,
-    /// SSH: the logins (`*`: any login a rule allows).
-    logins: Vec<String>,
-    /// PostgreSQL: the databases and database users.
-    databases: Vec<String>,
-    db_users: Vec<String>,
-    /// When the access rests on approved requests only: when the last of them ends
-    /// (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    granted_until: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct TargetsOut {
-    targets: Vec<TargetOut>,
-    /// postern's SSH and PostgreSQL ports, to connect with.
-    ssh_port: u16,
-    postgres_port: u16,
-    /// When the caller's login ends (Unix seconds).
-    expires: i64,
-}
-
-/// The targets the caller's roles reach now, with the logins or databases on each
-/// (`postern ls`).
-#[utoipa::path(get, path = "/v1/targets", tag = "policy", security(("bearer" = [])),
-    responses((status = 200, body = TargetsOut), (status = 401, body = ErrorOut)))]
-pub async fn targets(
-    State(cx): State<Ctx>,
-    headers: HeaderMap,
-) -> Result<Json<TargetsOut>, ApiError> {
-    let (policy, user, token) = cx.bearer(&headers).await?;
-    let targets = policy
-        .targets
-        .values()
-        .filter_map(|t| {
-            let roles = policy.roles_for(&user, &t.name);
-            if !crate::policy::may_reach(&roles, t) {
-                return None;
-            }
-            let r = crate::policy::reach(&user, &roles, t);
-            Some(TargetOut {
-                name: t.name.clone(),
-                kind: t.kind.to_string(),
-                logins: r.logins,
-                databases: r.databases,
-                db_users: r.db_users,
-                granted_until: policy.reach_until(&user, t).map(|g| g.until_ms / 1000),
-            })
-        })
-        .collect();
-    Ok(Json(TargetsOut {
-        targets,
-        ssh_port: cx.shared.config.ssh.listen.port(),
-        postgres_port: cx.shared.config.postgres.listen.port(),
-        expires: token.expires_ms / 1000,
-    }))
-}
-
-/// Every error: a stable machine code and a message for people.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorOut {
-    code: String,
-    message: String,
-    /// Seconds to wait (`rate_limited`).
-    retry_after: Option<u64>,
-}
-
-struct Bearer;
-
-impl utoipa::Modify for Bearer {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Bearer)
-                .description(Some(
-                    "The token `postern login` prints (or POST /v1/login returns)",
-                ))
-                .build(),
-        );
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", scheme);
-    }
-}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "postern", description = "postern's HTTPS API: the console's operations as JSON."),
-    paths(super::ready, super::login::login, super::login::login_bot, super::whoami, super::db::db_login, targets, sessions, session, kill, audit, check, lock, unlock,
-        super::requests::create, super::requests::list, super::requests::roles, super::requests::approve,
-        super::requests::deny, super::requests::cancel, super::requests::revoke,
-        super::reviews::start, super::reviews::list, super::reviews::items, super::reviews::certify,
-        super::reviews::revoke, super::reviews::report),
-    components(schemas(ErrorOut)),
-    modifiers(&Bearer)
-)]
-pub(super) struct Doc;
-
-/// `GET /v1/openapi.json`: this API, described from its handlers.
-pub async fn openapi() -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
-    use utoipa::OpenApi;
-    let json = Doc::openapi()
-        .to_json()
-        .map_err(|e| ApiError::internal("cannot render the OpenAPI document", e))?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        json,
-    ))
 }

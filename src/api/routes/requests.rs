@@ -92,8 +92,8 @@ pub struct RolesOut {
 /// Files an access request (`postern request create`).
 #[utoipa::path(post, path = "/v1/requests", tag = "requests", security(("bearer" = [])),
     request_body = CreateIn,
-    responses((status = 201, body = RequestOut), (status = 400, body = super::ops::ErrorOut),
-        (status = 403, body = super::ops::ErrorOut), (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 201, body = RequestOut), (status = 400, body = super::openapi::ErrorOut),
+        (status = 403, body = super::openapi::ErrorOut), (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn create(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -120,7 +120,7 @@ pub async fn create(
 /// may revoke (`postern request list [--pending|--grants]`).
 #[utoipa::path(get, path = "/v1/requests", tag = "requests", security(("bearer" = [])),
     params(ListQuery),
-    responses((status = 200, body = RequestsOut), (status = 400, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = RequestsOut), (status = 400, body = super::openapi::ErrorOut)))]
 pub async fn list(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -233,8 +233,8 @@ async fn act(
 /// Approves a pending request (a reviewer of its role, not its requester).
 #[utoipa::path(post, path = "/v1/requests/{id}/approve", tag = "requests", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The request")), request_body = ReasonIn,
-    responses((status = 200, body = RequestOut), (status = 403, body = super::ops::ErrorOut),
-        (status = 404, body = super::ops::ErrorOut), (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = RequestOut), (status = 403, body = super::openapi::ErrorOut),
+        (status = 404, body = super::openapi::ErrorOut), (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn approve(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -247,8 +247,8 @@ pub async fn approve(
 /// Denies a pending request, with a reason.
 #[utoipa::path(post, path = "/v1/requests/{id}/deny", tag = "requests", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The request")), request_body = ReasonIn,
-    responses((status = 200, body = RequestOut), (status = 400, body = super::ops::ErrorOut),
-        (status = 403, body = super::ops::ErrorOut), (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = RequestOut), (status = 400, body = super::openapi::ErrorOut),
+        (status = 403, body = super::openapi::ErrorOut), (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn deny(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -261,8 +261,8 @@ pub async fn deny(
 /// Cancels one's own pending request.
 #[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The request")),
-    responses((status = 200, body = RequestOut), (status = 404, body = super::ops::ErrorOut),
-        (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = RequestOut), (status = 404, body = super::openapi::ErrorOut),
+        (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn cancel(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -276,8 +276,8 @@ pub async fn cancel(
 /// sessions resting on it end within a second.
 #[utoipa::path(post, path = "/v1/requests/{id}/revoke", tag = "requests", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The request")), request_body = ReasonIn,
-    responses((status = 200, body = RequestOut), (status = 404, body = super::ops::ErrorOut),
-        (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = RequestOut), (status = 404, body = super::openapi::ErrorOut),
+        (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn revoke(
     State(cx): State<Ctx>,
     headers: HeaderMap,

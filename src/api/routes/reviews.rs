@@ -89,7 +89,7 @@ pub struct DecideIn {
 /// Starts a campaign (admin right).
 #[utoipa::path(post, path = "/v1/reviews", tag = "reviews", security(("bearer" = [])),
     request_body = StartIn,
-    responses((status = 201, body = CampaignOut), (status = 400, body = super::ops::ErrorOut), (status = 403, body = super::ops::ErrorOut)))]
+    responses((status = 201, body = CampaignOut), (status = 400, body = super::openapi::ErrorOut), (status = 403, body = super::openapi::ErrorOut)))]
 pub async fn start(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -127,7 +127,7 @@ pub async fn start(
 
 /// Campaigns, newest first (audit right).
 #[utoipa::path(get, path = "/v1/reviews", tag = "reviews", security(("bearer" = [])),
-    responses((status = 200, body = CampaignsOut), (status = 403, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = CampaignsOut), (status = 403, body = super::openapi::ErrorOut)))]
 pub async fn list(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -146,7 +146,7 @@ pub async fn list(
 /// Review items: the open ones the caller may decide (`mine`), or any (audit right).
 #[utoipa::path(get, path = "/v1/reviews/items", tag = "reviews", security(("bearer" = [])),
     params(ItemsQuery),
-    responses((status = 200, body = ItemsOut), (status = 403, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = ItemsOut), (status = 403, body = super::openapi::ErrorOut)))]
 pub async fn items(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -196,7 +196,7 @@ async fn decide(
 /// Keeps a grant (a reviewer of its role, or an admin; never its holder).
 #[utoipa::path(post, path = "/v1/reviews/items/{id}/certify", tag = "reviews", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The item")), request_body = DecideIn,
-    responses((status = 200, body = ItemOut), (status = 403, body = super::ops::ErrorOut), (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = ItemOut), (status = 403, body = super::openapi::ErrorOut), (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn certify(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -209,7 +209,7 @@ pub async fn certify(
 /// Takes a grant away now, with a reason; sessions resting on it end within a second.
 #[utoipa::path(post, path = "/v1/reviews/items/{id}/revoke", tag = "reviews", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The item")), request_body = DecideIn,
-    responses((status = 200, body = ItemOut), (status = 400, body = super::ops::ErrorOut), (status = 403, body = super::ops::ErrorOut), (status = 409, body = super::ops::ErrorOut)))]
+    responses((status = 200, body = ItemOut), (status = 400, body = super::openapi::ErrorOut), (status = 403, body = super::openapi::ErrorOut), (status = 409, body = super::openapi::ErrorOut)))]
 pub async fn revoke(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -222,7 +222,7 @@ pub async fn revoke(
 /// Every item of a campaign with its decision, reviewer, time and reason (audit right).
 #[utoipa::path(get, path = "/v1/reviews/{id}/report", tag = "reviews", security(("bearer" = [])),
     params(("id" = i64, Path, description = "The campaign"), ReportQuery),
-    responses((status = 200, description = "JSON (`campaign`, `items`) or CSV"), (status = 403, body = super::ops::ErrorOut), (status = 404, body = super::ops::ErrorOut)))]
+    responses((status = 200, description = "JSON (`campaign`, `items`) or CSV"), (status = 403, body = super::openapi::ErrorOut), (status = 404, body = super::openapi::ErrorOut)))]
 pub async fn report(
     State(cx): State<Ctx>,
     headers: HeaderMap,
