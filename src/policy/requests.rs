@@ -174,13 +174,13 @@ impl Policy {
 pub fn may_request(policy: &Policy, user: &User, role: &Role) -> bool {
     user.status == UserStatus::Active
         && !user.bot
+        && policy.roles.contains_key(&role.name)
         && role.settings.requestable_by.iter().any(|e| match asker(e) {
             Some(Asker::Anyone) => true,
             Some(Asker::User(n)) => n == user.name,
             Some(Asker::Role(r)) => user.roles.contains(r),
             None => false,
         })
-        && policy.roles.contains_key(&role.name)
 }
 
 /// The roles `user` may ask for.
@@ -209,6 +209,36 @@ pub fn may_revoke(policy: &Policy, user: &User, role: &Role) -> bool {
     may_review(user, role)
         || (user.status == UserStatus::Active
             && policy.console_rights(user).contains(&ConsoleRight::Admin))
+}
+
+impl AccessRequest {
+    /// A grant still running at `now`.
+    pub fn running(&self, now: i64) -> bool {
+        self.state == RequestState::Approved && self.grant_until_ms.unwrap_or(0) > now
+    }
+
+    /// Whether this pending request waits for `reviewer`'s decision: not their own, not
+    /// yet approved by them, and they review its role.
+    pub fn awaits(&self, policy: &Policy, reviewer: &User) -> bool {
+        self.state == RequestState::Pending
+            && self.user != reviewer.name
+            && !self.approvals.iter().any(|a| a.reviewer == reviewer.name)
+            && policy
+                .roles
+                .get(&self.role)
+                .is_some_and(|role| may_review(reviewer, role))
+    }
+
+    /// Whether `user` may end this grant now: its requester, a reviewer of its role or a
+    /// console admin.
+    pub fn revocable_by(&self, policy: &Policy, user: &User, now: i64) -> bool {
+        self.running(now)
+            && (self.user == user.name
+                || policy
+                    .roles
+                    .get(&self.role)
+                    .is_some_and(|role| may_revoke(policy, user, role)))
+    }
 }
 
 /// Why a request cannot be made as asked; `None` when it can.

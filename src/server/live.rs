@@ -185,6 +185,8 @@ async fn reviews(store: &Store, cfg: &crate::config::Review) {
         Err(e) => warn!(error = %e, "cannot close access reviews past their due date"),
     }
     let Some(every) = cfg.every else { return };
+    // A read first, so the write lock is taken only when a campaign looks due; the start
+    // decides again inside its transaction.
     let due = match store.last_review_ms().await {
         Ok(last) => last.is_none_or(|l| now - l >= crate::audit::secs_to_ms(every.as_secs())),
         Err(e) => {

@@ -689,26 +689,11 @@ fn revoking_a_login_certificate_ends_its_live_sessions() {
     let dev = Dev::new();
     dev.login(&b.postern, &[], PASSWORD).ok();
     let key = dev.file("id_ed25519");
-    let child = b
-        .ssh_command_with_key("ssh", &key)
-        .args(["-p", &b.postern.ssh.port().to_string()])
-        .arg(format!("{}@127.0.0.1", b.dest()))
-        .arg("sleep 30; echo never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = crate::ssh::sleeping_session(&b, &key, 1);
     let serial = events(&b, "auth.login")[0]["details"]["serial"]
         .as_str()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if !events(&b, "session.start").is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
     b.postern
         .cli(&[
             "admin",

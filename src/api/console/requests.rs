@@ -15,9 +15,7 @@ use super::auth::{Viewer, form_viewer, not_done, refused_to, store_down, viewer}
 use super::html::{page, when};
 use crate::audit::now_ms;
 use crate::duration::Dur;
-use crate::policy::requests::{
-    AccessRequest, RequestState, may_review, may_revoke, requestable_roles,
-};
+use crate::policy::requests::{AccessRequest, RequestState, requestable_roles};
 use crate::store::{NewRequest, RequestFilter};
 
 #[derive(Deserialize)]
@@ -118,23 +116,15 @@ pub async fn list(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
         (Ok(p), Ok(r)) => (p, r),
         (Err(e), _) | (_, Err(e)) => return store_down(e),
     };
-    let role_of = |r: &AccessRequest| v.policy.roles.get(&r.role);
     let now = now_ms();
     let decide: Vec<&AccessRequest> = pending
         .iter()
-        .filter(|r| {
-            r.user != v.user.name
-                && !r.approvals.iter().any(|a| a.reviewer == v.user.name)
-                && role_of(r).is_some_and(|role| may_review(&v.user, role))
-        })
+        .filter(|r| r.awaits(&v.policy, &v.user))
         .collect();
+    // One's own grants are under "Your requests", with Give up.
     let revocable: Vec<&AccessRequest> = running
         .iter()
-        .filter(|r| {
-            r.grant_until_ms.unwrap_or(0) > now
-                && r.user != v.user.name
-                && role_of(r).is_some_and(|role| may_revoke(&v.policy, &v.user, role))
-        })
+        .filter(|r| r.user != v.user.name && r.revocable_by(&v.policy, &v.user, now))
         .collect();
     let askable = requestable_roles(&v.policy, &v.user);
     let body = html! {
@@ -168,7 +158,7 @@ pub async fn list(State(cx): State<Ctx>, headers: HeaderMap) -> Response {
                 (table(html! { @for r in &mine {
                     (row(r, html! {
                         @if r.state == RequestState::Pending { (act(&v, r.id, "cancel", "Cancel", false)) }
-                        @if r.state == RequestState::Approved && r.grant_until_ms.unwrap_or(0) > now { (act(&v, r.id, "revoke", "Give up", false)) }
+                        @if r.running(now) { (act(&v, r.id, "revoke", "Give up", false)) }
                     }))
                 } }))
             }

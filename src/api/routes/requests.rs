@@ -15,9 +15,7 @@ use super::{Ctx, body};
 use crate::api::ApiError;
 use crate::audit::now_ms;
 use crate::duration::Dur;
-use crate::policy::requests::{
-    AccessRequest, RequestState, may_review, may_revoke, requestable_roles,
-};
+use crate::policy::requests::{AccessRequest, RequestState, requestable_roles};
 use crate::store::{NewRequest, RequestError, RequestFilter};
 
 /// A refusal of a request or review action, with its status and code.
@@ -152,15 +150,10 @@ pub async fn list(
             let now = now_ms();
             all.into_iter()
                 .filter(|r| {
-                    let role = policy.roles.get(&r.role);
                     if pending {
-                        r.user != user.name
-                            && !r.approvals.iter().any(|a| a.reviewer == user.name)
-                            && role.is_some_and(|role| may_review(&user, role))
+                        r.awaits(&policy, &user)
                     } else {
-                        r.grant_until_ms.unwrap_or(0) > now
-                            && (r.user == user.name
-                                || role.is_some_and(|role| may_revoke(&policy, &user, role)))
+                        r.revocable_by(&policy, &user, now)
                     }
                 })
                 .collect()

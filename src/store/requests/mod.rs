@@ -347,8 +347,7 @@ impl Store {
         if !allowed {
             return Err(RequestError::NotFound(id));
         }
-        let running = r.state == RequestState::Approved && r.grant_until_ms.unwrap_or(0) > now;
-        if !running {
+        if !r.running(now) {
             return Err(RequestError::Conflict(format!(
                 "request #{id} has no running grant (it is {})",
                 r.state.as_str()
