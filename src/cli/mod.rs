@@ -171,6 +171,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Ok(url) = std::env::var("POSTERN_STORE_URL")
+        && !url.is_empty()
+    {
+        config.store.url = url;
+    }
     config.check()?;
     Ok(config)
 }
@@ -179,9 +184,13 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
     let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
-    let store = Store::open_sqlite(&config.data_dir, Some(std::sync::Arc::new(signer)))
-        .await
-        .with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    let store = Store::open(
+        &config.data_dir,
+        &config.store.url,
+        Some(std::sync::Arc::new(signer)),
+    )
+    .await
+    .with_context(|| format!("data dir {}", config.data_dir.display()))?;
     crate::server::mirror::expect_witness(&store, &config.audit.witness).await;
     Ok(store)
 }

@@ -89,7 +89,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         info!(path = %path.display(), "created");
     }
     let signer = crate::audit::chain::Signer::new(&loaded.keys.audit_key)?;
-    let store = Store::open_sqlite(&dir, Some(std::sync::Arc::new(signer)))
+    let store = Store::open(&dir, &config.store.url, Some(std::sync::Arc::new(signer)))
         .await
         .with_context(|| format!("data dir {}", dir.display()))?;
     if let Some(r) = &loaded.reissued {

@@ -97,13 +97,13 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         };
     }
     let db = crate::store::sqlite_path(&config.data_dir);
-    if !db.exists() {
+    if config.store.url.is_empty() && !db.exists() {
         bail!(
             "no postern store at {}; give --data-dir of a postern data dir (or a copy of one)",
             db.display()
         );
     }
-    let store = Store::open_sqlite(&config.data_dir, None).await?;
+    let store = Store::open(&config.data_dir, &config.store.url, None).await?;
     v.at(now_ms());
     let outcome = store.verify_chain(&mut v, |_| {}).await;
     store.close().await;

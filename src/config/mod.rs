@@ -35,6 +35,7 @@ pub struct Config {
     pub audit: Audit,
     pub notify: Notify,
     pub review: Review,
+    pub store: StoreConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -148,6 +149,24 @@ pub struct Tls {
     pub cert_file: Option<PathBuf>,
     /// The private key (PEM) of `cert_file`.
     pub key_file: Option<PathBuf>,
+}
+
+/// Where postern keeps its state.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// "" for the embedded SQLite store in the data dir; `postgres://…` for a PostgreSQL
+    /// database several replicas share. `POSTERN_STORE_URL` overrides it. Shown with its
+    /// password replaced.
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    if url.is_empty() {
+        return s.serialize_str("");
+    }
+    s.serialize_str(&crate::store::redacted(url))
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -300,6 +319,7 @@ impl Default for Config {
             audit: Audit::default(),
             notify: Notify::default(),
             review: Review::default(),
+            store: StoreConfig::default(),
         }
     }
 }

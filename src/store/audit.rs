@@ -1,7 +1,7 @@
 //! Audit rows: chained inserts, checkpoints, filtered and sequential reads.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{Row, AnyConnection};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -41,7 +41,7 @@ pub struct Checkpoint {
 }
 
 /// The last link: (seq, hash) of the newest event, or of the prune anchor, or genesis.
-async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+async fn head(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
     if let Some(r) = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?
@@ -61,7 +61,7 @@ async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), StoreError> 
 /// Appends events in order, each linked to the one before. Call inside a transaction
 /// that holds the write lock (`BEGIN IMMEDIATE`), so the chain has one order.
 pub async fn insert_chained(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     events: &[AuditEvent],
 ) -> Result<(i64, String), StoreError> {
     let (mut seq, mut prev) = head(conn).await?;
@@ -80,24 +80,23 @@ pub async fn insert_chained(
         ));
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash) ",
-        );
-        q.push_values(chunk, |mut b, (seq, e, prev_hash, hash, details)| {
-            b.push_bind(*seq)
-                .push_bind(e.id.to_string())
-                .push_bind(e.time_ms)
-                .push_bind(e.kind.clone())
-                .push_bind(e.actor.0.clone())
-                .push_bind(e.source.clone())
-                .push_bind(e.target.clone())
-                .push_bind(e.session_id.clone())
-                .push_bind(e.result.as_str())
-                .push_bind(details.clone())
-                .push_bind(prev_hash.clone())
-                .push_bind(hash.clone());
-        });
-        q.build().execute(&mut *conn).await?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_rows_sql(chunk.len())));
+        for (seq, e, prev_hash, hash, details) in chunk {
+            q = q
+                .bind(*seq)
+                .bind(e.id.to_string())
+                .bind(e.time_ms)
+                .bind(e.kind.clone())
+                .bind(e.actor.0.clone())
+                .bind(e.source.clone())
+                .bind(e.target.clone())
+                .bind(e.session_id.clone())
+                .bind(e.result.as_str())
+                .bind(details.clone())
+                .bind(prev_hash.clone())
+                .bind(hash.clone());
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok((seq, prev))
 }
@@ -105,8 +104,31 @@ pub async fn insert_chained(
 /// Rows per INSERT statement (12 values each, well under SQLite's variable limit).
 const ROWS_PER_INSERT: usize = 200;
 
+/// `INSERT INTO audit_events … VALUES ($1, … $12), ($13, …)` for `rows` rows: numbered
+/// placeholders, which both backends read (a statement built from numbers alone).
+fn insert_rows_sql(rows: usize) -> String {
+    const COLUMNS: usize = 12;
+    let mut sql = String::from(
+        "INSERT INTO audit_events (seq, id, time_ms, type, actor, source, target, session_id, result, details, prev_hash, hash) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 pub async fn last_checkpoint(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
 ) -> Result<Option<Checkpoint>, StoreError> {
     sqlx::query(
         "SELECT seq, hash, time_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
@@ -117,7 +139,7 @@ pub async fn last_checkpoint(
     .transpose()
 }
 
-fn checkpoint_row(r: &SqliteRow) -> Result<Checkpoint, StoreError> {
+fn checkpoint_row(r: &AnyRow) -> Result<Checkpoint, StoreError> {
     Ok(Checkpoint {
         seq: r.try_get("seq")?,
         hash: r.try_get("hash")?,
@@ -134,7 +156,7 @@ pub type Known = Option<(i64, String)>;
 /// (rewritten or cut outside postern: signing would vouch for the rewrite). Returns the
 /// signed head.
 pub async fn checkpoint(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     signer: &Signer,
     known: &Known,
 ) -> Result<Known, StoreError> {
@@ -147,7 +169,7 @@ pub async fn checkpoint(
             .await?
             .is_some_and(|a| a.seq > *kseq || (a.seq == *kseq && a.hash == *khash));
         let at: Option<Option<String>> =
-            sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = ?")
+            sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
                 .bind(kseq)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -166,7 +188,7 @@ pub async fn checkpoint(
         hash,
         time_ms: now_ms(),
     };
-    sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time_ms, signature) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_ms, signature) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(cp.seq)
         .bind(&cp.hash)
         .bind(cp.time_ms)
@@ -177,11 +199,11 @@ pub async fn checkpoint(
 }
 
 pub async fn checkpoints_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     after: i64,
     upto: i64,
 ) -> Result<Vec<Checkpoint>, StoreError> {
-    sqlx::query("SELECT seq, hash, time_ms, signature FROM audit_checkpoints WHERE seq > ? AND seq <= ? ORDER BY seq")
+    sqlx::query("SELECT seq, hash, time_ms, signature FROM audit_checkpoints WHERE seq > $1 AND seq <= $2 ORDER BY seq")
         .bind(after)
         .bind(upto)
         .fetch_all(&mut *conn)
@@ -191,7 +213,7 @@ pub async fn checkpoints_in(
         .collect()
 }
 
-pub async fn anchor(conn: &mut SqliteConnection) -> Result<Option<Checkpoint>, StoreError> {
+pub async fn anchor(conn: &mut AnyConnection) -> Result<Option<Checkpoint>, StoreError> {
     sqlx::query("SELECT seq, hash, time_ms, signature FROM audit_anchor WHERE id = 1")
         .fetch_optional(&mut *conn)
         .await?
@@ -201,12 +223,12 @@ pub async fn anchor(conn: &mut SqliteConnection) -> Result<Option<Checkpoint>, S
 
 /// Removes events older than `before_ms`, keeping a signed anchor at the last removed one.
 pub async fn prune(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     before_ms: i64,
     signer: &Signer,
 ) -> Result<u64, StoreError> {
     let Some(last) = sqlx::query(
-        "SELECT seq, hash FROM audit_events WHERE time_ms < ? ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, hash FROM audit_events WHERE time_ms < $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(before_ms)
     .fetch_optional(&mut *conn)
@@ -217,25 +239,25 @@ pub async fn prune(
     let seq: i64 = last.try_get("seq")?;
     let hash: Option<String> = last.try_get("hash")?;
     let hash = hash.unwrap_or_else(|| GENESIS.to_string());
-    sqlx::query("INSERT OR REPLACE INTO audit_anchor (id, seq, hash, time_ms, signature) VALUES (1, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_anchor (id, seq, hash, time_ms, signature) VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms, signature = excluded.signature")
         .bind(seq)
         .bind(&hash)
         .bind(now_ms())
         .bind(signer.sign(seq, &hash))
         .execute(&mut *conn)
         .await?;
-    let done = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
+    let done = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
         .bind(seq)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM audit_checkpoints WHERE seq < ?")
+    sqlx::query("DELETE FROM audit_checkpoints WHERE seq < $1")
         .bind(seq)
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected())
 }
 
-fn event_row(r: &SqliteRow) -> Result<ChainedEvent, StoreError> {
+fn event_row(r: &AnyRow) -> Result<ChainedEvent, StoreError> {
     let id: String = r.try_get("id")?;
     let details: String = r.try_get("details")?;
     let result: String = r.try_get("result")?;
@@ -266,11 +288,11 @@ fn event_row(r: &SqliteRow) -> Result<ChainedEvent, StoreError> {
 
 /// Events in sequence order after `after`, at most `limit` (for walking the whole log).
 pub async fn page(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     after: i64,
     limit: i64,
 ) -> Result<Vec<ChainedEvent>, StoreError> {
-    sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
+    sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
         .bind(after)
         .bind(limit)
         .fetch_all(&mut *conn)
@@ -281,21 +303,21 @@ pub async fn page(
 }
 
 pub async fn search(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     f: &AuditFilter,
 ) -> Result<Vec<ChainedEvent>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM (
            SELECT * FROM audit_events
-           WHERE (?1 IS NULL OR type = ?1 OR type LIKE ?1 || '.%')
-             AND (?2 IS NULL OR actor = ?2 OR actor LIKE '%:' || ?2)
-             AND (?3 IS NULL OR target = ?3 OR target LIKE '%:' || ?3)
-             AND (?4 IS NULL OR time_ms >= ?4)
-             AND (?5 IS NULL OR time_ms < ?5)
-             AND (?6 IS NULL OR session_id = ?6 OR session_id LIKE ?6 || '%')
-             AND (?7 IS NULL OR seq > ?7)
-           ORDER BY seq DESC LIMIT ?8
-         ) ORDER BY seq",
+           WHERE ($1 IS NULL OR type = $1 OR type LIKE $1 || '.%')
+             AND ($2 IS NULL OR actor = $2 OR actor LIKE '%:' || $2)
+             AND ($3 IS NULL OR target = $3 OR target LIKE '%:' || $3)
+             AND ($4 IS NULL OR time_ms >= $4)
+             AND ($5 IS NULL OR time_ms < $5)
+             AND ($6 IS NULL OR session_id = $6 OR session_id LIKE $6 || '%')
+             AND ($7 IS NULL OR seq > $7)
+           ORDER BY seq DESC LIMIT $8
+         ) AS recent ORDER BY seq",
     )
     .bind(&f.kind)
     .bind(&f.actor)
@@ -304,7 +326,7 @@ pub async fn search(
     .bind(f.until_ms)
     .bind(&f.session)
     .bind(f.after_seq)
-    .bind(f.limit.unwrap_or(-1))
+    .bind(f.limit.unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(event_row).collect()

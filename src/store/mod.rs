@@ -1,14 +1,15 @@
 //! The store: the only module that runs SQL.
 //!
-//! Callers see [`Store`] and domain types only. Today the backend is embedded SQLite
-//! (WAL, so admin commands and a running `serve` share one data dir safely); a
-//! PostgreSQL backend for several replicas becomes another [`Backend`] variant with its
-//! own migrations under `migrations/postgres/`, without changes to callers.
+//! Callers see [`Store`] and domain types only. The backend is embedded SQLite
+//! (WAL, so admin commands and a running `serve` share one data dir safely), or a
+//! PostgreSQL database shared by several replicas (`[store] url`), each with its own
+//! migrations. Callers cannot tell them apart; see [`open`] for how the SQL is shared.
 
 mod audit;
 mod credentials;
 pub mod error;
 mod export;
+mod open;
 mod policy;
 mod requests;
 mod reviews;
@@ -17,16 +18,14 @@ mod walk;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::AnyPool;
 
 pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
 pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
+pub use open::{Dialect, begin_write, redacted};
 pub use requests::{NewRequest, RequestError, RequestFilter};
 pub use reviews::{Campaign, NewCampaign, ReviewItem, review_csv};
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
@@ -37,13 +36,8 @@ use crate::policy::{self as policy_model, Change, Policy, PolicyError, diff};
 use std::sync::Arc;
 
 #[derive(Clone)]
-enum Backend {
-    Sqlite(SqlitePool),
-}
-
-#[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    pool: AnyPool,
     audit: writer::AuditQueue,
 }
 
@@ -52,6 +46,21 @@ pub fn sqlite_path(data_dir: &Path) -> PathBuf {
 }
 
 impl Store {
+    /// Opens the store `url` names (PostgreSQL), or the embedded one in `data_dir` when
+    /// `url` is empty, and brings its schema up to date.
+    pub async fn open(
+        data_dir: &Path,
+        url: &str,
+        signer: Option<Arc<Signer>>,
+    ) -> Result<Store, StoreError> {
+        if url.is_empty() {
+            return Self::open_sqlite(data_dir, signer).await;
+        }
+        let pool = open::postgres(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self::with_pool(pool, signer))
+    }
+
     /// Opens (creating if needed) the embedded store in `data_dir` and brings its schema up to date.
     pub async fn open_sqlite(
         data_dir: &Path,
@@ -71,26 +80,19 @@ impl Store {
                 return Err(error::open_failed(&path, sqlx::Error::Io(e)));
             }
         }
-        let url = format!("sqlite://{}", path.display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .map_err(|e| error::open_failed(&path, e))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Every acknowledged change is on disk before the call returns.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(|e| error::open_failed(&path, e))?;
+        let pool = open::sqlite(&path).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self::with_pool(pool, signer))
+    }
+
+    fn with_pool(pool: AnyPool, signer: Option<Arc<Signer>>) -> Store {
         let audit = writer::AuditQueue::start(pool.clone(), signer);
-        Ok(Store {
-            backend: Backend::Sqlite(pool),
-            audit,
-        })
+        Store { pool, audit }
+    }
+
+    /// Which engine holds the store.
+    pub fn dialect(&self) -> Dialect {
+        Dialect::of(&self.pool)
     }
 
     /// The policy as decisions see it now: with the grants of approved requests running.
@@ -110,19 +112,16 @@ impl Store {
     where
         F: FnOnce(&Policy) -> Result<Policy, PolicyError>,
     {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                // IMMEDIATE takes the write lock first, so two admins cannot interleave.
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let changes = edit_policy(&mut tx, actor, dry_run, edit).await?;
-                if dry_run || changes.is_empty() {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
-                Ok(changes)
-            }
+        let pool = &self.pool;
+        // IMMEDIATE takes the write lock first, so two admins cannot interleave.
+        let mut tx = crate::store::begin_write(pool).await?;
+        let changes = edit_policy(&mut tx, actor, dry_run, edit).await?;
+        if dry_run || changes.is_empty() {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
         }
+        Ok(changes)
     }
 
     /// Appends an event to the chain; returns once it is durable. Concurrent callers
@@ -138,22 +137,19 @@ impl Store {
 
     /// Appends many events in one transaction, in order.
     pub async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let written: Result<(), StoreError> = async {
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    audit::insert_chained(&mut tx, &events).await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-                .await;
-                match written {
-                    Ok(()) => events.iter().for_each(crate::metrics::observe),
-                    Err(_) => crate::metrics::store_error("audit_append"),
-                }
-                written
-            }
+        let pool = &self.pool;
+        let written: Result<(), StoreError> = async {
+            let mut tx = crate::store::begin_write(pool).await?;
+            audit::insert_chained(&mut tx, &events).await?;
+            tx.commit().await?;
+            Ok(())
         }
+        .await;
+        match written {
+            Ok(()) => events.iter().for_each(crate::metrics::observe),
+            Err(_) => crate::metrics::store_error("audit_append"),
+        }
+        written
     }
 
     /// Signs the current head of the audit chain (if it is not signed yet).
@@ -173,35 +169,26 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<ChainedEvent>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                audit::page(&mut *pool.acquire().await?, after_seq, limit).await
-            }
-        }
+        let pool = &self.pool;
+        audit::page(&mut *pool.acquire().await?, after_seq, limit).await
     }
 
     /// Whether a change could be written now: takes the write lock and lets it go, writing
     /// nothing (readiness probes).
     pub async fn writable(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                tx.rollback().await?;
-                Ok(())
-            }
-        }
+        let pool = &self.pool;
+        let tx = crate::store::begin_write(pool).await?;
+        tx.rollback().await?;
+        Ok(())
     }
 
     /// The sequence number of the newest event (0 when there is none).
     pub async fn audit_head_seq(&self) -> Result<i64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM audit_events")
-                    .fetch_one(&mut *pool.acquire().await?)
-                    .await?;
-                Ok(sqlx::Row::try_get(&row, "m")?)
-            }
-        }
+        let pool = &self.pool;
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM audit_events")
+            .fetch_one(&mut *pool.acquire().await?)
+            .await?;
+        Ok(sqlx::Row::try_get(&row, "m")?)
     }
 
     pub async fn audit_checkpoints(
@@ -209,56 +196,41 @@ impl Store {
         after_seq: i64,
         upto_seq: i64,
     ) -> Result<Vec<Checkpoint>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                audit::checkpoints_in(&mut *pool.acquire().await?, after_seq, upto_seq).await
-            }
-        }
+        let pool = &self.pool;
+        audit::checkpoints_in(&mut *pool.acquire().await?, after_seq, upto_seq).await
     }
 
     /// The newest signed checkpoint (the signed head after `audit_checkpoint`).
     pub async fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => audit::last_checkpoint(&mut *pool.acquire().await?).await,
-        }
+        let pool = &self.pool;
+        audit::last_checkpoint(&mut *pool.acquire().await?).await
     }
 
     pub async fn audit_anchor(&self) -> Result<Option<Checkpoint>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => audit::anchor(&mut *pool.acquire().await?).await,
-        }
+        let pool = &self.pool;
+        audit::anchor(&mut *pool.acquire().await?).await
     }
 
     /// Removes events older than `before_ms`, keeping a signed anchor; returns how many.
     pub async fn prune_audit(&self, before_ms: i64, signer: &Signer) -> Result<u64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let n = audit::prune(&mut tx, before_ms, signer).await?;
-                tx.commit().await?;
-                Ok(n)
-            }
-        }
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
+        let n = audit::prune(&mut tx, before_ms, signer).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     pub async fn search_audit(
         &self,
         filter: &AuditFilter,
     ) -> Result<Vec<ChainedEvent>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                audit::search(&mut conn, filter).await
-            }
-        }
+        let pool = &self.pool;
+        let mut conn = pool.acquire().await?;
+        audit::search(&mut conn, filter).await
     }
 
     pub async fn start_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        let r = match &self.backend {
-            Backend::Sqlite(pool) => {
-                async { sessions::insert(&mut *pool.acquire().await?, s).await }.await
-            }
-        };
+        let r = async { sessions::insert(&mut *self.pool.acquire().await?, s).await }.await;
         if r.is_err() {
             crate::metrics::store_error("session_start");
         }
@@ -266,15 +238,10 @@ impl Store {
     }
 
     pub async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
-        let r = match &self.backend {
-            Backend::Sqlite(pool) => {
-                async {
-                    sessions::end(&mut *pool.acquire().await?, id, crate::audit::now_ms(), end)
-                        .await
-                }
-                .await
-            }
-        };
+        let r = async {
+            sessions::end(&mut *self.pool.acquire().await?, id, crate::audit::now_ms(), end).await
+        }
+        .await;
         if r.is_err() {
             crate::metrics::store_error("session_end");
         }
@@ -287,11 +254,8 @@ impl Store {
         channel: u32,
         path: &str,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                sessions::add_recording(&mut *pool.acquire().await?, session, channel, path).await
-            }
-        }
+        let pool = &self.pool;
+        sessions::add_recording(&mut *pool.acquire().await?, session, channel, path).await
     }
 
     pub async fn finish_recording(
@@ -301,49 +265,40 @@ impl Store {
         sha256: &str,
         bytes: u64,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                sessions::finish_recording(
-                    &mut *pool.acquire().await?,
-                    session,
-                    channel,
-                    sha256,
-                    bytes,
-                )
-                .await
-            }
-        }
+        let pool = &self.pool;
+        sessions::finish_recording(
+            &mut *pool.acquire().await?,
+            session,
+            channel,
+            sha256,
+            bytes,
+        )
+        .await
     }
 
     /// Stores a user's password hash (PHC string); false when the user does not exist.
     pub async fn set_password_hash(&self, user: &str, hash: &str) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                if !user_exists(&mut conn, user).await? {
-                    return Ok(false);
-                }
-                sqlx::query("INSERT OR REPLACE INTO user_passwords (user_name, hash, updated_ms) VALUES (?, ?, ?)")
-                    .bind(user)
-                    .bind(hash)
-                    .bind(crate::audit::now_ms())
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(true)
-            }
+        let pool = &self.pool;
+        let mut conn = pool.acquire().await?;
+        if !user_exists(&mut conn, user).await? {
+            return Ok(false);
         }
+        sqlx::query("INSERT INTO user_passwords (user_name, hash, updated_ms) VALUES ($1, $2, $3) ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_ms = excluded.updated_ms")
+            .bind(user)
+            .bind(hash)
+            .bind(crate::audit::now_ms())
+            .execute(&mut *conn)
+            .await?;
+        Ok(true)
     }
 
     pub async fn password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let row = sqlx::query("SELECT hash FROM user_passwords WHERE user_name = ?")
-                    .bind(user)
-                    .fetch_optional(&mut *pool.acquire().await?)
-                    .await?;
-                Ok(row.map(|r| sqlx::Row::try_get(&r, "hash")).transpose()?)
-            }
-        }
+        let pool = &self.pool;
+        let row = sqlx::query("SELECT hash FROM user_passwords WHERE user_name = $1")
+            .bind(user)
+            .fetch_optional(&mut *pool.acquire().await?)
+            .await?;
+        Ok(row.map(|r| sqlx::Row::try_get(&r, "hash")).transpose()?)
     }
 
     /// Revokes a user certificate serial (idempotent); true when it was not revoked yet.
@@ -353,48 +308,41 @@ impl Store {
         actor: &Actor,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let done = sqlx::query(
-                    "INSERT OR IGNORE INTO revoked_certificates (serial, revoked_ms, actor, reason) VALUES (?, ?, ?, ?)",
-                )
-                .bind(serial.to_string())
-                .bind(crate::audit::now_ms())
-                .bind(&actor.0)
-                .bind(reason)
-                .execute(&mut *pool.acquire().await?)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-        }
+        let pool = &self.pool;
+        let done = sqlx::query(
+            "INSERT INTO revoked_certificates (serial, revoked_ms, actor, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(serial.to_string())
+        .bind(crate::audit::now_ms())
+        .bind(&actor.0)
+        .bind(reason)
+        .execute(&mut *pool.acquire().await?)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn is_revoked(&self, serial: u64) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => Ok(sqlx::query(
-                "SELECT 1 FROM revoked_certificates WHERE serial = ?",
-            )
-            .bind(serial.to_string())
-            .fetch_optional(&mut *pool.acquire().await?)
-            .await?
-            .is_some()),
-        }
+        let pool = &self.pool;
+        Ok(sqlx::query(
+            "SELECT 1 FROM revoked_certificates WHERE serial = $1",
+        )
+        .bind(serial.to_string())
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?
+        .is_some())
     }
 
     /// Every revoked serial (a small table: revocations are rare and certificates short).
     pub async fn revoked_serials(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let rows = sqlx::query("SELECT serial FROM revoked_certificates")
-                    .fetch_all(&mut *pool.acquire().await?)
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .filter_map(|r| sqlx::Row::try_get::<String, _>(r, "serial").ok())
-                    .filter_map(|s| s.parse().ok())
-                    .collect())
-            }
-        }
+        let pool = &self.pool;
+        let rows = sqlx::query("SELECT serial FROM revoked_certificates")
+            .fetch_all(&mut *pool.acquire().await?)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| sqlx::Row::try_get::<String, _>(r, "serial").ok())
+            .filter_map(|s| s.parse().ok())
+            .collect())
     }
 
     /// Closes sessions a crashed process left open (single node: every open session).
@@ -406,25 +354,22 @@ impl Store {
         at_start: bool,
         expired_before: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                sessions::close_orphans(
-                    &mut *pool.acquire().await?,
-                    reason,
-                    me,
-                    at_start,
-                    expired_before,
-                )
-                .await
-            }
-        }
+        let pool = &self.pool;
+        sessions::close_orphans(
+            &mut *pool.acquire().await?,
+            reason,
+            me,
+            at_start,
+            expired_before,
+        )
+        .await
     }
 
     /// Takes or renews `name`'s lease.
     pub async fn heartbeat_replica(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         sqlx::query(
-            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES (?1, ?2, ?2)
+            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $2, $2)
              ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
         )
         .bind(name)
@@ -437,9 +382,9 @@ impl Store {
     /// Claims the notification of audit event `seq` for `replica`: true for the first
     /// claimant only, so replicas following the same log announce each event once.
     pub async fn claim_notification(&self, seq: i64, replica: &str) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let done = sqlx::query(
-            "INSERT INTO notify_claims (seq, replica, claimed_ms) VALUES (?, ?, ?) ON CONFLICT (seq) DO NOTHING",
+            "INSERT INTO notify_claims (seq, replica, claimed_ms) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
         )
         .bind(seq)
         .bind(replica)
@@ -451,8 +396,8 @@ impl Store {
 
     /// Gives up `name`'s lease (a clean stop: its sessions have ended).
     pub async fn remove_replica(&self, name: &str) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query("DELETE FROM replicas WHERE name = ?")
+        let pool = &self.pool;
+        sqlx::query("DELETE FROM replicas WHERE name = $1")
             .bind(name)
             .execute(&mut *pool.acquire().await?)
             .await?;
@@ -460,49 +405,43 @@ impl Store {
     }
 
     pub async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRow>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => sessions::list(&mut *pool.acquire().await?, f).await,
-        }
+        let pool = &self.pool;
+        sessions::list(&mut *pool.acquire().await?, f).await
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => sessions::get(&mut *pool.acquire().await?, id).await,
-        }
+        let pool = &self.pool;
+        sessions::get(&mut *pool.acquire().await?, id).await
     }
 
     /// Asks whichever `serve` runs the session to end it.
     pub async fn request_kill(&self, session: &str, actor: &Actor) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                sessions::push_command(&mut *pool.acquire().await?, session, "kill", &actor.0).await
-            }
-        }
+        // Under the write lock, so commands commit in `seq` order and a replica reading
+        // "after the last seq it saw" misses none.
+        let mut tx = begin_write(&self.pool).await?;
+        sessions::push_command(&mut tx, session, "kill", &actor.0).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn session_commands_after(
         &self,
         seq: i64,
     ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                sessions::commands_after(&mut *pool.acquire().await?, seq).await
-            }
-        }
+        let pool = &self.pool;
+        sessions::commands_after(&mut *pool.acquire().await?, seq).await
     }
 
     pub async fn last_session_command(&self) -> Result<i64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => sessions::last_command(&mut *pool.acquire().await?).await,
-        }
+        let pool = &self.pool;
+        sessions::last_command(&mut *pool.acquire().await?).await
     }
 
     /// Waits for outstanding writes, signs the audit head and closes the store.
     pub async fn close(&self) {
         let _ = self.audit.checkpoint().await;
-        match &self.backend {
-            Backend::Sqlite(pool) => pool.close().await,
-        }
+        let pool = &self.pool;
+        pool.close().await
     }
 }
 
@@ -512,7 +451,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// validates the result and (unless `dry_run`) writes the difference with one audit event
 /// per change. The caller commits.
 async fn edit_policy<F>(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     actor: &Actor,
     dry_run: bool,
     edit: F,
@@ -551,8 +490,8 @@ where
     Ok(changes)
 }
 
-async fn user_exists(conn: &mut sqlx::SqliteConnection, user: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("SELECT 1 FROM users WHERE name = ?")
+async fn user_exists(conn: &mut sqlx::AnyConnection, user: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE name = $1")
         .bind(user)
         .fetch_optional(conn)
         .await?

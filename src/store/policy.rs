@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Row, AnyConnection};
 
 use super::StoreError;
 use super::error::corrupt;
 use crate::audit::now_ms;
 use crate::policy::{Change, Entity, Policy, Role, Target, User, UserKey, UserStatus};
 
-pub async fn load(conn: &mut SqliteConnection) -> Result<Policy, StoreError> {
+pub async fn load(conn: &mut AnyConnection) -> Result<Policy, StoreError> {
     let mut p = Policy::default();
     for r in sqlx::query("SELECT name, spec FROM roles")
         .fetch_all(&mut *conn)
@@ -88,13 +88,13 @@ fn kind(u: &User) -> &'static str {
 /// Writes a user's roles (each with when it was granted: `since`'s time for roles it
 /// already held, `now` for new ones) and keys.
 async fn write_user_links(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     u: &User,
     since: &BTreeMap<String, Option<i64>>,
     now: i64,
 ) -> Result<(), StoreError> {
     for role in &u.roles {
-        sqlx::query("INSERT INTO user_roles (user_name, role_name, granted_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO user_roles (user_name, role_name, granted_ms) VALUES ($1, $2, $3)")
             .bind(&u.name)
             .bind(role)
             .bind(since.get(role).copied().unwrap_or(Some(now)))
@@ -103,7 +103,7 @@ async fn write_user_links(
     }
     for (i, k) in u.keys.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO user_keys (fingerprint, user_name, public_key, comment, position) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO user_keys (fingerprint, user_name, public_key, comment, position) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&k.fingerprint)
         .bind(&u.name)
@@ -117,7 +117,7 @@ async fn write_user_links(
 }
 
 /// Applies `changes` in order (see [`crate::policy::diff`] for why the order is safe).
-pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), StoreError> {
+pub async fn write(conn: &mut AnyConnection, changes: &[Change]) -> Result<(), StoreError> {
     let now = now_ms();
     // Keys may move between users in one change set: clear updated users' links first,
     // remembering since when each role was held.
@@ -129,7 +129,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
         } = c
         {
             let mut since = BTreeMap::new();
-            for r in sqlx::query("SELECT role_name, granted_ms FROM user_roles WHERE user_name = ?")
+            for r in sqlx::query("SELECT role_name, granted_ms FROM user_roles WHERE user_name = $1")
                 .bind(&u.name)
                 .fetch_all(&mut *conn)
                 .await?
@@ -137,11 +137,11 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 since.insert(r.try_get("role_name")?, r.try_get("granted_ms")?);
             }
             held.insert(u.name.clone(), since);
-            sqlx::query("DELETE FROM user_keys WHERE user_name = ?")
+            sqlx::query("DELETE FROM user_keys WHERE user_name = $1")
                 .bind(&u.name)
                 .execute(&mut *conn)
                 .await?;
-            sqlx::query("DELETE FROM user_roles WHERE user_name = ?")
+            sqlx::query("DELETE FROM user_roles WHERE user_name = $1")
                 .bind(&u.name)
                 .execute(&mut *conn)
                 .await?;
@@ -151,7 +151,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
         match c {
             Change::Create(Entity::Role(r)) => {
                 sqlx::query(
-                    "INSERT INTO roles (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO roles (name, spec, created_ms, updated_ms) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(&r.name)
                 .bind(json(r)?)
@@ -164,7 +164,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 after: Entity::Role(r),
                 ..
             } => {
-                sqlx::query("UPDATE roles SET spec = ?, updated_ms = ? WHERE name = ?")
+                sqlx::query("UPDATE roles SET spec = $1, updated_ms = $2 WHERE name = $3")
                     .bind(json(r)?)
                     .bind(now)
                     .bind(&r.name)
@@ -172,14 +172,14 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                     .await?;
             }
             Change::Delete(Entity::Role(r)) => {
-                sqlx::query("DELETE FROM roles WHERE name = ?")
+                sqlx::query("DELETE FROM roles WHERE name = $1")
                     .bind(&r.name)
                     .execute(&mut *conn)
                     .await?;
             }
             Change::Create(Entity::Target(t)) => {
                 sqlx::query(
-                    "INSERT INTO targets (name, kind, address, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO targets (name, kind, address, spec, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(&t.name)
                 .bind(t.kind.to_string())
@@ -194,7 +194,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 after: Entity::Target(t),
                 ..
             } => {
-                sqlx::query("UPDATE targets SET kind = ?, address = ?, spec = ?, updated_ms = ? WHERE name = ?")
+                sqlx::query("UPDATE targets SET kind = $1, address = $2, spec = $3, updated_ms = $4 WHERE name = $5")
                     .bind(t.kind.to_string())
                     .bind(&t.address)
                     .bind(json(t)?)
@@ -204,14 +204,14 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                     .await?;
             }
             Change::Delete(Entity::Target(t)) => {
-                sqlx::query("DELETE FROM targets WHERE name = ?")
+                sqlx::query("DELETE FROM targets WHERE name = $1")
                     .bind(&t.name)
                     .execute(&mut *conn)
                     .await?;
             }
             Change::Create(Entity::User(u)) => {
                 sqlx::query(
-                    "INSERT INTO users (name, status, kind, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO users (name, status, kind, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&u.name)
                 .bind(u.status.to_string())
@@ -226,7 +226,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 after: Entity::User(u),
                 ..
             } => {
-                sqlx::query("UPDATE users SET status = ?, kind = ?, updated_ms = ? WHERE name = ?")
+                sqlx::query("UPDATE users SET status = $1, kind = $2, updated_ms = $3 WHERE name = $4")
                     .bind(u.status.to_string())
                     .bind(kind(u))
                     .bind(now)
@@ -237,7 +237,7 @@ pub async fn write(conn: &mut SqliteConnection, changes: &[Change]) -> Result<()
                 write_user_links(conn, u, &since, now).await?;
             }
             Change::Delete(Entity::User(u)) => {
-                sqlx::query("DELETE FROM users WHERE name = ?")
+                sqlx::query("DELETE FROM users WHERE name = $1")
                     .bind(&u.name)
                     .execute(&mut *conn)
                     .await?;

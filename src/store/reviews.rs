@@ -5,10 +5,10 @@
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{Row, AnyConnection};
 
-use super::{Backend, RequestError, Store, StoreError, audit, edit_policy, policy};
+use super::{RequestError, Store, StoreError, audit, edit_policy, policy};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::duration::Dur;
 use crate::policy::reviews::{Scope, may_decide, tally};
@@ -58,7 +58,7 @@ pub struct ReviewItem {
     pub reason: Option<String>,
 }
 
-fn item_row(r: &SqliteRow) -> Result<ReviewItem, StoreError> {
+fn item_row(r: &AnyRow) -> Result<ReviewItem, StoreError> {
     Ok(ReviewItem {
         id: r.try_get("id")?,
         campaign: r.try_get("campaign_id")?,
@@ -75,10 +75,10 @@ fn item_row(r: &SqliteRow) -> Result<ReviewItem, StoreError> {
 }
 
 async fn items_of(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     campaign: i64,
 ) -> Result<Vec<ReviewItem>, StoreError> {
-    sqlx::query("SELECT * FROM review_items WHERE campaign_id = ? ORDER BY id")
+    sqlx::query("SELECT * FROM review_items WHERE campaign_id = $1 ORDER BY id")
         .bind(campaign)
         .fetch_all(&mut *conn)
         .await?
@@ -87,7 +87,7 @@ async fn items_of(
         .collect()
 }
 
-async fn campaign_row(conn: &mut SqliteConnection, r: &SqliteRow) -> Result<Campaign, StoreError> {
+async fn campaign_row(conn: &mut AnyConnection, r: &AnyRow) -> Result<Campaign, StoreError> {
     let id: i64 = r.try_get("id")?;
     let items = items_of(conn, id).await?;
     Ok(Campaign {
@@ -104,10 +104,10 @@ async fn campaign_row(conn: &mut SqliteConnection, r: &SqliteRow) -> Result<Camp
 }
 
 async fn get_campaign(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<Campaign>, StoreError> {
-    let Some(r) = sqlx::query("SELECT * FROM review_campaigns WHERE id = ?")
+    let Some(r) = sqlx::query("SELECT * FROM review_campaigns WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
@@ -132,7 +132,7 @@ fn item_event(kind: &str, actor: &Actor, i: &ReviewItem) -> AuditEvent {
 
 /// Takes `role` from `user` (if they still hold it) in the caller's transaction.
 async fn take_role(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     actor: &Actor,
     user: &str,
     role: &str,
@@ -148,9 +148,9 @@ async fn take_role(
     .map(|_| ())
 }
 
-async fn save_decision(tx: &mut SqliteConnection, i: &ReviewItem) -> Result<(), StoreError> {
+async fn save_decision(tx: &mut AnyConnection, i: &ReviewItem) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE review_items SET decision = ?, reviewer = ?, decided_ms = ?, reason = ? WHERE id = ?",
+        "UPDATE review_items SET decision = $1, reviewer = $2, decided_ms = $3, reason = $4 WHERE id = $5",
     )
     .bind(&i.decision)
     .bind(&i.reviewer)
@@ -164,7 +164,7 @@ async fn save_decision(tx: &mut SqliteConnection, i: &ReviewItem) -> Result<(), 
 
 /// A new campaign and its items, with `review.started`, in the caller's transaction.
 async fn insert_campaign(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     actor: &Actor,
     c: &NewCampaign,
     now: i64,
@@ -172,7 +172,7 @@ async fn insert_campaign(
     let p = policy::load(&mut *tx).await?;
     let due_ms = now.saturating_add(crate::audit::secs_to_ms(c.due.as_secs()));
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO review_campaigns (name, scope, created_ms, created_by, due_ms, on_due) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO review_campaigns (name, scope, created_ms, created_by, due_ms, on_due) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(&c.name)
     .bind(c.scope.to_string())
@@ -185,23 +185,24 @@ async fn insert_campaign(
     let stale_before = now.saturating_sub(crate::audit::secs_to_ms(c.stale_after.as_secs()));
     for (user, role) in c.scope.grants(&p) {
         let granted: Option<i64> = sqlx::query_scalar(
-            "SELECT granted_ms FROM user_roles WHERE user_name = ? AND role_name = ?",
+            "SELECT granted_ms FROM user_roles WHERE user_name = $1 AND role_name = $2",
         )
         .bind(&user.name)
         .bind(&role)
         .fetch_optional(&mut *tx)
         .await?
         .flatten();
-        let last_used: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(started_ms) FROM sessions WHERE user_name = ? AND instr(',' || roles || ',', ',' || ? || ',') > 0",
-        )
+        let last_used: Option<i64> = sqlx::query_scalar(super::Dialect::of_conn(tx).pick(
+            "SELECT MAX(started_ms) FROM sessions WHERE user_name = $1 AND instr(',' || roles || ',', ',' || $2 || ',') > 0",
+            "SELECT MAX(started_ms) FROM sessions WHERE user_name = $1 AND strpos(',' || roles || ',', ',' || $2 || ',') > 0",
+        ))
         .bind(&user.name)
         .bind(&role)
         .fetch_one(&mut *tx)
         .await?;
         let stale = last_used.or(granted).unwrap_or(i64::MIN) < stale_before;
         sqlx::query(
-            "INSERT INTO review_items (campaign_id, user_name, role_name, granted_ms, last_used_ms, stale) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO review_items (campaign_id, user_name, role_name, granted_ms, last_used_ms, stale) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(&user.name)
@@ -240,8 +241,8 @@ impl Store {
         c: &NewCampaign,
         now: i64,
     ) -> Result<Campaign, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let campaign = insert_campaign(&mut tx, actor, c, now).await?;
         tx.commit().await?;
         Ok(campaign)
@@ -255,8 +256,8 @@ impl Store {
         now: i64,
         every_ms: i64,
     ) -> Result<Option<Campaign>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(created_ms) FROM review_campaigns")
             .fetch_one(&mut *tx)
             .await?;
@@ -271,7 +272,7 @@ impl Store {
 
     /// Campaigns, newest first.
     pub async fn review_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let mut conn = pool.acquire().await?;
         let rows = sqlx::query("SELECT * FROM review_campaigns ORDER BY id DESC LIMIT 200")
             .fetch_all(&mut *conn)
@@ -284,13 +285,13 @@ impl Store {
     }
 
     pub async fn review_campaign(&self, id: i64) -> Result<Option<Campaign>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         get_campaign(&mut *pool.acquire().await?, id).await
     }
 
     /// A campaign's items, or the open items of every campaign still running.
     pub async fn review_items(&self, campaign: Option<i64>) -> Result<Vec<ReviewItem>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let mut conn = pool.acquire().await?;
         match campaign {
             Some(id) => items_of(&mut conn, id).await,
@@ -324,11 +325,11 @@ impl Store {
         if reason.len() > super::requests::MAX_REASON {
             return Err(RequestError::Invalid("the reason is too long".into()));
         }
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let p = policy::load(&mut tx).await?;
         let missing = || RequestError::Invalid(format!("no review item #{item}"));
-        let row = sqlx::query("SELECT * FROM review_items WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM review_items WHERE id = $1")
             .bind(item)
             .fetch_optional(&mut *tx)
             .await?
@@ -344,7 +345,7 @@ impl Store {
             )));
         }
         let closed: Option<i64> =
-            sqlx::query_scalar("SELECT closed_ms FROM review_campaigns WHERE id = ?")
+            sqlx::query_scalar("SELECT closed_ms FROM review_campaigns WHERE id = $1")
                 .bind(i.campaign)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -376,16 +377,16 @@ impl Store {
     /// Closes campaigns past their due date: open items are revoked (`revoked_at_due`)
     /// or marked `unreviewed`, as the campaign says, with `review.closed`.
     pub async fn sweep_reviews(&self, now: i64) -> Result<Vec<Campaign>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let due: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM review_campaigns WHERE closed_ms IS NULL AND due_ms <= ? ORDER BY id",
+            "SELECT id FROM review_campaigns WHERE closed_ms IS NULL AND due_ms <= $1 ORDER BY id",
         )
         .bind(now)
         .fetch_all(&mut *pool.acquire().await?)
         .await?;
         let mut closed = Vec::new();
         for id in due {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = crate::store::begin_write(pool).await?;
             let Some(c) = get_campaign(&mut tx, id).await? else {
                 continue;
             };
@@ -414,7 +415,7 @@ impl Store {
                     events.push(item_event("review.revoked_at_due", &actor, &i));
                 }
             }
-            sqlx::query("UPDATE review_campaigns SET closed_ms = ? WHERE id = ?")
+            sqlx::query("UPDATE review_campaigns SET closed_ms = $1 WHERE id = $2")
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
@@ -435,7 +436,7 @@ impl Store {
 
     /// When the newest campaign was started (for `[review] every`).
     pub async fn last_review_ms(&self) -> Result<Option<i64>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         Ok(
             sqlx::query_scalar("SELECT MAX(created_ms) FROM review_campaigns")
                 .fetch_one(&mut *pool.acquire().await?)

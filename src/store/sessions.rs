@@ -1,7 +1,7 @@
 //! The session index: one row per session, one per recording.
 
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Row, AnyConnection};
 
 use super::StoreError;
 
@@ -55,10 +55,10 @@ pub struct SessionEnd {
     pub exit_status: Option<u32>,
 }
 
-pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), StoreError> {
+pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (id, kind, user_name, target_name, login, client_addr, started_ms, cert_serial, roles, replica)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&s.id)
     .bind(&s.kind)
@@ -76,14 +76,14 @@ pub async fn insert(conn: &mut SqliteConnection, s: &SessionRow) -> Result<(), S
 }
 
 pub async fn end(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: &str,
     ended_ms: i64,
     e: &SessionEnd,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE sessions SET ended_ms = ?, end_reason = ?, bytes_in = ?, bytes_out = ?, exit_status = ?
-         WHERE id = ? AND ended_ms IS NULL",
+        "UPDATE sessions SET ended_ms = $1, end_reason = $2, bytes_in = $3, bytes_out = $4, exit_status = $5
+         WHERE id = $6 AND ended_ms IS NULL",
     )
     .bind(ended_ms)
     .bind(&e.reason)
@@ -97,12 +97,12 @@ pub async fn end(
 }
 
 pub async fn add_recording(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     session: &str,
     channel: u32,
     path: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO recordings (session_id, channel, path) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO recordings (session_id, channel, path) VALUES ($1, $2, $3)")
         .bind(session)
         .bind(i64::from(channel))
         .bind(path)
@@ -112,13 +112,13 @@ pub async fn add_recording(
 }
 
 pub async fn finish_recording(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     session: &str,
     channel: u32,
     sha256: &str,
     bytes: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE recordings SET sha256 = ?, bytes = ? WHERE session_id = ? AND channel = ?")
+    sqlx::query("UPDATE recordings SET sha256 = $1, bytes = $2 WHERE session_id = $3 AND channel = $4")
         .bind(sha256)
         .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
         .bind(session)
@@ -128,7 +128,7 @@ pub async fn finish_recording(
     Ok(())
 }
 
-fn row_to_session(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreError> {
+fn row_to_session(r: &sqlx::any::AnyRow) -> Result<SessionRow, StoreError> {
     Ok(SessionRow {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,
@@ -157,11 +157,11 @@ fn row_to_session(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreError>
 }
 
 async fn recordings(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: &str,
 ) -> Result<Vec<RecordingRow>, StoreError> {
     sqlx::query(
-        "SELECT channel, path, sha256, bytes FROM recordings WHERE session_id = ? ORDER BY channel",
+        "SELECT channel, path, sha256, bytes FROM recordings WHERE session_id = $1 ORDER BY channel",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -179,24 +179,24 @@ async fn recordings(
 }
 
 pub async fn list(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     f: &SessionFilter,
 ) -> Result<Vec<SessionRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM (
            SELECT * FROM sessions
-           WHERE (?1 IS NULL OR user_name = ?1)
-             AND (?2 IS NULL OR target_name = ?2)
-             AND (?3 IS NULL OR started_ms >= ?3)
-             AND (?4 = 0 OR ended_ms IS NULL)
-           ORDER BY started_ms DESC, id LIMIT ?5
-         ) ORDER BY started_ms, id",
+           WHERE ($1 IS NULL OR user_name = $1)
+             AND ($2 IS NULL OR target_name = $2)
+             AND ($3 IS NULL OR started_ms >= $3)
+             AND ($4 = 0 OR ended_ms IS NULL)
+           ORDER BY started_ms DESC, id LIMIT $5
+         ) AS recent ORDER BY started_ms, id",
     )
     .bind(&f.user)
     .bind(&f.target)
     .bind(f.since_ms)
     .bind(i64::from(f.active))
-    .bind(f.limit.unwrap_or(-1))
+    .bind(f.limit.unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -209,8 +209,8 @@ pub async fn list(
 }
 
 /// A session by id, or by a unique id prefix (as `git` takes short hashes).
-pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<SessionRow>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM sessions WHERE id = ?1 OR id LIKE ?1 || '%' LIMIT 2")
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<SessionRow>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM sessions WHERE id = $1 OR id LIKE $1 || '%' LIMIT 2")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
@@ -228,12 +228,12 @@ pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<Session
 }
 
 pub async fn push_command(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     session: &str,
     command: &str,
     actor: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO session_commands (session_id, command, actor, requested_ms) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO session_commands (session_id, command, actor, requested_ms) VALUES ($1, $2, $3, $4)")
         .bind(session)
         .bind(command)
         .bind(actor)
@@ -245,10 +245,10 @@ pub async fn push_command(
 
 /// Commands after `seq`, oldest first, as (seq, session id, command).
 pub async fn commands_after(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     seq: i64,
 ) -> Result<Vec<(i64, String, String)>, StoreError> {
-    sqlx::query("SELECT seq, session_id, command FROM session_commands WHERE seq > ? ORDER BY seq LIMIT 1000")
+    sqlx::query("SELECT seq, session_id, command FROM session_commands WHERE seq > $1 ORDER BY seq LIMIT 1000")
         .bind(seq)
         .fetch_all(&mut *conn)
         .await?
@@ -257,7 +257,7 @@ pub async fn commands_after(
         .collect()
 }
 
-pub async fn last_command(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+pub async fn last_command(conn: &mut AnyConnection) -> Result<i64, StoreError> {
     Ok(
         sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM session_commands")
             .fetch_one(&mut *conn)
@@ -270,7 +270,7 @@ pub async fn last_command(conn: &mut SqliteConnection) -> Result<i64, StoreError
 /// start, `at_start`, with those of no replica), and those of replicas whose lease ran
 /// out before `expired_before` or that no longer hold one. Closed with `reason`, once.
 pub async fn close_orphans(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     reason: &str,
     me: &str,
     at_start: bool,
@@ -278,9 +278,9 @@ pub async fn close_orphans(
 ) -> Result<Vec<SessionRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM sessions WHERE ended_ms IS NULL AND (
-            (?1 AND (replica IS NULL OR replica = ?2))
-            OR (replica IS NOT NULL AND replica != ?2 AND (
-                replica IN (SELECT name FROM replicas WHERE heartbeat_ms < ?3)
+            ($1 AND (replica IS NULL OR replica = $2))
+            OR (replica IS NOT NULL AND replica != $2 AND (
+                replica IN (SELECT name FROM replicas WHERE heartbeat_ms < $3)
                 OR replica NOT IN (SELECT name FROM replicas))))",
     )
     .bind(at_start)
@@ -293,7 +293,7 @@ pub async fn close_orphans(
         let s = row_to_session(r)?;
         // Whoever closes it first reports it.
         let done = sqlx::query(
-            "UPDATE sessions SET ended_ms = ?, end_reason = ? WHERE id = ? AND ended_ms IS NULL",
+            "UPDATE sessions SET ended_ms = $1, end_reason = $2 WHERE id = $3 AND ended_ms IS NULL",
         )
         .bind(crate::audit::now_ms())
         .bind(reason)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -40,7 +40,7 @@ fn failed(e: String) -> StoreError {
 }
 
 impl AuditQueue {
-    pub fn start(pool: SqlitePool, signer: Option<Arc<Signer>>) -> AuditQueue {
+    pub fn start(pool: AnyPool, signer: Option<Arc<Signer>>) -> AuditQueue {
         let (tx, rx) = mpsc::channel(BATCH * 2);
         tokio::spawn(run(pool, signer, rx));
         AuditQueue { tx }
@@ -79,12 +79,12 @@ impl AuditQueue {
 /// The events are written even when signing is refused (a log rewritten outside postern):
 /// that refusal is returned beside success.
 async fn write(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     events: &[AuditEvent],
     sign_with: Option<&Signer>,
     known: &mut audit::Known,
 ) -> Result<Option<StoreError>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::begin_write(pool).await?;
     audit::insert_chained(&mut tx, events).await?;
     let mut signed = None;
     let mut refused = None;
@@ -103,21 +103,21 @@ async fn write(
 }
 
 async fn sign(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     signer: &Option<Arc<Signer>>,
     known: &mut audit::Known,
 ) -> Result<(), StoreError> {
     let Some(signer) = signer else {
         return Ok(());
     };
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = crate::store::begin_write(pool).await?;
     let k = audit::checkpoint(&mut tx, signer, known).await?;
     tx.commit().await?;
     *known = k;
     Ok(())
 }
 
-async fn run(pool: SqlitePool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiver<Job>) {
+async fn run(pool: AnyPool, signer: Option<Arc<Signer>>, mut rx: mpsc::Receiver<Job>) {
     let mut unsigned: u64 = 0;
     let mut last_sign = Instant::now();
     // The newest head this writer signed or was told of: never signed over if it changed.

@@ -28,3 +28,4 @@ mod serve;
 mod ssh;
 mod ssh_limits;
 mod ssh_plane;
+mod store_pg;

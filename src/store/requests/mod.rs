@@ -7,7 +7,7 @@ mod rows;
 use rows::{get, row, save};
 use serde_json::json;
 
-use super::{Backend, Store, StoreError, audit, policy};
+use super::{Store, StoreError, audit, policy};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::duration::Dur;
 use crate::policy::UserStatus;
@@ -98,8 +98,8 @@ impl Store {
         now: i64,
     ) -> Result<AccessRequest, RequestError> {
         let reason = check_reason(&new.reason, true)?;
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let p = policy::load(&mut tx).await?;
         let refused = |m: String| Err(RequestError::Refused(m));
         let Some(u) = p.users.get(user) else {
@@ -127,7 +127,7 @@ impl Store {
             return refused(why);
         }
         let pending: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_requests WHERE user_name = ? AND state = 'pending'",
+            "SELECT COUNT(*) FROM access_requests WHERE user_name = $1 AND state = 'pending'",
         )
         .bind(user)
         .fetch_one(&mut *tx)
@@ -138,7 +138,7 @@ impl Store {
             )));
         }
         let same: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM access_requests WHERE user_name = ? AND role_name = ? AND target IS ? AND state = 'pending'",
+            "SELECT id FROM access_requests WHERE user_name = $1 AND role_name = $2 AND target IS NOT DISTINCT FROM $3 AND state = 'pending'",
         )
         .bind(user)
         .bind(&role.name)
@@ -155,7 +155,7 @@ impl Store {
         ));
         let ttl = i64::try_from(new.ttl.as_secs()).unwrap_or(i64::MAX);
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO access_requests (user_name, role_name, target, reason, ttl_secs, state, created_ms, pending_until_ms, approvals_required) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
+            "INSERT INTO access_requests (user_name, role_name, target, reason, ttl_secs, state, created_ms, pending_until_ms, approvals_required) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) RETURNING id",
         )
         .bind(user)
         .bind(&role.name)
@@ -190,8 +190,8 @@ impl Store {
         now: i64,
     ) -> Result<AccessRequest, RequestError> {
         let reason = check_reason(reason, !approve)?;
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let p = policy::load(&mut tx).await?;
         let mut r = get(&mut tx, id).await?.ok_or(RequestError::NotFound(id))?;
         let actor = Actor::user(reviewer);
@@ -237,7 +237,7 @@ impl Store {
         }
         let kind = if approve {
             sqlx::query(
-                "INSERT INTO request_approvals (request_id, reviewer, reason, at_ms) VALUES (?, ?, ?, ?)",
+                "INSERT INTO request_approvals (request_id, reviewer, reason, at_ms) VALUES ($1, $2, $3, $4)",
             )
             .bind(id)
             .bind(reviewer)
@@ -295,8 +295,8 @@ impl Store {
         id: i64,
         now: i64,
     ) -> Result<AccessRequest, RequestError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let mut r = match get(&mut tx, id).await? {
             Some(r) if r.user == user => r,
             // Another user's request is answered as one that does not exist.
@@ -333,8 +333,8 @@ impl Store {
         now: i64,
     ) -> Result<AccessRequest, RequestError> {
         let reason = check_reason(reason, false)?;
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = &self.pool;
+        let mut tx = crate::store::begin_write(pool).await?;
         let p = policy::load(&mut tx).await?;
         let Some(mut r) = get(&mut tx, id).await? else {
             return Err(RequestError::NotFound(id));
@@ -379,12 +379,12 @@ impl Store {
     ) -> Result<Vec<AccessRequest>, StoreError> {
         macro_rules! due {
             () => {
-                "(state = 'pending' AND pending_until_ms <= ?1)
-                 OR (state = 'approved' AND grant_until_ms <= ?1)
-                 OR (state = 'approved' AND expiring_noted = 0 AND grant_until_ms <= ?2)"
+                "(state = 'pending' AND pending_until_ms <= $1)
+                 OR (state = 'approved' AND grant_until_ms <= $1)
+                 OR (state = 'approved' AND expiring_noted = 0 AND grant_until_ms <= $2)"
             };
         }
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let warn_at = now.saturating_add(warn_ms);
         let due: Option<i64> = sqlx::query_scalar(concat!(
             "SELECT id FROM access_requests WHERE ",
@@ -398,7 +398,7 @@ impl Store {
         if due.is_none() {
             return Ok(Vec::new());
         }
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::begin_write(pool).await?;
         let rows = sqlx::query(concat!(
             "SELECT * FROM access_requests WHERE ",
             due!(),
@@ -424,7 +424,7 @@ impl Store {
             };
             save(&mut tx, &r).await?;
             if kind != "request.expired" {
-                sqlx::query("UPDATE access_requests SET expiring_noted = 1 WHERE id = ?")
+                sqlx::query("UPDATE access_requests SET expiring_noted = 1 WHERE id = $1")
                     .bind(r.id)
                     .execute(&mut *tx)
                     .await?;
@@ -446,14 +446,14 @@ impl Store {
 /// Ends the pending requests and running grants of a removed user or role (in the
 /// caller's transaction); their `request.revoked` events, for the caller to append.
 pub(super) async fn close_removed(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     actor: &Actor,
     user: Option<&str>,
     role: Option<&str>,
 ) -> Result<Vec<AuditEvent>, StoreError> {
     let rows = sqlx::query(
         "SELECT * FROM access_requests WHERE state IN ('pending', 'approved')
-           AND (?1 IS NULL OR user_name = ?1) AND (?2 IS NULL OR role_name = ?2)",
+           AND ($1 IS NULL OR user_name = $1) AND ($2 IS NULL OR role_name = $2)",
     )
     .bind(user)
     .bind(role)

@@ -1,17 +1,17 @@
 //! Access-request rows: reading them back, saving a decision, the running grants, and
 //! the lists callers read.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{Row, AnyConnection};
 
 use super::RequestFilter;
 use crate::policy::requests::{AccessRequest, Approval, RequestState};
 use crate::policy::{Policy, TimedGrant};
-use crate::store::{Backend, Store, StoreError, policy};
+use crate::store::{Store, StoreError, policy};
 
-async fn approvals(conn: &mut SqliteConnection, id: i64) -> Result<Vec<Approval>, StoreError> {
+async fn approvals(conn: &mut AnyConnection, id: i64) -> Result<Vec<Approval>, StoreError> {
     let rows = sqlx::query(
-        "SELECT reviewer, reason, at_ms FROM request_approvals WHERE request_id = ? ORDER BY at_ms, reviewer",
+        "SELECT reviewer, reason, at_ms FROM request_approvals WHERE request_id = $1 ORDER BY at_ms, reviewer",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -27,7 +27,7 @@ async fn approvals(conn: &mut SqliteConnection, id: i64) -> Result<Vec<Approval>
         .collect()
 }
 
-pub(super) fn row(r: &SqliteRow) -> Result<AccessRequest, StoreError> {
+pub(super) fn row(r: &AnyRow) -> Result<AccessRequest, StoreError> {
     let state: String = r.try_get("state")?;
     let ttl: i64 = r.try_get("ttl_secs")?;
     let approvals_required: i64 = r.try_get("approvals_required")?;
@@ -54,10 +54,10 @@ pub(super) fn row(r: &SqliteRow) -> Result<AccessRequest, StoreError> {
 }
 
 pub(super) async fn get(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<AccessRequest>, StoreError> {
-    let Some(r) = sqlx::query("SELECT * FROM access_requests WHERE id = ?")
+    let Some(r) = sqlx::query("SELECT * FROM access_requests WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
@@ -70,9 +70,9 @@ pub(super) async fn get(
 }
 
 /// Writes a request's state and decision columns.
-pub(super) async fn save(conn: &mut SqliteConnection, r: &AccessRequest) -> Result<(), StoreError> {
+pub(super) async fn save(conn: &mut AnyConnection, r: &AccessRequest) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE access_requests SET state = ?, decided_by = ?, decided_ms = ?, decision_reason = ?, grant_until_ms = ? WHERE id = ?",
+        "UPDATE access_requests SET state = $1, decided_by = $2, decided_ms = $3, decision_reason = $4, grant_until_ms = $5 WHERE id = $6",
     )
     .bind(r.state.as_str())
     .bind(&r.decided_by)
@@ -87,11 +87,11 @@ pub(super) async fn save(conn: &mut SqliteConnection, r: &AccessRequest) -> Resu
 
 /// The grants of approved requests still running at `now`.
 pub async fn active_grants(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     now: i64,
 ) -> Result<Vec<TimedGrant>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, user_name, role_name, target, grant_until_ms FROM access_requests WHERE state = 'approved' AND grant_until_ms > ? ORDER BY id",
+        "SELECT id, user_name, role_name, target, grant_until_ms FROM access_requests WHERE state = 'approved' AND grant_until_ms > $1 ORDER BY id",
     )
     .bind(now)
     .fetch_all(&mut *conn)
@@ -112,28 +112,25 @@ pub async fn active_grants(
 impl Store {
     /// The policy with the grants running at `now`, as decisions see it.
     pub async fn load_policy_at(&self, now: i64) -> Result<Policy, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                let mut p = policy::load(&mut conn).await?;
-                p.grants = active_grants(&mut conn, now).await?;
-                Ok(p)
-            }
-        }
+        let pool = &self.pool;
+        let mut conn = pool.acquire().await?;
+        let mut p = policy::load(&mut conn).await?;
+        p.grants = active_grants(&mut conn, now).await?;
+        Ok(p)
     }
 
     /// Files a request by `user`, checked against the policy at this moment.
     pub async fn get_request(&self, id: i64) -> Result<Option<AccessRequest>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         get(&mut *pool.acquire().await?, id).await
     }
 
     /// Requests, newest first.
     pub async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<AccessRequest>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let pool = &self.pool;
         let mut conn = pool.acquire().await?;
         let rows = sqlx::query(
-            "SELECT * FROM access_requests WHERE (?1 IS NULL OR user_name = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
+            "SELECT * FROM access_requests WHERE ($1 IS NULL OR user_name = $1) AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(&f.user)
         .bind(f.state.map(RequestState::as_str))

@@ -24,6 +24,29 @@ pub struct Postern {
     pub api: SocketAddr,
     /// The data dir is a tmpfs of its own, unmounted on drop.
     tmpfs: bool,
+    /// The PostgreSQL store every command uses (`POSTERN_STORE_URL`); None: the embedded one.
+    pub store_url: Option<String>,
+}
+
+/// A fresh database on the cluster `POSTERN_TEST_STORE` names (`postgres://USER:PW@HOST:PORT`),
+/// when it is set: `script/test` runs part of the suite again that way, on the PostgreSQL store.
+fn test_store() -> Option<String> {
+    let base = std::env::var("POSTERN_TEST_STORE").ok().filter(|s| !s.is_empty())?;
+    Some(create_store_database(&base))
+}
+
+/// Creates an empty database on the cluster at `base` and returns its URL.
+pub fn create_store_database(base: &str) -> String {
+    let name = format!("store_{}", super::postgres::uuid_like());
+    let out: Out = Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql")
+        .into();
+    out.ok();
+    format!("{base}/{name}")
 }
 
 impl Postern {
@@ -42,7 +65,23 @@ impl Postern {
             pg: SocketAddr::from(([127, 0, 0, 1], free_port())),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             tmpfs: false,
+            store_url: test_store(),
         }
+    }
+
+    /// A fresh data dir whose store is the PostgreSQL database at `url`.
+    pub fn on_store(url: &str) -> Postern {
+        let mut p = Postern::new();
+        p.store_url = Some(url.to_string());
+        p
+    }
+
+    /// Points `cmd` at this postern's store.
+    fn with_store(&self, cmd: &mut Command) {
+        match &self.store_url {
+            Some(u) => cmd.env("POSTERN_STORE_URL", u),
+            None => cmd.env_remove("POSTERN_STORE_URL"),
+        };
     }
 
     /// As `new`, with the data dir on a tmpfs of `size` (`64m`) so a test can fill it.
@@ -107,6 +146,7 @@ impl Postern {
         if let Ok(l) = std::env::var("POSTERN_TEST_LOG") {
             c.env("RUST_LOG", l);
         }
+        self.with_store(&mut c);
         c
     }
 
@@ -251,7 +291,9 @@ impl Postern {
 
     /// `cli_stdin` with extra environment variables (e.g. `HOME` for developer commands).
     pub fn cli_env(&self, args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Out {
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        self.with_store(&mut cmd);
+        let mut child = cmd
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
@@ -338,6 +380,7 @@ impl Postern {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
+        self.with_store(&mut cmd);
         let mut child = cmd.spawn().expect("spawn a replica");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let ready = lines

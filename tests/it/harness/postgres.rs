@@ -203,7 +203,7 @@ impl Postgres {
     }
 }
 
-fn uuid_like() -> String {
+pub fn uuid_like() -> String {
     let mut b = [0u8; 12];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));

@@ -1,0 +1,140 @@
+//! postern on a PostgreSQL store (`[store] url`, `POSTERN_STORE_URL`), on a throwaway
+//! cluster: sessions, recordings and the audit chain land there and not in the data dir,
+//! concurrent writers keep one chain, and a store that cannot be reached is named clearly.
+//! (`script/test` also runs a part of the whole suite on this backend.)
+
+use std::process::Command;
+
+use crate::harness::Out;
+use crate::harness::postern::{BIN, Postern, create_store_database};
+use crate::harness::postgres::Postgres;
+use crate::ssh::{Bastion, ended_session};
+
+fn base(pg: &Postgres) -> String {
+    format!("postgres://postgres:{}@127.0.0.1:{}", pg.password, pg.port)
+}
+
+/// `psql -qAt` against the store database.
+fn store_sql(url: &str, sql: &str) -> String {
+    let out: Out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .unwrap()
+        .into();
+    out.ok().trim().to_string()
+}
+
+#[test]
+fn an_ssh_session_its_recording_and_the_audit_chain_live_in_the_postgres_store() {
+    let pg = Postgres::start();
+    let url = create_store_database(&base(&pg));
+    let b = Bastion::start_on(Postern::on_store(&url), &[], None);
+    assert_eq!(b.ssh(&b.dest(), "echo on-the-pg-store").ok(), "on-the-pg-store\n");
+    let s = ended_session(&b);
+    assert_eq!(s["exit_status"], 0, "{s}");
+    let id = s["id"].as_str().unwrap();
+    let replay = b.postern.cli(&["replay", id, "--max-idle", "0s"]);
+    assert!(replay.ok().contains("on-the-pg-store"), "{}", replay.stdout);
+    let verified = b.postern.cli(&["audit", "verify"]);
+    assert!(verified.ok().contains("OK"), "{}", verified.stdout);
+    // The rows are in PostgreSQL, and the data dir holds no SQLite store.
+    assert_eq!(
+        store_sql(&url, &format!("SELECT count(*) FROM sessions WHERE id = '{id}'")),
+        "1"
+    );
+    assert_eq!(
+        store_sql(&url, "SELECT count(*) FROM users WHERE name = 'alice'"),
+        "1"
+    );
+    let events: i64 = store_sql(&url, "SELECT count(*) FROM audit_events")
+        .parse()
+        .unwrap();
+    assert!(events > 5, "{events} audit events in the store");
+    assert!(
+        !b.postern.data_dir().join("postern.db").exists(),
+        "a SQLite store was created beside the PostgreSQL one"
+    );
+}
+
+/// Two processes appending to the chain at once (each its own group-commit writer) leave
+/// one chain: contiguous sequence numbers, every link intact.
+#[test]
+fn concurrent_writers_on_the_postgres_store_keep_one_chain() {
+    let pg = Postgres::start();
+    let url = create_store_database(&base(&pg));
+    let p = Postern::on_store(&url).start();
+    p.cli(&["admin", "role", "add", "dev", "--allow", "env=test", "--logins", "x"])
+        .ok();
+    let dir = p.data_dir();
+    std::thread::scope(|s| {
+        for w in 0..3 {
+            let (dir, url) = (&dir, &url);
+            s.spawn(move || {
+                for i in 0..8 {
+                    let out: Out = Command::new(BIN)
+                        .args(["admin", "user", "add", &format!("u{w}x{i}"), "--role", "dev"])
+                        .arg("--data-dir")
+                        .arg(dir)
+                        .env("POSTERN_STORE_URL", url)
+                        .env_remove("POSTERN_CONFIG")
+                        .output()
+                        .unwrap()
+                        .into();
+                    out.ok();
+                }
+            });
+        }
+    });
+    let (n, lo, hi) = {
+        let row = store_sql(&url, "SELECT count(*), min(seq), max(seq) FROM audit_events");
+        let v: Vec<i64> = row.split('|').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    };
+    assert_eq!((lo, hi), (1, n), "sequence numbers have gaps");
+    assert_eq!(
+        store_sql(&url, "SELECT count(*) FROM users WHERE name LIKE 'u%x%'"),
+        "24"
+    );
+    let verified = p.cli(&["audit", "verify"]);
+    assert!(verified.ok().contains("OK"), "{}", verified.stdout);
+}
+
+/// A store that is down, or refuses the password, is named (without the password) with
+/// what to check; nothing falls back to a local store.
+#[test]
+fn an_unreachable_postgres_store_is_a_clear_error_without_the_password() {
+    let pg = Postgres::start();
+    let closed = crate::harness::free_port();
+    let cases = [
+        (
+            format!("postgres://postgres:sekrit-word@127.0.0.1:{closed}/nothing"),
+            "check that the PostgreSQL server is up",
+        ),
+        (
+            format!("postgres://postgres:sekrit-word@127.0.0.1:{}/postgres", pg.port),
+            "password authentication failed",
+        ),
+        (
+            "mysql://root:sekrit-word@127.0.0.1/x".to_string(),
+            "not a postgres:// URL",
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    for (url, says) in cases {
+        let out: Out = Command::new(BIN)
+            .args(["admin", "user", "list", "--data-dir"])
+            .arg(&dir)
+            .env("POSTERN_STORE_URL", &url)
+            .env_remove("POSTERN_CONFIG")
+            .output()
+            .unwrap()
+            .into();
+        let err = out.fails(2);
+        assert!(err.contains("cannot open the store at"), "{url}: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains("sekrit-word"), "{url}: {err}");
+        assert!(!dir.join("postern.db").exists());
+    }
+}
