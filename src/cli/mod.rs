@@ -16,6 +16,7 @@ mod request;
 mod review;
 mod serve;
 mod sessions;
+mod shared_keys;
 mod streams;
 mod verify;
 
@@ -182,6 +183,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// Opens the data dir for a local command, creating it on first use like `serve` does.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    shared_keys::sync(config).await?;
     let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
     let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
     let store = Store::open(

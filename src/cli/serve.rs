@@ -83,6 +83,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_files_limit();
     let dir = config.data_dir.clone();
+    super::shared_keys::sync(&config).await?;
     let loaded = KeyStore::load(&dir, &config.tls.hostnames, true)?;
     let first_start = !loaded.created.is_empty();
     for path in &loaded.created {

@@ -44,6 +44,16 @@ pub fn replace_private(path: &Path, data: &[u8]) -> Result<(), CredentialError> 
     fs::rename(tmp, path).map_err(io("replace", path))
 }
 
+/// As `replace_private`, for a file anyone may read (a public key, a CA certificate).
+pub fn replace_public(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let _ = fs::remove_file(tmp);
+    write_mode(tmp, data, 0o644)?;
+    fs::rename(tmp, path).map_err(io("replace", path))
+}
+
 pub fn write_public(path: &Path, data: &[u8]) -> Result<(), CredentialError> {
     write_mode(path, data, 0o644)
 }

@@ -25,7 +25,8 @@ use russh::keys::{HashAlg, PrivateKey};
 
 pub use error::CredentialError;
 pub use files::{
-    check_private, create_dir_private, open_private_append, replace_private, write_private,
+    check_private, create_dir_private, open_private_append, replace_private, replace_public,
+    write_private,
 };
 use secrets::MasterKey;
 

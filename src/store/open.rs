@@ -123,8 +123,10 @@ pub async fn postgres(url: &str) -> Result<AnyPool, StoreError> {
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|conn, _| {
             Box::pin(async move {
-                // A writer waits for the write lock at most this long, like SQLite's busy timeout.
-                conn.execute("SET lock_timeout = '10s'").await?;
+                // A writer waits for the write lock at most this long, like SQLite's busy
+                // timeout; the server's notices ("already exists, skipping") stay out of the log.
+                conn.execute("SET lock_timeout = '10s'; SET client_min_messages = warning")
+                    .await?;
                 Ok(())
             })
         })

@@ -138,3 +138,53 @@ fn an_unreachable_postgres_store_is_a_clear_error_without_the_password() {
         assert!(!dir.join("postern.db").exists());
     }
 }
+
+/// Two replicas with data dirs of their own on one store present the same host key, sign
+/// with the same CAs and audit key and serve TLS from the same CA; the store holds them
+/// sealed, never in clear; a replica with another master key is refused, saying why.
+#[test]
+fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
+    let pg = Postgres::start();
+    let url = create_store_database(&base(&pg));
+    let first = Postern::on_store(&url).start();
+    let master = std::fs::read_to_string(first.data_dir().join("keys/master.key")).unwrap();
+    // The second brings the master key by environment, as a deployment would.
+    let second = Postern::on_store(&url);
+    let mut cmd = second.serve_command();
+    cmd.env("POSTERN_MASTER_KEY", master.trim());
+    let mut second = second;
+    second.spawn(cmd);
+    for f in [
+        "keys/ssh_host_ed25519_key.pub",
+        "keys/user_ca.pub",
+        "keys/target_ca.pub",
+        "keys/audit_ed25519.pub",
+        "tls/ca.crt",
+    ] {
+        let a = std::fs::read_to_string(first.data_dir().join(f)).unwrap();
+        let b = std::fs::read_to_string(second.data_dir().join(f)).unwrap();
+        assert_eq!(a, b, "{f} differs between the replicas");
+    }
+    assert_eq!(
+        first.cli(&["admin", "target-ca"]).ok(),
+        second.cli(&["admin", "target-ca"]).ok()
+    );
+    // Sealed: no private key's text is in the store.
+    let host_key = std::fs::read_to_string(first.data_dir().join("keys/ssh_host_ed25519_key"))
+        .unwrap();
+    let body = host_key.lines().nth(1).unwrap();
+    assert_eq!(
+        store_sql(&url, &format!("SELECT count(*) FROM shared_keys WHERE sealed LIKE '%{body}%'")),
+        "0"
+    );
+    assert_eq!(store_sql(&url, "SELECT count(*) FROM shared_keys"), "10");
+    // A third data dir with a master key of its own cannot open them.
+    let third = Postern::on_store(&url);
+    let out = third.cli(&["admin", "user", "list"]);
+    let err = out.fails(2);
+    assert!(
+        err.contains("does not open with this data dir's master key"),
+        "{err}"
+    );
+    assert!(err.contains("POSTERN_MASTER_KEY"), "{err}");
+}

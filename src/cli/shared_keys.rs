@@ -1,0 +1,109 @@
+//! Replicas on one PostgreSQL store share their keys: before the key store loads, the data
+//! dir's key files are made the store's (sealed there with the master key; the first
+//! replica's set is the one everyone uses). The master key itself never enters the store:
+//! every replica brings it, as `keys/master.key` or `POSTERN_MASTER_KEY`.
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::credentials::{self, KeyStore};
+
+/// The files replicas share, relative to the data dir. A TLS server certificate is not
+/// among them: each replica issues its own from the shared TLS CA, which clients trust.
+pub const SHARED: &[&str] = &[
+    "keys/ssh_host_ed25519_key",
+    "keys/ssh_host_ed25519_key.pub",
+    "keys/user_ca",
+    "keys/user_ca.pub",
+    "keys/target_ca",
+    "keys/target_ca.pub",
+    "keys/audit_ed25519",
+    "keys/audit_ed25519.pub",
+    "tls/ca.key",
+    "tls/ca.crt",
+];
+
+fn purpose(rel: &str) -> String {
+    format!("shared-key:{rel}")
+}
+
+/// On a PostgreSQL store, makes the data dir's shared key files the store's. Nothing to do
+/// on the embedded store.
+pub async fn sync(config: &Config) -> anyhow::Result<()> {
+    if config.store.url.is_empty() {
+        return Ok(());
+    }
+    let dir = &config.data_dir;
+    master_from_env(config)?;
+    // The local set, made now if this data dir is new: the store adopts it if it has none.
+    let keys = KeyStore::load_or_create(dir, &config.tls.hostnames)?.keys;
+    let master = &keys.master_key;
+    let mut local = Vec::with_capacity(SHARED.len());
+    for rel in SHARED {
+        let bytes = std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))?;
+        local.push((rel.to_string(), master.seal(&purpose(rel), &bytes)?));
+    }
+    let stored = crate::store::share_keys(&config.store.url, &local).await?;
+    let mut new_tls_ca = false;
+    for (rel, sealed) in &stored {
+        // A name a newer version shares is not this version's business.
+        if !SHARED.contains(&rel.as_str()) {
+            continue;
+        }
+        let bytes = master.open(&purpose(rel), sealed).map_err(|_| {
+            anyhow!(
+                "the store's shared key {rel} does not open with this data dir's master key ({}): every replica needs the same master key; copy keys/master.key from a replica already serving this store, or set POSTERN_MASTER_KEY to it",
+                dir.join("keys/master.key").display()
+            )
+        })?;
+        let path = dir.join(rel);
+        if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
+            continue;
+        }
+        if rel.ends_with(".pub") || rel.ends_with(".crt") {
+            credentials::replace_public(&path, &bytes)?;
+        } else {
+            credentials::replace_private(&path, &bytes)?;
+        }
+        warn!(file = %rel, "replaced by the key the replicas of this store share");
+        new_tls_ca |= rel.starts_with("tls/");
+    }
+    if new_tls_ca {
+        // Issued by the replaced CA: `serve` issues a new one from the shared CA.
+        for f in ["tls/server.crt", "tls/server.key"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
+    Ok(())
+}
+
+/// `POSTERN_MASTER_KEY` (32 bytes in base64) becomes `keys/master.key` when the data dir
+/// has none; a different one already there is an error, never silently replaced.
+fn master_from_env(config: &Config) -> anyhow::Result<()> {
+    let Ok(text) = std::env::var("POSTERN_MASTER_KEY") else {
+        return Ok(());
+    };
+    let text = text.trim();
+    if B64.decode(text).map(|b| b.len()) != Ok(32) {
+        bail!("POSTERN_MASTER_KEY is not 32 bytes in base64 (the contents of a keys/master.key)");
+    }
+    let keys = config.data_dir.join("keys");
+    credentials::create_dir_private(&config.data_dir)?;
+    credentials::create_dir_private(&keys)?;
+    let path = keys.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if existing.trim() == text => Ok(()),
+        Ok(_) => bail!(
+            "POSTERN_MASTER_KEY differs from {}; unset it, or remove that file if the data dir's secrets may be lost",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            credentials::write_private(&path, format!("{text}\n").as_bytes())?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
