@@ -11,8 +11,12 @@
 //! as long as the one before, up to five minutes. A success clears its user's counter;
 //! fifteen quiet minutes forget them. State is in memory, bounded: past `MAX_ENTRIES` the
 //! quiet entries go, then the oldest.
+//!
+//! Replicas share their counts through the store (`share`, once a second): each adds the
+//! failures it saw and takes the totals back, so guesses spread over replicas behind a
+//! balancer are throttled as if they all hit one, a second later at most.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,7 +61,63 @@ const MAX_IN_FLIGHT: u32 = 64;
 #[derive(Debug, Default)]
 pub struct Limiter {
     entries: Mutex<HashMap<Key, Entry>>,
+    unshared: Mutex<Unshared>,
 }
+
+/// Settled attempts the store has not heard of yet.
+#[derive(Debug, Default)]
+struct Unshared {
+    failed: HashMap<Key, u32>,
+    cleared: HashSet<Key>,
+}
+
+/// Keys waiting for the store at most (a flood of sources between two ticks).
+const MAX_UNSHARED: usize = 10_000;
+
+/// How long a counter with `failures` blocks, past its free ones.
+fn block_for(failures: u32, free: u32) -> Option<Duration> {
+    (failures >= free).then(|| {
+        let doublings = (failures - free).min(16);
+        (FIRST_DELAY * (1u32 << doublings)).min(MAX_DELAY)
+    })
+}
+
+fn door_name(d: Door) -> &'static str {
+    match d {
+        Door::Password => "password",
+        Door::Postgres => "postgres",
+    }
+}
+
+impl Key {
+    fn shared(&self) -> FailureKey {
+        let (door, user, addr) = match self {
+            Key::User(d, u, a) => (*d, u.clone(), a),
+            Key::Addr(d, a) => (*d, String::new(), a),
+        };
+        FailureKey {
+            door: door_name(door).into(),
+            user,
+            addr: addr.to_string(),
+        }
+    }
+
+    fn from_shared(k: &FailureKey) -> Option<(Key, u32)> {
+        let door = match k.door.as_str() {
+            "password" => Door::Password,
+            "postgres" => Door::Postgres,
+            _ => return None,
+        };
+        let addr: IpAddr = k.addr.parse().ok()?;
+        Some(if k.user.is_empty() {
+            (Key::Addr(door, addr), FREE_PER_ADDR)
+        } else {
+            (Key::User(door, k.user.clone(), addr), FREE_PER_USER)
+        })
+    }
+}
+
+use crate::store::{FailureKey, Store};
 
 /// A reserved attempt: in flight until it `succeeded`, a failure when dropped otherwise
 /// (any refusal, an error, a client that went away).
@@ -187,10 +247,92 @@ impl Limiter {
                 }
             } else {
                 e.failures += 1;
-                if e.failures >= *free {
-                    let doublings = (e.failures - free).min(16);
-                    e.blocked_until = now + (FIRST_DELAY * (1u32 << doublings)).min(MAX_DELAY);
+                if let Some(d) = block_for(e.failures, *free) {
+                    e.blocked_until = now + d;
                 }
+            }
+        }
+        drop(map);
+        let Ok(mut u) = self.unshared.lock() else {
+            return;
+        };
+        for (key, _) in keys {
+            if ok {
+                if matches!(key, Key::User(..)) {
+                    u.failed.remove(key);
+                    if u.cleared.len() < MAX_UNSHARED {
+                        u.cleared.insert(key.clone());
+                    }
+                }
+            } else if u.failed.len() < MAX_UNSHARED || u.failed.contains_key(key) {
+                u.cleared.remove(key);
+                *u.failed.entry(key.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Adds this process's failures to the store's counts, then takes the totals back:
+    /// a key that failed more often across replicas than here blocks here too.
+    pub async fn share(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        let (failed, cleared) = match self.unshared.lock() {
+            Ok(mut u) => {
+                let u = std::mem::take(&mut *u);
+                let failed: Vec<(FailureKey, u32)> =
+                    u.failed.iter().map(|(k, n)| (k.shared(), *n)).collect();
+                let cleared: Vec<FailureKey> = u.cleared.iter().map(Key::shared).collect();
+                (failed, cleared)
+            }
+            Err(_) => return Ok(()),
+        };
+        let now_ms = crate::audit::now_ms();
+        let forget_before = now_ms.saturating_sub(FORGET_AFTER.as_millis() as i64);
+        store
+            .add_login_failures(&failed, &cleared, now_ms, forget_before)
+            .await?;
+        let rows = store
+            .login_failures(forget_before, FREE_PER_USER.min(FREE_PER_ADDR))
+            .await?;
+        self.absorb(&rows, now_ms);
+        Ok(())
+    }
+
+    /// Takes the store's totals (key, failures, last failure in ms): an entry that saw
+    /// fewer failures here is raised to the total and blocked as that total says, from the
+    /// last failure on. A key cleared here since the totals were read is left alone.
+    fn absorb(&self, rows: &[(FailureKey, u32, i64)], now_ms: i64) {
+        let now = Instant::now();
+        let cleared: HashSet<Key> = match self.unshared.lock() {
+            Ok(u) => u.cleared.clone(),
+            Err(_) => return,
+        };
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        for (k, failures, last_ms) in rows {
+            let Some((key, free)) = Key::from_shared(k) else {
+                continue;
+            };
+            if cleared.contains(&key) {
+                continue;
+            }
+            let ago = Duration::from_millis(u64::try_from(now_ms - last_ms).unwrap_or(0));
+            let last = now.checked_sub(ago).unwrap_or(now);
+            if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+                continue;
+            }
+            let e = map.entry(key).or_insert(Entry {
+                failures: 0,
+                in_flight: 0,
+                blocked_until: now,
+                last,
+            });
+            if *failures <= e.failures {
+                continue;
+            }
+            e.failures = *failures;
+            e.last = e.last.max(last);
+            if let Some(d) = block_for(*failures, free) {
+                e.blocked_until = e.blocked_until.max(last + d);
             }
         }
     }
@@ -241,6 +383,34 @@ mod tests {
         assert!(l.attempt(Door::Password, Some("alice"), a).is_err());
         drop(guesses);
         assert!(l.attempt(Door::Password, Some("alice"), a).is_err());
+    }
+
+    #[test]
+    fn totals_from_other_replicas_block_here_until_a_success_here() {
+        let l = Limiter::default();
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let now = crate::audit::now_ms();
+        let alice = Key::User(Door::Password, "alice".into(), a).shared();
+        l.absorb(&[(alice.clone(), 5, now - 100)], now);
+        let wait = l.attempt(Door::Password, Some("alice"), a).unwrap_err();
+        assert!(wait > Duration::from_secs(2), "{wait:?}");
+        // Another user, another door: not affected; fewer than the free ones: nothing.
+        assert!(l.attempt(Door::Password, Some("bob"), a).is_ok());
+        assert!(l.attempt(Door::Postgres, Some("alice"), a).is_ok());
+        let l = Limiter::default();
+        l.absorb(&[(alice.clone(), 2, now)], now);
+        assert!(l.attempt(Door::Password, Some("alice"), a).is_ok());
+        // Garbage from the store is skipped.
+        let bad = FailureKey {
+            door: "telnet".into(),
+            user: "x".into(),
+            addr: "not an address".into(),
+        };
+        l.absorb(&[(bad, 99, now)], now);
+        // What this process saw goes to the store once.
+        drop(l.attempt(Door::Postgres, Some("carol"), a).unwrap());
+        let u = std::mem::take(&mut *l.unshared.lock().unwrap());
+        assert_eq!(u.failed.len(), 4, "{u:?}");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! secret in `BackendKeyData` (so `pg_backend_pid()` and notification PIDs match what the
 //! client was told); a `CancelRequest` carrying it is passed to the target with the
 //! target's secret, which never leaves postern. Ctrl-C in psql cancels through the bastion.
+//!
+//! Behind a load balancer the cancel connection may reach another replica: each replica
+//! publishes its keys to the store (`share`, every 100 ms; the target's key sealed with
+//! the master key, the client's key only as a hash), and a key unknown here is looked up
+//! there before it is ignored.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +18,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::credentials::secrets::MasterKey;
+use crate::store::{SharedCancel, Store};
+
+/// Ended keys kept for the store while it cannot be written at most.
+const MAX_PENDING_REMOVALS: usize = 100_000;
+
 struct Entry {
     addr: String,
     key: Option<(i32, i32)>,
@@ -21,6 +32,27 @@ struct Entry {
 #[derive(Default)]
 pub struct CancelMap {
     entries: Mutex<HashMap<(i32, i32), Entry>>,
+    outbox: Mutex<Outbox>,
+}
+
+/// Keys registered or ended here since the store last heard.
+#[derive(Default)]
+struct Outbox {
+    add: HashMap<(i32, i32), (String, (i32, i32))>,
+    remove: Vec<(i32, i32)>,
+}
+
+/// How a key is named in the store: hex SHA-256 of the process id and secret.
+fn key_hash(ours: (i32, i32)) -> String {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&ours.0.to_be_bytes());
+    b[4..].copy_from_slice(&ours.1.to_be_bytes());
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b);
+    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn purpose(hash: &str) -> String {
+    format!("cancel-key:{hash}")
 }
 
 fn random_i32() -> i32 {
@@ -45,23 +77,101 @@ impl CancelMap {
                     addr: addr.to_string(),
                     key,
                 });
+                if let (Some(k), Ok(mut o)) = (key, self.outbox.lock()) {
+                    o.add.insert(ours, (addr.to_string(), k));
+                }
                 return ours;
             }
         }
     }
 
     pub fn unregister(&self, ours: (i32, i32)) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.remove(&ours);
+        let shared = match self.entries.lock() {
+            Ok(mut m) => m.remove(&ours).is_some_and(|e| e.key.is_some()),
+            Err(_) => false,
+        };
+        if let Ok(mut o) = self.outbox.lock()
+            && o.add.remove(&ours).is_none()
+            && shared
+        {
+            o.remove.push(ours);
         }
     }
 
-    /// Passes a cancel request on to the target; unknown keys are ignored, as PostgreSQL does.
-    pub async fn forward(&self, pid: i32, secret: i32) {
-        match self.lookup(pid, secret) {
+    /// Passes a cancel request on to the target: a key of this replica's, or one another
+    /// replica published in the store. Unknown keys are ignored, as PostgreSQL does.
+    pub async fn forward(&self, pid: i32, secret: i32, store: &Store, master: &MasterKey) {
+        if let Some(dest) = self.lookup(pid, secret) {
+            return dest.send().await;
+        }
+        let hash = key_hash((pid, secret));
+        let found = match store.cancel_key(&hash).await {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(error = %e, "cannot look a cancel key up in the store");
+                None
+            }
+        };
+        let dest = found.and_then(|c| {
+            let plain = master.open(&purpose(&hash), &c.sealed).ok()?;
+            let key: [u8; 8] = plain.try_into().ok()?;
+            let (p, s) = key.split_at(4);
+            Some(Dest {
+                addr: c.addr,
+                key: (
+                    i32::from_be_bytes(p.try_into().ok()?),
+                    i32::from_be_bytes(s.try_into().ok()?),
+                ),
+            })
+        });
+        match dest {
             Some(dest) => dest.send().await,
             None => debug!("cancel request with an unknown key"),
         }
+    }
+
+    /// Publishes the keys registered and ended since the last call (the target's key
+    /// sealed); on failure they are kept for the next.
+    pub async fn share(
+        &self,
+        store: &Store,
+        replica: &str,
+        master: &MasterKey,
+    ) -> Result<(), crate::store::StoreError> {
+        let Ok(mut o) = self.outbox.lock().map(|mut o| std::mem::take(&mut *o)) else {
+            return Ok(());
+        };
+        if o.add.is_empty() && o.remove.is_empty() {
+            return Ok(());
+        }
+        let mut add = Vec::with_capacity(o.add.len());
+        for (ours, (addr, (tpid, tsecret))) in &o.add {
+            let hash = key_hash(*ours);
+            let mut key = tpid.to_be_bytes().to_vec();
+            key.extend_from_slice(&tsecret.to_be_bytes());
+            let Ok(sealed) = master.seal(&purpose(&hash), &key) else {
+                continue;
+            };
+            add.push(SharedCancel {
+                key_hash: hash,
+                addr: addr.clone(),
+                sealed,
+            });
+        }
+        let remove: Vec<String> = o.remove.iter().map(|k| key_hash(*k)).collect();
+        if let Err(e) = store.put_cancel_keys(replica, &add, &remove).await {
+            // Back in the outbox (bounded by the live sessions and those that ended).
+            if let Ok(mut now) = self.outbox.lock() {
+                for (k, v) in o.add.drain() {
+                    now.add.entry(k).or_insert(v);
+                }
+                if now.remove.len() < MAX_PENDING_REMOVALS {
+                    now.remove.append(&mut o.remove);
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Where a cancel request with this key goes.

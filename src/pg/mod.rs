@@ -205,7 +205,10 @@ async fn startup(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> 
                 }
                 Ok(Startup::GssEnc) => tcp.write_all(b"N").await.ok()?,
                 Ok(Startup::Cancel { pid, secret }) => {
-                    shared.pg_cancel.forward(pid, secret).await;
+                    shared
+                        .pg_cancel
+                        .forward(pid, secret, &shared.store, &shared.keys.master_key)
+                        .await;
                     return None;
                 }
                 Ok(Startup::Startup { minor, params }) => {
@@ -222,7 +225,10 @@ async fn startup(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> 
     match read_packet(&mut io).await? {
         Ok(Startup::Startup { minor, params }) => accept_startup(io, minor, params, true).await,
         Ok(Startup::Cancel { pid, secret }) => {
-            shared.pg_cancel.forward(pid, secret).await;
+            shared
+                .pg_cancel
+                .forward(pid, secret, &shared.store, &shared.keys.master_key)
+                .await;
             // close_notify: libpq's cancel API reports a bare EOF as a failure.
             let _ = io.shutdown().await;
             None

@@ -289,10 +289,33 @@ impl Server {
                     }
                     shared.recover_sessions(false).await;
                     shared.audit_repeats(false).await;
+                    if let Err(e) = shared.api.limiter.share(&shared.store).await {
+                        warn!(error = %e, "cannot share failed-login counts through the store");
+                    }
                     shared.audit_seals().await;
                     shared
                         .pg_backends
                         .expire(shared.config.postgres.backend_idle_timeout.0);
+                }
+            })
+        };
+        // PostgreSQL cancel keys, for cancel requests a balancer hands to another replica.
+        let cancel_keys = {
+            let shared = shared.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                    let Some(me) = shared.replica() else { continue };
+                    if let Err(e) = shared
+                        .pg_cancel
+                        .share(&shared.store, me, &shared.keys.master_key)
+                        .await
+                    {
+                        warn!(error = %e, "cannot share PostgreSQL cancel keys through the store");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             })
         };
@@ -389,6 +412,7 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
         }
         let _ = repeats.await;
+        let _ = cancel_keys.await;
         shared.audit_repeats(true).await;
         let _ = shared
             .store

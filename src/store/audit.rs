@@ -1,7 +1,7 @@
 //! Audit rows: chained inserts, checkpoints, filtered and sequential reads.
 
 use sqlx::any::AnyRow;
-use sqlx::{Row, AnyConnection};
+use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -127,9 +127,7 @@ fn insert_rows_sql(rows: usize) -> String {
     sql
 }
 
-pub async fn last_checkpoint(
-    conn: &mut AnyConnection,
-) -> Result<Option<Checkpoint>, StoreError> {
+pub async fn last_checkpoint(conn: &mut AnyConnection) -> Result<Option<Checkpoint>, StoreError> {
     sqlx::query(
         "SELECT seq, hash, time_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
     )

@@ -179,11 +179,10 @@ impl Store {
     /// The sealed secret and the last time step used, when the user enrolled.
     pub async fn totp(&self, user: &str) -> Result<Option<(String, i64)>, StoreError> {
         let pool = &self.pool;
-        let row =
-            sqlx::query("SELECT sealed, last_step FROM user_totp WHERE user_name = $1")
-                .bind(user)
-                .fetch_optional(&mut *pool.acquire().await?)
-                .await?;
+        let row = sqlx::query("SELECT sealed, last_step FROM user_totp WHERE user_name = $1")
+            .bind(user)
+            .fetch_optional(&mut *pool.acquire().await?)
+            .await?;
         row.map(|r| Ok((r.try_get("sealed")?, r.try_get("last_step")?)))
             .transpose()
     }
@@ -312,13 +311,12 @@ impl Store {
         db_user: &str,
     ) -> Result<Option<String>, StoreError> {
         let pool = &self.pool;
-        let row = sqlx::query(
-            "SELECT sealed FROM target_credentials WHERE target = $1 AND db_user = $2",
-        )
-        .bind(target)
-        .bind(db_user)
-        .fetch_optional(&mut *pool.acquire().await?)
-        .await?;
+        let row =
+            sqlx::query("SELECT sealed FROM target_credentials WHERE target = $1 AND db_user = $2")
+                .bind(target)
+                .bind(db_user)
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?;
         row.map(|r| r.try_get("sealed"))
             .transpose()
             .map_err(Into::into)

@@ -6,6 +6,7 @@
 //! migrations. Callers cannot tell them apart; see [`open`] for how the SQL is shared.
 
 mod audit;
+mod cancel;
 mod credentials;
 pub mod error;
 mod export;
@@ -15,6 +16,7 @@ mod policy;
 mod requests;
 mod reviews;
 mod sessions;
+mod throttle;
 mod walk;
 mod writer;
 
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use sqlx::AnyPool;
 
 pub use audit::{AuditFilter, ChainedEvent, Checkpoint};
+pub use cancel::SharedCancel;
 pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
@@ -31,6 +34,7 @@ pub use open::{Dialect, begin_write, redacted};
 pub use requests::{NewRequest, RequestError, RequestFilter};
 pub use reviews::{Campaign, NewCampaign, ReviewItem, review_csv};
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};
+pub use throttle::FailureKey;
 
 use crate::audit::chain::Signer;
 use crate::audit::{Actor, AuditEvent, Outcome};
@@ -241,7 +245,13 @@ impl Store {
 
     pub async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
         let r = async {
-            sessions::end(&mut *self.pool.acquire().await?, id, crate::audit::now_ms(), end).await
+            sessions::end(
+                &mut *self.pool.acquire().await?,
+                id,
+                crate::audit::now_ms(),
+                end,
+            )
+            .await
         }
         .await;
         if r.is_err() {
@@ -268,14 +278,8 @@ impl Store {
         bytes: u64,
     ) -> Result<(), StoreError> {
         let pool = &self.pool;
-        sessions::finish_recording(
-            &mut *pool.acquire().await?,
-            session,
-            channel,
-            sha256,
-            bytes,
-        )
-        .await
+        sessions::finish_recording(&mut *pool.acquire().await?, session, channel, sha256, bytes)
+            .await
     }
 
     /// Stores a user's password hash (PHC string); false when the user does not exist.
@@ -325,13 +329,13 @@ impl Store {
 
     pub async fn is_revoked(&self, serial: u64) -> Result<bool, StoreError> {
         let pool = &self.pool;
-        Ok(sqlx::query(
-            "SELECT 1 FROM revoked_certificates WHERE serial = $1",
+        Ok(
+            sqlx::query("SELECT 1 FROM revoked_certificates WHERE serial = $1")
+                .bind(serial.to_string())
+                .fetch_optional(&mut *pool.acquire().await?)
+                .await?
+                .is_some(),
         )
-        .bind(serial.to_string())
-        .fetch_optional(&mut *pool.acquire().await?)
-        .await?
-        .is_some())
     }
 
     /// Every revoked serial (a small table: revocations are rare and certificates short).

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Row, AnyConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::StoreError;
 use super::error::corrupt;
@@ -94,12 +94,14 @@ async fn write_user_links(
     now: i64,
 ) -> Result<(), StoreError> {
     for role in &u.roles {
-        sqlx::query("INSERT INTO user_roles (user_name, role_name, granted_ms) VALUES ($1, $2, $3)")
-            .bind(&u.name)
-            .bind(role)
-            .bind(since.get(role).copied().unwrap_or(Some(now)))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO user_roles (user_name, role_name, granted_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(&u.name)
+        .bind(role)
+        .bind(since.get(role).copied().unwrap_or(Some(now)))
+        .execute(&mut *conn)
+        .await?;
     }
     for (i, k) in u.keys.iter().enumerate() {
         sqlx::query(
@@ -129,10 +131,11 @@ pub async fn write(conn: &mut AnyConnection, changes: &[Change]) -> Result<(), S
         } = c
         {
             let mut since = BTreeMap::new();
-            for r in sqlx::query("SELECT role_name, granted_ms FROM user_roles WHERE user_name = $1")
-                .bind(&u.name)
-                .fetch_all(&mut *conn)
-                .await?
+            for r in
+                sqlx::query("SELECT role_name, granted_ms FROM user_roles WHERE user_name = $1")
+                    .bind(&u.name)
+                    .fetch_all(&mut *conn)
+                    .await?
             {
                 since.insert(r.try_get("role_name")?, r.try_get("granted_ms")?);
             }
@@ -226,13 +229,15 @@ pub async fn write(conn: &mut AnyConnection, changes: &[Change]) -> Result<(), S
                 after: Entity::User(u),
                 ..
             } => {
-                sqlx::query("UPDATE users SET status = $1, kind = $2, updated_ms = $3 WHERE name = $4")
-                    .bind(u.status.to_string())
-                    .bind(kind(u))
-                    .bind(now)
-                    .bind(&u.name)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE users SET status = $1, kind = $2, updated_ms = $3 WHERE name = $4",
+                )
+                .bind(u.status.to_string())
+                .bind(kind(u))
+                .bind(now)
+                .bind(&u.name)
+                .execute(&mut *conn)
+                .await?;
                 let since = held.get(&u.name).cloned().unwrap_or_default();
                 write_user_links(conn, u, &since, now).await?;
             }

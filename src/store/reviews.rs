@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyRow;
-use sqlx::{Row, AnyConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::{RequestError, Store, StoreError, audit, edit_policy, policy};
 use crate::audit::{Actor, AuditEvent, Outcome};
@@ -74,10 +74,7 @@ fn item_row(r: &AnyRow) -> Result<ReviewItem, StoreError> {
     })
 }
 
-async fn items_of(
-    conn: &mut AnyConnection,
-    campaign: i64,
-) -> Result<Vec<ReviewItem>, StoreError> {
+async fn items_of(conn: &mut AnyConnection, campaign: i64) -> Result<Vec<ReviewItem>, StoreError> {
     sqlx::query("SELECT * FROM review_items WHERE campaign_id = $1 ORDER BY id")
         .bind(campaign)
         .fetch_all(&mut *conn)
@@ -103,10 +100,7 @@ async fn campaign_row(conn: &mut AnyConnection, r: &AnyRow) -> Result<Campaign, 
     })
 }
 
-async fn get_campaign(
-    conn: &mut AnyConnection,
-    id: i64,
-) -> Result<Option<Campaign>, StoreError> {
+async fn get_campaign(conn: &mut AnyConnection, id: i64) -> Result<Option<Campaign>, StoreError> {
     let Some(r) = sqlx::query("SELECT * FROM review_campaigns WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)

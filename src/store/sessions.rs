@@ -1,7 +1,7 @@
 //! The session index: one row per session, one per recording.
 
 use serde::Serialize;
-use sqlx::{Row, AnyConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::StoreError;
 
@@ -118,13 +118,15 @@ pub async fn finish_recording(
     sha256: &str,
     bytes: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE recordings SET sha256 = $1, bytes = $2 WHERE session_id = $3 AND channel = $4")
-        .bind(sha256)
-        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
-        .bind(session)
-        .bind(i64::from(channel))
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE recordings SET sha256 = $1, bytes = $2 WHERE session_id = $3 AND channel = $4",
+    )
+    .bind(sha256)
+    .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+    .bind(session)
+    .bind(i64::from(channel))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -156,10 +158,7 @@ fn row_to_session(r: &sqlx::any::AnyRow) -> Result<SessionRow, StoreError> {
     })
 }
 
-async fn recordings(
-    conn: &mut AnyConnection,
-    id: &str,
-) -> Result<Vec<RecordingRow>, StoreError> {
+async fn recordings(conn: &mut AnyConnection, id: &str) -> Result<Vec<RecordingRow>, StoreError> {
     sqlx::query(
         "SELECT channel, path, sha256, bytes FROM recordings WHERE session_id = $1 ORDER BY channel",
     )

@@ -433,6 +433,57 @@ fn failed_logins_are_audited_and_slowed_down() {
     dev.login(&b.postern, &[], PASSWORD).ok();
 }
 
+/// Guesses spread over replicas behind a balancer count together: wrong passwords at one
+/// replica, and a second later the other refuses even the right one for a while.
+#[test]
+fn failed_logins_at_one_replica_throttle_the_others() {
+    let b = Bastion::start();
+    with_password(&b);
+    let replica = b.postern.replica(None);
+    let dev = Dev::new();
+    let login_at = |port: u16, password: &str| {
+        let server = format!("https://127.0.0.1:{port}");
+        dev.run(
+            &b.postern,
+            &[
+                "login",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+        )
+    };
+    // Six wrong passwords at the first replica, each waiting out the block before it.
+    let mut wrong = 0;
+    let start = std::time::Instant::now();
+    while wrong < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "guessing took too long"
+        );
+        let out = login_at(b.postern.api.port(), "not the password");
+        let err = out.fails(1);
+        if err.contains("wrong user name or password") {
+            wrong += 1;
+        } else {
+            assert!(err.contains("too many failed logins"), "{err}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // The other replica has seen none of them itself.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = login_at(replica.api, PASSWORD);
+    assert!(
+        out.fails(1)
+            .contains("too many failed logins; try again in"),
+        "{}",
+        out.stderr
+    );
+}
+
 fn oathtool(secret: &str) -> String {
     let out = Command::new("oathtool")
         .args(["--totp", "-b", secret])

@@ -569,6 +569,67 @@ fn refusals_are_postgres_errors_with_the_right_sqlstate() {
     drop((postern, dev));
 }
 
+/// A load balancer hands the cancel connection to another replica than the session's:
+/// the query is cancelled all the same (the key found through the store).
+#[test]
+fn a_cancel_request_at_another_replica_cancels_the_query() {
+    let b = PgBastion::start();
+    let replica = b.postern.replica(None);
+    let token = b.token();
+    let port = b.postern.pg.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(b.tls_client());
+    rt.block_on(async {
+        let conn_str = format!(
+            "host=127.0.0.1 port={port} user=alice password={token} dbname=pg1/features sslmode=require"
+        );
+        let (client, conn) = tokio_postgres::connect(&conn_str, tls).await.unwrap();
+        tokio::spawn(conn);
+        let cancel = client.cancel_token();
+        let started = Instant::now();
+        let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+        // Past the replica's publishing interval, then Ctrl-C through the other replica.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let other = tokio::net::TcpStream::connect(("127.0.0.1", replica.pg))
+            .await
+            .unwrap();
+        use tokio_postgres::tls::MakeTlsConnect;
+        let mut make = tokio_postgres_rustls::MakeRustlsConnect::new(b.tls_client());
+        let tls = <_ as MakeTlsConnect<tokio::net::TcpStream>>::make_tls_connect(
+            &mut make,
+            "127.0.0.1",
+        )
+        .unwrap();
+        cancel.cancel_query_raw(other, tls).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .expect("the query was not cancelled")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+    });
+    // A made-up key at the other replica cancels nothing and breaks nothing.
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", replica.pg)).unwrap();
+        let mut msg = 16i32.to_be_bytes().to_vec();
+        msg.extend_from_slice(&80_877_102i32.to_be_bytes());
+        msg.extend_from_slice(&4242i32.to_be_bytes());
+        msg.extend_from_slice(&(-7i32).to_be_bytes());
+        raw.write_all(&msg).unwrap();
+    }
+    let again = b.psql(&["-c", "select 41 + 1"]);
+    assert_eq!(again.ok().trim(), "42");
+}
+
 #[test]
 fn drivers_work_through_postern_and_see_real_sqlstates() {
     use sqlx::Connection;

@@ -30,7 +30,10 @@ fn an_ssh_session_its_recording_and_the_audit_chain_live_in_the_postgres_store()
     let pg = Postgres::start();
     let url = create_store_database(&base(&pg));
     let b = Bastion::start_on(Postern::on_store(&url), &[], None);
-    assert_eq!(b.ssh(&b.dest(), "echo on-the-pg-store").ok(), "on-the-pg-store\n");
+    assert_eq!(
+        b.ssh(&b.dest(), "echo on-the-pg-store").ok(),
+        "on-the-pg-store\n"
+    );
     let s = ended_session(&b);
     assert_eq!(s["exit_status"], 0, "{s}");
     let id = s["id"].as_str().unwrap();
@@ -40,7 +43,10 @@ fn an_ssh_session_its_recording_and_the_audit_chain_live_in_the_postgres_store()
     assert!(verified.ok().contains("OK"), "{}", verified.stdout);
     // The rows are in PostgreSQL, and the data dir holds no SQLite store.
     assert_eq!(
-        store_sql(&url, &format!("SELECT count(*) FROM sessions WHERE id = '{id}'")),
+        store_sql(
+            &url,
+            &format!("SELECT count(*) FROM sessions WHERE id = '{id}'")
+        ),
         "1"
     );
     assert_eq!(
@@ -64,8 +70,10 @@ fn concurrent_writers_on_the_postgres_store_keep_one_chain() {
     let pg = Postgres::start();
     let url = create_store_database(&base(&pg));
     let p = Postern::on_store(&url).start();
-    p.cli(&["admin", "role", "add", "dev", "--allow", "env=test", "--logins", "x"])
-        .ok();
+    p.cli(&[
+        "admin", "role", "add", "dev", "--allow", "env=test", "--logins", "x",
+    ])
+    .ok();
     let dir = p.data_dir();
     std::thread::scope(|s| {
         for w in 0..3 {
@@ -73,7 +81,14 @@ fn concurrent_writers_on_the_postgres_store_keep_one_chain() {
             s.spawn(move || {
                 for i in 0..8 {
                     let out: Out = Command::new(BIN)
-                        .args(["admin", "user", "add", &format!("u{w}x{i}"), "--role", "dev"])
+                        .args([
+                            "admin",
+                            "user",
+                            "add",
+                            &format!("u{w}x{i}"),
+                            "--role",
+                            "dev",
+                        ])
                         .arg("--data-dir")
                         .arg(dir)
                         .env("POSTERN_STORE_URL", url)
@@ -87,7 +102,10 @@ fn concurrent_writers_on_the_postgres_store_keep_one_chain() {
         }
     });
     let (n, lo, hi) = {
-        let row = store_sql(&url, "SELECT count(*), min(seq), max(seq) FROM audit_events");
+        let row = store_sql(
+            &url,
+            "SELECT count(*), min(seq), max(seq) FROM audit_events",
+        );
         let v: Vec<i64> = row.split('|').map(|x| x.parse().unwrap()).collect();
         (v[0], v[1], v[2])
     };
@@ -112,7 +130,10 @@ fn an_unreachable_postgres_store_is_a_clear_error_without_the_password() {
             "check that the PostgreSQL server is up",
         ),
         (
-            format!("postgres://postgres:sekrit-word@127.0.0.1:{}/postgres", pg.port),
+            format!(
+                "postgres://postgres:sekrit-word@127.0.0.1:{}/postgres",
+                pg.port
+            ),
             "password authentication failed",
         ),
         (
@@ -170,11 +191,14 @@ fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
         second.cli(&["admin", "target-ca"]).ok()
     );
     // Sealed: no private key's text is in the store.
-    let host_key = std::fs::read_to_string(first.data_dir().join("keys/ssh_host_ed25519_key"))
-        .unwrap();
+    let host_key =
+        std::fs::read_to_string(first.data_dir().join("keys/ssh_host_ed25519_key")).unwrap();
     let body = host_key.lines().nth(1).unwrap();
     assert_eq!(
-        store_sql(&url, &format!("SELECT count(*) FROM shared_keys WHERE sealed LIKE '%{body}%'")),
+        store_sql(
+            &url,
+            &format!("SELECT count(*) FROM shared_keys WHERE sealed LIKE '%{body}%'")
+        ),
         "0"
     );
     assert_eq!(store_sql(&url, "SELECT count(*) FROM shared_keys"), "10");

@@ -2,7 +2,7 @@
 //! the lists callers read.
 
 use sqlx::any::AnyRow;
-use sqlx::{Row, AnyConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::RequestFilter;
 use crate::policy::requests::{AccessRequest, Approval, RequestState};

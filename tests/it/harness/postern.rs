@@ -31,7 +31,9 @@ pub struct Postern {
 /// A fresh database on the cluster `POSTERN_TEST_STORE` names (`postgres://USER:PW@HOST:PORT`),
 /// when it is set: `script/test` runs part of the suite again that way, on the PostgreSQL store.
 fn test_store() -> Option<String> {
-    let base = std::env::var("POSTERN_TEST_STORE").ok().filter(|s| !s.is_empty())?;
+    let base = std::env::var("POSTERN_TEST_STORE")
+        .ok()
+        .filter(|s| !s.is_empty())?;
     Some(create_store_database(&base))
 }
 
@@ -358,19 +360,20 @@ impl Drop for Postern {
 pub struct Replica {
     pub child: Child,
     pub ssh: u16,
+    pub pg: u16,
     pub api: u16,
 }
 
 impl Postern {
     /// Starts a replica of this postern: the same data dir and, when given, config file.
     pub fn replica(&self, config: Option<&Path>) -> Replica {
-        let (ssh, api) = (free_port(), free_port());
+        let (ssh, pg, api) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--ssh-listen", &format!("127.0.0.1:{ssh}")])
-            .args(["--pg-listen", "127.0.0.1:0"])
+            .args(["--pg-listen", &format!("127.0.0.1:{pg}")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .env_remove("POSTERN_CONFIG")
             .env("POSTERN_TEST_CLOCK", self.root().join("clock-offset-ms"))
@@ -390,7 +393,12 @@ impl Postern {
         assert!(ready, "the replica did not start");
         // Whatever it prints later is read, so its stdout never fills or breaks.
         std::thread::spawn(move || lines.for_each(drop));
-        Replica { child, ssh, api }
+        Replica {
+            child,
+            ssh,
+            pg,
+            api,
+        }
     }
 }
 
