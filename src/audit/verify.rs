@@ -331,10 +331,10 @@ impl Verifier {
 
     /// Final checks: checkpoints or a saved head beyond the end (truncation), events that
     /// should have been signed by `now_ms` (a store; an export's trailer signs all of
-    /// it), and recordings under `data_dir`.
+    /// it), and recordings under `recordings` (the recordings dir).
     pub fn finish(
         mut self,
-        data_dir: Option<&Path>,
+        recordings: Option<&Path>,
         now_ms: Option<i64>,
     ) -> Result<Report, Broken> {
         let last = self.report.last_seq;
@@ -380,9 +380,9 @@ impl Verifier {
             self.report.checkpoints = self.checkpoints.len() as u64;
             self.report.last_signed = self.checkpoints.keys().next_back().copied().unwrap_or(0);
         }
-        if let Some(dir) = data_dir {
+        if let Some(dir) = recordings {
             for (seq, file, sha) in &self.recordings {
-                let path: PathBuf = dir.join(file);
+                let path: PathBuf = crate::recording::resolve(dir, file);
                 let data = std::fs::read(&path).map_err(|e| Broken {
                     seq: *seq,
                     what: format!(
@@ -404,7 +404,7 @@ impl Verifier {
             let ended: std::collections::BTreeSet<&str> =
                 self.recordings.iter().map(|(_, f, _)| f.as_str()).collect();
             for (file, seals) in &self.sealed {
-                let path: PathBuf = dir.join(file);
+                let path: PathBuf = crate::recording::resolve(dir, file);
                 let first = seals.first().map_or(0, |s| s.0);
                 let data = std::fs::read(&path).map_err(|e| Broken {
                     seq: first,

@@ -120,7 +120,7 @@ async fn session(store: &Store, config: &Config, id: &str) -> anyhow::Result<Ses
 /// Recording paths as files under the data dir in use (the index keeps them relative).
 fn locate(config: &Config, rows: &mut [SessionRow]) {
     for r in rows.iter_mut().flat_map(|s| s.recordings.iter_mut()) {
-        r.path = crate::recording::resolve(&config.data_dir, &r.path)
+        r.path = crate::recording::resolve(&config.recordings_dir(), &r.path)
             .display()
             .to_string();
     }

@@ -108,7 +108,7 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let outcome = store.verify_chain(&mut v, |_| {}).await;
     store.close().await;
     let result = match outcome {
-        Ok(()) => v.finish(Some(&config.data_dir), Some(now_ms())),
+        Ok(()) => v.finish(Some(&config.recordings_dir()), Some(now_ms())),
         Err(b) => Err(b),
     };
     match result {

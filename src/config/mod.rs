@@ -36,6 +36,7 @@ pub struct Config {
     pub notify: Notify,
     pub review: Review,
     pub store: StoreConfig,
+    pub recordings: Recordings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -149,6 +150,15 @@ pub struct Tls {
     pub cert_file: Option<PathBuf>,
     /// The private key (PEM) of `cert_file`.
     pub key_file: Option<PathBuf>,
+}
+
+/// Where session recordings are written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recordings {
+    /// "" for `recordings/` in the data dir; a directory every replica mounts (NFS, a
+    /// cluster file system) so each replays, searches and verifies the others' recordings.
+    pub dir: String,
 }
 
 /// Where postern keeps its state.
@@ -320,6 +330,7 @@ impl Default for Config {
             notify: Notify::default(),
             review: Review::default(),
             store: StoreConfig::default(),
+            recordings: Recordings::default(),
         }
     }
 }
@@ -459,6 +470,15 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The recordings dir: `[recordings] dir`, or `recordings/` in the data dir.
+    pub fn recordings_dir(&self) -> PathBuf {
+        if self.recordings.dir.is_empty() {
+            self.data_dir.join("recordings")
+        } else {
+            PathBuf::from(&self.recordings.dir)
+        }
     }
 
     pub fn tracing_filter(&self) -> Result<tracing_subscriber::EnvFilter, String> {

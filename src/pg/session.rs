@@ -133,11 +133,8 @@ pub async fn run(
         .start_session(&row)
         .await
         .map_err(|_| not_recorded())?;
-    let path = recording::path_with(
-        &shared.config.data_dir,
-        started,
-        &format!("{id}-0.pg.jsonl"),
-    );
+    let root = shared.config.recordings_dir();
+    let path = recording::path_with(&root, started, &format!("{id}-0.pg.jsonl"));
     let header = json!({
         "version": 1, "kind": "postgres", "session": id, "user": user, "target": target.name,
         "database": database, "db_user": db_user, "client": peer.to_string(), "started_ms": started,
@@ -159,7 +156,7 @@ pub async fn run(
             return Err(not_recorded());
         }
     };
-    let path_text = recording::stored_path(&shared.config.data_dir, &path);
+    let path_text = recording::stored_path(&root, &path);
     let _sealed = shared.seals.watch(&path_text, &id, recorder.seal());
     let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();

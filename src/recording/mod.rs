@@ -93,52 +93,46 @@ async fn create_file(path: &Path) -> Result<tokio::fs::File, RecordingError> {
         .map_err(io("create", path))
 }
 
-/// `recordings/YYYY/MM/DD/<session>-<channel>.cast` under the data dir.
-pub fn path_for(data_dir: &Path, started_ms: i64, session_id: &str, channel: u32) -> PathBuf {
-    path_with(
-        data_dir,
-        started_ms,
-        &format!("{session_id}-{channel}.cast"),
-    )
+/// `YYYY/MM/DD/<session>-<channel>.cast` under the recordings dir (`Config::recordings_dir`).
+pub fn path_for(root: &Path, started_ms: i64, session_id: &str, channel: u32) -> PathBuf {
+    path_with(root, started_ms, &format!("{session_id}-{channel}.cast"))
 }
 
-/// `recordings/YYYY/MM/DD/<name>` under the data dir.
-pub fn path_with(data_dir: &Path, started_ms: i64, name: &str) -> PathBuf {
+/// `YYYY/MM/DD/<name>` under the recordings dir.
+pub fn path_with(root: &Path, started_ms: i64, name: &str) -> PathBuf {
     let date = time::OffsetDateTime::from_unix_timestamp(started_ms / 1000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    data_dir
-        .join("recordings")
-        .join(format!("{:04}", date.year()))
+    root.join(format!("{:04}", date.year()))
         .join(format!("{:02}", u8::from(date.month())))
         .join(format!("{:02}", date.day()))
         .join(name)
 }
 
-/// How a recording's path is kept in the session index: relative to the data dir, so a
-/// data dir that was copied or moved, or read from another working directory, still
-/// finds its recordings.
-pub fn stored_path(data_dir: &Path, path: &Path) -> String {
-    path.strip_prefix(data_dir)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+/// How a recording's path is kept in the session index: `recordings/…`, relative to the
+/// recordings dir, so a data dir that was copied or moved, a shared recordings dir that
+/// each replica mounts elsewhere, or another working directory still finds it.
+pub fn stored_path(root: &Path, path: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) => Path::new("recordings").join(rel).display().to_string(),
+        Err(_) => path.display().to_string(),
+    }
 }
 
-/// Where a path from the session index is, under the data dir in use. Rows written before
-/// paths were kept relative hold the data dir as it was spelled then
-/// (`./data/recordings/…`): everything from the `recordings` component on is kept.
-pub fn resolve(data_dir: &Path, stored: &str) -> PathBuf {
+/// Where a path from the session index is, under the recordings dir in use. Rows written
+/// before paths were kept relative hold the data dir as it was spelled then
+/// (`./data/recordings/…`): everything after the `recordings` component is kept.
+pub fn resolve(root: &Path, stored: &str) -> PathBuf {
     let path = Path::new(stored);
     let components: Vec<_> = path.components().collect();
     match components
         .iter()
         .position(|c| c.as_os_str() == "recordings")
     {
-        Some(i) => components[i..]
+        Some(i) => components[i + 1..]
             .iter()
-            .fold(data_dir.to_path_buf(), |p, c| p.join(c)),
+            .fold(root.to_path_buf(), |p, c| p.join(c)),
         None if path.is_absolute() => path.to_path_buf(),
-        None => data_dir.join(path),
+        None => root.join(path),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SIEM mirror and the witness: follow the audit chain in the store and write each
 //! new event (mirror) and each signed checkpoint (both) as one JSON line to standard
-//! output or a file outside the data dir.
+//! output or a file outside the data dir. Replicas share the events between their
+//! mirrors through the store (`Store::mirror_take`): each event goes to one of them.
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,7 +17,14 @@ use crate::store::Store;
 /// every signed checkpoint as a `{"checkpoint": …}` line, starting with the newest one.
 /// A witness (`[audit] witness`) is the checkpoints alone: kept outside the data dir, it
 /// holds heads an attacker with the data dir cannot take back.
-pub async fn run(store: Store, target: String, events: bool, from: i64, stop: CancellationToken) {
+pub async fn run(
+    store: Store,
+    target: String,
+    events: bool,
+    from: i64,
+    replica: String,
+    stop: CancellationToken,
+) {
     let mut sink: Box<dyn Write + Send> = if target == "stdout" {
         Box::new(std::io::stdout())
     } else {
@@ -45,33 +53,39 @@ pub async fn run(store: Store, target: String, events: bool, from: i64, stop: Ca
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
-        let mut lines = Vec::new();
         if events {
             loop {
-                let page = match store.audit_page(after, 5000).await {
-                    Ok(p) => p,
+                let (start, page) = match store.mirror_take(&replica, from).await {
+                    Ok(Some(taken)) => taken,
+                    Ok(None) => break,
                     Err(e) => {
                         warn!(error = %e, "cannot read audit events to mirror");
                         break;
                     }
                 };
-                let Some(last) = page.last().map(|e| e.seq) else {
-                    break;
-                };
                 for c in &page {
-                    lines.push(
-                        chain::export_line(
-                            c.seq,
-                            &c.event,
-                            c.prev_hash.as_deref().unwrap_or(""),
-                            c.hash.as_deref().unwrap_or(""),
-                        )
-                        .to_string(),
+                    let line = chain::export_line(
+                        c.seq,
+                        &c.event,
+                        c.prev_hash.as_deref().unwrap_or(""),
+                        c.hash.as_deref().unwrap_or(""),
                     );
+                    if writeln!(sink, "{line}").is_err() {
+                        warn!(path = %target, "the audit mirror stopped accepting lines");
+                        return;
+                    }
+                    after = after.max(c.seq);
                 }
-                after = last;
+                if sink.flush().is_err() {
+                    warn!(path = %target, "the audit mirror stopped accepting lines");
+                    return;
+                }
+                if let Err(e) = store.mirror_written(&replica, start).await {
+                    warn!(error = %e, "cannot mark mirrored audit events as written");
+                }
             }
         }
+        let mut lines = Vec::new();
         // Checkpoints up to what was mirrored (everything, for a witness).
         let upto = if events { after } else { i64::MAX };
         match store.audit_checkpoints(after_cp, upto).await {

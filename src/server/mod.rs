@@ -341,6 +341,7 @@ impl Server {
                 target.clone(),
                 events,
                 self.mirror_from,
+                shared.replica().unwrap_or_default().to_string(),
                 mirror_stop.clone(),
             ))
         })

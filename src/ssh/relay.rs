@@ -294,7 +294,8 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     // one carries bytes (rsync, scp, tar, checkpoints) and is recorded losslessly.
     let header = Header::new(cols, rows, &term, title, command.clone());
     let binary = pty.is_none() && !matches!(start, Start::Sftp);
-    let data_dir = &ctx.shared.config.data_dir;
+    let root = ctx.shared.config.recordings_dir();
+    let data_dir = &root;
     let created = if binary {
         let name = format!("{}-{channel_no}.{}", ctx.id, recording::stream::EXTENSION);
         let path = recording::path_with(data_dir, now_ms(), &name);
@@ -321,7 +322,7 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
             return;
         }
     };
-    let path_text = recording::stored_path(&ctx.shared.config.data_dir, &path);
+    let path_text = recording::stored_path(&root, &path);
     let _sealed = ctx.shared.seals.watch(&path_text, &ctx.id, recorder.seal());
     // Indexing the recording, auditing the channel and running it go at once: a command
     // waits for the target, not for two more disk syncs (the recording exists already).

@@ -11,6 +11,7 @@ mod credentials;
 pub mod error;
 mod export;
 mod keys;
+mod mirror;
 mod open;
 mod policy;
 mod requests;

@@ -347,3 +347,64 @@ fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
     let _ = on_a.kill();
     let _ = on_a.wait();
 }
+
+/// Two replicas with a SIEM mirror each: every event reaches one of the mirrors, once,
+/// whichever replica or admin command appended it.
+#[test]
+fn replicas_mirror_each_event_once_between_them() {
+    let mut p = Postern::new();
+    let (a, b) = (p.root().join("siem-a.jsonl"), p.root().join("siem-b.jsonl"));
+    let cfg_a = p.write(
+        "a.toml",
+        &format!("[audit]\nmirror = \"{}\"\n", a.display()),
+    );
+    let cfg_b = p.write(
+        "b.toml",
+        &format!("[audit]\nmirror = \"{}\"\n", b.display()),
+    );
+    let mut cmd = p.serve_command();
+    cmd.arg("--config").arg(&cfg_a);
+    p.spawn(cmd);
+    let _replica = p.replica(Some(&cfg_b));
+    for i in 0..30 {
+        p.cli(&["admin", "user", "add", &format!("u{i}")]).ok();
+    }
+    let seqs = |f: &std::path::Path| -> Vec<(i64, String)> {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["seq"].as_i64()?, v["type"].as_str()?.to_string())))
+            .collect()
+    };
+    let start = Instant::now();
+    let mut all = Vec::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        all = seqs(&a);
+        all.extend(seqs(&b));
+        if all.iter().filter(|(_, t)| t == "user.create").count() >= 30 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        all.iter().filter(|(_, t)| t == "user.create").count(),
+        30,
+        "{all:?}"
+    );
+    let mut numbers: Vec<i64> = all.iter().map(|(s, _)| *s).collect();
+    numbers.sort_unstable();
+    let before = numbers.len();
+    numbers.dedup();
+    assert_eq!(
+        numbers.len(),
+        before,
+        "an event was mirrored twice: {all:?}"
+    );
+    let (lo, hi) = (numbers[0], numbers[numbers.len() - 1]);
+    assert_eq!(
+        numbers.len() as i64,
+        hi - lo + 1,
+        "an event was never mirrored: {all:?}"
+    );
+}

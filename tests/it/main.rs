@@ -22,6 +22,7 @@ mod pg_drivers;
 mod pg_property;
 mod pg_trust;
 mod pg_wire;
+mod replicas;
 mod requests;
 mod reviews;
 mod serve;

@@ -10,7 +10,7 @@ use crate::harness::postern::{BIN, Postern, create_store_database};
 use crate::harness::postgres::Postgres;
 use crate::ssh::{Bastion, ended_session};
 
-fn base(pg: &Postgres) -> String {
+pub fn base(pg: &Postgres) -> String {
     format!("postgres://postgres:{}@127.0.0.1:{}", pg.password, pg.port)
 }
 

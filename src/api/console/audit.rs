@@ -282,7 +282,7 @@ async fn run(cx: Ctx, v: Viewer) {
     let walked = store
         .verify_chain(&mut verifier, |seq| update(|r| r.done = seq))
         .await;
-    let data_dir = cx.shared.config.data_dir.clone();
+    let data_dir = cx.shared.config.recordings_dir();
     // Recordings are hashed from disk: off the runtime's threads.
     let result = match walked {
         Ok(()) => tokio::task::spawn_blocking(move || verifier.finish(Some(&data_dir), Some(now)))

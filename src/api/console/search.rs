@@ -90,7 +90,7 @@ pub async fn search(
                 "Other searches are still reading recordings; try again in a moment.",
             );
         };
-        let data_dir = cx.shared.config.data_dir.clone();
+        let data_dir = cx.shared.config.recordings_dir();
         let needle = pattern.clone();
         // Recordings are read from disk: off the runtime's threads.
         let found = tokio::task::spawn_blocking(move || {

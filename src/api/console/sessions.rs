@@ -173,7 +173,7 @@ pub(super) fn recording_of(
 }
 
 fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
-    crate::recording::resolve(&cx.shared.config.data_dir, stored)
+    crate::recording::resolve(&cx.shared.config.recordings_dir(), stored)
 }
 
 /// A recording delivered to a viewer: `recording.view` or `recording.export`.

@@ -1,6 +1,7 @@
 //! Test harness: real processes (postern, OpenSSH sshd, PostgreSQL), each in its own
 //! temp dir on free 127.0.0.1 ports, stopped by PID on drop even when a test fails.
 
+pub mod haproxy;
 pub mod postern;
 pub mod postgres;
 pub mod sshd;

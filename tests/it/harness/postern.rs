@@ -278,6 +278,13 @@ impl Postern {
         self.cli_stdin(args, "")
     }
 
+    /// `cli` with `--config FILE`.
+    pub fn cli_config(&self, args: &[&str], config: &Path) -> Out {
+        let mut all = vec!["--config", config.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        self.cli(&all)
+    }
+
     /// The audit events whose type starts with `kind`, as `audit search --json` lists them.
     pub fn events(&self, kind: &str) -> Vec<serde_json::Value> {
         let out = self.cli(&["audit", "search", "--type", kind, "--json"]);
