@@ -81,11 +81,18 @@ pub fn router(shared: Arc<Shared>, peer: SocketAddr) -> Router {
 }
 
 /// Readiness for a load balancer: 200 when the store takes a write within two seconds
-/// (new sessions can be decided and recorded), 503 with the reason otherwise. `/v1/health` says
+/// (new sessions can be decided and recorded) and this replica's lease is current, 503
+/// with the reason otherwise. `/v1/health` says
 /// only that the process serves.
 #[utoipa::path(get, path = "/v1/ready", tag = "health",
     responses((status = 200, description = "`status`: `ready`, `store`: `ok`"), (status = 503, body = openapi::ErrorOut)))]
 async fn ready(State(cx): State<Ctx>) -> Reply {
+    if let Some(age) = cx.shared.lease_lapsed() {
+        return Err(not_ready(&format!(
+            "this replica could not renew its lease in the store for {} s; the others take it for dead",
+            age.as_secs()
+        )));
+    }
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),
         cx.shared.store.writable(),

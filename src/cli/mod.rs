@@ -17,6 +17,7 @@ mod review;
 mod serve;
 mod sessions;
 mod shared_keys;
+mod store_cmd;
 mod streams;
 mod verify;
 
@@ -93,6 +94,9 @@ enum Command {
     Db(login::DbCommand),
     /// Check a target as a session would reach it, and say what to fix.
     Doctor(doctor::Args),
+    /// The store itself: copy the embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store_cmd::Command),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
     /// Print the manual page, or write one for every command with --dir.
@@ -160,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Request(cmd) => request::run(cmd).await,
         Command::Review(cmd) => review::run(cmd).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
+        Command::Store(cmd) => store_cmd::run(&config, cmd).await,
         Command::Completions(_) | Command::Man(_) | Command::Policy(_) => Ok(ExitCode::SUCCESS),
     }
 }

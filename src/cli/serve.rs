@@ -139,6 +139,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         pg_cancel: Default::default(),
         pg_backends: Default::default(),
         replica: Default::default(),
+        lease_renewed_ms: Default::default(),
     })
     .await?;
     // Signals are watched before the ready line: whoever waits for it may stop us at once.

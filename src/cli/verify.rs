@@ -30,7 +30,7 @@ pub struct VerifyArgs {
     head: Option<PathBuf>,
 }
 
-fn load_pubkey(config: &Config, path: &Option<PathBuf>) -> anyhow::Result<PublicKey> {
+pub(super) fn load_pubkey(config: &Config, path: &Option<PathBuf>) -> anyhow::Result<PublicKey> {
     let path = path
         .clone()
         .unwrap_or_else(|| config.data_dir.join("keys/audit_ed25519.pub"));

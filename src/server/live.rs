@@ -119,11 +119,19 @@ pub async fn watch_commands(
     };
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake = store.command_wakeups();
     let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            w = woken(&mut wake) => {
+                match w {
+                    Some(()) => apply_commands(&store, &live, &mut seq).await,
+                    None => wake = None,
+                }
+                continue;
+            }
         }
         n += 1;
         let sessions = live.all();
@@ -158,17 +166,30 @@ pub async fn watch_commands(
                 Err(e) => warn!(error = %e, "cannot re-check live sessions against the policy"),
             }
         }
-        match store.session_commands_after(seq).await {
-            Ok(cmds) => {
-                for (s, session, command) in cmds {
-                    seq = s;
-                    if command == "kill" && live.kill(&session) {
-                        info!(session = %session, "session killed by an admin");
-                    }
+        apply_commands(&store, &live, &mut seq).await;
+    }
+}
+
+/// The next wake-up from the store's command listener; never, without one.
+async fn woken(wake: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match wake {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Acts on the session commands written since `seq` (kills of sessions running here).
+async fn apply_commands(store: &Store, live: &Live, seq: &mut i64) {
+    match store.session_commands_after(*seq).await {
+        Ok(cmds) => {
+            for (s, session, command) in cmds {
+                *seq = s;
+                if command == "kill" && live.kill(&session) {
+                    info!(session = %session, "session killed by an admin");
                 }
             }
-            Err(e) => warn!(error = %e, "cannot read session commands"),
         }
+        Err(e) => warn!(error = %e, "cannot read session commands"),
     }
 }
 

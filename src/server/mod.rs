@@ -44,6 +44,9 @@ pub struct Shared {
     pub seals: Arc<crate::recording::seal::Seals>,
     /// This replica's name in the store (`host:api-port`), set when `serve` runs.
     pub replica: std::sync::OnceLock<String>,
+    /// When this replica last renewed its lease (ms; 0: never): `/v1/ready` fails once it is
+    /// as old as the lease, when other replicas take this one for dead.
+    pub lease_renewed_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A replica whose lease was not renewed for this long is taken for dead: the others
@@ -66,6 +69,31 @@ fn hostname() -> String {
 impl Shared {
     pub fn replica(&self) -> Option<&str> {
         self.replica.get().map(String::as_str)
+    }
+
+    /// Renews this replica's lease in the store, noting when it last succeeded.
+    async fn renew_lease(&self) {
+        let Some(me) = self.replica() else { return };
+        let now = crate::audit::now_ms();
+        match self.store.heartbeat_replica(me, now).await {
+            Ok(()) => self
+                .lease_renewed_ms
+                .store(now, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => warn!(error = %e, "cannot renew this replica's lease in the store"),
+        }
+    }
+
+    /// How old this replica's lease is when it is too old to count on (others take this
+    /// replica for dead); None while it is current, or before `serve` holds one.
+    pub fn lease_lapsed(&self) -> Option<Duration> {
+        self.replica()?;
+        let renewed = self
+            .lease_renewed_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let age = Duration::from_millis(
+            u64::try_from(crate::audit::now_ms().saturating_sub(renewed)).unwrap_or(0),
+        );
+        (age >= REPLICA_LEASE).then_some(age)
     }
 
     /// Closes the sessions of replicas that died (`at_start`: this replica's own from an
@@ -252,13 +280,7 @@ impl Server {
         let api_port = self.api.local_addr().map_or(0, |a| a.port());
         let me = format!("{}:{}", hostname(), api_port);
         let _ = shared.replica.set(me.clone());
-        if let Err(e) = shared
-            .store
-            .heartbeat_replica(&me, crate::audit::now_ms())
-            .await
-        {
-            warn!(error = %e, "cannot take this replica's lease in the store");
-        }
+        shared.renew_lease().await;
         shared.recover_sessions(true).await;
         // Whatever a crash or another process left unsigned is signed before serving,
         // unless the log no longer holds the head the witness recorded.
@@ -279,14 +301,7 @@ impl Server {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 while stop.run_until_cancelled(tick.tick()).await.is_some() {
                     // The lease, and the sessions of replicas whose lease ran out.
-                    if let Some(me) = shared.replica()
-                        && let Err(e) = shared
-                            .store
-                            .heartbeat_replica(me, crate::audit::now_ms())
-                            .await
-                    {
-                        warn!(error = %e, "cannot renew this replica's lease");
-                    }
+                    shared.renew_lease().await;
                     shared.recover_sessions(false).await;
                     shared.audit_repeats(false).await;
                     if let Err(e) = shared.api.limiter.share(&shared.store).await {

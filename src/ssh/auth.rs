@@ -45,7 +45,7 @@ impl Conn {
             }
         };
         let Some(policy) = self.policy().await else {
-            return Ok(Auth::reject());
+            return Ok(self.store_down());
         };
         let Some(user) = policy.users.get(&principal).cloned() else {
             self.cert_failure(
@@ -95,7 +95,7 @@ impl Conn {
             return Ok(Auth::reject());
         }
         let Some(policy) = self.policy().await else {
-            return Ok(Auth::reject());
+            return Ok(self.store_down());
         };
         let Some(user) = owner(&policy, &fp).cloned() else {
             if let Some(notice) = self.expired_credential(&fp).await {
@@ -123,6 +123,15 @@ impl Conn {
         let details =
             json!({ "method": "publickey", "fingerprint": fp, "ssh_user": printable(ssh_user) });
         self.authenticated(&policy, &user, ssh_user, details).await
+    }
+
+    /// The store cannot be read: the session is refused (fail closed), saying why.
+    fn store_down(&mut self) -> Auth {
+        self.notice = Some(
+            "postern cannot read its store right now, so it refuses new sessions (live ones go on); try again in a moment"
+                .into(),
+        );
+        with_notice()
     }
 
     /// Keyboard-interactive, used only to tell a refused client why (`notice`): zero

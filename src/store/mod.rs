@@ -7,10 +7,12 @@
 
 mod audit;
 mod cancel;
+mod commands;
 mod credentials;
 pub mod error;
 mod export;
 mod keys;
+mod migrate;
 mod mirror;
 mod open;
 mod policy;
@@ -31,6 +33,7 @@ pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use keys::share as share_keys;
+pub use migrate::{Copied, MigrateError};
 pub use open::{Dialect, begin_write, redacted};
 pub use requests::{NewRequest, RequestError, RequestFilter};
 pub use reviews::{Campaign, NewCampaign, ReviewItem, review_csv};
@@ -419,29 +422,6 @@ impl Store {
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         let pool = &self.pool;
         sessions::get(&mut *pool.acquire().await?, id).await
-    }
-
-    /// Asks whichever `serve` runs the session to end it.
-    pub async fn request_kill(&self, session: &str, actor: &Actor) -> Result<(), StoreError> {
-        // Under the write lock, so commands commit in `seq` order and a replica reading
-        // "after the last seq it saw" misses none.
-        let mut tx = begin_write(&self.pool).await?;
-        sessions::push_command(&mut tx, session, "kill", &actor.0).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn session_commands_after(
-        &self,
-        seq: i64,
-    ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let pool = &self.pool;
-        sessions::commands_after(&mut *pool.acquire().await?, seq).await
-    }
-
-    pub async fn last_session_command(&self) -> Result<i64, StoreError> {
-        let pool = &self.pool;
-        sessions::last_command(&mut *pool.acquire().await?).await
     }
 
     /// Waits for outstanding writes, signs the audit head and closes the store.

@@ -226,6 +226,9 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<SessionRow
     Ok(Some(s))
 }
 
+/// The PostgreSQL notification channel a new session command is announced on.
+pub const COMMANDS_CHANNEL: &str = "postern_commands";
+
 pub async fn push_command(
     conn: &mut AnyConnection,
     session: &str,
@@ -239,6 +242,13 @@ pub async fn push_command(
         .bind(crate::audit::now_ms())
         .execute(&mut *conn)
         .await?;
+    if super::Dialect::of_conn(conn) == super::Dialect::Postgres {
+        // Delivered at commit: every replica's watcher reads the commands at once.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(COMMANDS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.common.exceptions import StaleElementReferenceException
 
 base, password, secret, shots, login_name = sys.argv[1:6]
 ssh_cmd = json.loads(sys.argv[6])
@@ -47,6 +48,16 @@ def shot(name):
 
 def main_text():
     return d.find_element(By.TAG_NAME, "main").text
+
+def status_is(want):
+    # The page reloads after the form posts: an element of the old page goes stale.
+    def check(d):
+        try:
+            t = d.find_element(By.CSS_SELECTOR, "dd.status").text
+        except StaleElementReferenceException:
+            return False
+        return t if t == want else False
+    return check
 
 try:
     # ada, an admin enrolled in one-time codes.
@@ -121,10 +132,10 @@ try:
     shot("target")
     d.get(base + "/users/bob")
     d.find_element(By.CSS_SELECTOR, "form.lock button").click()
-    out["locked"] = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dd.status")).text
+    out["locked"] = wait.until(status_is("locked"))
     shot("user-locked")
     d.find_element(By.CSS_SELECTOR, "form.lock button").click()
-    out["unlocked"] = wait.until(lambda d: (lambda t: t if t == "active" else False)(d.find_element(By.CSS_SELECTOR, "dd.status").text))
+    out["unlocked"] = wait.until(status_is("active"))
 
     # The audit log, followed: a failed login elsewhere appears without a reload.
     d.get(base + "/audit")

@@ -61,6 +61,14 @@ fn an_ssh_session_its_recording_and_the_audit_chain_live_in_the_postgres_store()
         !b.postern.data_dir().join("postern.db").exists(),
         "a SQLite store was created beside the PostgreSQL one"
     );
+    // serve listens for session commands (kills reach it at once, not at its next poll).
+    assert_eq!(
+        store_sql(
+            &url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"postern_commands\"'"
+        ),
+        "1"
+    );
 }
 
 /// Two processes appending to the chain at once (each its own group-commit writer) leave
@@ -211,4 +219,138 @@ fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
         "{err}"
     );
     assert!(err.contains("POSTERN_MASTER_KEY"), "{err}");
+}
+
+/// `postern store migrate` copies an embedded store (users, keys, targets, a recorded
+/// session, the chain with its checkpoints) into an empty PostgreSQL database, verifies
+/// it there, refuses to run twice or under a running `serve`, and `serve` then carries on
+/// from the new store.
+#[test]
+fn store_migrate_moves_an_embedded_store_into_postgres() {
+    let pg = Postgres::start();
+    let url = create_store_database(&base(&pg));
+    let mut b = Bastion::start();
+    assert_eq!(
+        b.ssh(&b.dest(), "echo before-the-move").ok(),
+        "before-the-move\n"
+    );
+    let id = ended_session(&b)["id"].as_str().unwrap().to_string();
+    let running = b.postern.cli(&["store", "migrate", "--to", &url]);
+    assert!(
+        running.fails(2).contains("stop every replica first"),
+        "{}",
+        running.stderr
+    );
+    assert_eq!(b.postern.stop().code(), Some(0));
+
+    let out = b.postern.cli(&["store", "migrate", "--to", &url]);
+    let text = out.ok();
+    assert!(text.contains("audit_events"), "{text}");
+    assert!(
+        text.contains("verified on postgres://postgres:***@"),
+        "{text}"
+    );
+    assert!(!text.contains(&pg.password), "{text}");
+    let again = b.postern.cli(&["store", "migrate", "--to", &url]);
+    assert!(again.fails(2).contains("is not empty"), "{}", again.stderr);
+
+    // serve on the new store, from the same data dir.
+    b.postern.store_url = Some(url.clone());
+    let cmd = b.postern.serve_command();
+    b.postern.spawn(cmd);
+    let replay = b.postern.cli(&["replay", &id, "--max-idle", "0s"]);
+    assert!(replay.ok().contains("before-the-move"), "{}", replay.stdout);
+    assert_eq!(
+        b.ssh(&b.dest(), "echo after-the-move").ok(),
+        "after-the-move\n"
+    );
+    let verified = b.postern.cli(&["audit", "verify"]);
+    assert!(verified.ok().contains("OK"), "{}", verified.stdout);
+    assert_eq!(
+        store_sql(
+            &url,
+            &format!("SELECT count(*) FROM sessions WHERE id = '{id}'")
+        ),
+        "1"
+    );
+}
+
+/// The PostgreSQL store goes away: new sessions are refused (fail closed) and `/v1/ready`
+/// says 503 while a live session runs on; when the store is back, new sessions work again
+/// without a restart and the live session's end is recorded.
+#[test]
+fn a_store_outage_fails_new_sessions_closed_and_heals_without_a_restart() {
+    let pg = Postgres::start();
+    let url = create_store_database(&base(&pg));
+    let b = Bastion::start_on(Postern::on_store(&url), &[], None);
+    let live = b
+        .ssh_command("ssh")
+        .args(["-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("sleep 8; echo lived-through-it")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while store_sql(&url, "SELECT count(*) FROM sessions WHERE ended_ms IS NULL") != "1" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "no live session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    pg.stop();
+    let refused = b.ssh_as_a_person(&b.key, "echo should-not-run");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(!refused.stdout.contains("should-not-run"), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("postern cannot read its store right now"),
+        "{refused:?}"
+    );
+    assert_eq!(ready(&b.postern), "503");
+    pg.start_again();
+    // Healed without a restart: new sessions run again.
+    let start = std::time::Instant::now();
+    loop {
+        let out = b.ssh(&b.dest(), "echo back-again");
+        if out.code == 0 {
+            assert_eq!(out.stdout, "back-again\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "not back: {out:?}; log:\n{}",
+            b.postern.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(ready(&b.postern), "200");
+    let out: Out = live.wait_with_output().unwrap().into();
+    assert_eq!(out.ok(), "lived-through-it\n");
+    let start = std::time::Instant::now();
+    while store_sql(&url, "SELECT count(*) FROM sessions WHERE ended_ms IS NULL") != "0" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "the live session's end was not recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The HTTP status of `GET /v1/ready`.
+fn ready(p: &Postern) -> String {
+    let script = format!(
+        "import ssl, urllib.request, urllib.error\nctx = ssl._create_unverified_context()\ntry:\n    print(urllib.request.urlopen('https://127.0.0.1:{}/v1/ready', context=ctx, timeout=10).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)\n",
+        p.api.port()
+    );
+    let out: Out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+        .into();
+    out.ok().trim().to_string()
 }

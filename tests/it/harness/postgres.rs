@@ -16,6 +16,8 @@ pub struct Postgres {
     pub password: String,
     /// For a TLS-only cluster: the CA (PEM) that signed its certificate.
     pub ca_file: Option<PathBuf>,
+    /// `pg_ctl start`'s server options, to start it again after `stop`.
+    options: String,
 }
 
 /// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost, written to
@@ -156,25 +158,45 @@ impl Postgres {
             );
         }
         let port = free_port();
-        let mut pg_ctl = as_postgres(bin.join("pg_ctl"));
-        pg_ctl
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(d.join("postgres.log"))
-            .args(["-w", "-t", "60", "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_prepared_transactions=10 -c password_encryption=scram-sha-256{options}",
-                d.display()
-            ))
-            .arg("start");
-        run(pg_ctl, "pg_ctl start");
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_prepared_transactions=10 -c password_encryption=scram-sha-256{options}",
+            d.display()
+        );
         let ca_file = tls.then(|| d.join("ca.crt"));
-        Postgres {
+        let pg = Postgres {
             dir,
             port,
             password,
             ca_file,
+            options,
+        };
+        pg.start_again();
+        pg
+    }
+
+    /// `pg_ctl start` on the cluster's data dir and port (again, after `stop`).
+    pub fn start_again(&self) {
+        let d = self.dir.path();
+        let mut pg_ctl = as_postgres(bin_dir().join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(d.join("data"))
+            .arg("-l")
+            .arg(d.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &self.options])
+            .arg("start");
+        run(pg_ctl, "pg_ctl start");
+    }
+
+    /// Stops the server (fast shutdown, by the PID in its pidfile); `start_again` restarts it.
+    pub fn stop(&self) {
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            // SIGINT: PostgreSQL's fast shutdown.
+            stop_pid(pid, libc::SIGINT, Duration::from_secs(15));
         }
     }
 
@@ -212,13 +234,6 @@ pub fn uuid_like() -> String {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let pidfile = self.dir.path().join("data/postmaster.pid");
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            // SIGINT: PostgreSQL's fast shutdown.
-            stop_pid(pid, libc::SIGINT, Duration::from_secs(15));
-        }
+        self.stop();
     }
 }

@@ -1,0 +1,142 @@
+//! `postern store migrate`: the embedded store (and its recordings) copied into a
+//! PostgreSQL database, then verified there.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Copy the embedded store into an empty PostgreSQL database and verify it there.
+    ///
+    /// Stop every `serve` first. Users, roles, targets, credentials, requests, reviews,
+    /// sessions and the audit chain with its checkpoints are copied in one transaction;
+    /// the data dir's keys are put in the new store (sealed) for replicas to share; the
+    /// recordings are copied to `[recordings] dir` when it is another directory. The
+    /// chain is then verified on the destination. Refuses a destination that has rows.
+    Migrate {
+        /// The source: `sqlite:DIR` or a data dir (default: --data-dir).
+        #[arg(long, value_name = "sqlite:DIR")]
+        from: Option<String>,
+        /// The destination: postgres://USER:PASSWORD@HOST:PORT/DATABASE (or
+        /// POSTERN_STORE_URL, which keeps the password off the command line).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "POSTERN_STORE_URL",
+            hide_env_values = true
+        )]
+        to: String,
+    },
+}
+
+pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
+    let Command::Migrate { from, to } = cmd;
+    let dir = match from.as_deref() {
+        None => config.data_dir.clone(),
+        Some(f) => PathBuf::from(f.strip_prefix("sqlite:").unwrap_or(f)),
+    };
+    if !to.starts_with("postgres://") && !to.starts_with("postgresql://") {
+        bail!(
+            "--to must be a postgres:// URL; the source is the embedded store in {}",
+            dir.display()
+        );
+    }
+    if !crate::store::sqlite_path(&dir).exists() {
+        bail!(
+            "no postern store at {}; give --from sqlite:DIR of a postern data dir",
+            crate::store::sqlite_path(&dir).display()
+        );
+    }
+    let shown = crate::store::redacted(&to);
+    let source = Store::open_sqlite(&dir, None)
+        .await
+        .with_context(|| format!("data dir {}", dir.display()))?;
+    let dest = Store::open(&dir, &to, None).await?;
+    let copied = source.copy_into(&dest).await?;
+    source.close().await;
+    let mut total = 0;
+    for (table, n) in &copied {
+        if *n > 0 {
+            println!("{table:>22}  {n}");
+        }
+        total += n;
+    }
+    println!("copied {total} rows from {} to {shown}", dir.display());
+    // The keys, as the first replica on the new store would share them.
+    let mut on_dest = config.clone();
+    on_dest.data_dir = dir.clone();
+    on_dest.store.url = to.clone();
+    super::shared_keys::sync(&on_dest).await?;
+    let recordings = copy_recordings(&dir.join("recordings"), &config.recordings_dir())?;
+    if recordings > 0 {
+        println!(
+            "copied {recordings} recording files to {}",
+            config.recordings_dir().display()
+        );
+    }
+    let key = super::verify::load_pubkey(&on_dest, &None)?;
+    let mut v = crate::audit::verify::Verifier::new(key);
+    v.at(crate::audit::now_ms());
+    let walked = dest.verify_chain(&mut v, |_| {}).await;
+    dest.close().await;
+    let result = walked
+        .and_then(|()| v.finish(Some(&config.recordings_dir()), Some(crate::audit::now_ms())));
+    match result {
+        Ok(r) => {
+            println!(
+                "verified on {shown}: {} events, {} checkpoints, {} recordings",
+                r.events, r.checkpoints, r.recordings
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            println!(
+                "FAILED verifying on {shown} at seq {}: {}",
+                b.seq,
+                crate::printable::cell(&b.what)
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Copies the recordings tree `from` into `to` (files that are not there yet), unless they
+/// are the same directory; returns how many files were copied.
+fn copy_recordings(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    if !from.is_dir() || same_dir(from, to) {
+        return Ok(0);
+    }
+    let mut n = 0;
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let path = e.path();
+            let rel = path.strip_prefix(from).unwrap_or(&path);
+            let target = to.join(rel);
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                crate::credentials::create_dir_private(&target)?;
+                stack.push(path);
+            } else if kind.is_file() && !target.exists() {
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                crate::credentials::write_private(&target, &bytes)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
