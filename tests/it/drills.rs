@@ -229,17 +229,7 @@ fn a_dead_replicas_sessions_are_closed_by_another_and_its_own_live_on() {
     let p = &b.postern;
     let mut replica = p.replica(None);
     let (ssh_b, api_b) = (replica.ssh, replica.api);
-    let host_key =
-        std::fs::read_to_string(p.data_dir().join("keys/ssh_host_ed25519_key.pub")).unwrap();
-    let mut known = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&b.known_hosts)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut known,
-        format!("[127.0.0.1]:{ssh_b} {host_key}").as_bytes(),
-    )
-    .unwrap();
+    b.trust_host_key_at(ssh_b);
 
     let on_a = crate::ssh::sleeping_session(&b, &b.key, 1);
     let on_b = b

@@ -79,18 +79,7 @@ fn two_replicas_behind_haproxy_share_sessions_kills_locks_and_the_chain() {
     )]);
     let port = lb.ports[0].to_string();
     // One host key, whichever replica answers.
-    let host_key =
-        std::fs::read_to_string(b.postern.data_dir().join("keys/ssh_host_ed25519_key.pub"))
-            .unwrap();
-    let mut known = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&b.known_hosts)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut known,
-        format!("[127.0.0.1]:{port} {host_key}").as_bytes(),
-    )
-    .unwrap();
+    b.trust_host_key_at(lb.ports[0]);
     let a_name = format!(":{}", b.postern.api.port());
     let b_name = format!(":{}", other.api.port());
 

@@ -110,6 +110,25 @@ impl Bastion {
         }
     }
 
+    /// Adds postern's host key for another port (a replica, a balancer) to known_hosts.
+    pub fn trust_host_key_at(&self, port: u16) {
+        let host_key = std::fs::read_to_string(
+            self.postern
+                .data_dir()
+                .join("keys/ssh_host_ed25519_key.pub"),
+        )
+        .unwrap();
+        let mut known = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.known_hosts)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut known,
+            format!("[127.0.0.1]:{port} {host_key}").as_bytes(),
+        )
+        .unwrap();
+    }
+
     /// `ssh` arguments through postern, up to (not including) the destination.
     pub fn ssh_command(&self, program: &str) -> Command {
         self.ssh_command_with_key(program, &self.key)
