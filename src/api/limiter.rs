@@ -21,6 +21,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::store::{FailureKey, Store};
+
 /// Failures allowed before delays start.
 const FREE_PER_USER: u32 = 3;
 const FREE_PER_ADDR: u32 = 10;
@@ -116,8 +118,6 @@ impl Key {
         })
     }
 }
-
-use crate::store::{FailureKey, Store};
 
 /// A reserved attempt: in flight until it `succeeded`, a failure when dropped otherwise
 /// (any refusal, an error, a client that went away).

@@ -24,7 +24,6 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -188,16 +187,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// Opens the data dir for a local command, creating it on first use like `serve` does.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    shared_keys::sync(config).await?;
-    let keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
-    let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
-    let store = Store::open(
-        &config.data_dir,
-        &config.store.url,
-        Some(std::sync::Arc::new(signer)),
-    )
-    .await
-    .with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    shared_keys::master_from_env(config)?;
+    let mut keys = KeyStore::load_or_create(&config.data_dir, &config.tls.hostnames)?.keys;
+    let store = shared_keys::open(config, &mut keys, false).await?;
     crate::server::mirror::expect_witness(&store, &config.audit.witness).await;
     Ok(store)
 }

@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use crate::config::{Config, LogFormat};
 use crate::credentials::{self, KeyStore};
 use crate::server::{Server, Shared};
-use crate::store::Store;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,16 +82,13 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_files_limit();
     let dir = config.data_dir.clone();
-    super::shared_keys::sync(&config).await?;
-    let loaded = KeyStore::load(&dir, &config.tls.hostnames, true)?;
+    super::shared_keys::master_from_env(&config)?;
+    let mut loaded = KeyStore::load(&dir, &config.tls.hostnames, true)?;
     let first_start = !loaded.created.is_empty();
     for path in &loaded.created {
         info!(path = %path.display(), "created");
     }
-    let signer = crate::audit::chain::Signer::new(&loaded.keys.audit_key)?;
-    let store = Store::open(&dir, &config.store.url, Some(std::sync::Arc::new(signer)))
-        .await
-        .with_context(|| format!("data dir {}", dir.display()))?;
+    let store = super::shared_keys::open(&config, &mut loaded.keys, true).await?;
     if let Some(r) = &loaded.reissued {
         warn!(
             reason = r.reason,

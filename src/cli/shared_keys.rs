@@ -1,4 +1,4 @@
-//! Replicas on one PostgreSQL store share their keys: before the key store loads, the data
+//! Replicas on one PostgreSQL store share their keys: when the store opens, the data
 //! dir's key files are made the store's (sealed there with the master key; the first
 //! replica's set is the one everyone uses). The master key itself never enters the store:
 //! every replica brings it, as `keys/master.key` or `POSTERN_MASTER_KEY`.
@@ -9,7 +9,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tracing::warn;
 
 use crate::config::Config;
+use crate::credentials::secrets::MasterKey;
 use crate::credentials::{self, KeyStore};
+use crate::store::{Opened, Store};
 
 /// The files replicas share, relative to the data dir. A TLS server certificate is not
 /// among them: each replica issues its own from the shared TLS CA, which clients trust.
@@ -30,24 +32,33 @@ fn purpose(rel: &str) -> String {
     format!("shared-key:{rel}")
 }
 
-/// On a PostgreSQL store, makes the data dir's shared key files the store's. Nothing to do
-/// on the embedded store.
-pub async fn sync(config: &Config) -> anyhow::Result<()> {
-    if config.store.url.is_empty() {
-        return Ok(());
-    }
+/// Opens the store for `serve` or a local command, `keys` loaded from the data dir. On a
+/// PostgreSQL store the data dir's key files first become the store's shared set, and
+/// when that replaced any of them `keys` is loaded again (`renew`: `serve` issues its TLS
+/// server certificate from a shared CA that replaced its own).
+pub async fn open(config: &Config, keys: &mut KeyStore, renew: bool) -> anyhow::Result<Store> {
     let dir = &config.data_dir;
-    master_from_env(config)?;
-    // The local set, made now if this data dir is new: the store adopts it if it has none.
-    let keys = KeyStore::load_or_create(dir, &config.tls.hostnames)?.keys;
-    let master = &keys.master_key;
+    let opened = Store::connect(dir, &config.store.url)
+        .await
+        .with_context(|| format!("data dir {}", dir.display()))?;
+    if !config.store.url.is_empty() && share(config, &keys.master_key, &opened).await? {
+        *keys = KeyStore::load(dir, &config.tls.hostnames, renew)?.keys;
+    }
+    let signer = crate::audit::chain::Signer::new(&keys.audit_key)?;
+    Ok(opened.start(Some(std::sync::Arc::new(signer))))
+}
+
+/// Makes the data dir's shared key files the store's (adding them when the store has
+/// none); true when the store's replaced any file here.
+pub async fn share(config: &Config, master: &MasterKey, store: &Opened) -> anyhow::Result<bool> {
+    let dir = &config.data_dir;
     let mut local = Vec::with_capacity(SHARED.len());
     for rel in SHARED {
         let bytes = std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))?;
         local.push((rel.to_string(), master.seal(&purpose(rel), &bytes)?));
     }
-    let stored = crate::store::share_keys(&config.store.url, &local).await?;
-    let mut new_tls_ca = false;
+    let stored = store.share_keys(&local).await?;
+    let (mut replaced, mut new_tls_ca) = (false, false);
     for (rel, sealed) in &stored {
         // A name a newer version shares is not this version's business.
         if !SHARED.contains(&rel.as_str()) {
@@ -69,6 +80,7 @@ pub async fn sync(config: &Config) -> anyhow::Result<()> {
             credentials::replace_private(&path, &bytes)?;
         }
         warn!(file = %rel, "replaced by the key the replicas of this store share");
+        replaced = true;
         new_tls_ca |= rel.starts_with("tls/");
     }
     if new_tls_ca {
@@ -77,12 +89,15 @@ pub async fn sync(config: &Config) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(dir.join(f));
         }
     }
-    Ok(())
+    Ok(replaced)
 }
 
 /// `POSTERN_MASTER_KEY` (32 bytes in base64) becomes `keys/master.key` when the data dir
 /// has none; a different one already there is an error, never silently replaced.
-fn master_from_env(config: &Config) -> anyhow::Result<()> {
+pub fn master_from_env(config: &Config) -> anyhow::Result<()> {
+    if config.store.url.is_empty() {
+        return Ok(());
+    }
     let Ok(text) = std::env::var("POSTERN_MASTER_KEY") else {
         return Ok(());
     };

@@ -56,7 +56,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     let source = Store::open_sqlite(&dir, None)
         .await
         .with_context(|| format!("data dir {}", dir.display()))?;
-    let dest = Store::open(&dir, &to, None).await?;
+    let dest = Store::connect(&dir, &to).await?;
     let copied = source.copy_into(&dest).await?;
     source.close().await;
     let mut total = 0;
@@ -70,8 +70,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     // The keys, as the first replica on the new store would share them.
     let mut on_dest = config.clone();
     on_dest.data_dir = dir.clone();
-    on_dest.store.url = to.clone();
-    super::shared_keys::sync(&on_dest).await?;
+    let keys = crate::credentials::KeyStore::load_or_create(&dir, &config.tls.hostnames)?.keys;
+    super::shared_keys::share(&on_dest, &keys.master_key, &dest).await?;
+    let dest = dest.start(None);
     let recordings = copy_recordings(&dir.join("recordings"), &config.recordings_dir())?;
     if recordings > 0 {
         println!(

@@ -33,7 +33,13 @@ struct Entry {
 pub struct CancelMap {
     entries: Mutex<HashMap<(i32, i32), Entry>>,
     outbox: Mutex<Outbox>,
+    /// Store lookups of keys unknown here in the current second: cancel requests need no
+    /// login, so a flood of made-up keys must not become a flood of store queries.
+    lookups: Mutex<(Option<std::time::Instant>, u32)>,
 }
+
+/// Store lookups of unknown cancel keys per second at most; past it they are ignored.
+const LOOKUPS_PER_SECOND: u32 = 100;
 
 /// Keys registered or ended here since the store last heard.
 #[derive(Default)]
@@ -104,6 +110,10 @@ impl CancelMap {
         if let Some(dest) = self.lookup(pid, secret) {
             return dest.send().await;
         }
+        if !self.may_look_up() {
+            debug!("cancel request with an unknown key (store lookups spent for this second)");
+            return;
+        }
         let hash = key_hash((pid, secret));
         let found = match store.cancel_key(&hash).await {
             Ok(found) => found,
@@ -114,13 +124,12 @@ impl CancelMap {
         };
         let dest = found.and_then(|c| {
             let plain = master.open(&purpose(&hash), &c.sealed).ok()?;
-            let key: [u8; 8] = plain.try_into().ok()?;
-            let (p, s) = key.split_at(4);
+            let k: [u8; 8] = plain.try_into().ok()?;
             Some(Dest {
                 addr: c.addr,
                 key: (
-                    i32::from_be_bytes(p.try_into().ok()?),
-                    i32::from_be_bytes(s.try_into().ok()?),
+                    i32::from_be_bytes([k[0], k[1], k[2], k[3]]),
+                    i32::from_be_bytes([k[4], k[5], k[6], k[7]]),
                 ),
             })
         });
@@ -128,6 +137,21 @@ impl CancelMap {
             Some(dest) => dest.send().await,
             None => debug!("cancel request with an unknown key"),
         }
+    }
+
+    /// Whether a store lookup fits in this second's budget.
+    fn may_look_up(&self) -> bool {
+        let Ok(mut l) = self.lookups.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if l.0
+            .is_none_or(|since| now.duration_since(since) >= Duration::from_secs(1))
+        {
+            *l = (Some(now), 0);
+        }
+        l.1 += 1;
+        l.1 <= LOOKUPS_PER_SECOND
     }
 
     /// Publishes the keys registered and ended since the last call (the target's key

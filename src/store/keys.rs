@@ -5,34 +5,33 @@
 
 use sqlx::Row;
 
-use super::{StoreError, begin_write, open};
+use super::{Opened, StoreError, begin_write};
 
-/// Under the write lock: adds the files of `local` (relative path, sealed contents) that
-/// the store does not hold yet, and returns every file the store holds. The first
-/// replica's keys become everyone's; two replicas starting at once agree on one set.
-pub async fn share(
-    url: &str,
-    local: &[(String, String)],
-) -> Result<Vec<(String, String)>, StoreError> {
-    let pool = open::postgres(url).await?;
-    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-    let mut tx = begin_write(&pool).await?;
-    for (name, sealed) in local {
-        sqlx::query(
-            "INSERT INTO shared_keys (name, sealed, created_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(sealed)
-        .bind(crate::audit::now_ms())
-        .execute(&mut *tx)
-        .await?;
+impl Opened {
+    /// Under the write lock: adds the files of `local` (relative path, sealed contents)
+    /// that the store does not hold yet, and returns every file the store holds. The first
+    /// replica's keys become everyone's; two replicas starting at once agree on one set.
+    pub async fn share_keys(
+        &self,
+        local: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut tx = begin_write(&self.pool).await?;
+        for (name, sealed) in local {
+            sqlx::query(
+                "INSERT INTO shared_keys (name, sealed, created_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(sealed)
+            .bind(crate::audit::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let rows = sqlx::query("SELECT name, sealed FROM shared_keys ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("sealed")?)))
+            .collect()
     }
-    let rows = sqlx::query("SELECT name, sealed FROM shared_keys ORDER BY name")
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    pool.close().await;
-    rows.iter()
-        .map(|r| Ok((r.try_get("name")?, r.try_get("sealed")?)))
-        .collect()
 }

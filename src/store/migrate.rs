@@ -6,7 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{Store, StoreError, begin_write};
+use super::{Opened, Store, StoreError, begin_write};
 
 /// A column's type on both backends.
 #[derive(Clone, Copy)]
@@ -315,7 +315,7 @@ impl Store {
     /// Copies every table that holds state from this embedded store into `dest`, which
     /// must be empty, in one transaction there. The caller verifies the audit chain on
     /// `dest` afterwards.
-    pub async fn copy_into(&self, dest: &Store) -> Result<Copied, MigrateError> {
+    pub async fn copy_into(&self, dest: &Opened) -> Result<Copied, MigrateError> {
         let live: Vec<String> = sqlx::query_scalar("SELECT name FROM replicas")
             .fetch_all(&mut *self.pool.acquire().await?)
             .await?;

@@ -32,7 +32,6 @@ pub use cancel::SharedCancel;
 pub use credentials::{ApiToken, BotToken, DbToken, IssuedCert};
 pub use error::StoreError;
 pub use export::ExportFormat;
-pub use keys::share as share_keys;
 pub use migrate::{Copied, MigrateError};
 pub use open::{Dialect, begin_write, redacted};
 pub use requests::{NewRequest, RequestError, RequestFilter};
@@ -51,6 +50,26 @@ pub struct Store {
     audit: writer::AuditQueue,
 }
 
+/// A store opened and brought up to date whose audit writer has not started yet.
+pub struct Opened {
+    pool: AnyPool,
+}
+
+impl Opened {
+    /// Starts the audit writer (signing checkpoints with `signer`): the store is ready.
+    pub fn start(self, signer: Option<Arc<Signer>>) -> Store {
+        let audit = writer::AuditQueue::start(self.pool.clone(), signer);
+        Store {
+            pool: self.pool,
+            audit,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        Dialect::of(&self.pool)
+    }
+}
+
 pub fn sqlite_path(data_dir: &Path) -> PathBuf {
     data_dir.join("postern.db")
 }
@@ -63,12 +82,7 @@ impl Store {
         url: &str,
         signer: Option<Arc<Signer>>,
     ) -> Result<Store, StoreError> {
-        if url.is_empty() {
-            return Self::open_sqlite(data_dir, signer).await;
-        }
-        let pool = open::postgres(url).await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self::with_pool(pool, signer))
+        Ok(Self::connect(data_dir, url).await?.start(signer))
     }
 
     /// Opens (creating if needed) the embedded store in `data_dir` and brings its schema up to date.
@@ -76,6 +90,17 @@ impl Store {
         data_dir: &Path,
         signer: Option<Arc<Signer>>,
     ) -> Result<Store, StoreError> {
+        Self::open(data_dir, "", signer).await
+    }
+
+    /// As `open`, stopping before the audit writer starts: keys can be shared through the
+    /// store (`Opened::share_keys`) before the audit key that signs is loaded.
+    pub async fn connect(data_dir: &Path, url: &str) -> Result<Opened, StoreError> {
+        if !url.is_empty() {
+            let pool = open::postgres(url).await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            return Ok(Opened { pool });
+        }
         let path = sqlite_path(data_dir);
         if !path.exists() {
             // Created 0600 before SQLite touches it; its -wal and -shm files inherit the mode.
@@ -92,12 +117,7 @@ impl Store {
         }
         let pool = open::sqlite(&path).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self::with_pool(pool, signer))
-    }
-
-    fn with_pool(pool: AnyPool, signer: Option<Arc<Signer>>) -> Store {
-        let audit = writer::AuditQueue::start(pool.clone(), signer);
-        Store { pool, audit }
+        Ok(Opened { pool })
     }
 
     /// Which engine holds the store.

@@ -78,13 +78,15 @@ pub async fn sqlite(path: &Path) -> Result<AnyPool, StoreError> {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let opts = AnyConnectOptions::from_str(&url).map_err(|e| error::open_failed(path, e))?;
     // WAL is a property of the file: switch it once, before the pool opens more connections.
-    let mut first = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts).await;
-    if let Ok(c) = &mut first {
-        c.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL")
-            .await
-            .map_err(|e| error::open_failed(path, e))?;
-    }
-    first.map_err(|e| error::open_failed(path, e))?;
+    let failed = |e| error::open_failed(path, e);
+    let mut first = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts)
+        .await
+        .map_err(failed)?;
+    first
+        .execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL")
+        .await
+        .map_err(failed)?;
+    let _ = sqlx::Connection::close(first).await;
     AnyPoolOptions::new()
         .max_connections(4)
         .after_connect(|conn, _| {

@@ -57,13 +57,13 @@ fn two_replicas_behind_haproxy_share_sessions_kills_locks_and_the_chain() {
     let config = format!("[recordings]\ndir = \"{}\"\n", recordings.display());
     let mut b = Bastion::start_on(Postern::on_store(&url), &[], Some(&config));
     let master = std::fs::read_to_string(b.postern.data_dir().join("keys/master.key")).unwrap();
-    let mut other = Postern::on_store(&url);
+    let other = Postern::on_store(&url);
     let other_config = other.write("postern.toml", &config);
-    let mut cmd = other.serve_command();
-    cmd.env("POSTERN_MASTER_KEY", master.trim())
-        .arg("--config")
-        .arg(&other_config);
-    other.spawn(cmd);
+    let other = other.start_with(|cmd| {
+        cmd.env("POSTERN_MASTER_KEY", master.trim())
+            .arg("--config")
+            .arg(&other_config);
+    });
     let lb = Haproxy::start(&[(
         "ssh",
         vec![

@@ -178,11 +178,9 @@ fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
     let first = Postern::on_store(&url).start();
     let master = std::fs::read_to_string(first.data_dir().join("keys/master.key")).unwrap();
     // The second brings the master key by environment, as a deployment would.
-    let second = Postern::on_store(&url);
-    let mut cmd = second.serve_command();
-    cmd.env("POSTERN_MASTER_KEY", master.trim());
-    let mut second = second;
-    second.spawn(cmd);
+    let second = Postern::on_store(&url).start_with(|cmd| {
+        cmd.env("POSTERN_MASTER_KEY", master.trim());
+    });
     for f in [
         "keys/ssh_host_ed25519_key.pub",
         "keys/user_ca.pub",

@@ -154,9 +154,15 @@ impl Postern {
 
     /// Starts `serve` and waits for its ready line. Ports are picked before `serve` binds
     /// them, so another process may take one first: then it starts again on new ones.
-    pub fn start(mut self) -> Postern {
+    pub fn start(self) -> Postern {
+        self.start_with(|_| {})
+    }
+
+    /// As `start`, with `more` adding to `serve`'s command (arguments, environment).
+    pub fn start_with(mut self, more: impl Fn(&mut Command)) -> Postern {
         for _ in 0..3 {
-            let cmd = self.serve_command();
+            let mut cmd = self.serve_command();
+            more(&mut cmd);
             match self.try_spawn(cmd) {
                 Err(e) if e.contains("Address already in use") => {
                     self.ssh = SocketAddr::from(([127, 0, 0, 1], free_port()));
