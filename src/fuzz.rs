@@ -172,15 +172,16 @@ proptest! {
 
 /// A small real `.stream` recording's bytes.
 fn real_stream(dir: &Path) -> Vec<u8> {
-    use crate::recording::{Event, Header, Recorder};
+    use crate::recording::{Event, Header, Recorder, RecordingStore};
     let path = dir.join("real.stream");
+    let store = RecordingStore::dir(dir.to_path_buf());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let Ok(rt) = rt else { return Vec::new() };
     rt.block_on(async {
         let header = Header::new(80, 24, "dumb", "fuzz".into(), Some("cat".into()));
-        let Ok(r) = Recorder::create_stream(path.clone(), header).await else {
+        let Ok(r) = Recorder::create_stream(&store, "recordings/real.stream", header).await else {
             return;
         };
         for i in 0..20u8 {

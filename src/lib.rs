@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod duration;
 #[cfg(test)]
 mod fuzz;
+pub mod http;
 pub mod metrics;
 pub mod pg;
 pub mod policy;

@@ -332,6 +332,15 @@ impl Verifier {
     /// Final checks: checkpoints or a saved head beyond the end (truncation), events that
     /// should have been signed by `now_ms` (a store; an export's trailer signs all of
     /// it), and recordings under `recordings` (the recordings dir).
+    /// The recordings `finish` reads (as the session index names them).
+    pub fn recording_files(&self) -> Vec<String> {
+        let mut files: Vec<String> = self.recordings.iter().map(|(_, f, _)| f.clone()).collect();
+        files.extend(self.sealed.keys().cloned());
+        files.sort();
+        files.dedup();
+        files
+    }
+
     pub fn finish(
         mut self,
         recordings: Option<&Path>,

@@ -121,8 +121,18 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
             .and_then(|c| credentials::scram::end_point(&c))
     };
     let repeats = crate::audit::repeats::Repeats::new(config.audit.repeat_window.0);
+    // Recordings must be writable before anyone is let in: a session that cannot be
+    // recorded does not run.
+    let recordings = crate::recording::RecordingStore::from_config(&config)?;
+    recordings.probe().await.with_context(|| {
+        format!(
+            "recordings cannot be written to {}; fix the storage or [recordings] in the config, then start again",
+            recordings.describe()
+        )
+    })?;
     let server = Server::bind(Shared {
         repeats,
+        recordings,
         seals: Default::default(),
         config,
         ssh_config,

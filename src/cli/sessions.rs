@@ -1,7 +1,7 @@
 //! `postern sessions …` and `postern replay`: what auditors read.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,9 +11,9 @@ use super::{open_store, output};
 use crate::audit::{Actor, AuditEvent, Outcome, format_ms, now_ms};
 use crate::config::Config;
 use crate::duration::Dur;
-use crate::recording::search::{
-    self, is_transcript, recorded_command, statement_text, transcript_lines,
-};
+use crate::recording::RecordingStore;
+use crate::recording::search::{self, is_transcript, statement_text, transcript_lines};
+use crate::recording::store::Local;
 use crate::store::{SessionFilter, SessionRow, Store};
 
 #[derive(clap::Subcommand)]
@@ -107,32 +107,42 @@ fn duration_text(s: &SessionRow) -> String {
     Dur::from_secs(u64::try_from((end - s.started_ms) / 1000).unwrap_or(0)).to_string()
 }
 
-async fn session(store: &Store, config: &Config, id: &str) -> anyhow::Result<SessionRow> {
-    let mut s = store.get_session(id).await?.with_context(|| {
+async fn session(store: &Store, id: &str) -> anyhow::Result<SessionRow> {
+    store.get_session(id).await?.with_context(|| {
         format!(
             "session `{id}` not found (or the prefix is ambiguous); see `postern sessions list`"
         )
-    })?;
-    locate(config, std::slice::from_mut(&mut s));
-    Ok(s)
+    })
 }
 
-/// Recording paths as files under the data dir in use (the index keeps them relative).
-fn locate(config: &Config, rows: &mut [SessionRow]) {
+/// Recordings as people find them: files under the recordings dir in use (the index
+/// keeps them relative), or objects in the bucket.
+fn locate(recordings: &RecordingStore, rows: &mut [SessionRow]) {
     for r in rows.iter_mut().flat_map(|s| s.recordings.iter_mut()) {
-        r.path = crate::recording::resolve(&config.recordings_dir(), &r.path)
-            .display()
-            .to_string();
+        r.path = recordings.display(&r.path);
     }
 }
 
-fn recording_path(s: &SessionRow, channel: Option<i64>) -> anyhow::Result<PathBuf> {
+/// The recording of `channel` (the first when none is given) as a local file to read.
+async fn fetch(
+    recordings: &RecordingStore,
+    s: &SessionRow,
+    channel: Option<i64>,
+) -> anyhow::Result<Local> {
+    let stored = stored_of(s, channel)?;
+    recordings
+        .open(&stored)
+        .await
+        .with_context(|| format!("cannot read recording {}", recordings.display(&stored)))
+}
+
+fn stored_of(s: &SessionRow, channel: Option<i64>) -> anyhow::Result<String> {
     let rec = match channel {
         Some(c) => s.recordings.iter().find(|r| r.channel == c),
         None => s.recordings.first(),
     };
     match rec {
-        Some(r) => Ok(PathBuf::from(&r.path)),
+        Some(r) => Ok(r.path.clone()),
         None => bail!(
             "session {} has no recording{}",
             s.id,
@@ -158,6 +168,10 @@ async fn audit_read(
 
 pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     let store = open_store(config).await?;
+    // Listing and showing need no credentials for a bucket; reading does.
+    let recordings = RecordingStore::from_config(config);
+    let shown = RecordingStore::from_config(config)
+        .unwrap_or_else(|_| RecordingStore::dir(config.recordings_dir()));
     let code = match cmd {
         Command::List {
             user,
@@ -176,7 +190,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     limit: Some(limit),
                 })
                 .await?;
-            locate(config, &mut rows);
+            locate(&shown, &mut rows);
             if json {
                 output::json(&rows)?;
             } else {
@@ -214,7 +228,16 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Command::Show { id, json } => {
-            let s = session(&store, config, &id).await?;
+            let mut s = session(&store, &id).await?;
+            let mut commands = Vec::new();
+            for r in &s.recordings {
+                let head = match &recordings {
+                    Ok(rec) => rec.header(&r.path).await,
+                    Err(_) => None,
+                };
+                commands.push(head.as_deref().and_then(search::command_in));
+            }
+            locate(&shown, std::slice::from_mut(&mut s));
             if json {
                 output::json(&s)?;
             } else {
@@ -243,14 +266,14 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                     "certificate  serial {}",
                     c(s.cert_serial.as_deref().unwrap_or("-"))
                 );
-                for r in &s.recordings {
+                for (r, command) in s.recordings.iter().zip(commands) {
                     println!(
                         "recording    channel {}  {}  sha256 {}",
                         r.channel,
                         c(&r.path),
                         c(r.sha256.as_deref().unwrap_or("(open)"))
                     );
-                    if let Some(command) = recorded_command(Path::new(&r.path)) {
+                    if let Some(command) = command {
                         println!("  command    {}", c(&command));
                     }
                 }
@@ -263,33 +286,40 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             channel,
             stream,
         } => {
-            let s = session(&store, config, &id).await?;
-            let path = recording_path(&s, channel)?;
-            if crate::recording::stream::is_stream(&path) {
+            let s = session(&store, &id).await?;
+            let recordings = recordings?;
+            let local = fetch(&recordings, &s, channel).await?;
+            let path = local.path();
+            let shown = recordings.display(&stored_of(&s, channel)?);
+            if crate::recording::stream::is_stream(path) {
                 let which = stream.unwrap_or(super::streams::Which::Stdout);
                 let mut file = crate::credentials::open_private_append(&output, true)
                     .with_context(|| format!("cannot create {}", output.display()))?;
-                super::streams::export(&path, which, &mut file)?;
+                super::streams::export(path, which, &mut file)?;
             } else if stream.is_some() {
                 bail!(
                     "this channel had a terminal or is not a command: its recording is an asciicast; export it without --stream"
                 );
             } else {
-                let copied = std::fs::File::open(&path).and_then(|mut from| {
+                let copied = std::fs::File::open(path).and_then(|mut from| {
                     let mut to = crate::credentials::open_private_append(&output, true)?;
                     std::io::copy(&mut from, &mut to)?;
                     to.sync_all()
                 });
-                copied.with_context(|| {
-                    format!("cannot copy {} to {}", path.display(), output.display())
-                })?;
+                copied.with_context(|| format!("cannot copy {shown} to {}", output.display()))?;
             }
-            audit_read(&store, "session.export", &s, serde_json::json!({ "recording": path.display().to_string(), "output": output.display().to_string() })).await?;
+            audit_read(
+                &store,
+                "session.export",
+                &s,
+                serde_json::json!({ "recording": shown, "output": output.display().to_string() }),
+            )
+            .await?;
             println!("wrote {}", output.display());
             ExitCode::SUCCESS
         }
         Command::Kill { id } => {
-            let s = session(&store, config, &id).await?;
+            let s = session(&store, &id).await?;
             if s.ended_ms.is_some() {
                 bail!(
                     "session {} already ended ({})",
@@ -308,7 +338,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             .await?;
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                let now = session(&store, config, &s.id).await?;
+                let now = session(&store, &s.id).await?;
                 if now.ended_ms.is_some() {
                     println!(
                         "session {} ended ({})",
@@ -332,26 +362,28 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
             since,
             json,
         } => {
-            let mut rows = store
+            let rows = store
                 .list_sessions(&SessionFilter {
                     since_ms: since_ms(since),
                     ..Default::default()
                 })
                 .await?;
-            locate(config, &mut rows);
+            let recordings = recordings?;
             let mut hits = Vec::new();
             for s in &rows {
                 for r in &s.recordings {
-                    let path = Path::new(&r.path);
+                    let shown = recordings.display(&r.path);
                     // A recording that cannot be read is an error, never "no match".
-                    let found = search::grep(path, &pattern).with_context(|| {
-                        format!(
-                            "cannot read the recording of session {} channel {}: {}",
-                            s.id,
-                            r.channel,
-                            path.display()
-                        )
-                    })?;
+                    let local = recordings.open(&r.path).await;
+                    let found = local
+                        .map_err(anyhow::Error::from)
+                        .and_then(|l| Ok(search::grep(l.path(), &pattern)?))
+                        .with_context(|| {
+                            format!(
+                                "cannot read the recording of session {} channel {}: {shown}",
+                                s.id, r.channel,
+                            )
+                        })?;
                     for (offset, line) in found {
                         hits.push(serde_json::json!({ "session": s.id, "channel": r.channel, "user": s.user, "target": s.target, "offset_s": offset, "line": line }));
                     }
@@ -386,13 +418,15 @@ pub async fn replay(config: &Config, a: ReplayArgs) -> anyhow::Result<ExitCode> 
         bail!("--speed must be a positive number");
     }
     let store = open_store(config).await?;
-    let s = session(&store, config, &a.id).await?;
-    let path = recording_path(&s, a.channel)?;
+    let recordings = RecordingStore::from_config(config)?;
+    let s = session(&store, &a.id).await?;
+    let local = fetch(&recordings, &s, a.channel).await?;
+    let path = local.path().to_path_buf();
     audit_read(
         &store,
         "session.replay",
         &s,
-        serde_json::json!({ "recording": path.display().to_string(), "speed": a.speed }),
+        serde_json::json!({ "recording": recordings.display(&stored_of(&s, a.channel)?), "speed": a.speed }),
     )
     .await?;
     store.close().await;

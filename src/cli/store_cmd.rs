@@ -73,11 +73,15 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     let keys = crate::credentials::KeyStore::load_or_create(&dir, &config.tls.hostnames)?.keys;
     super::shared_keys::share(&on_dest, &keys.master_key, &dest).await?;
     let dest = dest.start(None);
-    let recordings = copy_recordings(&dir.join("recordings"), &config.recordings_dir())?;
+    let store = crate::recording::RecordingStore::from_config(config)?;
+    let recordings = match store.local_dir() {
+        Some(to) => copy_recordings(&dir.join("recordings"), to)?,
+        None => upload_recordings(&dir.join("recordings"), &store).await?,
+    };
     if recordings > 0 {
         println!(
             "copied {recordings} recording files to {}",
-            config.recordings_dir().display()
+            store.describe()
         );
     }
     let key = super::verify::load_pubkey(&on_dest, &None)?;
@@ -85,8 +89,9 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     v.at(crate::audit::now_ms());
     let walked = dest.verify_chain(&mut v, |_| {}).await;
     dest.close().await;
-    let result = walked
-        .and_then(|()| v.finish(Some(&config.recordings_dir()), Some(crate::audit::now_ms())));
+    let files = v.recording_files();
+    let local = store.open_all(files.iter().map(String::as_str)).await?;
+    let result = walked.and_then(|()| v.finish(Some(local.root()), Some(crate::audit::now_ms())));
     match result {
         Ok(r) => {
             println!(
@@ -130,6 +135,40 @@ fn copy_recordings(from: &Path, to: &Path) -> anyhow::Result<u64> {
                 crate::credentials::write_private(&target, &bytes)?;
                 n += 1;
             }
+        }
+    }
+    Ok(n)
+}
+
+/// Uploads every recording under `from` to a bucket store; returns how many.
+async fn upload_recordings(
+    from: &Path,
+    to: &crate::recording::RecordingStore,
+) -> anyhow::Result<u64> {
+    if !from.is_dir() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(from) else {
+                continue;
+            };
+            let stored = Path::new("recordings").join(rel).display().to_string();
+            let bytes = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            to.put_whole(&stored, &bytes)
+                .await
+                .with_context(|| format!("uploading {}", path.display()))?;
+            n += 1;
         }
     }
     Ok(n)

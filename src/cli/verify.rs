@@ -108,7 +108,14 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let outcome = store.verify_chain(&mut v, |_| {}).await;
     store.close().await;
     let result = match outcome {
-        Ok(()) => v.finish(Some(&config.recordings_dir()), Some(now_ms())),
+        Ok(()) => {
+            let recordings = crate::recording::RecordingStore::from_config(config)?;
+            let files = v.recording_files();
+            let local = recordings
+                .open_all(files.iter().map(String::as_str))
+                .await?;
+            v.finish(Some(local.root()), Some(now_ms()))
+        }
         Err(b) => Err(b),
     };
     match result {

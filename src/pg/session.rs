@@ -133,30 +133,29 @@ pub async fn run(
         .start_session(&row)
         .await
         .map_err(|_| not_recorded())?;
-    let root = shared.config.recordings_dir();
-    let path = recording::path_with(&root, started, &format!("{id}-0.pg.jsonl"));
+    let path_text = recording::place(started, &format!("{id}-0.pg.jsonl"));
     let header = json!({
         "version": 1, "kind": "postgres", "session": id, "user": user, "target": target.name,
         "database": database, "db_user": db_user, "client": peer.to_string(), "started_ms": started,
         "backend_pid": up.key.map(|k| k.0), "reused_backend": reused,
     });
-    let recorder = match LineRecorder::create(path.clone(), &header.to_string()).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "cannot create the recording");
-            let mut ev = AuditEvent::new(
-                "session.recording_failed",
-                &actor,
-                Outcome::Failure,
-                json!({ "channel": 0, "error": e.to_string() }),
-            );
-            ev.session_id = Some(id.clone());
-            audit(shared, ev, peer).await;
-            end_row(shared, &id, "recording failed", 0, 0).await;
-            return Err(not_recorded());
-        }
-    };
-    let path_text = recording::stored_path(&root, &path);
+    let recorder =
+        match LineRecorder::create(&shared.recordings, &path_text, &header.to_string()).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot create the recording");
+                let mut ev = AuditEvent::new(
+                    "session.recording_failed",
+                    &actor,
+                    Outcome::Failure,
+                    json!({ "channel": 0, "error": e.to_string() }),
+                );
+                ev.session_id = Some(id.clone());
+                audit(shared, ev, peer).await;
+                end_row(shared, &id, "recording failed", 0, 0).await;
+                return Err(not_recorded());
+            }
+        };
     let _sealed = shared.seals.watch(&path_text, &id, recorder.seal());
     let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();
@@ -269,10 +268,7 @@ pub async fn run(
                 .store
                 .finish_recording(&id, 0, &done.sha256, done.bytes)
                 .await;
-            let file = path.strip_prefix(&shared.config.data_dir).unwrap_or(&path);
-            recordings.push(
-                json!({ "channel": 0, "file": file.display().to_string(), "sha256": done.sha256 }),
-            );
+            recordings.push(json!({ "channel": 0, "file": path_text, "sha256": done.sha256 }));
         }
         Err(e) => {
             warn!(session = %id, error = %e, "recording failed");

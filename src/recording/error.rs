@@ -1,4 +1,4 @@
-//! Recording errors: the disk refused (session must end) or the writer is gone.
+//! Recording errors: the disk or the bucket refused (session must end) or the writer is gone.
 
 use std::path::PathBuf;
 
@@ -12,4 +12,6 @@ pub enum RecordingError {
     },
     #[error("the recording stopped after an earlier write error")]
     Stopped,
+    #[error(transparent)]
+    Storage(#[from] super::s3::S3Error),
 }

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::digest::{Context, SHA256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Finished, RecordingError, io};
+use super::store::Sink;
+use super::{Finished, RecordingError};
 
 /// The writer is woken early when this much is waiting.
 const FLUSH_AT: usize = 64 * 1024;
@@ -41,15 +41,16 @@ pub struct LineRecorder {
 }
 
 impl LineRecorder {
-    /// Creates the file (0600, never overwriting) with `first` as its first line; an
-    /// error here means the session must not start.
-    pub async fn create(path: PathBuf, first: &str) -> Result<LineRecorder, RecordingError> {
-        let mut file = super::create_file(&path).await?;
-        let mut hash = Context::new(&SHA256);
+    /// Creates the recording `stored` (a file: 0600, never overwriting) with `first` as
+    /// its first line; an error here means the session must not start.
+    pub async fn create(
+        store: &super::RecordingStore,
+        stored: &str,
+        first: &str,
+    ) -> Result<LineRecorder, RecordingError> {
         let head = format!("{first}\n");
-        file.write_all(head.as_bytes())
-            .await
-            .map_err(io("write", &path))?;
+        let sink = store.create(stored, head.as_bytes()).await?;
+        let mut hash = Context::new(&SHA256);
         hash.update(head.as_bytes());
         let shared = Arc::new(Shared {
             buf: Mutex::new(Vec::with_capacity(FLUSH_AT)),
@@ -64,7 +65,7 @@ impl LineRecorder {
         let sealer = super::seal::Sealer::new();
         let seal = sealer.cell();
         tokio::spawn(async move {
-            let result = write_loop(&s, file, path, hash, head.len() as u64, sealer).await;
+            let result = write_loop(&s, sink, hash, head.len() as u64, sealer).await;
             if result.is_err() {
                 s.failed_flag.store(true, Ordering::Release);
                 s.failed.cancel();
@@ -143,8 +144,7 @@ impl LineSink {
 
 async fn write_loop(
     s: &Shared,
-    mut file: tokio::fs::File,
-    path: PathBuf,
+    mut sink: Sink,
     mut hash: Context,
     mut bytes: u64,
     mut sealer: super::seal::Sealer,
@@ -159,15 +159,20 @@ async fn write_loop(
         if !out.is_empty() {
             s.room.notify_waiters();
             let started = std::time::Instant::now();
-            file.write_all(&out).await.map_err(io("write", &path))?;
+            sink.write(&out).await?;
             hash.update(&out);
             bytes += out.len() as u64;
             out.clear();
-            // The bytes a seal names are in the file, not in flight.
-            file.flush().await.map_err(io("flush", &path))?;
+            sink.flush().await?;
             crate::metrics::recording_write(started.elapsed());
+        } else {
+            // A bucket may still hold back bytes until its interval has passed.
+            sink.flush().await?;
         }
-        sealer.maybe_seal(&hash, bytes);
+        // The bytes a seal names are stored, not in flight.
+        if sink.stored() {
+            sealer.maybe_seal(&hash, bytes);
+        }
         if closing {
             break;
         }
@@ -176,10 +181,10 @@ async fn write_loop(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    file.sync_all().await.map_err(io("sync", &path))?;
+    sink.finish().await?;
     let digest = hash.finish();
     Ok(Finished {
-        path,
+        path: PathBuf::from(sink.describe()),
         sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         bytes,
     })
@@ -193,7 +198,8 @@ mod tests {
     async fn lines_are_all_written_in_order_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/t.jsonl");
-        let r = LineRecorder::create(path.clone(), "{\"head\":1}")
+        let store = crate::recording::RecordingStore::dir(dir.path().to_path_buf());
+        let r = LineRecorder::create(&store, "recordings/a/b/t.jsonl", "{\"head\":1}")
             .await
             .unwrap();
         let big = "x".repeat(1000);
@@ -214,6 +220,10 @@ mod tests {
         let hex: String = want.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(done.sha256, hex);
         // Never overwrites.
-        assert!(LineRecorder::create(path, "x").await.is_err());
+        assert!(
+            LineRecorder::create(&store, "recordings/a/b/t.jsonl", "x")
+                .await
+                .is_err()
+        );
     }
 }

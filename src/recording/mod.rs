@@ -9,9 +9,11 @@
 mod cast;
 pub mod error;
 mod lines;
+pub mod s3;
 pub mod seal;
 pub mod search;
 pub mod sftp;
+pub mod store;
 pub mod stream;
 pub mod transcript;
 mod utf8;
@@ -21,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use cast::Header;
 pub use error::RecordingError;
 pub use lines::{LineRecorder, LineSink};
+pub use store::RecordingStore;
+use store::Sink;
 use utf8::Utf8Stream;
 
 /// What a recording holds.
@@ -50,6 +53,7 @@ pub enum Event {
 /// The result of a finished recording.
 #[derive(Clone, Debug)]
 pub struct Finished {
+    /// Where it is, for messages (a file, or an object name in a bucket).
     pub path: PathBuf,
     pub sha256: String,
     pub bytes: u64,
@@ -108,6 +112,12 @@ pub fn path_with(root: &Path, started_ms: i64, name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A new recording's name as the session index keeps it: `recordings/YYYY/MM/DD/<name>`,
+/// whichever store holds it.
+pub fn place(started_ms: i64, name: &str) -> String {
+    stored_path(Path::new(""), &path_with(Path::new(""), started_ms, name))
+}
+
 /// How a recording's path is kept in the session index: `recordings/…`, relative to the
 /// recordings dir, so a data dir that was copied or moved, a shared recordings dir that
 /// each replica mounts elsewhere, or another working directory still finds it.
@@ -137,8 +147,13 @@ pub fn resolve(root: &Path, stored: &str) -> PathBuf {
 }
 
 impl Recorder {
-    /// Creates the file and writes the header; an error here means the session must not start.
-    pub async fn create(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
+    /// Creates the recording `stored` (`place`) and writes the header; an error here means
+    /// the session must not start.
+    pub async fn create(
+        store: &RecordingStore,
+        stored: &str,
+        header: Header,
+    ) -> Result<Recorder, RecordingError> {
         let line = header.to_line();
         let body = Body::Cast {
             out: Utf8Stream::default(),
@@ -146,25 +161,31 @@ impl Recorder {
             input: Utf8Stream::default(),
             on_stderr: false,
         };
-        Self::start(path, line, body).await
+        Self::start(store, stored, line, body).await
     }
 
     /// A lossless `.stream` recording (`stream`), for a channel without a terminal.
-    pub async fn create_stream(path: PathBuf, header: Header) -> Result<Recorder, RecordingError> {
+    pub async fn create_stream(
+        store: &RecordingStore,
+        stored: &str,
+        header: Header,
+    ) -> Result<Recorder, RecordingError> {
         let mut value = serde_json::to_value(&header).unwrap_or_default();
         value["format"] = stream::FORMAT.into();
         let mut line = value.to_string();
         line.push('\n');
-        let encoder = stream::Encoder::new().map_err(io("start compressing", &path))?;
-        Self::start(path, line, Body::Stream(encoder)).await
+        let encoder = stream::Encoder::new().map_err(io("start compressing", Path::new(stored)))?;
+        Self::start(store, stored, line, Body::Stream(encoder)).await
     }
 
-    async fn start(path: PathBuf, line: String, body: Body) -> Result<Recorder, RecordingError> {
-        let mut file = create_file(&path).await?;
+    async fn start(
+        store: &RecordingStore,
+        stored: &str,
+        line: String,
+        body: Body,
+    ) -> Result<Recorder, RecordingError> {
+        let sink = store.create(stored, line.as_bytes()).await?;
         let mut hash = Context::new(&SHA256);
-        file.write_all(line.as_bytes())
-            .await
-            .map_err(io("write", &path))?;
         hash.update(line.as_bytes());
         let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done) = oneshot::channel();
@@ -172,8 +193,8 @@ impl Recorder {
         let sealer = seal::Sealer::new();
         let seal = sealer.cell();
         let writer = Writer {
-            path,
-            file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+            path: PathBuf::from(sink.describe()),
+            sink,
             hash,
             bytes: line.len() as u64,
             start: Instant::now(),
@@ -222,8 +243,9 @@ impl Recorder {
 }
 
 struct Writer {
+    /// Where it goes, for messages.
     path: PathBuf,
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    sink: Sink,
     hash: Context,
     bytes: u64,
     start: Instant,
@@ -265,7 +287,9 @@ impl Writer {
                 },
                 _ = tick.tick() => {
                     self.flush().await?;
-                    self.sealer.maybe_seal(&self.hash, self.bytes);
+                    if self.sink.stored() {
+                        self.sealer.maybe_seal(&self.hash, self.bytes);
+                    }
                 }
             }
         }
@@ -291,17 +315,8 @@ impl Writer {
                 self.write(&tail).await?;
             }
         }
-        // The body is complete: only the file is flushed now.
-        self.flush_file().await?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(|source| RecordingError::Io {
-                action: "sync",
-                path: self.path.clone(),
-                source,
-            })?;
+        // The body is complete: what is left is stored (a file is synced).
+        self.sink.finish().await?;
         let digest = self.hash.finish();
         Ok(Finished {
             path: self.path,
@@ -389,14 +404,7 @@ impl Writer {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
         self.hash.update(bytes);
         self.bytes += bytes.len() as u64;
-        self.file
-            .write_all(bytes)
-            .await
-            .map_err(|source| RecordingError::Io {
-                action: "write",
-                path: self.path.clone(),
-                source,
-            })
+        self.sink.write(bytes).await
     }
 
     async fn flush(&mut self) -> Result<(), RecordingError> {
@@ -405,20 +413,9 @@ impl Writer {
             let block = enc.flush().map_err(io("compress", &self.path))?;
             self.write(&block).await?;
         }
-        let r = self.flush_file().await;
+        let r = self.sink.flush().await;
         crate::metrics::recording_write(started.elapsed());
         r
-    }
-
-    async fn flush_file(&mut self) -> Result<(), RecordingError> {
-        self.file
-            .flush()
-            .await
-            .map_err(|source| RecordingError::Io {
-                action: "flush",
-                path: self.path.clone(),
-                source,
-            })
     }
 }
 

@@ -14,7 +14,12 @@ pub fn recorded_command(path: &Path) -> Option<String> {
     let file = std::fs::File::open(path).ok()?;
     let mut first = String::new();
     BufReader::new(file).read_line(&mut first).ok()?;
-    let header: serde_json::Value = serde_json::from_str(&first).ok()?;
+    command_in(&first)
+}
+
+/// The command named by a recording's header line.
+pub fn command_in(first: &str) -> Option<String> {
+    let header: serde_json::Value = serde_json::from_str(first).ok()?;
     header["command"].as_str().map(str::to_string)
 }
 

@@ -6,9 +6,14 @@ use super::*;
 async fn writes_header_events_and_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r/1.cast");
-    let rec = Recorder::create(path.clone(), Header::new(80, 24, "xterm", "t".into(), None))
-        .await
-        .unwrap();
+    let store = RecordingStore::dir(dir.path().to_path_buf());
+    let rec = Recorder::create(
+        &store,
+        "recordings/r/1.cast",
+        Header::new(80, 24, "xterm", "t".into(), None),
+    )
+    .await
+    .unwrap();
     rec.record(Event::Input(Bytes::from_static(b"ls\r")))
         .await
         .unwrap();
@@ -65,7 +70,8 @@ async fn writes_header_events_and_hash() {
 #[tokio::test]
 async fn cannot_create_in_an_unwritable_place() {
     let err = Recorder::create(
-        PathBuf::from("/proc/postern/x.cast"),
+        &RecordingStore::dir(PathBuf::from("/proc/postern")),
+        "recordings/x.cast",
         Header::new(80, 24, "xterm", "t".into(), None),
     )
     .await;

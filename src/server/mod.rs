@@ -40,6 +40,8 @@ pub struct Shared {
     pub pg_backends: crate::pg::Backends,
     /// Failed logins that repeat within `[audit] repeat_window`, counted instead of written.
     pub repeats: crate::audit::repeats::Repeats,
+    /// Where recordings are written and read (`[recordings]`).
+    pub recordings: crate::recording::RecordingStore,
     /// Recordings being written, whose seals become `recording.progress` events.
     pub seals: Arc<crate::recording::seal::Seals>,
     /// This replica's name in the store (`host:api-port`), set when `serve` runs.

@@ -11,9 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -22,84 +21,14 @@ use tracing::warn;
 
 use crate::audit::{Actor, AuditEvent, Outcome, format_clock};
 use crate::config::Notify;
+pub use crate::http::Endpoint;
+use crate::http::tls_config;
 use crate::store::Store;
 
 /// Waits between attempts: four retries, about 15 s in all.
 const BACKOFF: [u64; 4] = [1, 2, 4, 8];
 /// One attempt: connect, TLS, request and answer.
 const ATTEMPT: Duration = Duration::from_secs(10);
-
-/// Where notifications go: `http[s]://HOST[:PORT][/PATH]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(format!("`{url}` is not an http:// or https:// URL"));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse()
-                    .map_err(|_| format!("`{url}`: `{p}` is not a port number"))?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        if host.is_empty() || host.contains(['@', ' ']) || path.contains(char::is_whitespace) {
-            return Err(format!("`{url}` is not http[s]://HOST[:PORT]/PATH"));
-        }
-        Ok(Endpoint {
-            tls,
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// The public roots, and the configured CA if any.
-fn tls_config(ca_file: &str) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if !ca_file.is_empty() {
-        let pem = std::fs::read(ca_file)
-            .map_err(|e| format!("cannot read notify.ca_file {ca_file}: {e}"))?;
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| format!("notify.ca_file {ca_file} is not PEM: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("notify.ca_file {ca_file}: unusable certificate: {e}"))?;
-        }
-    }
-    let config = ClientConfig::builder_with_provider(crate::api::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
 
 async fn post(to: &Endpoint, tls: &Arc<ClientConfig>, body: &[u8]) -> Result<(), String> {
     let tcp = TcpStream::connect((to.host.as_str(), to.port))
@@ -241,7 +170,10 @@ async fn deliver(
 
 /// Follows the audit chain from `from` and announces request events until `stop`.
 pub async fn run(store: Store, cfg: Notify, replica: String, from: i64, stop: CancellationToken) {
-    let (to, tls) = match (Endpoint::parse(&cfg.webhook), tls_config(&cfg.ca_file)) {
+    let (to, tls) = match (
+        Endpoint::parse(&cfg.webhook),
+        tls_config("notify.ca_file", &cfg.ca_file),
+    ) {
         (Ok(to), Ok(tls)) => (to, tls),
         (Err(e), _) | (_, Err(e)) => {
             warn!(error = %e, "request notifications are off");
@@ -314,31 +246,6 @@ async fn announce(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_parse_and_bad_ones_are_refused() {
-        let e = Endpoint::parse("https://hooks.example.com/services/T/B/x").unwrap();
-        assert_eq!(
-            (e.tls, e.port, e.path.as_str()),
-            (true, 443, "/services/T/B/x")
-        );
-        let e = Endpoint::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.path.as_str()),
-            ("127.0.0.1", 9000, "/")
-        );
-        let e = Endpoint::parse("http://[::1]:81/h").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("::1", 81));
-        for bad in [
-            "ftp://x",
-            "http://",
-            "http://h:port/",
-            "https://a b/",
-            "http://u@h/",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn texts_name_the_request_and_escape_for_slack() {

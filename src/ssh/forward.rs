@@ -40,10 +40,10 @@ pub async fn forward(
         "{} as {}@{} (session {}, channel {}): forward to {dest}",
         ctx.user, ctx.login, ctx.target.name, ctx.id, channel_no
     );
-    let root = ctx.shared.config.recordings_dir();
-    let path = recording::path_for(&root, now_ms(), &ctx.id, channel_no);
+    let stored = recording::place(now_ms(), &format!("{}-{channel_no}.cast", ctx.id));
     let recorder = match Recorder::create(
-        path.clone(),
+        &ctx.shared.recordings,
+        &stored,
         Header::new(80, 24, "dumb", title, Some(format!("direct-tcpip {dest}"))),
     )
     .await
@@ -62,7 +62,6 @@ pub async fn forward(
     };
     // Indexing the recording, auditing the channel and opening it on the target run at
     // once: a forwarded connection waits for the slowest, not for their sum.
-    let stored = recording::stored_path(&root, &path);
     let _sealed = ctx.shared.seals.watch(&stored, &ctx.id, recorder.seal());
     let index = ctx.shared.store.add_recording(&ctx.id, channel_no, &stored);
     let audited = ctx.audit(ctx.event(

@@ -294,22 +294,20 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
     // one carries bytes (rsync, scp, tar, checkpoints) and is recorded losslessly.
     let header = Header::new(cols, rows, &term, title, command.clone());
     let binary = pty.is_none() && !matches!(start, Start::Sftp);
-    let root = ctx.shared.config.recordings_dir();
-    let data_dir = &root;
-    let created = if binary {
-        let name = format!("{}-{channel_no}.{}", ctx.id, recording::stream::EXTENSION);
-        let path = recording::path_with(data_dir, now_ms(), &name);
-        Recorder::create_stream(path.clone(), header)
-            .await
-            .map(|r| (r, path))
+    let recordings = &ctx.shared.recordings;
+    let name = if binary {
+        format!("{}-{channel_no}.{}", ctx.id, recording::stream::EXTENSION)
     } else {
-        let path = recording::path_for(data_dir, now_ms(), &ctx.id, channel_no);
-        Recorder::create(path.clone(), header)
-            .await
-            .map(|r| (r, path))
+        format!("{}-{channel_no}.cast", ctx.id)
     };
-    let (recorder, path) = match created {
-        Ok((r, path)) => (Arc::new(r), path),
+    let path_text = recording::place(now_ms(), &name);
+    let created = if binary {
+        Recorder::create_stream(recordings, &path_text, header).await
+    } else {
+        Recorder::create(recordings, &path_text, header).await
+    };
+    let recorder = match created {
+        Ok(r) => Arc::new(r),
         Err(e) => {
             warn!(session = %ctx.id, error = %e, "cannot record; refusing the channel");
             ctx.audit(ctx.event(
@@ -322,7 +320,6 @@ async fn allowed(ctx: Arc<SessionCtx>, down: Channel<Msg>, handle: Handle, stop:
             return;
         }
     };
-    let path_text = recording::stored_path(&root, &path);
     let _sealed = ctx.shared.seals.watch(&path_text, &ctx.id, recorder.seal());
     // Indexing the recording, auditing the channel and running it go at once: a command
     // waits for the target, not for two more disk syncs (the recording exists already).

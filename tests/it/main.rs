@@ -22,6 +22,7 @@ mod pg_drivers;
 mod pg_property;
 mod pg_trust;
 mod pg_wire;
+mod recordings_s3;
 mod replicas;
 mod requests;
 mod reviews;

@@ -29,20 +29,25 @@ impl PgBastion {
     }
 
     pub fn start_with_role(extra: &[&str]) -> PgBastion {
-        Self::build(Postgres::start(), extra)
+        Self::build(Postgres::start(), extra, "", &[])
+    }
+
+    /// As `start`, with `config` (TOML) for `serve` and `env` for every command.
+    pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> PgBastion {
+        Self::build(Postgres::start(), &[], config, env)
     }
 
     /// As `start`, with a TLS-only cluster that `pg1` reaches with `tls_mode =
     /// verify-full` against the cluster's CA (`[postgres] target_ca_file`).
     pub fn start_tls() -> PgBastion {
-        Self::build(Postgres::start_tls(), &[])
+        Self::build(Postgres::start_tls(), &[], "", &[])
     }
 
-    fn build(pg: Postgres, extra: &[&str]) -> PgBastion {
+    fn build(pg: Postgres, extra: &[&str], config: &str, env: &[(&str, &str)]) -> PgBastion {
         pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"))
             .ok();
         pg.psql("CREATE DATABASE features OWNER app").ok();
-        let p = Postern::new();
+        let p = Postern::new().with_env(env);
         let mut role = vec![
             "admin",
             "role",
@@ -90,22 +95,22 @@ impl PgBastion {
             &format!("{APP_PASSWORD}\n"),
         )
         .ok();
-        let p = match &pg.ca_file {
-            Some(ca) => {
-                let cfg = p.write(
-                    "postern.toml",
-                    &format!(
-                        "[postgres]\ntarget_ca_file = {:?}\n",
-                        ca.display().to_string()
-                    ),
-                );
-                let mut p = p;
-                let mut cmd = p.serve_command();
-                cmd.arg("--config").arg(cfg);
-                p.spawn(cmd);
-                p
-            }
-            None => p.start(),
+        let mut text = config.to_string();
+        if let Some(ca) = &pg.ca_file {
+            text.push_str(&format!(
+                "[postgres]\ntarget_ca_file = {:?}\n",
+                ca.display().to_string()
+            ));
+        }
+        let p = if text.is_empty() {
+            p.start()
+        } else {
+            let cfg = p.write("postern.toml", &text);
+            let mut p = p;
+            let mut cmd = p.serve_command();
+            cmd.arg("--config").arg(cfg);
+            p.spawn(cmd);
+            p
         };
         let dev = Dev::new();
         let ca = p.write("tls-ca.pem", p.cli(&["admin", "tls-ca"]).ok());

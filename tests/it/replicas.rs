@@ -1,5 +1,6 @@
-//! Two replicas, each with a data dir of its own, on one PostgreSQL store behind HAProxy:
-//! SSH sessions through the balancer land on both; a kill from the other replica reaches
+//! Two replicas, each with a data dir of its own, on one PostgreSQL store behind HAProxy,
+//! recording into one S3-compatible bucket: SSH sessions through the balancer land on
+//! both and each replays the other's; a kill from the other replica reaches
 //! a session; `kill -9` of one replica has its sessions closed by the other while the
 //! other's live on and new sessions keep succeeding; a lock from the survivor ends its
 //! sessions; the audit chain both wrote verifies.
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::harness::haproxy::{Haproxy, Server};
 use crate::harness::postern::{Postern, create_store_database};
 use crate::harness::postgres::Postgres;
+use crate::harness::s3::S3;
 use crate::ssh::Bastion;
 use crate::store_pg::base;
 
@@ -51,13 +53,17 @@ fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 fn two_replicas_behind_haproxy_share_sessions_kills_locks_and_the_chain() {
     let pg = Postgres::start();
     let url = create_store_database(&base(&pg));
-    // Recordings in a directory both replicas mount.
-    let shared = tempfile::tempdir().unwrap();
-    let recordings = shared.path().join("recordings");
-    let config = format!("[recordings]\ndir = \"{}\"\n", recordings.display());
-    let mut b = Bastion::start_on(Postern::on_store(&url), &[], Some(&config));
+    // Recordings in an S3-compatible bucket both replicas write.
+    let s3 = S3::start();
+    s3.create_bucket("replicas");
+    let config = s3.config("replicas", "");
+    let mut b = Bastion::start_on(
+        Postern::on_store(&url).with_env(&s3.env()),
+        &[],
+        Some(&config),
+    );
     let master = std::fs::read_to_string(b.postern.data_dir().join("keys/master.key")).unwrap();
-    let other = Postern::on_store(&url);
+    let other = Postern::on_store(&url).with_env(&s3.env());
     let other_config = other.write("postern.toml", &config);
     let other = other.start_with(|cmd| {
         cmd.env("POSTERN_MASTER_KEY", master.trim())

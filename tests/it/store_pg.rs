@@ -8,6 +8,7 @@ use std::process::Command;
 use crate::harness::Out;
 use crate::harness::postern::{BIN, Postern, create_store_database};
 use crate::harness::postgres::Postgres;
+use crate::harness::s3::S3;
 use crate::ssh::{Bastion, ended_session};
 
 pub fn base(pg: &Postgres) -> String {
@@ -241,9 +242,29 @@ fn store_migrate_moves_an_embedded_store_into_postgres() {
     );
     assert_eq!(b.postern.stop().code(), Some(0));
 
-    let out = b.postern.cli(&["store", "migrate", "--to", &url]);
+    // The recordings move to a bucket on the way.
+    let s3 = S3::start();
+    s3.create_bucket("moved");
+    b.postern
+        .env
+        .extend(s3.env().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = b.postern.write("postern.toml", &s3.config("moved", "r/"));
+    let out = b
+        .postern
+        .cli_config(&["store", "migrate", "--to", &url], &config);
     let text = out.ok();
     assert!(text.contains("audit_events"), "{text}");
+    assert!(
+        text.contains("copied 1 recording files to s3://moved/r/"),
+        "{text}"
+    );
+    assert!(
+        s3.keys("moved", "r/")
+            .iter()
+            .any(|k| k.contains(&id) && k.ends_with("/00000000")),
+        "{:?}",
+        s3.keys("moved", "r/")
+    );
     assert!(
         text.contains("verified on postgres://postgres:***@"),
         "{text}"
@@ -254,15 +275,20 @@ fn store_migrate_moves_an_embedded_store_into_postgres() {
 
     // serve on the new store, from the same data dir.
     b.postern.store_url = Some(url.clone());
-    let cmd = b.postern.serve_command();
+    let mut cmd = b.postern.serve_command();
+    cmd.arg("--config").arg(&config);
     b.postern.spawn(cmd);
-    let replay = b.postern.cli(&["replay", &id, "--max-idle", "0s"]);
+    // The data dir's copy is gone: replay reads the bucket.
+    std::fs::remove_dir_all(b.postern.data_dir().join("recordings")).unwrap();
+    let replay = b
+        .postern
+        .cli_config(&["replay", &id, "--max-idle", "0s"], &config);
     assert!(replay.ok().contains("before-the-move"), "{}", replay.stdout);
     assert_eq!(
         b.ssh(&b.dest(), "echo after-the-move").ok(),
         "after-the-move\n"
     );
-    let verified = b.postern.cli(&["audit", "verify"]);
+    let verified = b.postern.cli_config(&["audit", "verify"], &config);
     assert!(verified.ok().contains("OK"), "{}", verified.stdout);
     assert_eq!(
         store_sql(

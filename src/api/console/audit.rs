@@ -282,17 +282,28 @@ async fn run(cx: Ctx, v: Viewer) {
     let walked = store
         .verify_chain(&mut verifier, |seq| update(|r| r.done = seq))
         .await;
-    let data_dir = cx.shared.config.recordings_dir();
+    let files = verifier.recording_files();
+    let local = cx
+        .shared
+        .recordings
+        .open_all(files.iter().map(String::as_str))
+        .await;
     // Recordings are hashed from disk: off the runtime's threads.
-    let result = match walked {
-        Ok(()) => tokio::task::spawn_blocking(move || verifier.finish(Some(&data_dir), Some(now)))
-            .await
-            .map_err(|e| crate::audit::verify::Broken {
-                seq: 0,
-                what: format!("the verification stopped: {e}"),
-            })
-            .and_then(|r| r),
-        Err(b) => Err(b),
+    let result = match (walked, local) {
+        (Ok(()), Ok(local)) => {
+            tokio::task::spawn_blocking(move || verifier.finish(Some(local.root()), Some(now)))
+                .await
+                .map_err(|e| crate::audit::verify::Broken {
+                    seq: 0,
+                    what: format!("the verification stopped: {e}"),
+                })
+                .and_then(|r| r)
+        }
+        (Err(b), _) => Err(b),
+        (Ok(()), Err(e)) => Err(crate::audit::verify::Broken {
+            seq: 0,
+            what: format!("recordings cannot be read: {e}"),
+        }),
     };
     let (ok, what, details) = match &result {
         Ok(r) => (

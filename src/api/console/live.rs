@@ -72,11 +72,13 @@ pub async fn watch(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let path = match recording_of(&cx, &v, &s, channel) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    if is_transcript(&path) || crate::recording::stream::is_stream(&path) {
+    let kind = s
+        .recordings
+        .iter()
+        .find(|r| r.channel == channel)
+        .map(|r| PathBuf::from(&r.path))
+        .unwrap_or_default();
+    if is_transcript(&kind) || crate::recording::stream::is_stream(&kind) {
         return refused_to(
             &v,
             StatusCode::NOT_FOUND,
@@ -90,13 +92,17 @@ pub async fn watch(
             "Too many live watches are open; close one and try again.",
         );
     };
-    let file = match tokio::fs::File::open(&path).await {
+    let (local, path) = match recording_of(&cx, &v, &s, channel).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let file = match tokio::fs::File::open(local.path()).await {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "console: cannot open a recording");
+            tracing::warn!(error = %e, path = %local.path().display(), "console: cannot open a recording");
             return refused(
                 StatusCode::NOT_FOUND,
-                "The recording file is missing from postern's data directory.",
+                "The recording file is missing from postern's recording store.",
             );
         }
     };
@@ -115,6 +121,7 @@ pub async fn watch(
         id: s.id,
         channel,
         path,
+        local,
         file,
         chunk: vec![0u8; CHUNK],
         out: w,
@@ -143,6 +150,9 @@ struct Tail {
     id: String,
     channel: i64,
     path: PathBuf,
+    /// The recording as a local file; one fetched from a bucket is refreshed each
+    /// `RECHECK` with what was uploaded since.
+    local: crate::recording::store::Local,
     file: tokio::fs::File,
     /// The buffer each poll reads the recording into.
     chunk: Vec<u8>,
@@ -203,12 +213,14 @@ impl Tail {
             let now = tokio::time::Instant::now();
             if now.duration_since(checked) >= RECHECK {
                 checked = now;
+                self.refresh().await?;
                 // A logout, a lock or an expired login ends the watch.
                 if viewer(&self.cx, &self.headers).await.is_err() {
                     return Ok(());
                 }
                 if self.ended().await {
                     // The file is complete (synced before its row was sealed): read the rest.
+                    self.refresh().await?;
                     self.pump(&mut pending, &mut header).await?;
                     self.send("event: done\ndata: {}\n\n").await?;
                     return self.out.shutdown().await;
@@ -220,6 +232,14 @@ impl Tail {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    async fn refresh(&mut self) -> std::io::Result<()> {
+        self.local
+            .refresh()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other)
     }
 
     /// The channel's recording is finished, or the session ended without finishing it.

@@ -90,14 +90,24 @@ pub async fn search(
                 "Other searches are still reading recordings; try again in a moment.",
             );
         };
-        let data_dir = cx.shared.config.recordings_dir();
+        let stored: Vec<String> = rows
+            .iter()
+            .flat_map(|s| s.recordings.iter().map(|r| r.path.clone()))
+            .collect();
+        let local = cx
+            .shared
+            .recordings
+            .open_all(stored.iter().map(String::as_str))
+            .await;
         let needle = pattern.clone();
         // Recordings are read from disk: off the runtime's threads.
         let found = tokio::task::spawn_blocking(move || {
+            let local = local.map_err(|e| format!("recordings cannot be read: {e}"))?;
+            let data_dir = local.root();
             let mut hits = Vec::new();
             for s in rows.iter().rev() {
                 for r in &s.recordings {
-                    let path = crate::recording::resolve(&data_dir, &r.path);
+                    let path = crate::recording::resolve(data_dir, &r.path);
                     // A recording that cannot be read is reported, never "no match".
                     let lines = grep(&path, &needle).map_err(|e| {
                         format!(

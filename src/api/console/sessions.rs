@@ -16,6 +16,7 @@ use super::auth::{Viewer, refused, refused_to, store_down, viewer};
 use super::html::{nonempty, page, span, when};
 use crate::audit::{Outcome, now_ms};
 use crate::recording::search::is_transcript;
+use crate::recording::store::Local;
 use crate::recording::stream::{self, MARKER, STDERR, STDOUT};
 use crate::store::{AuditFilter, SessionFilter, SessionRow};
 
@@ -154,26 +155,34 @@ pub(super) async fn visible(cx: &Ctx, v: &Viewer, id: &str) -> Result<SessionRow
     }
 }
 
-/// The file of the session's recording of `channel`, or the page saying it has none.
-pub(super) fn recording_of(
+/// The session's recording of `channel`, to read, or the page saying it has none.
+pub(super) async fn recording_of(
     cx: &Ctx,
     v: &Viewer,
     s: &SessionRow,
     channel: i64,
-) -> Result<PathBuf, Response> {
-    match s.recordings.iter().find(|r| r.channel == channel) {
-        Some(r) => Ok(recording_path(cx, &r.path)),
-        None => Err(refused_to(
+) -> Result<(Local, PathBuf), Response> {
+    let Some(r) = s.recordings.iter().find(|r| r.channel == channel) else {
+        return Err(refused_to(
             v,
             StatusCode::NOT_FOUND,
             "Not found",
             "This session has no such recording.",
-        )),
+        ));
+    };
+    match cx.shared.recordings.open(&r.path).await {
+        Ok(local) => Ok((local, PathBuf::from(&r.path))),
+        Err(e) => Err(unreadable(&e)),
     }
 }
 
-fn recording_path(cx: &Ctx, stored: &str) -> PathBuf {
-    crate::recording::resolve(&cx.shared.config.recordings_dir(), stored)
+/// The answer when a recording's store cannot hand it over.
+fn unreadable(e: &crate::recording::RecordingError) -> Response {
+    tracing::warn!(error = %e, "console: cannot read a recording");
+    refused(
+        StatusCode::NOT_FOUND,
+        "The recording cannot be read from postern's recording store; tell an admin (postern's log says why).",
+    )
 }
 
 /// A recording delivered to a viewer: `recording.view` or `recording.export`.
@@ -214,32 +223,60 @@ pub async fn show(
     };
     let mut parts = Vec::new();
     for r in &s.recordings {
-        let path = recording_path(&cx, &r.path);
+        let kind = PathBuf::from(&r.path);
         let url = format!("/sessions/{}/recording/{}", s.id, r.channel);
-        let part = if is_transcript(&path) || stream::is_stream(&path) {
+        let live = s.ended_ms.is_none() && r.sha256.is_none();
+        let textual = is_transcript(&kind) || stream::is_stream(&kind);
+        // An sftp channel records its transfer log (markers), shown as a table.
+        let sftp = !textual
+            && !live
+            && cx
+                .shared
+                .recordings
+                .header(&r.path)
+                .await
+                .as_deref()
+                .and_then(crate::recording::search::command_in)
+                .as_deref()
+                == Some("subsystem sftp");
+        let local = if textual || sftp {
+            cx.shared.recordings.open(&r.path).await.map_err(|e| {
+                tracing::warn!(error = %e, "console: cannot read a recording");
+                e.to_string()
+            })
+        } else {
+            Err(String::new())
+        };
+        let part = if textual {
             delivered(&cx, &v, &s, r.channel, "recording.view").await;
             let filter = at.q.clone();
             // Read from disk off the runtime's threads.
-            tokio::task::spawn_blocking(move || {
-                if is_transcript(&path) {
-                    transcript(&path, &filter)
-                } else {
-                    command_output(&path)
-                }
-            })
-            .await
-            .unwrap_or_else(
-                |e| html! { p.error { "Cannot read this recording: " (e.to_string()) } },
-            )
-        } else if s.ended_ms.is_none() && r.sha256.is_none() {
+            match local {
+                Ok(local) => tokio::task::spawn_blocking(move || {
+                    if is_transcript(&kind) {
+                        transcript(local.path(), &filter)
+                    } else {
+                        command_output(local.path())
+                    }
+                })
+                .await
+                .unwrap_or_else(
+                    |e| html! { p.error { "Cannot read this recording: " (e.to_string()) } },
+                ),
+                Err(e) => html! { p.error { "Cannot read this recording: " (e) } },
+            }
+        } else if live {
             let live = format!("/sessions/{}/live/{}", s.id, r.channel);
             html! { div.player.watching data-live=(live) {} }
         } else {
             let start = at.t.filter(|t| t.is_finite() && *t >= 0.0);
             // An sftp channel records its transfer log (markers), not the files.
-            let log = tokio::task::spawn_blocking(move || transfer_log(&path))
-                .await
-                .unwrap_or_default();
+            let log = match local {
+                Ok(local) => tokio::task::spawn_blocking(move || transfer_log(local.path()))
+                    .await
+                    .unwrap_or_default(),
+                Err(_) => None,
+            };
             html! {
                 @if let Some(log) = log {
                     h3 { "Transfer log" }
@@ -469,20 +506,22 @@ pub async fn recording(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let path = match recording_of(&cx, &v, &s, channel) {
+    let (local, path) = match recording_of(&cx, &v, &s, channel).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let file = match tokio::fs::File::open(&path).await {
+    // A fetched copy is removed when `local` drops; the open file reads on.
+    let file = match tokio::fs::File::open(local.path()).await {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "console: cannot open a recording");
+            tracing::warn!(error = %e, path = %local.path().display(), "console: cannot open a recording");
             return refused(
                 StatusCode::NOT_FOUND,
-                "The recording file is missing from postern's data directory.",
+                "The recording file is missing from postern's recording store.",
             );
         }
     };
+    drop(local);
     let download = q.download.is_some();
     let kind = if download {
         "recording.export"

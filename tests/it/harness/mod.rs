@@ -4,6 +4,7 @@
 pub mod haproxy;
 pub mod postern;
 pub mod postgres;
+pub mod s3;
 pub mod sshd;
 
 use std::net::{TcpListener, TcpStream};

@@ -26,6 +26,8 @@ pub struct Postern {
     tmpfs: bool,
     /// The PostgreSQL store every command uses (`POSTERN_STORE_URL`); None: the embedded one.
     pub store_url: Option<String>,
+    /// Environment every command gets (`serve` and the CLI): credentials of a bucket.
+    pub env: Vec<(String, String)>,
 }
 
 /// A fresh database on the cluster `POSTERN_TEST_STORE` names (`postgres://USER:PW@HOST:PORT`),
@@ -68,6 +70,7 @@ impl Postern {
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             tmpfs: false,
             store_url: test_store(),
+            env: Vec::new(),
         }
     }
 
@@ -78,12 +81,20 @@ impl Postern {
         p
     }
 
-    /// Points `cmd` at this postern's store.
+    /// As this, with `pairs` in every command's environment.
+    pub fn with_env(mut self, pairs: &[(&str, &str)]) -> Postern {
+        self.env
+            .extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Points `cmd` at this postern's store, with the extra environment.
     fn with_store(&self, cmd: &mut Command) {
         match &self.store_url {
             Some(u) => cmd.env("POSTERN_STORE_URL", u),
             None => cmd.env_remove("POSTERN_STORE_URL"),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
     }
 
     /// As `new`, with the data dir on a tmpfs of `size` (`64m`) so a test can fill it.

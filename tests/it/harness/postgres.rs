@@ -22,7 +22,7 @@ pub struct Postgres {
 
 /// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost, written to
 /// `dir` as ca.crt, server.crt and server.key (0600).
-fn make_certificates(dir: &std::path::Path) {
+pub fn make_certificates(dir: &std::path::Path) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
