@@ -396,7 +396,7 @@ impl Verifier {
                     seq: *seq,
                     what: format!(
                         "recording {} named by event seq {seq} cannot be read: {e}",
-                        path.display()
+                        file
                     ),
                 })?;
                 if chain::sha256_hex(&data) != *sha {
@@ -404,7 +404,7 @@ impl Verifier {
                         seq: *seq,
                         what: format!(
                             "recording {} named by event seq {seq} was changed: its SHA-256 differs",
-                            path.display()
+                            file
                         ),
                     });
                 }
@@ -419,7 +419,7 @@ impl Verifier {
                     seq: first,
                     what: format!(
                         "recording {} sealed by event seq {first} cannot be read: {e}",
-                        path.display()
+                        file
                     ),
                 })?;
                 // One pass: the running hash at each sealed length.
@@ -435,7 +435,7 @@ impl Verifier {
                         .ok_or_else(|| {
                             broken(format!(
                                 "recording {} was sealed at {bytes} bytes by event seq {seq} but holds {} now: it was cut",
-                                path.display(),
+                                file,
                                 data.len()
                             ))
                         })?;
@@ -451,7 +451,7 @@ impl Verifier {
                     if got != *sha {
                         return Err(broken(format!(
                             "recording {} was changed within the {bytes} bytes event seq {seq} sealed",
-                            path.display()
+                            file
                         )));
                     }
                 }

@@ -111,31 +111,53 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Copies the recordings tree `from` into `to` (files that are not there yet), unless they
-/// are the same directory; returns how many files were copied.
-fn copy_recordings(from: &Path, to: &Path) -> anyhow::Result<u64> {
-    if !from.is_dir() || same_dir(from, to) {
-        return Ok(0);
+/// The files under `from`, relative to it.
+fn files_under(from: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if !from.is_dir() {
+        return Ok(files);
     }
-    let mut n = 0;
     let mut stack = vec![from.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let e = e?;
-            let path = e.path();
-            let rel = path.strip_prefix(from).unwrap_or(&path);
-            let target = to.join(rel);
             let kind = e.file_type()?;
             if kind.is_dir() {
-                crate::credentials::create_dir_private(&target)?;
-                stack.push(path);
-            } else if kind.is_file() && !target.exists() {
-                let bytes =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                crate::credentials::write_private(&target, &bytes)?;
-                n += 1;
+                stack.push(e.path());
+            } else if kind.is_file()
+                && let Ok(rel) = e.path().strip_prefix(from)
+            {
+                files.push(rel.to_path_buf());
             }
         }
+    }
+    Ok(files)
+}
+
+/// Copies the recordings tree `from` into `to` (files that are not there yet), unless they
+/// are the same directory; returns how many files were copied.
+fn copy_recordings(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    if same_dir(from, to) {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for rel in files_under(from)? {
+        let target = to.join(&rel);
+        if target.exists() {
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let from = from.join(&rel);
+        let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+        crate::credentials::write_private(&target, &bytes)?;
+        n += 1;
     }
     Ok(n)
 }
@@ -145,31 +167,17 @@ async fn upload_recordings(
     from: &Path,
     to: &crate::recording::RecordingStore,
 ) -> anyhow::Result<u64> {
-    if !from.is_dir() {
-        return Ok(0);
-    }
     let mut n = 0;
-    let mut stack = vec![from.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let e = e?;
-            let path = e.path();
-            if e.file_type()?.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix(from) else {
-                continue;
-            };
-            let stored = Path::new("recordings").join(rel).display().to_string();
-            let bytes = tokio::fs::read(&path)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
-            to.put_whole(&stored, &bytes)
-                .await
-                .with_context(|| format!("uploading {}", path.display()))?;
-            n += 1;
-        }
+    for rel in files_under(from)? {
+        let path = from.join(&rel);
+        let stored = Path::new("recordings").join(&rel).display().to_string();
+        let bytes = tokio::fs::read(&path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        to.put_whole(&stored, &bytes)
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+        n += 1;
     }
     Ok(n)
 }

@@ -78,15 +78,20 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Recor
     }
 }
 
+/// A directory and its missing parents, each 0700.
+async fn private_dir(path: &Path) -> Result<(), RecordingError> {
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .await
+        .map_err(io("create directory", path))
+}
+
 /// A new recording file: its directories 0700, the file 0600, never overwriting one.
 async fn create_file(path: &Path) -> Result<tokio::fs::File, RecordingError> {
     if let Some(parent) = path.parent() {
-        tokio::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .await
-            .map_err(io("create directory", parent))?;
+        private_dir(parent).await?;
     }
     tokio::fs::OpenOptions::new()
         .write(true)

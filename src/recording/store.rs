@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::s3::Bucket;
+use super::s3::{Bucket, S3Error};
 use super::{RecordingError, io};
 
 /// A chunk is uploaded as soon as this much is waiting, whatever the interval.
 pub const CHUNK_MAX: usize = 8 << 20;
+/// Full chunks uploading at once while a recording grows fast.
+const UPLOADING: usize = 2;
 /// Chunks fetched at once when reading.
 const FETCH_AHEAD: u32 = 8;
 
@@ -132,15 +134,7 @@ impl RecordingStore {
     /// Checks that recordings can be written (a bucket: one small object is stored).
     pub async fn probe(&self) -> Result<(), RecordingError> {
         match &*self.0 {
-            Backend::Dir(root) => {
-                tokio::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(root)
-                    .await
-                    .map_err(io("create directory", root))?;
-                Ok(())
-            }
+            Backend::Dir(root) => super::private_dir(root).await,
             Backend::S3 { bucket, .. } => Ok(bucket
                 .put(
                     ".postern-probe",
@@ -176,6 +170,7 @@ impl RecordingStore {
                     pending: Vec::new(),
                     last: Instant::now(),
                     every: *every,
+                    uploading: Default::default(),
                 }))
             }
         }
@@ -243,12 +238,7 @@ impl RecordingStore {
                     };
                     let to = super::resolve(&dir.root, s);
                     if let Some(parent) = to.parent() {
-                        tokio::fs::DirBuilder::new()
-                            .recursive(true)
-                            .mode(0o700)
-                            .create(parent)
-                            .await
-                            .map_err(io("create directory", parent))?;
+                        super::private_dir(parent).await?;
                     }
                     tokio::fs::rename(&local.path, &to)
                         .await
@@ -286,12 +276,7 @@ fn chunk_key(name: &str, n: u32) -> String {
 
 /// A new private file in `cache` for a reader's copy.
 async fn temp_in(cache: &Path, stored: &str) -> Result<PathBuf, RecordingError> {
-    tokio::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(cache)
-        .await
-        .map_err(io("create directory", cache))?;
+    super::private_dir(cache).await?;
     // The name keeps the recording's own (its extension tells readers the format).
     let base = Path::new(stored)
         .file_name()
@@ -402,20 +387,52 @@ pub(super) struct ChunkWriter {
     pending: Vec<u8>,
     last: Instant,
     every: Duration,
+    /// Full chunks still uploading (a bulk transfer does not wait for each PUT).
+    uploading: std::collections::VecDeque<tokio::task::JoinHandle<Result<(), S3Error>>>,
 }
 
 impl ChunkWriter {
+    /// Starts uploading what is pending as the next chunk; waits for the oldest upload
+    /// while `UPLOADING` are under way.
     async fn upload(&mut self) -> Result<(), RecordingError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let data = Bytes::from(std::mem::take(&mut self.pending));
-        self.bucket
-            .put(&chunk_key(&self.name, self.next), data)
-            .await?;
+        let (bucket, key) = (self.bucket.clone(), chunk_key(&self.name, self.next));
+        self.uploading
+            .push_back(tokio::spawn(async move { bucket.put(&key, data).await }));
         self.next += 1;
         self.last = Instant::now();
+        while self.uploading.len() > UPLOADING {
+            self.wait_oldest().await?;
+        }
         Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), RecordingError> {
+        match self.uploading.pop_front() {
+            Some(h) => Ok(h.await.map_err(|_| RecordingError::Stopped)??),
+            None => Ok(()),
+        }
+    }
+
+    /// Uploads what is pending and waits until every chunk is stored.
+    async fn settle(&mut self) -> Result<(), RecordingError> {
+        self.upload().await?;
+        while !self.uploading.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        // A recording abandoned mid-upload (its session failed): nothing waits for these.
+        for h in &self.uploading {
+            h.abort();
+        }
     }
 }
 
@@ -440,7 +457,7 @@ impl Sink {
             Sink::File { file, path } => file.flush().await.map_err(io("flush", path)),
             Sink::S3(w) => {
                 if w.last.elapsed() >= w.every {
-                    w.upload().await?;
+                    w.settle().await?;
                 }
                 Ok(())
             }
@@ -451,7 +468,7 @@ impl Sink {
     pub(super) fn stored(&self) -> bool {
         match self {
             Sink::File { .. } => true,
-            Sink::S3(w) => w.pending.is_empty(),
+            Sink::S3(w) => w.pending.is_empty() && w.uploading.is_empty(),
         }
     }
 
@@ -462,7 +479,7 @@ impl Sink {
                 file.flush().await.map_err(io("flush", path))?;
                 file.get_ref().sync_all().await.map_err(io("sync", path))
             }
-            Sink::S3(w) => w.upload().await,
+            Sink::S3(w) => w.settle().await,
         }
     }
 

@@ -332,3 +332,84 @@ fn serve_refuses_to_start_on_a_bucket_it_cannot_write() {
         assert!(!err.contains("not-the-secret-key"), "{err}");
     }
 }
+
+/// The web console reads the bucket too: a live terminal session is watched as its chunks
+/// arrive, then played, downloaded and found by search once it has ended.
+#[test]
+fn the_console_watches_plays_and_searches_recordings_in_the_bucket() {
+    const PASSWORD: &str = "console-s3-pass-7a1d";
+    let s3 = S3::start();
+    let (b, config) = on_s3(&s3, "");
+    crate::console::console_roles(&b.postern);
+    crate::console::console_user(&b.postern, "carol", Some("admins"), PASSWORD);
+    let mut running = b
+        .ssh_command("ssh")
+        .args(["-tt", "-p", &b.postern.ssh.port().to_string()])
+        .arg(format!("{}@127.0.0.1", b.dest()))
+        .arg("for i in $(seq 1 60); do echo tick-$i; sleep 0.2; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let id = loop {
+        if let Some(s) = sessions(&b, &config).first() {
+            break s["id"].as_str().unwrap().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no session");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let live = crate::console::post_forms(
+        &b.postern,
+        PASSWORD,
+        r#"
+import time
+cookie, csrf = login("carol")
+req = urllib.request.Request(base + "/sessions/" + sys.argv[3] + "/live/0", headers={"Cookie": cookie})
+r = opener.open(req, timeout=30)
+seen, start = "", time.time()
+while "tick-10" not in seen and time.time() - start < 25:
+    line = r.readline().decode(errors="replace")
+    if not line:
+        break
+    seen += line
+out["status"] = r.status
+out["watched"] = "tick-10" in seen
+print(json.dumps(out))
+"#,
+        &[&id],
+    );
+    assert_eq!(live["status"], 200, "{live}");
+    assert_eq!(live["watched"], true, "{live}\n{}", b.postern.log());
+    assert!(running.wait().unwrap().success());
+    all_ended(&b, &config);
+    let read = crate::console::post_forms(
+        &b.postern,
+        PASSWORD,
+        r#"
+cookie, csrf = login("carol")
+sid = sys.argv[3]
+out["recording"] = call("GET", "/sessions/" + sid + "/recording/0?download=1", None, cookie)
+out["page"] = call("GET", "/sessions/" + sid, None, cookie)
+out["search"] = call("GET", "/search?q=tick-57", None, cookie)
+print(json.dumps(out))
+"#,
+        &[&id],
+    );
+    assert_eq!(read["recording"][0], 200, "{read}");
+    assert!(
+        read["recording"][1].as_str().unwrap().contains("tick-60"),
+        "{read}"
+    );
+    assert_eq!(read["page"][0], 200, "{read}");
+    assert_eq!(read["search"][0], 200, "{read}");
+    assert!(read["search"][1].as_str().unwrap().contains(&id), "{read}");
+    assert_eq!(
+        std::fs::read_dir(b.postern.data_dir().join("cache"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "the console left copies behind"
+    );
+}

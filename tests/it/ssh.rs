@@ -961,8 +961,11 @@ fn shutdown_ends_sessions_with_a_message_and_finalises_recordings() {
 #[test]
 fn a_session_that_cannot_be_recorded_does_not_run() {
     let b = Bastion::start();
-    // Something that is not a directory where recordings go.
-    std::fs::write(b.postern.data_dir().join("recordings"), "not a directory").unwrap();
+    // Something that is not a directory where recordings go (serve made the directory
+    // at start: it is replaced behind its back).
+    let dir = b.postern.data_dir().join("recordings");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
     let out = b.ssh(&b.dest(), "echo should-not-run");
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.is_empty());

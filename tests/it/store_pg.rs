@@ -72,6 +72,55 @@ fn an_ssh_session_its_recording_and_the_audit_chain_live_in_the_postgres_store()
     );
 }
 
+/// A store reached over TLS with `sslmode=verify-full`: the connections are encrypted and
+/// the server's certificate is checked against `sslrootcert`; a certificate from another
+/// CA is refused, saying so.
+#[test]
+fn a_store_over_tls_is_verified_against_its_ca() {
+    let pg = Postgres::start_tls();
+    let ca = pg.ca_file.clone().unwrap();
+    let plain = create_store_database(&base(&pg));
+    let url = format!("{plain}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let b = Bastion::start_on(Postern::on_store(&url), &[], None);
+    assert_eq!(b.ssh(&b.dest(), "echo over-tls").ok(), "over-tls\n");
+    let id = ended_session(&b)["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        store_sql(
+            &url,
+            &format!("SELECT count(*) FROM sessions WHERE id = '{id}'")
+        ),
+        "1"
+    );
+    // Every connection postern holds to its store is encrypted.
+    assert_eq!(
+        store_sql(
+            &url,
+            "SELECT count(*) > 0 AND bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+        ),
+        "t"
+    );
+    // Another CA's view of the same server: refused, and said why.
+    let other = tempfile::tempdir().unwrap();
+    crate::harness::postgres::make_certificates(other.path());
+    let wrong = format!(
+        "{plain}?sslmode=verify-full&sslrootcert={}",
+        other.path().join("ca.crt").display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out: Out = Command::new(BIN)
+        .args(["admin", "user", "list", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("POSTERN_STORE_URL", &wrong)
+        .env_remove("POSTERN_CONFIG")
+        .output()
+        .unwrap()
+        .into();
+    let err = out.fails(2);
+    assert!(err.contains("cannot open the store at"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains(&pg.password), "{err}");
+}
+
 /// Two processes appending to the chain at once (each its own group-commit writer) leave
 /// one chain: contiguous sequence numbers, every link intact.
 #[test]
