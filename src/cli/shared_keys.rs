@@ -28,6 +28,16 @@ pub const SHARED: &[&str] = &[
     "tls/ca.crt",
 ];
 
+/// Files a rotation adds for a while (`credentials::rotate`): shared when the store has
+/// them, removed here when it no longer does. Only `admin rotate-keys` puts them in the
+/// store, so a replica that missed a retirement cannot bring them back.
+pub const SHARED_WHILE_ROTATING: &[&str] = &[
+    crate::credentials::rotate::USER_CA_PREVIOUS,
+    crate::credentials::rotate::TARGET_CA_NEXT,
+    crate::credentials::rotate::TARGET_CA_NEXT_PUB,
+    crate::credentials::rotate::TARGET_CA_PREVIOUS,
+];
+
 fn purpose(rel: &str) -> String {
     format!("shared-key:{rel}")
 }
@@ -59,9 +69,17 @@ pub async fn share(config: &Config, master: &MasterKey, store: &Opened) -> anyho
     }
     let stored = store.share_keys(&local).await?;
     let (mut replaced, mut new_tls_ca) = (false, false);
+    for rel in SHARED_WHILE_ROTATING {
+        let path = dir.join(rel);
+        if path.exists() && !stored.iter().any(|(name, _)| name == rel) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {rel}"))?;
+            warn!(file = %rel, "removed: the replicas of this store no longer share it");
+            replaced = true;
+        }
+    }
     for (rel, sealed) in &stored {
         // A name a newer version shares is not this version's business.
-        if !SHARED.contains(&rel.as_str()) {
+        if !SHARED.contains(&rel.as_str()) && !SHARED_WHILE_ROTATING.contains(&rel.as_str()) {
             continue;
         }
         let bytes = master.open(&purpose(rel), sealed).map_err(|_| {
@@ -90,6 +108,29 @@ pub async fn share(config: &Config, master: &MasterKey, store: &Opened) -> anyho
         }
     }
     Ok(replaced)
+}
+
+/// Puts the files a rotation `written` into the store's shared set and takes out those
+/// it `removed`: every replica uses them from its next start.
+pub async fn publish(
+    config: &Config,
+    master: &MasterKey,
+    store: &Store,
+    written: &[&str],
+    removed: &[&str],
+) -> anyhow::Result<()> {
+    if config.store.url.is_empty() {
+        return Ok(());
+    }
+    let dir = &config.data_dir;
+    let mut put = Vec::with_capacity(written.len());
+    for rel in written {
+        let bytes = std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))?;
+        put.push((rel.to_string(), master.seal(&purpose(rel), &bytes)?));
+    }
+    let remove: Vec<String> = removed.iter().map(|r| r.to_string()).collect();
+    store.replace_shared_keys(&put, &remove).await?;
+    Ok(())
 }
 
 /// `POSTERN_MASTER_KEY` (32 bytes in base64) becomes `keys/master.key` when the data dir

@@ -10,6 +10,7 @@
 pub mod error;
 mod files;
 pub mod password;
+pub mod rotate;
 pub mod scram;
 pub mod secrets;
 pub mod ssh_cert;
@@ -35,6 +36,7 @@ pub const PRIVATE_FILES: &[&str] = &[
     "keys/ssh_host_ed25519_key",
     "keys/user_ca",
     "keys/target_ca",
+    "keys/target_ca.next",
     "keys/master.key",
     "keys/audit_ed25519",
     "tls/ca.key",
@@ -44,7 +46,12 @@ pub const PRIVATE_FILES: &[&str] = &[
 pub struct KeyStore {
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
+    /// The user CA before the last rotation, still trusted (`rotate`).
+    pub user_ca_previous: Option<russh::keys::PublicKey>,
     pub target_ca: PrivateKey,
+    /// A staged target CA and the one before the last rotation, printed for targets.
+    pub target_ca_next: Option<russh::keys::PublicKey>,
+    pub target_ca_previous: Option<russh::keys::PublicKey>,
     /// Signs audit checkpoints; its public half verifies them offline.
     pub audit_key: PrivateKey,
     pub master_key: MasterKey,
@@ -203,7 +210,10 @@ impl KeyStore {
             keys: KeyStore {
                 host_key,
                 user_ca,
+                user_ca_previous: rotate::optional_public(data_dir, rotate::USER_CA_PREVIOUS)?,
                 target_ca,
+                target_ca_next: rotate::optional_public(data_dir, rotate::TARGET_CA_NEXT_PUB)?,
+                target_ca_previous: rotate::optional_public(data_dir, rotate::TARGET_CA_PREVIOUS)?,
                 audit_key,
                 master_key,
                 tls,

@@ -36,7 +36,8 @@ impl Conn {
         // everything else (CA, type, validity window, principal) is postern's to check.
         let serial = cert.serial();
         let key_id = printable(cert.key_id());
-        let checked = check_certificate(cert, &self.shared.keys.user_ca);
+        let keys = &self.shared.keys;
+        let checked = check_certificate(cert, &keys.user_ca, keys.user_ca_previous.as_ref());
         let principal = match checked {
             Ok(p) => p,
             Err(reason) => {

@@ -10,11 +10,14 @@ use crate::credentials::ssh_cert;
 
 /// Everything about a user certificate that russh does not check: the issuing CA, the
 /// type, critical options, the validity window (with skew) and a single principal.
+/// `previous` is the user CA before a rotation, trusted until it is retired.
 pub fn check_certificate(
     cert: &Certificate,
     user_ca: &russh::keys::PrivateKey,
+    previous: Option<&russh::keys::PublicKey>,
 ) -> Result<String, String> {
-    if cert.signature_key() != user_ca.public_key().key_data() {
+    let by = cert.signature_key();
+    if by != user_ca.public_key().key_data() && previous.is_none_or(|p| by != p.key_data()) {
         return Err("not signed by postern's user CA".into());
     }
     if cert.cert_type() != CertType::User {
@@ -86,7 +89,7 @@ mod tests {
         let ca = key(1);
         let now = now_secs();
         let ok = cert(&ca, CertType::User, &["alice"], now - 10, now + 3600, false);
-        assert_eq!(check_certificate(&ok, &ca).unwrap(), "alice");
+        assert_eq!(check_certificate(&ok, &ca, None).unwrap(), "alice");
         for (c, why) in [
             (
                 cert(
@@ -145,7 +148,7 @@ mod tests {
                 "critical option",
             ),
         ] {
-            let e = check_certificate(&c, &ca).unwrap_err();
+            let e = check_certificate(&c, &ca, None).unwrap_err();
             assert!(e.contains(why), "{why}: {e}");
         }
     }

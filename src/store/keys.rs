@@ -35,3 +35,34 @@ impl Opened {
             .collect()
     }
 }
+
+impl super::Store {
+    /// Under the write lock: replaces the shared files in `put` (name, sealed contents)
+    /// and removes those named in `remove`: a rotated key becomes every replica's at its
+    /// next start.
+    pub async fn replace_shared_keys(
+        &self,
+        put: &[(String, String)],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = begin_write(&self.pool).await?;
+        for (name, sealed) in put {
+            sqlx::query(
+                "INSERT INTO shared_keys (name, sealed, created_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, created_ms = excluded.created_ms",
+            )
+            .bind(name)
+            .bind(sealed)
+            .bind(crate::audit::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for name in remove {
+            sqlx::query("DELETE FROM shared_keys WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

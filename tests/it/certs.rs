@@ -270,3 +270,157 @@ print(json.dumps(out))
     assert!(w.iter().all(|c| *c == 400), "{codes:?}");
     assert!(s.iter().all(|c| *c == 200), "{codes:?}");
 }
+
+/// Restarts `serve` on the same data dir (what a rotation asks for).
+fn restart(b: &mut Bastion) {
+    assert_eq!(b.postern.stop().code(), Some(0));
+    let cmd = b.postern.serve_command();
+    b.postern.spawn(cmd);
+}
+
+fn fingerprint(public: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+/// A new user CA signs from the next start; certificates from the old one work on until
+/// the rotation is retired; each step is audited.
+#[test]
+fn the_user_ca_rotates_and_the_old_one_is_honoured_until_retired() {
+    let mut b = Bastion::start();
+    let keys = b.postern.data_dir().join("keys");
+    let old_ca = b.postern.root().join("old_user_ca");
+    std::fs::copy(keys.join("user_ca"), &old_ca).unwrap();
+    let old_fp = fingerprint(&keys.join("user_ca.pub"));
+    let from_old = cert(&b, "from_old", &old_ca, &["-n", "alice", "-V", "-5m:+1h"]);
+    assert_eq!(ssh_with(&b, &from_old, "echo old-ca").ok(), "old-ca\n");
+
+    let out = b.postern.cli(&["admin", "rotate-keys", "user-ca"]);
+    let new_fp = fingerprint(&keys.join("user_ca.pub"));
+    assert_ne!(new_fp, old_fp);
+    assert!(out.ok().contains(&new_fp), "{}", out.stdout);
+    // One overlap at a time.
+    let again = b.postern.cli(&["admin", "rotate-keys", "user-ca"]);
+    assert!(again.fails(2).contains("--retire"), "{}", again.stderr);
+    let printed = b.postern.cli(&["admin", "user-ca"]);
+    assert_eq!(printed.ok().lines().count(), 2, "{}", printed.stdout);
+    restart(&mut b);
+    // The overlap: the old CA's certificate still works, the new CA's works too.
+    assert_eq!(
+        ssh_with(&b, &from_old, "echo still-old").ok(),
+        "still-old\n"
+    );
+    let from_new = cert(
+        &b,
+        "from_new",
+        &keys.join("user_ca"),
+        &["-n", "alice", "-V", "-5m:+1h"],
+    );
+    assert_eq!(ssh_with(&b, &from_new, "echo new-ca").ok(), "new-ca\n");
+
+    b.postern
+        .cli(&["admin", "rotate-keys", "user-ca", "--retire"])
+        .ok();
+    restart(&mut b);
+    let out = ssh_with(&b, &from_old, "true");
+    assert_eq!(out.code, 255, "{out:?}");
+    assert_eq!(ssh_with(&b, &from_new, "echo new-only").ok(), "new-only\n");
+    let steps: Vec<String> = b
+        .postern
+        .events("keys.rotated")
+        .iter()
+        .map(|e| format!("{}:{}", e["details"]["key"], e["details"]["step"]))
+        .collect();
+    assert_eq!(
+        steps,
+        ["\"user_ca\":\"rotate\"", "\"user_ca\":\"retire\""],
+        "{steps:?}"
+    );
+    let nothing = b
+        .postern
+        .cli(&["admin", "rotate-keys", "user-ca", "--retire"]);
+    assert!(
+        nothing.fails(2).contains("no earlier user CA"),
+        "{}",
+        nothing.stderr
+    );
+}
+
+/// The target CA in three steps: staged (targets learn it beside the current one, which
+/// still signs), activated (it signs from the next start: a target that trusts only the
+/// old one refuses, one that trusts both accepts), retired (no longer printed).
+#[test]
+fn the_target_ca_is_staged_activated_and_retired() {
+    use crate::harness::sshd::{Options, Sshd};
+    let mut b = Bastion::start();
+    let staged = b.postern.cli(&["admin", "rotate-keys", "target-ca"]);
+    let next_line = staged.ok().lines().next().unwrap().to_string();
+    assert!(next_line.starts_with("ssh-ed25519 "), "{}", staged.stdout);
+    let printed = b.postern.cli(&["admin", "target-ca"]);
+    let lines: Vec<String> = printed
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("ssh-"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", printed.stdout);
+    assert_eq!(lines[1], next_line);
+    // Staged only: the current CA still signs.
+    assert_eq!(b.ssh(&b.dest(), "echo staged").ok(), "staged\n");
+    let both = Sshd::start_with(Options {
+        authorized_key: false,
+        trusted_ca: Some(&lines.join("\n")),
+        config: "",
+    });
+    b.postern
+        .cli(&[
+            "admin",
+            "target",
+            "add",
+            "t2",
+            "--ssh",
+            &format!("127.0.0.1:{}", both.port),
+            "--host-key",
+            &both.host_key,
+            "--label",
+            "env=test",
+        ])
+        .ok();
+
+    b.postern
+        .cli(&["admin", "rotate-keys", "target-ca", "--activate"])
+        .ok();
+    restart(&mut b);
+    // t1 trusts only the old CA now; t2 trusts both.
+    let refused = b.ssh(&b.dest(), "true");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    let t2 = format!("{}@t2", b.login);
+    assert_eq!(b.ssh(&t2, "echo rotated").ok(), "rotated\n");
+    let printed = b.postern.cli(&["admin", "target-ca"]);
+    let now: Vec<&str> = printed
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("ssh-"))
+        .collect();
+    assert_eq!(now, [next_line.as_str(), lines[0].as_str()]);
+
+    b.postern
+        .cli(&["admin", "rotate-keys", "target-ca", "--retire"])
+        .ok();
+    let printed = b.postern.cli(&["admin", "target-ca"]);
+    let now: Vec<&str> = printed
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("ssh-"))
+        .collect();
+    assert_eq!(now, [next_line.as_str()]);
+    assert_eq!(b.ssh(&t2, "echo after-retire").ok(), "after-retire\n");
+}

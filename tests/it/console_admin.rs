@@ -551,6 +551,8 @@ fn an_sftp_channel_reads_as_its_transfer_log() {
         .into();
     out.ok();
     assert_eq!(std::fs::read(&down).unwrap().len(), 70_000);
+    // A session still ending shows its live player, not its log.
+    crate::ssh::ended_session(&b);
     let session = p.events("session.start")[0]["session_id"]
         .as_str()
         .unwrap()

@@ -258,6 +258,29 @@ fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
         "0"
     );
     assert_eq!(store_sql(&url, "SELECT count(*) FROM shared_keys"), "10");
+    // A rotation on one replica reaches the other through the store (at its next opening
+    // of the store), and so does its retirement.
+    first.cli(&["admin", "rotate-keys", "target-ca"]).ok();
+    second.cli(&["admin", "user", "list"]).ok();
+    assert_eq!(
+        first.cli(&["admin", "target-ca"]).ok(),
+        second.cli(&["admin", "target-ca"]).ok()
+    );
+    first
+        .cli(&["admin", "rotate-keys", "target-ca", "--activate"])
+        .ok();
+    first
+        .cli(&["admin", "rotate-keys", "target-ca", "--retire"])
+        .ok();
+    second.cli(&["admin", "user", "list"]).ok();
+    let now = second.cli(&["admin", "target-ca"]);
+    assert_eq!(first.cli(&["admin", "target-ca"]).ok(), now.ok());
+    assert_eq!(
+        now.stdout.lines().filter(|l| l.starts_with("ssh-")).count(),
+        1
+    );
+    assert!(!second.data_dir().join("keys/target_ca.next").exists());
+    assert_eq!(store_sql(&url, "SELECT count(*) FROM shared_keys"), "10");
     // A third data dir with a master key of its own cannot open them.
     let third = Postern::on_store(&url);
     let out = third.cli(&["admin", "user", "list"]);

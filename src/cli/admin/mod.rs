@@ -2,6 +2,7 @@
 
 pub mod bot;
 mod role;
+mod rotate;
 mod target;
 mod user;
 
@@ -36,6 +37,9 @@ pub enum Command {
     UserCa,
     /// Print postern's TLS CA certificate (PEM), for clients' --ca-file / sslrootcert.
     TlsCa,
+    /// Rotate a CA with an overlap in which the old one still works.
+    #[command(subcommand)]
+    RotateKeys(rotate::Key),
 }
 
 #[derive(clap::Subcommand)]
@@ -79,16 +83,33 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::TargetCa => {
             let keys = keys(config)?;
             println!("{}", credentials::public_line(&keys.target_ca));
+            // While a rotation overlaps, targets trust both CAs.
+            for k in [&keys.target_ca_next, &keys.target_ca_previous]
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", k.to_openssh().unwrap_or_default());
+            }
+            let lines = if keys.target_ca_next.is_some() || keys.target_ca_previous.is_some() {
+                "lines"
+            } else {
+                "line"
+            };
             println!(
-                "# On each SSH target, save the line above as /etc/ssh/postern_target_ca.pub and add to sshd_config:"
+                "# On each SSH target, save the {lines} above as /etc/ssh/postern_target_ca.pub and add to sshd_config:"
             );
             println!("#   TrustedUserCAKeys /etc/ssh/postern_target_ca.pub");
             Ok(ExitCode::SUCCESS)
         }
         Command::UserCa => {
-            println!("{}", credentials::public_line(&keys(config)?.user_ca));
+            let keys = keys(config)?;
+            println!("{}", credentials::public_line(&keys.user_ca));
+            if let Some(p) = &keys.user_ca_previous {
+                println!("{}", p.to_openssh().unwrap_or_default());
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::RotateKeys(key) => rotate::run(config, key).await,
         Command::TlsCa => {
             let keys = keys(config)?;
             print!("{}", std::fs::read_to_string(&keys.tls.ca_cert)?);

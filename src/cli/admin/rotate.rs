@@ -1,0 +1,122 @@
+//! `postern admin rotate-keys`: a new user CA or target CA, with an overlap in which the
+//! old one still works (`credentials::rotate`). On a PostgreSQL store the result becomes
+//! the replicas' shared set; every `serve` uses it from its next start.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::super::{open_store, shared_keys};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::config::Config;
+use crate::credentials::{self, rotate, secrets::MasterKey};
+
+#[derive(clap::Subcommand)]
+pub enum Key {
+    /// The user CA, which signs developers' certificates. A new CA signs from the next
+    /// start of serve; certificates from the old one keep working until `--retire`.
+    UserCa {
+        /// Stop trusting the CA before the last rotation (once its certificates expired).
+        #[arg(long)]
+        retire: bool,
+    },
+    /// The target CA, which targets trust (TrustedUserCAKeys). In three steps: stage a
+    /// new CA (print it for targets beside the current one), `--activate` it (it signs
+    /// from the next start of serve), `--retire` the old one.
+    TargetCa {
+        /// Sign with the staged CA from the next start of serve.
+        #[arg(long, conflicts_with = "retire")]
+        activate: bool,
+        /// Stop printing the CA before the last rotation for targets.
+        #[arg(long)]
+        retire: bool,
+    },
+}
+
+pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
+    // The store first: on PostgreSQL it brings the data dir to the replicas' shared set.
+    let store = open_store(config).await?;
+    let dir = &config.data_dir;
+    let (name, step, result) = match key {
+        Key::UserCa { retire: false } => (
+            "user_ca",
+            "rotate",
+            rotate::rotate_user_ca(dir).map(|(k, c)| (Some(k), c)),
+        ),
+        Key::UserCa { retire: true } => (
+            "user_ca",
+            "retire",
+            rotate::retire_user_ca(dir).map(|c| (None, c)),
+        ),
+        Key::TargetCa {
+            activate: false,
+            retire: false,
+        } => (
+            "target_ca",
+            "stage",
+            rotate::stage_target_ca(dir).map(|(k, c)| (Some(k), c)),
+        ),
+        Key::TargetCa { activate: true, .. } => (
+            "target_ca",
+            "activate",
+            rotate::activate_target_ca(dir).map(|(k, c)| (Some(k), c)),
+        ),
+        Key::TargetCa { retire: true, .. } => (
+            "target_ca",
+            "retire",
+            rotate::retire_target_ca(dir).map(|c| (None, c)),
+        ),
+    };
+    let (new, changed) = match result {
+        Ok(r) => r,
+        Err(why) => {
+            store.close().await;
+            bail!("{why}");
+        }
+    };
+    let master = MasterKey::load(&dir.join("keys/master.key"))?;
+    shared_keys::publish(config, &master, &store, &changed.written, &changed.removed)
+        .await
+        .context("the files changed here, but the store's shared set did not")?;
+    let fingerprint = new.as_ref().map(credentials::fingerprint);
+    store
+        .append_audit(&AuditEvent::new(
+            "keys.rotated",
+            &Actor::os(),
+            Outcome::Success,
+            serde_json::json!({ "key": name, "step": step, "fingerprint": fingerprint }),
+        ))
+        .await?;
+    store.close().await;
+    let restart = if config.store.url.is_empty() {
+        "restart serve"
+    } else {
+        "restart every replica"
+    };
+    match (name, step) {
+        ("user_ca", "rotate") => println!(
+            "new user CA {}: it signs certificates once you {restart}.\nCertificates from the old CA are honoured until `postern admin rotate-keys user-ca --retire`; run it when they have expired (at most the longest certificate TTL after the restart).",
+            fingerprint.unwrap_or_default()
+        ),
+        ("user_ca", _) => {
+            println!("the user CA before the last rotation is no longer trusted once you {restart}")
+        }
+        ("target_ca", "stage") => {
+            if let Some(k) = &new {
+                println!("{}", credentials::public_line(k));
+            }
+            println!(
+                "# The next target CA ({}). Add the line above to TrustedUserCAKeys on every target, beside the current one (`postern admin target-ca` prints both), then run `postern admin rotate-keys target-ca --activate`.",
+                fingerprint.unwrap_or_default()
+            );
+        }
+        ("target_ca", "activate") => println!(
+            "the target CA {} signs session certificates once you {restart}. `postern admin target-ca` still prints the old one; when no replica signs with it any more, run `postern admin rotate-keys target-ca --retire` and remove it from targets.",
+            fingerprint.unwrap_or_default()
+        ),
+        _ => println!(
+            "the target CA before the last rotation is no longer printed for targets; remove it from their TrustedUserCAKeys"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

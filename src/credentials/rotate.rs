@@ -1,0 +1,182 @@
+//! Rotating postern's CAs with an overlap, as files in the data dir.
+//!
+//! - The user CA (signs developers' certificates, which only postern checks): a new CA
+//!   signs from the next start; the old one's public key stays trusted
+//!   (`keys/user_ca.previous.pub`) so certificates it issued keep working until they
+//!   expire, or until the rotation is retired.
+//! - The target CA (targets trust it through `TrustedUserCAKeys`): a new CA is staged
+//!   first (`keys/target_ca.next`), printed beside the current one by `admin target-ca`
+//!   so targets can trust both; activated, it signs from the next start and the old
+//!   one's public key is still printed (`keys/target_ca.previous.pub`) until retired.
+
+use std::path::Path;
+
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::LineEnding;
+
+use super::{CredentialError, files, new_ed25519};
+
+pub const USER_CA_PREVIOUS: &str = "keys/user_ca.previous.pub";
+pub const TARGET_CA_NEXT: &str = "keys/target_ca.next";
+pub const TARGET_CA_NEXT_PUB: &str = "keys/target_ca.next.pub";
+pub const TARGET_CA_PREVIOUS: &str = "keys/target_ca.previous.pub";
+
+/// What a rotation step changed, relative to the data dir.
+#[derive(Debug, Default)]
+pub struct Changed {
+    pub written: Vec<&'static str>,
+    pub removed: Vec<&'static str>,
+}
+
+fn private_text(key: &PrivateKey) -> Result<String, CredentialError> {
+    key.to_openssh(LineEnding::LF)
+        .map(|t| t.to_string())
+        .map_err(|e| CredentialError::Encode(e.to_string()))
+}
+
+fn public_text(key: &PrivateKey) -> String {
+    format!("{}\n", super::public_line(key))
+}
+
+fn read_key(dir: &Path, rel: &str) -> Result<PrivateKey, CredentialError> {
+    let path = dir.join(rel);
+    let text = files::read_private(&path)?;
+    PrivateKey::from_openssh(text.trim()).map_err(|e| CredentialError::Corrupt {
+        path,
+        why: e.to_string(),
+    })
+}
+
+fn remove(dir: &Path, rel: &'static str, changed: &mut Changed) -> Result<(), CredentialError> {
+    match std::fs::remove_file(dir.join(rel)) {
+        Ok(()) => {
+            changed.removed.push(rel);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CredentialError::Io {
+            action: "remove",
+            path: dir.join(rel),
+            source,
+        }),
+    }
+}
+
+/// A new user CA; the current one's public key stays trusted. Refused while an earlier
+/// rotation's old CA is still trusted (retire it first: one overlap at a time).
+pub fn rotate_user_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
+    if dir.join(USER_CA_PREVIOUS).exists() {
+        return Err(format!(
+            "the user CA before the last rotation is still trusted ({USER_CA_PREVIOUS}); once the certificates it issued have expired, run `postern admin rotate-keys user-ca --retire`, then rotate again"
+        ));
+    }
+    let old = read_key(dir, "keys/user_ca").map_err(|e| e.to_string())?;
+    let new = new_ed25519("postern user CA").map_err(|e| e.to_string())?;
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_public(&dir.join(USER_CA_PREVIOUS), public_text(&old).as_bytes())?;
+        changed.written.push(USER_CA_PREVIOUS);
+        files::replace_private(&dir.join("keys/user_ca"), private_text(&new)?.as_bytes())?;
+        changed.written.push("keys/user_ca");
+        files::replace_public(&dir.join("keys/user_ca.pub"), public_text(&new).as_bytes())?;
+        changed.written.push("keys/user_ca.pub");
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok((new, changed))
+}
+
+/// Stops trusting the user CA before the last rotation.
+pub fn retire_user_ca(dir: &Path) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, USER_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
+    if changed.removed.is_empty() {
+        return Err("there is no earlier user CA to retire".into());
+    }
+    Ok(changed)
+}
+
+/// Makes the next target CA, for targets to trust before it signs.
+pub fn stage_target_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
+    if dir.join(TARGET_CA_NEXT).exists() {
+        return Err(format!(
+            "a next target CA is staged already ({TARGET_CA_NEXT}); activate it with `postern admin rotate-keys target-ca --activate`"
+        ));
+    }
+    if dir.join(TARGET_CA_PREVIOUS).exists() {
+        return Err(format!(
+            "the target CA before the last rotation is still printed for targets ({TARGET_CA_PREVIOUS}); run `postern admin rotate-keys target-ca --retire` first"
+        ));
+    }
+    let next = new_ed25519("postern target CA").map_err(|e| e.to_string())?;
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_private(&dir.join(TARGET_CA_NEXT), private_text(&next)?.as_bytes())?;
+        changed.written.push(TARGET_CA_NEXT);
+        files::replace_public(&dir.join(TARGET_CA_NEXT_PUB), public_text(&next).as_bytes())?;
+        changed.written.push(TARGET_CA_NEXT_PUB);
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok((next, changed))
+}
+
+/// The staged target CA becomes the one that signs; the old one's public key is kept.
+pub fn activate_target_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
+    if !dir.join(TARGET_CA_NEXT).exists() {
+        return Err(
+            "no next target CA is staged: run `postern admin rotate-keys target-ca` first, then give its public key to every target".into(),
+        );
+    }
+    let old = read_key(dir, "keys/target_ca").map_err(|e| e.to_string())?;
+    let next = read_key(dir, TARGET_CA_NEXT).map_err(|e| e.to_string())?;
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_public(&dir.join(TARGET_CA_PREVIOUS), public_text(&old).as_bytes())?;
+        changed.written.push(TARGET_CA_PREVIOUS);
+        files::replace_private(&dir.join("keys/target_ca"), private_text(&next)?.as_bytes())?;
+        changed.written.push("keys/target_ca");
+        files::replace_public(
+            &dir.join("keys/target_ca.pub"),
+            public_text(&next).as_bytes(),
+        )?;
+        changed.written.push("keys/target_ca.pub");
+        remove(dir, TARGET_CA_NEXT, changed)?;
+        remove(dir, TARGET_CA_NEXT_PUB, changed)?;
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok((next, changed))
+}
+
+/// Stops printing the target CA before the last rotation.
+pub fn retire_target_ca(dir: &Path) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, TARGET_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
+    if changed.removed.is_empty() {
+        return Err("there is no earlier target CA to retire".into());
+    }
+    Ok(changed)
+}
+
+/// The public key in `rel`, when the file is there.
+pub fn optional_public(
+    dir: &Path,
+    rel: &str,
+) -> Result<Option<russh::keys::PublicKey>, CredentialError> {
+    let path = dir.join(rel);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => russh::keys::PublicKey::from_openssh(text.trim())
+            .map(Some)
+            .map_err(|e| CredentialError::Corrupt {
+                path,
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CredentialError::Io {
+            action: "read",
+            path,
+            source,
+        }),
+    }
+}
