@@ -135,12 +135,16 @@ impl RecordingStore {
     pub async fn probe(&self) -> Result<(), RecordingError> {
         match &*self.0 {
             Backend::Dir(root) => super::private_dir(root).await,
-            Backend::S3 { bucket, .. } => Ok(bucket
-                .put(
-                    ".postern-probe",
-                    Bytes::from_static(b"postern can write here\n"),
-                )
-                .await?),
+            Backend::S3 { bucket, cache, .. } => {
+                bucket
+                    .put(
+                        ".postern-probe",
+                        Bytes::from_static(b"postern can write here\n"),
+                    )
+                    .await?;
+                clear_stale(cache);
+                Ok(())
+            }
         }
     }
 
@@ -233,8 +237,16 @@ impl RecordingStore {
                 let root = cache.join(format!("read-{}", uuid::Uuid::new_v4()));
                 let dir = LocalDir { root, temp: true };
                 for s in stored {
-                    let Ok(mut local) = self.open(s).await else {
-                        continue;
+                    let mut local = match self.open(s).await {
+                        Ok(l) => l,
+                        // Missing: the verifier names it; anything else (the bucket
+                        // refused, or is down) is an error of its own.
+                        Err(RecordingError::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     };
                     let to = super::resolve(&dir.root, s);
                     if let Some(parent) = to.parent() {
@@ -272,6 +284,24 @@ fn object_name(stored: &str) -> Result<String, RecordingError> {
 
 fn chunk_key(name: &str, n: u32) -> String {
     format!("{name}/{n:08}")
+}
+
+/// Readers' copies left behind by processes that were killed while reading: anything in
+/// `cache` older than a day.
+fn clear_stale(cache: &Path) {
+    let day = Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let p = e.path();
+            let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+        }
+    }
 }
 
 /// A new private file in `cache` for a reader's copy.

@@ -85,11 +85,21 @@ fn eleven_hundred_idle_sockets_lock_no_one_out_of_ssh_or_the_api() {
 #[test]
 fn eleven_hundred_idle_sockets_lock_no_one_out_of_postgres() {
     let b = PgBastion::start();
-    let mut parked = park(b.postern.pg, 1100, 1);
     // One more, refused at once (the parked ones are younger than two seconds), hears
-    // why in PostgreSQL's words.
-    let refused = TcpStream::connect(b.postern.pg).unwrap();
-    let said = String::from_utf8_lossy(&until_closed(refused, Duration::from_secs(30))).to_string();
+    // why in PostgreSQL's words. On a loaded machine parking can take longer than that
+    // (the oldest then make room, as they should): parked again, at most three times.
+    let mut said = String::new();
+    let mut parked = Vec::new();
+    for _ in 0..3 {
+        parked = park(b.postern.pg, 1100, 1);
+        let refused = TcpStream::connect(b.postern.pg).unwrap();
+        said = String::from_utf8_lossy(&until_closed(refused, Duration::from_secs(30))).to_string();
+        if said.contains("53300") {
+            break;
+        }
+        drop(std::mem::take(&mut parked));
+        std::thread::sleep(Duration::from_secs(1));
+    }
     assert!(
         said.contains("53300") && said.contains("logging in"),
         "{said:?}"
