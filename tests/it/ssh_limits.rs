@@ -46,8 +46,16 @@ fn session_channels_per_connection_are_capped() {
             "done\n"
         );
     }
-    // The slots are given back.
-    let out = wait_for(spawn("echo again"), Duration::from_secs(20), "after");
+    // The slots are given back, once each channel's recording is finished and indexed
+    // (which can come a moment after its client saw the exit status).
+    let started = std::time::Instant::now();
+    let out = loop {
+        let out = wait_for(spawn("echo again"), Duration::from_secs(20), "after");
+        if out.code == 0 || started.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(out.ok(), "again\n");
     assert!(
         denials(&b)
