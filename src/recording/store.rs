@@ -201,6 +201,7 @@ impl RecordingStore {
             Backend::S3 { bucket, cache, .. } => {
                 let name = object_name(stored)?;
                 let path = temp_in(cache, stored).await?;
+                let missing = PathBuf::from(format!("{bucket:?}{name}"));
                 let mut local = Local {
                     path,
                     fetch: Some(Fetch {
@@ -212,7 +213,7 @@ impl RecordingStore {
                 if local.refresh().await? == 0 {
                     return Err(RecordingError::Io {
                         action: "read",
-                        path: PathBuf::from(format!("{bucket:?}{}", object_name(stored)?)),
+                        path: missing,
                         source: std::io::ErrorKind::NotFound.into(),
                     });
                 }

@@ -354,6 +354,17 @@ fn the_user_ca_rotates_and_the_old_one_is_honoured_until_retired() {
     );
 }
 
+/// The key lines `admin target-ca` prints for targets' TrustedUserCAKeys.
+fn trusted_lines(b: &Bastion) -> Vec<String> {
+    b.postern
+        .cli(&["admin", "target-ca"])
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("ssh-"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The target CA in three steps: staged (targets learn it beside the current one, which
 /// still signs), activated (it signs from the next start: a target that trusts only the
 /// old one refuses, one that trusts both accepts), retired (no longer printed).
@@ -364,14 +375,8 @@ fn the_target_ca_is_staged_activated_and_retired() {
     let staged = b.postern.cli(&["admin", "rotate-keys", "target-ca"]);
     let next_line = staged.ok().lines().next().unwrap().to_string();
     assert!(next_line.starts_with("ssh-ed25519 "), "{}", staged.stdout);
-    let printed = b.postern.cli(&["admin", "target-ca"]);
-    let lines: Vec<String> = printed
-        .ok()
-        .lines()
-        .filter(|l| l.starts_with("ssh-"))
-        .map(str::to_string)
-        .collect();
-    assert_eq!(lines.len(), 2, "{}", printed.stdout);
+    let lines = trusted_lines(&b);
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[1], next_line);
     // Staged only: the current CA still signs.
     assert_eq!(b.ssh(&b.dest(), "echo staged").ok(), "staged\n");
@@ -404,23 +409,11 @@ fn the_target_ca_is_staged_activated_and_retired() {
     assert_ne!(refused.code, 0, "{refused:?}");
     let t2 = format!("{}@t2", b.login);
     assert_eq!(b.ssh(&t2, "echo rotated").ok(), "rotated\n");
-    let printed = b.postern.cli(&["admin", "target-ca"]);
-    let now: Vec<&str> = printed
-        .ok()
-        .lines()
-        .filter(|l| l.starts_with("ssh-"))
-        .collect();
-    assert_eq!(now, [next_line.as_str(), lines[0].as_str()]);
+    assert_eq!(trusted_lines(&b), [next_line.clone(), lines[0].clone()]);
 
     b.postern
         .cli(&["admin", "rotate-keys", "target-ca", "--retire"])
         .ok();
-    let printed = b.postern.cli(&["admin", "target-ca"]);
-    let now: Vec<&str> = printed
-        .ok()
-        .lines()
-        .filter(|l| l.starts_with("ssh-"))
-        .collect();
-    assert_eq!(now, [next_line.as_str()]);
+    assert_eq!(trusted_lines(&b), vec![next_line.clone()]);
     assert_eq!(b.ssh(&t2, "echo after-retire").ok(), "after-retire\n");
 }
