@@ -4,6 +4,7 @@
 //! catalogue lives in `docs/audit-events.md`.
 
 pub mod chain;
+pub mod lineage;
 pub mod repeats;
 pub mod verify;
 

@@ -13,6 +13,7 @@ use russh::keys::PublicKey;
 
 use super::AuditEvent;
 use super::chain::{self, GENESIS, Trailer};
+use super::lineage::{self, Lineage};
 
 /// postern signs the chain head within 10 s of an event (and at start and shutdown):
 /// a log that went on for longer than this past its last signed event without another
@@ -47,7 +48,7 @@ pub struct CheckpointIn {
 }
 
 pub struct Verifier {
-    key: PublicKey,
+    keys: Lineage,
     next_seq: Option<i64>,
     prev: String,
     checkpoints: BTreeMap<i64, CheckpointIn>,
@@ -73,20 +74,21 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// `Ok` when `c` is signed by the audit key; else `what` names the signed thing.
-    fn signed(&self, c: &CheckpointIn, what: impl FnOnce() -> String) -> Result<(), Broken> {
-        if chain::verify_checkpoint(&self.key, c.seq, &c.hash, &c.signature) {
-            return Ok(());
-        }
-        Err(Broken {
-            seq: c.seq,
-            what: what(),
-        })
+    /// The key among those met that signed `c`; else `what` names the signed thing.
+    fn signed(&self, c: &CheckpointIn, what: impl FnOnce() -> String) -> Result<usize, Broken> {
+        self.keys
+            .signer(&chain::checkpoint_message(c.seq, &c.hash), &c.signature)
+            .ok_or_else(|| Broken {
+                seq: c.seq,
+                what: what(),
+            })
     }
 
+    /// A verifier trusting `key`, and every key the log hands over to from it (or from
+    /// which the log hands over to it).
     pub fn new(key: PublicKey) -> Verifier {
         Verifier {
-            key,
+            keys: Lineage::new(key),
             next_seq: None,
             prev: GENESIS.to_string(),
             checkpoints: BTreeMap::new(),
@@ -104,11 +106,19 @@ impl Verifier {
         }
     }
 
+    /// The keys the log's handovers name, read ahead of the walk
+    /// ([`lineage::named_keys`]): checkpoints signed before their key's handover are then
+    /// checked as they come.
+    pub fn expect_keys(&mut self, keys: impl IntoIterator<Item = PublicKey>) {
+        self.keys.expect(keys);
+    }
+
     /// Starts after a prune anchor (signed) instead of genesis.
     pub fn anchor(&mut self, a: &CheckpointIn) -> Result<(), Broken> {
-        self.signed(a, || {
+        let key = self.signed(a, || {
             format!("the prune anchor at seq {} has a bad signature", a.seq)
         })?;
+        self.keys.signed_statement(key, a.seq);
         self.next_seq = Some(a.seq + 1);
         self.prev = a.hash.clone();
         self.anchored = true;
@@ -118,12 +128,13 @@ impl Verifier {
     /// A head saved earlier with `audit head`: signed by the audit key, and the log must
     /// still hold that event, unchanged.
     pub fn expect_head(&mut self, h: CheckpointIn) -> Result<(), Broken> {
-        self.signed(&h, || {
+        let key = self.signed(&h, || {
             format!(
                 "the saved head (seq {}) has a bad signature: it was not made with this audit key",
                 h.seq
             )
         })?;
+        self.keys.signed_statement(key, h.seq);
         self.heads.insert(h.seq, h);
         Ok(())
     }
@@ -135,12 +146,13 @@ impl Verifier {
     }
 
     pub fn checkpoint(&mut self, c: CheckpointIn) -> Result<(), Broken> {
-        self.signed(&c, || {
+        let key = self.signed(&c, || {
             format!(
                 "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
                 c.seq
             )
         })?;
+        self.keys.signed_checkpoint(key, c.seq);
         self.checkpoints.insert(c.seq, c);
         Ok(())
     }
@@ -156,12 +168,13 @@ impl Verifier {
                 ),
             });
         }
-        self.signed(&c, || {
+        let key = self.signed(&c, || {
             format!(
                 "checkpoint at seq {} has a bad signature (forged, or signed by another key)",
                 c.seq
             )
         })?;
+        self.keys.signed_checkpoint(key, c.seq);
         self.report.checkpoints += 1;
         self.report.last_signed = c.seq;
         self.unsigned = None;
@@ -175,12 +188,13 @@ impl Verifier {
             seq: t.last_seq,
             what,
         };
-        if !chain::verify_message(&self.key, &t.message(), &t.signature) {
+        let Some(key) = self.keys.signer(&t.message(), &t.signature) else {
             return Err(broken(
                 "the export's trailer has a bad signature (forged, or signed by another key)"
                     .into(),
             ));
-        }
+        };
+        self.keys.signed_statement(key, t.last_seq);
         let first = self.first_seq.unwrap_or(0);
         let last_hash = if self.report.events == 0 {
             ""
@@ -275,6 +289,9 @@ impl Verifier {
                 ),
             });
         }
+        if e.kind == lineage::ROTATED || e.kind == lineage::RETIRED {
+            self.keys.event(seq, &e.kind, &e.details)?;
+        }
         if e.kind == "recording.progress"
             && let (Some(file), Some(bytes), Some(sha)) = (
                 e.details.get("file").and_then(|f| f.as_str()),
@@ -346,6 +363,7 @@ impl Verifier {
         recordings: Option<&Path>,
         now_ms: Option<i64>,
     ) -> Result<Report, Broken> {
+        self.keys.settle()?;
         let last = self.report.last_seq;
         if let Some((&seq, _)) = self.heads.range(last + 1..).next() {
             return Err(Broken {

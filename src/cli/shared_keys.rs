@@ -36,6 +36,7 @@ pub const SHARED_WHILE_ROTATING: &[&str] = &[
     crate::credentials::rotate::TARGET_CA_NEXT,
     crate::credentials::rotate::TARGET_CA_NEXT_PUB,
     crate::credentials::rotate::TARGET_CA_PREVIOUS,
+    crate::credentials::rotate::AUDIT_KEY_PREVIOUS,
 ];
 
 fn purpose(rel: &str) -> String {

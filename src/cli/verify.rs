@@ -57,6 +57,26 @@ fn report(r: &Report, source: &str) -> ExitCode {
 pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = load_pubkey(config, &a.pubkey)?;
     let mut v = Verifier::new(key);
+    // The keys the log hands over to, read ahead: a saved head or a checkpoint may be
+    // signed by one before the walk reaches its handover.
+    let source = match &a.file {
+        Some(file) => {
+            v.expect_keys(handover_keys(file)?);
+            Err(file.as_path())
+        }
+        None => {
+            let db = crate::store::sqlite_path(&config.data_dir);
+            if config.store.url.is_empty() && !db.exists() {
+                bail!(
+                    "no postern store at {}; give --data-dir of a postern data dir (or a copy of one)",
+                    db.display()
+                );
+            }
+            let store = Store::open(&config.data_dir, &config.store.url, None).await?;
+            v.expect_keys(store.audit_handover_keys().await?);
+            Ok(store)
+        }
+    };
     if let Some(head) = &a.head {
         let text = std::fs::read_to_string(head)
             .with_context(|| format!("cannot read the saved head {}", head.display()))?;
@@ -78,32 +98,18 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         for h in &heads {
             if let Err(b) = v.expect_head(checkpoint_in(h)?) {
+                if let Ok(store) = &source {
+                    store.close().await;
+                }
                 println!("FAILED: {}", crate::printable::cell(&b.what));
                 return Ok(ExitCode::from(1));
             }
         }
     }
-    if let Some(file) = &a.file {
-        if let Err(what) = verify_file(file, &mut v) {
-            println!("FAILED: {}", crate::printable::cell(&what));
-            return Ok(ExitCode::from(1));
-        }
-        return match v.finish(None, None) {
-            Ok(r) => Ok(report(&r, &file.display().to_string())),
-            Err(b) => {
-                println!("FAILED: {}", crate::printable::cell(&b.what));
-                Ok(ExitCode::from(1))
-            }
-        };
-    }
-    let db = crate::store::sqlite_path(&config.data_dir);
-    if config.store.url.is_empty() && !db.exists() {
-        bail!(
-            "no postern store at {}; give --data-dir of a postern data dir (or a copy of one)",
-            db.display()
-        );
-    }
-    let store = Store::open(&config.data_dir, &config.store.url, None).await?;
+    let store = match source {
+        Ok(store) => store,
+        Err(file) => return Ok(verify_export(file, v)),
+    };
     v.at(now_ms());
     let outcome = store.verify_chain(&mut v, |_| {}).await;
     store.close().await;
@@ -129,6 +135,40 @@ pub async fn run(config: &Config, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Walks an export ([`verify_file`]) and reports.
+fn verify_export(file: &std::path::Path, mut v: Verifier) -> ExitCode {
+    if let Err(what) = verify_file(file, &mut v) {
+        println!("FAILED: {}", crate::printable::cell(&what));
+        return ExitCode::from(1);
+    }
+    match v.finish(None, None) {
+        Ok(r) => report(&r, &file.display().to_string()),
+        Err(b) => {
+            println!("FAILED: {}", crate::printable::cell(&b.what));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The keys an export's audit key handovers name (checked when the walk reaches them).
+fn handover_keys(file: &std::path::Path) -> anyhow::Result<Vec<PublicKey>> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut keys = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+        if !line.contains(crate::audit::lineage::ROTATED) {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v.get("type").and_then(|t| t.as_str()) == Some(crate::audit::lineage::ROTATED)
+            && let Some(d) = v.get("details")
+        {
+            keys.extend(crate::audit::lineage::named_keys(d));
+        }
+    }
+    Ok(keys)
 }
 
 /// An export, read strictly: an optional anchor first, events and the checkpoints that

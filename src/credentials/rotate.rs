@@ -8,6 +8,9 @@
 //!   first (`keys/target_ca.next`), printed beside the current one by `admin target-ca`
 //!   so targets can trust both; activated, it signs from the next start and the old
 //!   one's public key is still printed (`keys/target_ca.previous.pub`) until retired.
+//! - The audit key (signs checkpoints): the log records a handover signed by both keys
+//!   (`audit::lineage`) before the new key is written; both sign until the old one is
+//!   retired, and `keys/audit_ed25519.previous.pub` names it meanwhile.
 
 use std::path::Path;
 
@@ -20,6 +23,9 @@ pub const USER_CA_PREVIOUS: &str = "keys/user_ca.previous.pub";
 pub const TARGET_CA_NEXT: &str = "keys/target_ca.next";
 pub const TARGET_CA_NEXT_PUB: &str = "keys/target_ca.next.pub";
 pub const TARGET_CA_PREVIOUS: &str = "keys/target_ca.previous.pub";
+pub const AUDIT_KEY: &str = "keys/audit_ed25519";
+pub const AUDIT_KEY_PUB: &str = "keys/audit_ed25519.pub";
+pub const AUDIT_KEY_PREVIOUS: &str = "keys/audit_ed25519.previous.pub";
 
 /// What a rotation step changed, relative to the data dir.
 #[derive(Debug, Default)]
@@ -156,6 +162,53 @@ pub fn retire_target_ca(dir: &Path) -> Result<Changed, String> {
     if changed.removed.is_empty() {
         return Err("there is no earlier target CA to retire".into());
     }
+    Ok(changed)
+}
+
+/// The current audit key and a new one, for a handover. Refused while the key before the
+/// last rotation still signs (retire it first: one overlap at a time).
+pub fn new_audit_key(dir: &Path) -> Result<(PrivateKey, PrivateKey), String> {
+    if dir.join(AUDIT_KEY_PREVIOUS).exists() {
+        return Err(format!(
+            "the audit key before the last rotation still signs ({AUDIT_KEY_PREVIOUS}); once every replica has restarted, run `postern admin rotate-keys audit-key --retire`, then rotate again"
+        ));
+    }
+    let old = read_key(dir, AUDIT_KEY).map_err(|e| e.to_string())?;
+    let new = new_ed25519("postern audit key").map_err(|e| e.to_string())?;
+    Ok((old, new))
+}
+
+/// Makes `new` the audit key, once the log holds the handover to it.
+pub fn install_audit_key(
+    dir: &Path,
+    old: &PrivateKey,
+    new: &PrivateKey,
+) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_public(&dir.join(AUDIT_KEY_PREVIOUS), public_text(old).as_bytes())?;
+        changed.written.push(AUDIT_KEY_PREVIOUS);
+        files::replace_private(&dir.join(AUDIT_KEY), private_text(new)?.as_bytes())?;
+        changed.written.push(AUDIT_KEY);
+        files::replace_public(&dir.join(AUDIT_KEY_PUB), public_text(new).as_bytes())?;
+        changed.written.push(AUDIT_KEY_PUB);
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok(changed)
+}
+
+/// The audit key before the last rotation, to retire.
+pub fn previous_audit_key(dir: &Path) -> Result<russh::keys::PublicKey, String> {
+    optional_public(dir, AUDIT_KEY_PREVIOUS)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "there is no earlier audit key to retire".to_string())
+}
+
+/// Forgets the audit key before the last rotation, once the log holds its retirement.
+pub fn forget_previous_audit_key(dir: &Path) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, AUDIT_KEY_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
     Ok(changed)
 }
 

@@ -53,7 +53,7 @@ pub struct Shared {
 
 /// A replica whose lease was not renewed for this long is taken for dead: the others
 /// close its sessions.
-const REPLICA_LEASE: Duration = Duration::from_secs(10);
+pub const REPLICA_LEASE: Duration = Duration::from_secs(10);
 
 /// This machine's host name.
 fn hostname() -> String {
@@ -77,7 +77,11 @@ impl Shared {
     async fn renew_lease(&self) {
         let Some(me) = self.replica() else { return };
         let now = crate::audit::now_ms();
-        match self.store.heartbeat_replica(me, now).await {
+        let starting = self
+            .lease_renewed_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0;
+        match self.store.heartbeat_replica(me, now, starting).await {
             Ok(()) => self
                 .lease_renewed_ms
                 .store(now, std::sync::atomic::Ordering::Relaxed),

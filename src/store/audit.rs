@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::error::corrupt;
 use crate::audit::chain::{self, GENESIS, Signer};
+use crate::audit::lineage;
 use crate::audit::{Actor, AuditEvent, Outcome, now_ms};
 
 #[derive(Clone, Debug, Default)]
@@ -219,13 +220,40 @@ pub async fn anchor(conn: &mut AnyConnection) -> Result<Option<Checkpoint>, Stor
         .transpose()
 }
 
+/// The seq of the audit key handover at or before `seq` whose old key still signed at
+/// `seq` (not retired by then), if any.
+async fn open_handover(conn: &mut AnyConnection, seq: i64) -> Result<Option<i64>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT seq FROM audit_events WHERE type = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(lineage::ROTATED)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let handover: i64 = row.try_get("seq")?;
+    let retired = sqlx::query(
+        "SELECT seq FROM audit_events WHERE type = $1 AND seq > $2 AND seq <= $3 LIMIT 1",
+    )
+    .bind(lineage::RETIRED)
+    .bind(handover)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(retired.is_none().then_some(handover))
+}
+
 /// Removes events older than `before_ms`, keeping a signed anchor at the last removed one.
+/// A cut inside an audit key overlap stops before its handover: the checkpoints the old
+/// key signed after the cut need the handover to be verified.
 pub async fn prune(
     conn: &mut AnyConnection,
     before_ms: i64,
     signer: &Signer,
 ) -> Result<u64, StoreError> {
-    let Some(last) = sqlx::query(
+    let Some(mut last) = sqlx::query(
         "SELECT seq, hash FROM audit_events WHERE time_ms < $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(before_ms)
@@ -234,6 +262,18 @@ pub async fn prune(
     else {
         return Ok(0);
     };
+    if let Some(handover) = open_handover(conn, last.try_get("seq")?).await? {
+        let Some(before) = sqlx::query(
+            "SELECT seq, hash FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(handover)
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(0);
+        };
+        last = before;
+    }
     let seq: i64 = last.try_get("seq")?;
     let hash: Option<String> = last.try_get("hash")?;
     let hash = hash.unwrap_or_else(|| GENESIS.to_string());

@@ -16,6 +16,7 @@ mod migrate;
 mod mirror;
 mod open;
 mod policy;
+mod replicas;
 mod requests;
 mod reviews;
 mod sessions;
@@ -395,20 +396,6 @@ impl Store {
         .await
     }
 
-    /// Takes or renews `name`'s lease.
-    pub async fn heartbeat_replica(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        let pool = &self.pool;
-        sqlx::query(
-            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $2, $2)
-             ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
-        )
-        .bind(name)
-        .bind(now)
-        .execute(&mut *pool.acquire().await?)
-        .await?;
-        Ok(())
-    }
-
     /// Claims the notification of audit event `seq` for `replica`: true for the first
     /// claimant only, so replicas following the same log announce each event once.
     pub async fn claim_notification(&self, seq: i64, replica: &str) -> Result<bool, StoreError> {
@@ -422,16 +409,6 @@ impl Store {
         .execute(&mut *pool.acquire().await?)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// Gives up `name`'s lease (a clean stop: its sessions have ended).
-    pub async fn remove_replica(&self, name: &str) -> Result<(), StoreError> {
-        let pool = &self.pool;
-        sqlx::query("DELETE FROM replicas WHERE name = $1")
-            .bind(name)
-            .execute(&mut *pool.acquire().await?)
-            .await?;
-        Ok(())
     }
 
     pub async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRow>, StoreError> {

@@ -1,7 +1,9 @@
 //! Walking the whole audit chain through a [`Verifier`]: what `audit verify` and the
 //! console's Verify button both run.
 
-use super::{Checkpoint, Store};
+use super::audit::AuditFilter;
+use super::{Checkpoint, Store, StoreError};
+use crate::audit::lineage;
 use crate::audit::verify::{Broken, CheckpointIn, Verifier};
 
 /// Events read per page.
@@ -16,6 +18,20 @@ pub fn signed(c: Checkpoint) -> CheckpointIn {
 }
 
 impl Store {
+    /// The keys the log's audit key handovers name (unchecked: the walk checks them).
+    pub async fn audit_handover_keys(&self) -> Result<Vec<russh::keys::PublicKey>, StoreError> {
+        let filter = AuditFilter {
+            kind: Some(lineage::ROTATED.into()),
+            ..AuditFilter::default()
+        };
+        Ok(self
+            .search_audit(&filter)
+            .await?
+            .iter()
+            .flat_map(|e| lineage::named_keys(&e.event.details))
+            .collect())
+    }
+
     /// Feeds the anchor, every event and every checkpoint to `v`, in chain order;
     /// `progress` hears the last sequence number verified after each page.
     pub async fn verify_chain(
@@ -27,6 +43,7 @@ impl Store {
             seq: 0,
             what: format!("cannot read the store: {e}"),
         };
+        v.expect_keys(self.audit_handover_keys().await.map_err(internal)?);
         let mut after = 0;
         if let Some(a) = self.audit_anchor().await.map_err(internal)? {
             after = a.seq;

@@ -6,6 +6,7 @@ mod admin;
 mod api_ops;
 mod apply;
 mod audit;
+mod audit_keys;
 mod availability;
 mod bots;
 mod certs;

@@ -1,15 +1,16 @@
-//! `postern admin rotate-keys`: a new user CA or target CA, with an overlap in which the
-//! old one still works (`credentials::rotate`). On a PostgreSQL store the result becomes
+//! `postern admin rotate-keys`: a new user CA, target CA or audit key, with an overlap in
+//! which the old one still works (`credentials::rotate`). On a PostgreSQL store the result becomes
 //! the replicas' shared set; every `serve` uses it from its next start.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 
 use super::super::{open_store, shared_keys};
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::{Actor, AuditEvent, Outcome, lineage};
 use crate::config::Config;
 use crate::credentials::{self, rotate, secrets::MasterKey};
+use crate::store::{AuditFilter, Store};
 
 #[derive(clap::Subcommand)]
 pub enum Key {
@@ -31,6 +32,89 @@ pub enum Key {
         #[arg(long)]
         retire: bool,
     },
+    /// The audit key, which signs checkpoints. The log records a handover signed by both
+    /// keys, so `audit verify` with either key checks all of it; the new key signs from
+    /// the next start of serve, and the old one until `--retire`.
+    #[command(name = "audit-key")]
+    Audit {
+        /// Stop accepting checkpoints from the key before the last rotation (refused
+        /// while a replica that started before the rotation still runs).
+        #[arg(long)]
+        retire: bool,
+    },
+}
+
+fn restart_hint(config: &Config) -> &'static str {
+    if config.store.url.is_empty() {
+        "restart serve"
+    } else {
+        "restart every replica"
+    }
+}
+
+async fn audit_key(config: &Config, store: &Store, retire: bool) -> anyhow::Result<ExitCode> {
+    let dir = &config.data_dir;
+    let master = MasterKey::load(&dir.join("keys/master.key"))?;
+    if retire {
+        let old = rotate::previous_audit_key(dir).map_err(|e| anyhow!(e))?;
+        let rotated = store
+            .search_audit(&AuditFilter {
+                kind: Some(lineage::ROTATED.into()),
+                limit: Some(1),
+                ..AuditFilter::default()
+            })
+            .await?;
+        let since = rotated.first().map_or(i64::MAX, |e| e.event.time_ms);
+        let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
+        let running = store
+            .replicas_started_before(since, crate::audit::now_ms() - lease)
+            .await?;
+        if !running.is_empty() {
+            bail!(
+                "{} started before the audit key was rotated and still sign(s) with the old key: {}, then retire it",
+                running.join(", "),
+                restart_hint(config)
+            );
+        }
+        store
+            .append_audit(&AuditEvent::new(
+                lineage::RETIRED,
+                &Actor::os(),
+                Outcome::Success,
+                lineage::retirement(&old),
+            ))
+            .await?;
+        let changed = rotate::forget_previous_audit_key(dir).map_err(|e| anyhow!(e))?;
+        shared_keys::publish(config, &master, store, &changed.written, &changed.removed)
+            .await
+            .context("the log retired the key, but the store's shared set still names it")?;
+        println!(
+            "the audit key {} is retired: a checkpoint it signs from now on fails `postern audit verify`",
+            old.fingerprint(russh::keys::HashAlg::Sha256)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (old, new) = rotate::new_audit_key(dir).map_err(|e| anyhow!(e))?;
+    // The handover goes into the log first: a key no handover names must never sign.
+    store
+        .append_audit(&AuditEvent::new(
+            lineage::ROTATED,
+            &Actor::os(),
+            Outcome::Success,
+            lineage::handover(&old, &new)?,
+        ))
+        .await?;
+    store.audit_checkpoint().await?;
+    let changed = rotate::install_audit_key(dir, &old, &new).map_err(|e| anyhow!(e))?;
+    shared_keys::publish(config, &master, store, &changed.written, &changed.removed)
+        .await
+        .context("the files changed here, but the store's shared set did not")?;
+    println!(
+        "new audit key {}: it signs checkpoints once you {}; the old key signs until then. `postern audit verify` with either key checks the whole log.\nOnce every replica has restarted, run `postern admin rotate-keys audit-key --retire`.",
+        credentials::fingerprint(&new),
+        restart_hint(config)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
@@ -66,6 +150,11 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
             "retire",
             rotate::retire_target_ca(dir).map(|c| (None, c)),
         ),
+        Key::Audit { retire } => {
+            let done = audit_key(config, &store, retire).await;
+            store.close().await;
+            return done;
+        }
     };
     let (new, changed) = match result {
         Ok(r) => r,
@@ -88,11 +177,7 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
         ))
         .await?;
     store.close().await;
-    let restart = if config.store.url.is_empty() {
-        "restart serve"
-    } else {
-        "restart every replica"
-    };
+    let restart = restart_hint(config);
     match (name, step) {
         ("user_ca", "rotate") => println!(
             "new user CA {}: it signs certificates once you {restart}.\nCertificates from the old CA are honoured until `postern admin rotate-keys user-ca --retire`; run it when they have expired (at most the longest certificate TTL after the restart).",
