@@ -200,7 +200,10 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 
     home.create().map_err(anyhow::Error::msg)?;
     let trust_kind = if let Some(pem) = &ca_pem {
-        home.write("ca.crt", pem).map_err(anyhow::Error::msg)?;
+        // The server, verified by a CA the user trusts, may name the next CA of a
+        // rotation: kept beside it, so the rotation does not lock this client out.
+        home.write("ca.crt", &with_new_cas(pem, &field("tls_ca")))
+            .map_err(anyhow::Error::msg)?;
         "ca"
     } else {
         if let (Trust::FirstUse, Some(fp)) = (&trust, client.seen()) {
@@ -452,4 +455,29 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
     println!();
     println!("psql \"service={target}\"");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pem` and, after it, the certificates in `offered` it does not hold.
+fn with_new_cas(pem: &[u8], offered: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let held: Vec<CertificateDer> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect();
+    let mut out = pem.to_vec();
+    for c in CertificateDer::pem_slice_iter(offered.as_bytes()).filter_map(Result::ok) {
+        if held.contains(&c) {
+            continue;
+        }
+        if !out.ends_with(b"\n") && !out.is_empty() {
+            out.push(b'\n');
+        }
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c.as_ref());
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    out
 }

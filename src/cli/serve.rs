@@ -108,7 +108,9 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     let ssh_config = crate::ssh::config(&keys);
     let tls = crate::api::tls::server_config(&config, &keys).map_err(anyhow::Error::msg)?;
     let tls = std::sync::Arc::new(tls);
-    let ca_pem = std::fs::read_to_string(&keys.tls.ca_cert)
+    let ca_pem = keys
+        .tls
+        .trusted_pem()
         .with_context(|| format!("cannot read {}", keys.tls.ca_cert.display()))?;
     let api = crate::api::Api::new(tls.clone(), ca_pem);
     let pg_tls = crate::api::tls::with_alpn(&tls, b"postgresql");

@@ -37,6 +37,9 @@ pub const SHARED_WHILE_ROTATING: &[&str] = &[
     crate::credentials::rotate::TARGET_CA_NEXT_PUB,
     crate::credentials::rotate::TARGET_CA_PREVIOUS,
     crate::credentials::rotate::AUDIT_KEY_PREVIOUS,
+    crate::credentials::rotate::TLS_CA_NEXT_KEY,
+    crate::credentials::rotate::TLS_CA_NEXT,
+    crate::credentials::rotate::TLS_CA_PREVIOUS,
 ];
 
 fn purpose(rel: &str) -> String {
@@ -100,7 +103,7 @@ pub async fn share(config: &Config, master: &MasterKey, store: &Opened) -> anyho
         }
         warn!(file = %rel, "replaced by the key the replicas of this store share");
         replaced = true;
-        new_tls_ca |= rel.starts_with("tls/");
+        new_tls_ca |= rel == crate::credentials::rotate::TLS_CA;
     }
     if new_tls_ca {
         // Issued by the replaced CA: `serve` issues a new one from the shared CA.

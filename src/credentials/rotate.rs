@@ -8,6 +8,10 @@
 //!   first (`keys/target_ca.next`), printed beside the current one by `admin target-ca`
 //!   so targets can trust both; activated, it signs from the next start and the old
 //!   one's public key is still printed (`keys/target_ca.previous.pub`) until retired.
+//! - The TLS CA (clients trust it for the HTTPS API and PostgreSQL): like the target CA, a
+//!   new CA is staged (`tls/ca.next.crt`, in the bundle `admin tls-ca` prints and logins
+//!   hand out), activated (the server certificate is issued again by it at the next
+//!   start; the old certificate stays in the bundle as `tls/ca.previous.crt`), retired.
 //! - The audit key (signs checkpoints): the log records a handover signed by both keys
 //!   (`audit::lineage`) before the new key is written; both sign until the old one is
 //!   retired, and `keys/audit_ed25519.previous.pub` names it meanwhile.
@@ -23,6 +27,11 @@ pub const USER_CA_PREVIOUS: &str = "keys/user_ca.previous.pub";
 pub const TARGET_CA_NEXT: &str = "keys/target_ca.next";
 pub const TARGET_CA_NEXT_PUB: &str = "keys/target_ca.next.pub";
 pub const TARGET_CA_PREVIOUS: &str = "keys/target_ca.previous.pub";
+pub const TLS_CA_KEY: &str = "tls/ca.key";
+pub const TLS_CA: &str = "tls/ca.crt";
+pub const TLS_CA_NEXT_KEY: &str = "tls/ca.next.key";
+pub const TLS_CA_NEXT: &str = "tls/ca.next.crt";
+pub const TLS_CA_PREVIOUS: &str = "tls/ca.previous.crt";
 pub const AUDIT_KEY: &str = "keys/audit_ed25519";
 pub const AUDIT_KEY_PUB: &str = "keys/audit_ed25519.pub";
 pub const AUDIT_KEY_PREVIOUS: &str = "keys/audit_ed25519.previous.pub";
@@ -161,6 +170,74 @@ pub fn retire_target_ca(dir: &Path) -> Result<Changed, String> {
     remove(dir, TARGET_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
     if changed.removed.is_empty() {
         return Err("there is no earlier target CA to retire".into());
+    }
+    Ok(changed)
+}
+
+fn read_text(dir: &Path, rel: &str) -> Result<String, CredentialError> {
+    let path = dir.join(rel);
+    std::fs::read_to_string(&path).map_err(|source| CredentialError::Io {
+        action: "read",
+        path,
+        source,
+    })
+}
+
+/// Makes the next TLS CA, for clients to trust before it signs.
+pub fn stage_tls_ca(dir: &Path) -> Result<Changed, String> {
+    if dir.join(TLS_CA_NEXT).exists() {
+        return Err(format!(
+            "a next TLS CA is staged already ({TLS_CA_NEXT}); activate it with `postern admin rotate-keys tls-ca --activate`"
+        ));
+    }
+    if dir.join(TLS_CA_PREVIOUS).exists() {
+        return Err(format!(
+            "the TLS CA before the last rotation is still in the bundle for clients ({TLS_CA_PREVIOUS}); run `postern admin rotate-keys tls-ca --retire` first"
+        ));
+    }
+    let (key, cert) = super::tls::new_ca().map_err(|e| e.to_string())?;
+    files::replace_private(&dir.join(TLS_CA_NEXT_KEY), key.as_bytes())
+        .and_then(|()| files::replace_public(&dir.join(TLS_CA_NEXT), cert.as_bytes()))
+        .map_err(|e| e.to_string())?;
+    Ok(Changed {
+        written: vec![TLS_CA_NEXT_KEY, TLS_CA_NEXT],
+        removed: Vec::new(),
+    })
+}
+
+/// The staged TLS CA becomes the one that signs; the old certificate stays in the bundle.
+/// The server certificate is issued again at the next start ([`super::tls`] sees it was
+/// issued by another CA).
+pub fn activate_tls_ca(dir: &Path) -> Result<Changed, String> {
+    if !dir.join(TLS_CA_NEXT).exists() || !dir.join(TLS_CA_NEXT_KEY).exists() {
+        return Err(
+            "no next TLS CA is staged: run `postern admin rotate-keys tls-ca` first, then give clients the bundle `postern admin tls-ca` prints".into(),
+        );
+    }
+    let read = |rel: &str| read_text(dir, rel).map_err(|e| e.to_string());
+    let (old, next_key, next) = (read(TLS_CA)?, read(TLS_CA_NEXT_KEY)?, read(TLS_CA_NEXT)?);
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_public(&dir.join(TLS_CA_PREVIOUS), old.as_bytes())?;
+        changed.written.push(TLS_CA_PREVIOUS);
+        files::replace_private(&dir.join(TLS_CA_KEY), next_key.as_bytes())?;
+        changed.written.push(TLS_CA_KEY);
+        files::replace_public(&dir.join(TLS_CA), next.as_bytes())?;
+        changed.written.push(TLS_CA);
+        remove(dir, TLS_CA_NEXT_KEY, changed)?;
+        remove(dir, TLS_CA_NEXT, changed)?;
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok(changed)
+}
+
+/// Takes the TLS CA before the last rotation out of the bundle.
+pub fn retire_tls_ca(dir: &Path) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, TLS_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
+    if changed.removed.is_empty() {
+        return Err("there is no earlier TLS CA to retire".into());
     }
     Ok(changed)
 }

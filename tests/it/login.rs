@@ -28,7 +28,7 @@ impl Dev {
         self.home.path()
     }
 
-    fn file(&self, name: &str) -> PathBuf {
+    pub fn file(&self, name: &str) -> PathBuf {
         self.home().join(".postern").join(name)
     }
 

@@ -32,3 +32,4 @@ mod ssh;
 mod ssh_limits;
 mod ssh_plane;
 mod store_pg;
+mod tls_ca;

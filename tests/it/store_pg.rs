@@ -281,6 +281,31 @@ fn replicas_on_one_store_share_their_keys_sealed_in_the_store() {
     );
     assert!(!second.data_dir().join("keys/target_ca.next").exists());
     assert_eq!(store_sql(&url, "SELECT count(*) FROM shared_keys"), "10");
+    // The TLS CA and the audit key likewise: the second replica's server certificate
+    // comes from the new CA, and it signs with the new audit key.
+    first.cli(&["admin", "rotate-keys", "tls-ca"]).ok();
+    second.cli(&["admin", "user", "list"]).ok();
+    let bundle = second.cli(&["admin", "tls-ca"]);
+    assert_eq!(bundle.ok().matches("BEGIN CERTIFICATE").count(), 2);
+    first
+        .cli(&["admin", "rotate-keys", "tls-ca", "--activate"])
+        .ok();
+    first.cli(&["admin", "rotate-keys", "audit-key"]).ok();
+    second.cli(&["admin", "user", "list"]).ok();
+    for f in [
+        "tls/ca.crt",
+        "tls/ca.previous.crt",
+        "keys/audit_ed25519.pub",
+    ] {
+        assert_eq!(
+            std::fs::read(first.data_dir().join(f)).unwrap(),
+            std::fs::read(second.data_dir().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(!second.data_dir().join("tls/server.crt").exists());
+    let out = second.cli(&["audit", "verify"]);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
     // A third data dir with a master key of its own cannot open them.
     let third = Postern::on_store(&url);
     let out = third.cli(&["admin", "user", "list"]);

@@ -112,7 +112,7 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::RotateKeys(key) => rotate::run(config, key).await,
         Command::TlsCa => {
             let keys = keys(config)?;
-            print!("{}", std::fs::read_to_string(&keys.tls.ca_cert)?);
+            print!("{}", keys.tls.trusted_pem()?);
             Ok(ExitCode::SUCCESS)
         }
     }

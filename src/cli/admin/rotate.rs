@@ -35,6 +35,18 @@ pub enum Key {
     /// The audit key, which signs checkpoints. The log records a handover signed by both
     /// keys, so `audit verify` with either key checks all of it; the new key signs from
     /// the next start of serve, and the old one until `--retire`.
+    /// The TLS CA, which clients trust for the HTTPS API and PostgreSQL (`--ca-file`,
+    /// `sslrootcert`). In three steps: stage a new CA (`admin tls-ca` and logins hand out
+    /// both), `--activate` it (the server certificate is issued by it from the next start
+    /// of serve), `--retire` the old one.
+    TlsCa {
+        /// Issue the server certificate from the staged CA from the next start of serve.
+        #[arg(long, conflicts_with = "retire")]
+        activate: bool,
+        /// Take the CA before the last rotation out of the bundle clients are given.
+        #[arg(long)]
+        retire: bool,
+    },
     #[command(name = "audit-key")]
     Audit {
         /// Stop accepting checkpoints from the key before the last rotation (refused
@@ -150,6 +162,24 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
             "retire",
             rotate::retire_target_ca(dir).map(|c| (None, c)),
         ),
+        Key::TlsCa {
+            activate: false,
+            retire: false,
+        } => (
+            "tls_ca",
+            "stage",
+            rotate::stage_tls_ca(dir).map(|c| (None, c)),
+        ),
+        Key::TlsCa { activate: true, .. } => (
+            "tls_ca",
+            "activate",
+            rotate::activate_tls_ca(dir).map(|c| (None, c)),
+        ),
+        Key::TlsCa { retire: true, .. } => (
+            "tls_ca",
+            "retire",
+            rotate::retire_tls_ca(dir).map(|c| (None, c)),
+        ),
         Key::Audit { retire } => {
             let done = audit_key(config, &store, retire).await;
             store.close().await;
@@ -167,7 +197,11 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
     shared_keys::publish(config, &master, &store, &changed.written, &changed.removed)
         .await
         .context("the files changed here, but the store's shared set did not")?;
-    let fingerprint = new.as_ref().map(credentials::fingerprint);
+    let fingerprint = match (name, step) {
+        ("tls_ca", "stage") => tls_fingerprint(dir, rotate::TLS_CA_NEXT),
+        ("tls_ca", "activate") => tls_fingerprint(dir, rotate::TLS_CA),
+        _ => new.as_ref().map(credentials::fingerprint),
+    };
     store
         .append_audit(&AuditEvent::new(
             "keys.rotated",
@@ -199,9 +233,27 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
             "the target CA {} signs session certificates once you {restart}. `postern admin target-ca` still prints the old one; when no replica signs with it any more, run `postern admin rotate-keys target-ca --retire` and remove it from targets.",
             fingerprint.unwrap_or_default()
         ),
-        _ => println!(
+        ("target_ca", _) => println!(
             "the target CA before the last rotation is no longer printed for targets; remove it from their TrustedUserCAKeys"
+        ),
+        ("tls_ca", "stage") => println!(
+            "the next TLS CA ({}) is staged: `postern admin tls-ca` prints it with the current one, and `postern login` hands both to clients. Give every client that bundle (--ca-file, sslrootcert), then run `postern admin rotate-keys tls-ca --activate`.",
+            fingerprint.unwrap_or_default()
+        ),
+        ("tls_ca", "activate") => println!(
+            "the TLS CA {} issues the server certificate once you {restart}; clients that trust only the old CA are then refused. `postern admin tls-ca` still prints the old one; run `postern admin rotate-keys tls-ca --retire` when no client needs it.",
+            fingerprint.unwrap_or_default()
+        ),
+        _ => println!(
+            "the TLS CA before the last rotation is no longer in the bundle `postern admin tls-ca` prints and logins hand out"
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SHA-256 fingerprint of the PEM certificate in `rel`.
+fn tls_fingerprint(dir: &std::path::Path, rel: &str) -> Option<String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_file(dir.join(rel)).ok()?;
+    Some(crate::client::https::fingerprint(&der))
 }
