@@ -37,14 +37,20 @@ pub const PRIVATE_FILES: &[&str] = &[
     "keys/user_ca",
     "keys/target_ca",
     "keys/target_ca.next",
+    "keys/ssh_host_ed25519_key.next",
+    "keys/ssh_host_ed25519_key.previous",
     "keys/master.key",
     "keys/audit_ed25519",
     "tls/ca.key",
+    "tls/ca.next.key",
     "tls/server.key",
 ];
 
 pub struct KeyStore {
     pub host_key: PrivateKey,
+    /// Host keys a rotation announces beside it (the next one, or the one before it),
+    /// which OpenSSH clients with `UpdateHostKeys` learn (`rotate`).
+    pub host_key_announced: Vec<PrivateKey>,
     pub user_ca: PrivateKey,
     /// The user CA before the last rotation, still trusted (`rotate`).
     pub user_ca_previous: Option<russh::keys::PublicKey>,
@@ -209,6 +215,7 @@ impl KeyStore {
         Ok(Loaded {
             keys: KeyStore {
                 host_key,
+                host_key_announced: rotate::announced_host_keys(data_dir)?,
                 user_ca,
                 user_ca_previous: rotate::optional_public(data_dir, rotate::USER_CA_PREVIOUS)?,
                 target_ca,

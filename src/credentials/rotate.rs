@@ -8,6 +8,12 @@
 //!   first (`keys/target_ca.next`), printed beside the current one by `admin target-ca`
 //!   so targets can trust both; activated, it signs from the next start and the old
 //!   one's public key is still printed (`keys/target_ca.previous.pub`) until retired.
+//! - The SSH host key (clients pin it in `known_hosts`): a new key is staged
+//!   (`keys/ssh_host_ed25519_key.next`) and announced after authentication beside the
+//!   current one (OpenSSH's `hostkeys-00@openssh.com`), so clients with `UpdateHostKeys`
+//!   learn it; activated, it is the key of the key exchange and the old one is still
+//!   announced (`….previous`) while replicas restart; retired, it is no longer announced,
+//!   and those clients drop it.
 //! - The TLS CA (clients trust it for the HTTPS API and PostgreSQL): like the target CA, a
 //!   new CA is staged (`tls/ca.next.crt`, in the bundle `admin tls-ca` prints and logins
 //!   hand out), activated (the server certificate is issued again by it at the next
@@ -27,6 +33,11 @@ pub const USER_CA_PREVIOUS: &str = "keys/user_ca.previous.pub";
 pub const TARGET_CA_NEXT: &str = "keys/target_ca.next";
 pub const TARGET_CA_NEXT_PUB: &str = "keys/target_ca.next.pub";
 pub const TARGET_CA_PREVIOUS: &str = "keys/target_ca.previous.pub";
+pub const HOST_KEY: &str = "keys/ssh_host_ed25519_key";
+pub const HOST_KEY_PUB: &str = "keys/ssh_host_ed25519_key.pub";
+pub const HOST_KEY_NEXT: &str = "keys/ssh_host_ed25519_key.next";
+pub const HOST_KEY_NEXT_PUB: &str = "keys/ssh_host_ed25519_key.next.pub";
+pub const HOST_KEY_PREVIOUS: &str = "keys/ssh_host_ed25519_key.previous";
 pub const TLS_CA_KEY: &str = "tls/ca.key";
 pub const TLS_CA: &str = "tls/ca.crt";
 pub const TLS_CA_NEXT_KEY: &str = "tls/ca.next.key";
@@ -170,6 +181,77 @@ pub fn retire_target_ca(dir: &Path) -> Result<Changed, String> {
     remove(dir, TARGET_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
     if changed.removed.is_empty() {
         return Err("there is no earlier target CA to retire".into());
+    }
+    Ok(changed)
+}
+
+/// The host keys announced beside the current one: the staged next key, the previous one.
+pub fn announced_host_keys(dir: &Path) -> Result<Vec<PrivateKey>, CredentialError> {
+    let mut keys = Vec::new();
+    for rel in [HOST_KEY_NEXT, HOST_KEY_PREVIOUS] {
+        if dir.join(rel).exists() {
+            keys.push(read_key(dir, rel)?);
+        }
+    }
+    Ok(keys)
+}
+
+/// Makes the next host key, announced to clients from the next start of serve.
+pub fn stage_host_key(dir: &Path) -> Result<(PrivateKey, Changed), String> {
+    if dir.join(HOST_KEY_NEXT).exists() {
+        return Err(format!(
+            "a next host key is staged already ({HOST_KEY_NEXT}); activate it with `postern admin rotate-keys host-key --activate`"
+        ));
+    }
+    if dir.join(HOST_KEY_PREVIOUS).exists() {
+        return Err(format!(
+            "the host key before the last rotation is still announced ({HOST_KEY_PREVIOUS}); run `postern admin rotate-keys host-key --retire` first"
+        ));
+    }
+    let next = new_ed25519("postern host key").map_err(|e| e.to_string())?;
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_private(&dir.join(HOST_KEY_NEXT), private_text(&next)?.as_bytes())?;
+        changed.written.push(HOST_KEY_NEXT);
+        files::replace_public(&dir.join(HOST_KEY_NEXT_PUB), public_text(&next).as_bytes())?;
+        changed.written.push(HOST_KEY_NEXT_PUB);
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok((next, changed))
+}
+
+/// The staged host key becomes the one of the key exchange; the old one is announced.
+pub fn activate_host_key(dir: &Path) -> Result<(PrivateKey, Changed), String> {
+    if !dir.join(HOST_KEY_NEXT).exists() {
+        return Err(
+            "no next host key is staged: run `postern admin rotate-keys host-key` first, and let clients learn it".into(),
+        );
+    }
+    let old = read_key(dir, HOST_KEY).map_err(|e| e.to_string())?;
+    let next = read_key(dir, HOST_KEY_NEXT).map_err(|e| e.to_string())?;
+    let mut changed = Changed::default();
+    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
+        files::replace_private(&dir.join(HOST_KEY_PREVIOUS), private_text(&old)?.as_bytes())?;
+        changed.written.push(HOST_KEY_PREVIOUS);
+        files::replace_private(&dir.join(HOST_KEY), private_text(&next)?.as_bytes())?;
+        changed.written.push(HOST_KEY);
+        files::replace_public(&dir.join(HOST_KEY_PUB), public_text(&next).as_bytes())?;
+        changed.written.push(HOST_KEY_PUB);
+        remove(dir, HOST_KEY_NEXT, changed)?;
+        remove(dir, HOST_KEY_NEXT_PUB, changed)?;
+        Ok(())
+    };
+    step(&mut changed).map_err(|e| e.to_string())?;
+    Ok((next, changed))
+}
+
+/// Stops announcing the host key before the last rotation.
+pub fn retire_host_key(dir: &Path) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, HOST_KEY_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
+    if changed.removed.is_empty() {
+        return Err("there is no earlier host key to retire".into());
     }
     Ok(changed)
 }

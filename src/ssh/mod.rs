@@ -46,6 +46,7 @@ pub fn config(keys: &KeyStore) -> Arc<Config> {
         ))),
         methods,
         keys: vec![keys.host_key.clone()],
+        announced_keys: keys.host_key_announced.clone(),
         // Rejections take constant time so they do not reveal which keys exist.
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),

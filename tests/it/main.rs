@@ -17,6 +17,7 @@ mod dist;
 mod drills;
 mod harness;
 mod harness_check;
+mod host_key;
 mod login;
 mod pg;
 mod pg_drivers;

@@ -37,6 +37,9 @@ pub enum Command {
     UserCa,
     /// Print postern's TLS CA certificate (PEM), for clients' --ca-file / sslrootcert.
     TlsCa,
+    /// Print postern's SSH host public key (and, during a rotation, the other one
+    /// announced), for clients' known_hosts.
+    HostKey,
     /// Rotate a CA with an overlap in which the old one still works.
     #[command(subcommand)]
     RotateKeys(rotate::Key),
@@ -99,6 +102,14 @@ pub async fn run(config: &Config, cmd: Command) -> anyhow::Result<ExitCode> {
                 "# On each SSH target, save the {lines} above as /etc/ssh/postern_target_ca.pub and add to sshd_config:"
             );
             println!("#   TrustedUserCAKeys /etc/ssh/postern_target_ca.pub");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HostKey => {
+            let keys = keys(config)?;
+            println!("{}", credentials::public_line(&keys.host_key));
+            for k in &keys.host_key_announced {
+                println!("{}", credentials::public_line(k));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::UserCa => {

@@ -35,6 +35,19 @@ pub enum Key {
     /// The audit key, which signs checkpoints. The log records a handover signed by both
     /// keys, so `audit verify` with either key checks all of it; the new key signs from
     /// the next start of serve, and the old one until `--retire`.
+    /// The SSH host key, which clients pin in known_hosts. In three steps: stage a new key
+    /// (announced beside the current one from the next start of serve: OpenSSH clients
+    /// with UpdateHostKeys learn it), `--activate` it (the key exchange uses it from the
+    /// next start; the old one is still announced), `--retire` the old one.
+    #[command(name = "host-key")]
+    Host {
+        /// Use the staged key for the key exchange from the next start of serve.
+        #[arg(long, conflicts_with = "retire")]
+        activate: bool,
+        /// Stop announcing the key before the last rotation.
+        #[arg(long)]
+        retire: bool,
+    },
     /// The TLS CA, which clients trust for the HTTPS API and PostgreSQL (`--ca-file`,
     /// `sslrootcert`). In three steps: stage a new CA (`admin tls-ca` and logins hand out
     /// both), `--activate` it (the server certificate is issued by it from the next start
@@ -162,6 +175,24 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
             "retire",
             rotate::retire_target_ca(dir).map(|c| (None, c)),
         ),
+        Key::Host {
+            activate: false,
+            retire: false,
+        } => (
+            "host_key",
+            "stage",
+            rotate::stage_host_key(dir).map(|(k, c)| (Some(k), c)),
+        ),
+        Key::Host { activate: true, .. } => (
+            "host_key",
+            "activate",
+            rotate::activate_host_key(dir).map(|(k, c)| (Some(k), c)),
+        ),
+        Key::Host { retire: true, .. } => (
+            "host_key",
+            "retire",
+            rotate::retire_host_key(dir).map(|c| (None, c)),
+        ),
         Key::TlsCa {
             activate: false,
             retire: false,
@@ -235,6 +266,22 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
         ),
         ("target_ca", _) => println!(
             "the target CA before the last rotation is no longer printed for targets; remove it from their TrustedUserCAKeys"
+        ),
+        ("host_key", "stage") => {
+            if let Some(k) = &new {
+                println!("{}", credentials::public_line(k));
+            }
+            println!(
+                "# The next host key ({}). From the next start of serve it is announced beside the current one: OpenSSH clients with UpdateHostKeys (the default with the default known_hosts file) add it to known_hosts; others need the line above (`postern admin host-key` prints both). Then run `postern admin rotate-keys host-key --activate`.",
+                fingerprint.unwrap_or_default()
+            );
+        }
+        ("host_key", "activate") => println!(
+            "the host key {} is used for the key exchange once you {restart}; clients that never learnt it see a changed host key. The old one is still announced; when every replica runs the new one, run `postern admin rotate-keys host-key --retire`.",
+            fingerprint.unwrap_or_default()
+        ),
+        ("host_key", _) => println!(
+            "the host key before the last rotation is no longer announced once you {restart}; OpenSSH clients with UpdateHostKeys remove it from known_hosts"
         ),
         ("tls_ca", "stage") => println!(
             "the next TLS CA ({}) is staged: `postern admin tls-ca` prints it with the current one, and `postern login` hands both to clients. Give every client that bundle (--ca-file, sslrootcert), then run `postern admin rotate-keys tls-ca --activate`.",

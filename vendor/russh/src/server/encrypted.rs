@@ -152,6 +152,8 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
+                // Announced once compression is on (a deferred one starts with this packet).
+                map_err!(self.announce_host_keys())?;
                 self.server_read_authenticated(handler, *msg, &mut r).await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
@@ -1840,6 +1842,28 @@ impl Session {
                             }
                         } else {
                             self.request_failure();
+                        }
+                        Ok(())
+                    }
+                    "hostkeys-prove-00@openssh.com" => {
+                        let mut blobs = Vec::new();
+                        while !r.is_finished() {
+                            blobs.push(map_err!(Bytes::decode(r))?);
+                        }
+                        match self.prove_host_keys(&blobs) {
+                            Some(signatures) if self.common.wants_reply => {
+                                self.common.wants_reply = false;
+                                if let Some(ref mut enc) = self.common.encrypted {
+                                    push_packet!(enc.write, {
+                                        enc.write.push(msg::REQUEST_SUCCESS);
+                                        for s in &signatures {
+                                            map_err!(s.encode(&mut enc.write))?;
+                                        }
+                                    })
+                                }
+                            }
+                            Some(_) => {}
+                            None => self.request_failure(),
                         }
                         Ok(())
                     }

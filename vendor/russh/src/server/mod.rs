@@ -75,6 +75,10 @@ pub struct Config {
     pub auth_rejection_time_initial: Option<std::time::Duration>,
     /// The server's keys. The first key pair in the client's preference order will be chosen.
     pub keys: Vec<PrivateKey>,
+    /// Host keys announced to clients after authentication (OpenSSH's
+    /// `hostkeys-00@openssh.com`) and proven on request, beside `keys`, but never used
+    /// for key exchange: a key being rotated in, for clients to learn first.
+    pub announced_keys: Vec<PrivateKey>,
     /// The server's host certificates.
     pub certificates: Vec<Certificate>,
     /// The bytes and time limits before key re-exchange.
@@ -114,6 +118,7 @@ impl Default for Config {
             auth_rejection_time: std::time::Duration::from_secs(1),
             auth_rejection_time_initial: None,
             keys: Vec::new(),
+            announced_keys: Vec::new(),
             certificates: Vec::new(),
             window_size: 2097152,
             maximum_packet_size: 32768,

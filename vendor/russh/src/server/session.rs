@@ -1264,6 +1264,63 @@ impl Session {
         Ok(())
     }
 
+    /// Every host key, as OpenSSH's `hostkeys-00@openssh.com` announces them: the keys
+    /// used for key exchange, then the keys only announced.
+    fn all_host_keys(&self) -> impl Iterator<Item = &PrivateKey> {
+        self.common
+            .config
+            .keys
+            .iter()
+            .chain(self.common.config.announced_keys.iter())
+    }
+
+    /// Tells the client every host key (`hostkeys-00@openssh.com`, no reply wanted), so an
+    /// OpenSSH client with `UpdateHostKeys` can learn a key being rotated in.
+    pub(crate) fn announce_host_keys(&mut self) -> Result<(), Error> {
+        let mut blobs = Vec::new();
+        for k in self.all_host_keys() {
+            blobs.push(k.public_key().to_bytes()?);
+        }
+        if let Some(ref mut enc) = self.common.encrypted {
+            push_packet!(enc.write, {
+                msg::GLOBAL_REQUEST.encode(&mut enc.write)?;
+                "hostkeys-00@openssh.com".encode(&mut enc.write)?;
+                0u8.encode(&mut enc.write)?;
+                for b in &blobs {
+                    b.as_slice().encode(&mut enc.write)?;
+                }
+            })
+        }
+        Ok(())
+    }
+
+    /// Signatures proving this server holds each host key in `blobs`, over
+    /// `string "hostkeys-prove-00@openssh.com" || string session_id || string blob`; `None`
+    /// when one of them is not a host key of this server (or is an RSA key: OpenSSH wants
+    /// an rsa-sha2 signature there, and the generic signer makes ssh-rsa).
+    pub(crate) fn prove_host_keys(&self, blobs: &[bytes::Bytes]) -> Option<Vec<Vec<u8>>> {
+        let session_id = self.common.encrypted.as_ref()?.session_id.clone();
+        let mut signatures = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            let key = self.all_host_keys().find(|k| {
+                k.public_key()
+                    .to_bytes()
+                    .is_ok_and(|b| b.as_slice() == blob.as_ref())
+            })?;
+            if key.algorithm().is_rsa() {
+                return None;
+            }
+            let mut signed = CryptoVec::new();
+            "hostkeys-prove-00@openssh.com".encode(&mut signed).ok()?;
+            session_id.as_ref().encode(&mut signed).ok()?;
+            blob.as_ref().encode(&mut signed).ok()?;
+            let signature: ssh_key::Signature =
+                signature::Signer::try_sign(key, &signed).ok()?;
+            signatures.push(crate::helpers::EncodedExt::encoded(&signature).ok()?);
+        }
+        Some(signatures)
+    }
+
     /// Ping the client to verify there is still connectivity.
     pub fn keepalive_request(&mut self) -> Result<(), Error> {
         let want_reply = u8::from(true);
