@@ -1299,6 +1299,10 @@ impl Session {
     /// when one of them is not a host key of this server (or is an RSA key: OpenSSH wants
     /// an rsa-sha2 signature there, and the generic signer makes ssh-rsa).
     pub(crate) fn prove_host_keys(&self, blobs: &[bytes::Bytes]) -> Option<Vec<Vec<u8>>> {
+        // Each key once at most: a request cannot make the server sign more than it has keys.
+        if blobs.len() > self.all_host_keys().count() {
+            return None;
+        }
         let session_id = self.common.encrypted.as_ref()?.session_id.clone();
         let mut signatures = Vec::with_capacity(blobs.len());
         for blob in blobs {
