@@ -32,9 +32,6 @@ pub enum Key {
         #[arg(long)]
         retire: bool,
     },
-    /// The audit key, which signs checkpoints. The log records a handover signed by both
-    /// keys, so `audit verify` with either key checks all of it; the new key signs from
-    /// the next start of serve, and the old one until `--retire`.
     /// The SSH host key, which clients pin in known_hosts. In three steps: stage a new key
     /// (announced beside the current one from the next start of serve: OpenSSH clients
     /// with UpdateHostKeys learn it), `--activate` it (the key exchange uses it from the
@@ -60,6 +57,9 @@ pub enum Key {
         #[arg(long)]
         retire: bool,
     },
+    /// The audit key, which signs checkpoints. The log records a handover signed by both
+    /// keys, so `audit verify` with either key checks all of it; the new key signs from
+    /// the next start of serve, and the old one until `--retire`.
     #[command(name = "audit-key")]
     Audit {
         /// Stop accepting checkpoints from the key before the last rotation (refused
