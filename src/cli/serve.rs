@@ -82,6 +82,8 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_files_limit();
     let dir = config.data_dir.clone();
+    // Before the keys are read: a key rotated after this moment is not this process's.
+    let started_ms = crate::audit::now_ms();
     super::shared_keys::master_from_env(&config)?;
     let mut loaded = KeyStore::load(&dir, &config.tls.hostnames, true)?;
     let first_start = !loaded.created.is_empty();
@@ -148,6 +150,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         pg_backends: Default::default(),
         replica: Default::default(),
         lease_renewed_ms: Default::default(),
+        started_ms,
     })
     .await?;
     // Signals are watched before the ready line: whoever waits for it may stop us at once.

@@ -49,6 +49,9 @@ pub struct Shared {
     /// When this replica last renewed its lease (ms; 0: never): `/v1/ready` fails once it is
     /// as old as the lease, when other replicas take this one for dead.
     pub lease_renewed_ms: std::sync::atomic::AtomicI64,
+    /// When this process started, before it read its keys (ms): its lease says so, and
+    /// `rotate-keys audit-key --retire` waits for replicas older than the rotation.
+    pub started_ms: i64,
 }
 
 /// A replica whose lease was not renewed for this long is taken for dead: the others
@@ -77,11 +80,12 @@ impl Shared {
     async fn renew_lease(&self) {
         let Some(me) = self.replica() else { return };
         let now = crate::audit::now_ms();
-        let starting = self
+        let started = (self
             .lease_renewed_ms
             .load(std::sync::atomic::Ordering::Relaxed)
-            == 0;
-        match self.store.heartbeat_replica(me, now, starting).await {
+            == 0)
+            .then_some(self.started_ms);
+        match self.store.heartbeat_replica(me, now, started).await {
             Ok(()) => self
                 .lease_renewed_ms
                 .store(now, std::sync::atomic::Ordering::Relaxed),

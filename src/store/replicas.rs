@@ -4,25 +4,26 @@
 use super::{Store, StoreError};
 
 impl Store {
-    /// Takes or renews `name`'s lease; `starting`: this process just started (a replica
-    /// killed earlier under the same name is replaced).
+    /// Takes or renews `name`'s lease; `started`: this process's start, on its first
+    /// renewal (a replica killed earlier under the same name is replaced).
     pub async fn heartbeat_replica(
         &self,
         name: &str,
         now: i64,
-        starting: bool,
+        started: Option<i64>,
     ) -> Result<(), StoreError> {
         let pool = &self.pool;
-        let sql = if starting {
-            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $2, $2)
+        let sql = if started.is_some() {
+            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $3, $2)
              ON CONFLICT (name) DO UPDATE SET started_ms = excluded.started_ms, heartbeat_ms = excluded.heartbeat_ms"
         } else {
-            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $2, $2)
+            "INSERT INTO replicas (name, started_ms, heartbeat_ms) VALUES ($1, $3, $2)
              ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms"
         };
         sqlx::query(sql)
             .bind(name)
             .bind(now)
+            .bind(started.unwrap_or(now))
             .execute(&mut *pool.acquire().await?)
             .await?;
         Ok(())
