@@ -93,8 +93,9 @@ pub struct Lineage {
     retired: Vec<(i64, usize)>,
     /// The lowest and highest checkpoint seq each key signed.
     checkpoints: BTreeMap<usize, (i64, i64)>,
-    /// Keys that signed statements made at some time rather than at a seq (a prune
-    /// anchor, a saved head, an export's trailer): any key of the lineage may.
+    /// Keys that signed statements about the log up to a seq rather than at it (a prune
+    /// anchor, a saved head, an export's trailer), with the highest such seq: any key of
+    /// the lineage not retired by then may.
     statements: BTreeMap<usize, i64>,
 }
 
@@ -137,7 +138,8 @@ impl Lineage {
     }
 
     pub fn signed_statement(&mut self, key: usize, seq: i64) {
-        self.statements.entry(key).or_insert(seq);
+        let highest = self.statements.entry(key).or_insert(seq);
+        *highest = (*highest).max(seq);
     }
 
     /// An `audit.key_rotated` or `audit.key_retired` event met in the walk.
@@ -166,9 +168,9 @@ impl Lineage {
         Ok(())
     }
 
-    /// Settles the walk: every handover comes from a key then signing, the verifier's key
-    /// belongs to the lineage, and every checkpoint was signed by a key in effect at its
-    /// seq.
+    /// Settles the walk: the handovers form one line (each from the key the one before
+    /// handed over to, which ends every older key), the verifier's key belongs to it, and
+    /// every checkpoint was signed by a key in effect at its seq.
     pub fn settle(&self) -> Result<(), Broken> {
         let fp = |i: usize| fingerprint(&self.keys[i]);
         // When each key signs: from its handover (or the start) to before its retirement.
@@ -192,7 +194,9 @@ impl Lineage {
             .chain(self.retired.iter().map(|&(s, k)| (s, Step::Retired(k))))
             .collect();
         steps.sort_by_key(|s| s.0);
+        let mut tip = self.handovers.first().map(|h| h.1);
         for (seq, step) in steps {
+            let before = seq.saturating_sub(1);
             if let Step::Handover(from, to) = step {
                 let live = span.get(&from).is_some_and(|&(a, b)| a <= seq && seq <= b);
                 if !live {
@@ -204,12 +208,29 @@ impl Lineage {
                         ),
                     });
                 }
+                if tip != Some(from) {
+                    return Err(Broken {
+                        seq,
+                        what: format!(
+                            "event seq {seq} hands the audit key over from {}, but the last handover before it was to {}: the lineage forks",
+                            fp(from),
+                            tip.map(fp).unwrap_or_default()
+                        ),
+                    });
+                }
+                // One overlap at a time: keys older than `from` sign nothing from here.
+                for (&k, s) in span.iter_mut() {
+                    if k != from && k != to {
+                        s.1 = s.1.min(before);
+                    }
+                }
                 span.entry(to).or_insert((seq, i64::MAX));
+                tip = Some(to);
             }
             if let Step::Retired(k) = step
                 && let Some(s) = span.get_mut(&k)
             {
-                s.1 = s.1.min(seq - 1);
+                s.1 = s.1.min(before);
             }
         }
         let vouched = !lineage || self.trusted.iter().any(|t| span.contains_key(t));
@@ -243,7 +264,7 @@ impl Lineage {
                     what: format!(
                         "the checkpoint at seq {high} is signed by audit key {}, which was retired at seq {}: a retired key vouches for nothing newer",
                         fp(k),
-                        end + 1
+                        end.saturating_add(1)
                     ),
                 });
             }
@@ -253,8 +274,20 @@ impl Lineage {
                 return Err(foreign(
                     k,
                     seq,
-                    &format!("a signed head or anchor at seq {seq}"),
+                    &format!("a signed head, anchor or export trailer at seq {seq}"),
                 ));
+            }
+            if let Some(&(_, end)) = span.get(&k)
+                && seq > end
+            {
+                return Err(Broken {
+                    seq,
+                    what: format!(
+                        "a signed head, anchor or export trailer covering seq {seq} is signed by audit key {}, which was retired at seq {}: a retired key vouches for nothing newer",
+                        fp(k),
+                        end.saturating_add(1)
+                    ),
+                });
             }
         }
         Ok(())
@@ -332,5 +365,27 @@ mod tests {
         more.push((12, ROTATED, handover(&k0, &k2).unwrap()));
         let e = walk(&k1, &more, &[]).unwrap_err();
         assert!(e.what.contains("was not signing then"), "{}", e.what);
+    }
+
+    #[test]
+    fn the_lineage_is_one_line_and_a_retired_key_signs_no_trailer() {
+        let (k0, k1, stranger) = (key(), key(), key());
+        // k0, still signing during the overlap, hands over to a key of its own: refused.
+        let fork = [
+            (5, ROTATED, handover(&k0, &k1).unwrap()),
+            (7, ROTATED, handover(&k0, &stranger).unwrap()),
+        ];
+        let e = walk(&k1, &fork, &[]).unwrap_err();
+        assert!(e.what.contains("the lineage forks"), "{}", e.what);
+        // A trailer (or head) by the retired key over the log past its retirement.
+        let mut l = Lineage::new(k1.public_key().clone());
+        l.event(5, ROTATED, &handover(&k0, &k1).unwrap()).unwrap();
+        l.event(9, RETIRED, &retirement(k0.public_key())).unwrap();
+        let old = l.index(k0.public_key());
+        l.signed_statement(old, 8);
+        l.settle().unwrap();
+        l.signed_statement(old, 12);
+        let e = l.settle().unwrap_err();
+        assert!(e.what.contains("retired at seq 9"), "{}", e.what);
     }
 }

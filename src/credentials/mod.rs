@@ -7,6 +7,7 @@
 //! - `keys/master.key`: encrypts secrets in the store (see [`secrets`]);
 //! - `keys/audit_ed25519`: signs audit checkpoints (`.pub` verifies them offline).
 
+pub mod audit_key;
 pub mod error;
 mod files;
 pub mod password;
@@ -41,6 +42,7 @@ pub const PRIVATE_FILES: &[&str] = &[
     "keys/ssh_host_ed25519_key.previous",
     "keys/master.key",
     "keys/audit_ed25519",
+    "keys/audit_ed25519.next",
     "tls/ca.key",
     "tls/ca.next.key",
     "tls/server.key",

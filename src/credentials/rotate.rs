@@ -46,6 +46,8 @@ pub const TLS_CA_PREVIOUS: &str = "tls/ca.previous.crt";
 pub const AUDIT_KEY: &str = "keys/audit_ed25519";
 pub const AUDIT_KEY_PUB: &str = "keys/audit_ed25519.pub";
 pub const AUDIT_KEY_PREVIOUS: &str = "keys/audit_ed25519.previous.pub";
+/// A new audit key between its making and its installation (this data dir only).
+pub const AUDIT_KEY_NEXT: &str = "keys/audit_ed25519.next";
 
 /// What a rotation step changed, relative to the data dir.
 #[derive(Debug, Default)]
@@ -54,17 +56,17 @@ pub struct Changed {
     pub removed: Vec<&'static str>,
 }
 
-fn private_text(key: &PrivateKey) -> Result<String, CredentialError> {
+pub(super) fn private_text(key: &PrivateKey) -> Result<String, CredentialError> {
     key.to_openssh(LineEnding::LF)
         .map(|t| t.to_string())
         .map_err(|e| CredentialError::Encode(e.to_string()))
 }
 
-fn public_text(key: &PrivateKey) -> String {
+pub(super) fn public_text(key: &PrivateKey) -> String {
     format!("{}\n", super::public_line(key))
 }
 
-fn read_key(dir: &Path, rel: &str) -> Result<PrivateKey, CredentialError> {
+pub(super) fn read_key(dir: &Path, rel: &str) -> Result<PrivateKey, CredentialError> {
     let path = dir.join(rel);
     let text = files::read_private(&path)?;
     PrivateKey::from_openssh(text.trim()).map_err(|e| CredentialError::Corrupt {
@@ -73,7 +75,11 @@ fn read_key(dir: &Path, rel: &str) -> Result<PrivateKey, CredentialError> {
     })
 }
 
-fn remove(dir: &Path, rel: &'static str, changed: &mut Changed) -> Result<(), CredentialError> {
+pub(super) fn remove(
+    dir: &Path,
+    rel: &'static str,
+    changed: &mut Changed,
+) -> Result<(), CredentialError> {
     match std::fs::remove_file(dir.join(rel)) {
         Ok(()) => {
             changed.removed.push(rel);
@@ -157,6 +163,12 @@ pub fn activate_target_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
     let old = read_key(dir, "keys/target_ca").map_err(|e| e.to_string())?;
     let next = read_key(dir, TARGET_CA_NEXT).map_err(|e| e.to_string())?;
     let mut changed = Changed::default();
+    if old.public_key() == next.public_key() {
+        // Activated already, stopped before the staged files were removed.
+        remove(dir, TARGET_CA_NEXT, &mut changed).map_err(|e| e.to_string())?;
+        remove(dir, TARGET_CA_NEXT_PUB, &mut changed).map_err(|e| e.to_string())?;
+        return Ok((next, changed));
+    }
     let step = |changed: &mut Changed| -> Result<(), CredentialError> {
         files::replace_public(&dir.join(TARGET_CA_PREVIOUS), public_text(&old).as_bytes())?;
         changed.written.push(TARGET_CA_PREVIOUS);
@@ -231,6 +243,12 @@ pub fn activate_host_key(dir: &Path) -> Result<(PrivateKey, Changed), String> {
     let old = read_key(dir, HOST_KEY).map_err(|e| e.to_string())?;
     let next = read_key(dir, HOST_KEY_NEXT).map_err(|e| e.to_string())?;
     let mut changed = Changed::default();
+    if old.public_key() == next.public_key() {
+        // Activated already, stopped before the staged files were removed.
+        remove(dir, HOST_KEY_NEXT, &mut changed).map_err(|e| e.to_string())?;
+        remove(dir, HOST_KEY_NEXT_PUB, &mut changed).map_err(|e| e.to_string())?;
+        return Ok((next, changed));
+    }
     let step = |changed: &mut Changed| -> Result<(), CredentialError> {
         files::replace_private(&dir.join(HOST_KEY_PREVIOUS), private_text(&old)?.as_bytes())?;
         changed.written.push(HOST_KEY_PREVIOUS);
@@ -299,6 +317,12 @@ pub fn activate_tls_ca(dir: &Path) -> Result<Changed, String> {
     let read = |rel: &str| read_text(dir, rel).map_err(|e| e.to_string());
     let (old, next_key, next) = (read(TLS_CA)?, read(TLS_CA_NEXT_KEY)?, read(TLS_CA_NEXT)?);
     let mut changed = Changed::default();
+    if old == next {
+        // Activated already, stopped before the staged files were removed.
+        remove(dir, TLS_CA_NEXT_KEY, &mut changed).map_err(|e| e.to_string())?;
+        remove(dir, TLS_CA_NEXT, &mut changed).map_err(|e| e.to_string())?;
+        return Ok(changed);
+    }
     let step = |changed: &mut Changed| -> Result<(), CredentialError> {
         files::replace_public(&dir.join(TLS_CA_PREVIOUS), old.as_bytes())?;
         changed.written.push(TLS_CA_PREVIOUS);
@@ -321,53 +345,6 @@ pub fn retire_tls_ca(dir: &Path) -> Result<Changed, String> {
     if changed.removed.is_empty() {
         return Err("there is no earlier TLS CA to retire".into());
     }
-    Ok(changed)
-}
-
-/// The current audit key and a new one, for a handover. Refused while the key before the
-/// last rotation still signs (retire it first: one overlap at a time).
-pub fn new_audit_key(dir: &Path) -> Result<(PrivateKey, PrivateKey), String> {
-    if dir.join(AUDIT_KEY_PREVIOUS).exists() {
-        return Err(format!(
-            "the audit key before the last rotation still signs ({AUDIT_KEY_PREVIOUS}); once every replica has restarted, run `postern admin rotate-keys audit-key --retire`, then rotate again"
-        ));
-    }
-    let old = read_key(dir, AUDIT_KEY).map_err(|e| e.to_string())?;
-    let new = new_ed25519("postern audit key").map_err(|e| e.to_string())?;
-    Ok((old, new))
-}
-
-/// Makes `new` the audit key, once the log holds the handover to it.
-pub fn install_audit_key(
-    dir: &Path,
-    old: &PrivateKey,
-    new: &PrivateKey,
-) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    let step = |changed: &mut Changed| -> Result<(), CredentialError> {
-        files::replace_public(&dir.join(AUDIT_KEY_PREVIOUS), public_text(old).as_bytes())?;
-        changed.written.push(AUDIT_KEY_PREVIOUS);
-        files::replace_private(&dir.join(AUDIT_KEY), private_text(new)?.as_bytes())?;
-        changed.written.push(AUDIT_KEY);
-        files::replace_public(&dir.join(AUDIT_KEY_PUB), public_text(new).as_bytes())?;
-        changed.written.push(AUDIT_KEY_PUB);
-        Ok(())
-    };
-    step(&mut changed).map_err(|e| e.to_string())?;
-    Ok(changed)
-}
-
-/// The audit key before the last rotation, to retire.
-pub fn previous_audit_key(dir: &Path) -> Result<russh::keys::PublicKey, String> {
-    optional_public(dir, AUDIT_KEY_PREVIOUS)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "there is no earlier audit key to retire".to_string())
-}
-
-/// Forgets the audit key before the last rotation, once the log holds its retirement.
-pub fn forget_previous_audit_key(dir: &Path) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    remove(dir, AUDIT_KEY_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
     Ok(changed)
 }
 

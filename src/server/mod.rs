@@ -85,7 +85,12 @@ impl Shared {
             .load(std::sync::atomic::Ordering::Relaxed)
             == 0)
             .then_some(self.started_ms);
-        match self.store.heartbeat_replica(me, now, started).await {
+        let audit_key = crate::credentials::fingerprint(&self.keys.audit_key);
+        match self
+            .store
+            .heartbeat_replica(me, now, started, &audit_key)
+            .await
+        {
             Ok(()) => self
                 .lease_renewed_ms
                 .store(now, std::sync::atomic::Ordering::Relaxed),

@@ -72,7 +72,9 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
         .postern
         .cli(&["admin", "rotate-keys", "audit-key", "--retire"]);
     assert!(
-        early.fails(2).contains("still sign(s) with the old key"),
+        early
+            .fails(2)
+            .contains("still sign(s) with the old audit key"),
         "{}",
         early.stderr
     );
@@ -164,4 +166,43 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
     let out = verify(&b, &["--pubkey", new_pub.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("was retired at seq"), "{}", out.stdout);
+}
+
+/// A rotation that stopped half way (here: the file naming the old key cannot be
+/// written) is finished by running it again: the staged key is reused and the handover
+/// is not written twice.
+#[test]
+fn an_interrupted_audit_key_rotation_finishes_when_run_again() {
+    let b = Bastion::start();
+    let blocker = b
+        .postern
+        .data_dir()
+        .join("keys/audit_ed25519.previous.pub.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let failed = b.postern.cli(&["admin", "rotate-keys", "audit-key"]);
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert_eq!(b.postern.events("audit.key_rotated").len(), 1);
+    std::fs::remove_dir(&blocker).unwrap();
+    let out = b.postern.cli(&["admin", "rotate-keys", "audit-key"]);
+    assert!(out.ok().contains("new audit key"), "{}", out.stdout);
+    let handovers = b.postern.events("audit.key_rotated");
+    assert_eq!(handovers.len(), 1, "{handovers:?}");
+    assert!(
+        !b.postern
+            .data_dir()
+            .join("keys/audit_ed25519.next")
+            .exists()
+    );
+    assert_eq!(
+        file(&b, "keys/audit_ed25519.previous.pub")
+            .split_whitespace()
+            .nth(1),
+        handovers[0]["details"]["from"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+    );
+    let out = verify(&b, &[]);
+    assert!(out.ok().starts_with("OK: "), "{out:?}");
 }

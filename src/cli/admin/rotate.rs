@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use super::super::{open_store, shared_keys};
 use crate::audit::{Actor, AuditEvent, Outcome, lineage};
 use crate::config::Config;
-use crate::credentials::{self, rotate, secrets::MasterKey};
+use crate::credentials::{self, audit_key, rotate, secrets::MasterKey};
 use crate::store::{AuditFilter, Store};
 
 #[derive(clap::Subcommand)]
@@ -77,26 +77,48 @@ fn restart_hint(config: &Config) -> &'static str {
     }
 }
 
+/// The log's latest audit key handover: (from, to).
+async fn last_handover(
+    store: &Store,
+) -> anyhow::Result<Option<(russh::keys::PublicKey, russh::keys::PublicKey)>> {
+    let last = store
+        .search_audit(&AuditFilter {
+            kind: Some(lineage::ROTATED.into()),
+            limit: Some(1),
+            ..AuditFilter::default()
+        })
+        .await?;
+    Ok(last.first().and_then(|e| {
+        let keys = lineage::named_keys(&e.event.details);
+        match keys.as_slice() {
+            [from, to] => Some((from.clone(), to.clone())),
+            _ => None,
+        }
+    }))
+}
+
 async fn audit_key(config: &Config, store: &Store, retire: bool) -> anyhow::Result<ExitCode> {
     let dir = &config.data_dir;
     let master = MasterKey::load(&dir.join("keys/master.key"))?;
+    let fp = |k: &russh::keys::PublicKey| k.fingerprint(russh::keys::HashAlg::Sha256).to_string();
     if retire {
-        let old = rotate::previous_audit_key(dir).map_err(|e| anyhow!(e))?;
-        let rotated = store
-            .search_audit(&AuditFilter {
-                kind: Some(lineage::ROTATED.into()),
-                limit: Some(1),
-                ..AuditFilter::default()
-            })
-            .await?;
-        let since = rotated.first().map_or(i64::MAX, |e| e.event.time_ms);
+        let (old, current) = audit_key::previous(dir).map_err(|e| anyhow!(e))?;
+        match last_handover(store).await? {
+            Some((from, to))
+                if from.key_data() == old.key_data() && to.key_data() == current.key_data() => {}
+            _ => bail!(
+                "the log's last audit key handover is not from {} to {}: this data dir's keys are not the ones the log names; check them against the store's (`postern admin user list` brings a replica's data dir to the store's keys)",
+                fp(&old),
+                fp(&current)
+            ),
+        }
         let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
         let running = store
-            .replicas_started_before(since, crate::audit::now_ms() - lease)
+            .replicas_signing_with(&fp(&old), crate::audit::now_ms() - lease)
             .await?;
         if !running.is_empty() {
             bail!(
-                "{} started before the audit key was rotated and still sign(s) with the old key: {}, then retire it",
+                "{} still sign(s) with the old audit key: {}, then retire it",
                 running.join(", "),
                 restart_hint(config)
             );
@@ -109,34 +131,45 @@ async fn audit_key(config: &Config, store: &Store, retire: bool) -> anyhow::Resu
                 lineage::retirement(&old),
             ))
             .await?;
-        let changed = rotate::forget_previous_audit_key(dir).map_err(|e| anyhow!(e))?;
+        let changed = audit_key::forget_previous(dir).map_err(|e| anyhow!(e))?;
         shared_keys::publish(config, &master, store, &changed.written, &changed.removed)
             .await
             .context("the log retired the key, but the store's shared set still names it")?;
         println!(
             "the audit key {} is retired: a checkpoint it signs from now on fails `postern audit verify`",
-            old.fingerprint(russh::keys::HashAlg::Sha256)
+            fp(&old)
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (old, new) = rotate::new_audit_key(dir).map_err(|e| anyhow!(e))?;
-    // The handover goes into the log first: a key no handover names must never sign.
-    store
-        .append_audit(&AuditEvent::new(
-            lineage::ROTATED,
-            &Actor::os(),
-            Outcome::Success,
-            lineage::handover(&old, &new)?,
-        ))
-        .await?;
-    store.audit_checkpoint().await?;
-    let changed = rotate::install_audit_key(dir, &old, &new).map_err(|e| anyhow!(e))?;
+    // Staged first, then the handover into the log, then installed: a key no handover
+    // names never signs, and a step that failed can be run again.
+    let (current, next) = audit_key::stage(dir).map_err(|e| anyhow!(e))?;
+    let from = match audit_key::handed_over_from(&current, &next, last_handover(store).await?)
+        .map_err(|e| anyhow!(e))?
+    {
+        Some(from) => from,
+        None => {
+            store
+                .append_audit(&AuditEvent::new(
+                    lineage::ROTATED,
+                    &Actor::os(),
+                    Outcome::Success,
+                    lineage::handover(&current, &next)?,
+                ))
+                .await?;
+            store.audit_checkpoint().await?;
+            current.public_key().clone()
+        }
+    };
+    let changed = audit_key::install(dir, &from, &next).map_err(|e| anyhow!(e))?;
     shared_keys::publish(config, &master, store, &changed.written, &changed.removed)
         .await
-        .context("the files changed here, but the store's shared set did not")?;
+        .context(
+            "the files changed here, but the store's shared set did not: run the command again",
+        )?;
     println!(
         "new audit key {}: it signs checkpoints once you {}; the old key signs until then. `postern audit verify` with either key checks the whole log.\nOnce every replica has restarted, run `postern admin rotate-keys audit-key --retire`.",
-        credentials::fingerprint(&new),
+        credentials::fingerprint(&next),
         restart_hint(config)
     );
     Ok(ExitCode::SUCCESS)

@@ -1265,13 +1265,22 @@ impl Session {
     }
 
     /// Every host key, as OpenSSH's `hostkeys-00@openssh.com` announces them: the keys
-    /// used for key exchange, then the keys only announced.
-    fn all_host_keys(&self) -> impl Iterator<Item = &PrivateKey> {
-        self.common
+    /// used for key exchange, then the keys only announced, each once (OpenSSH refuses an
+    /// announcement naming a key twice).
+    fn all_host_keys(&self) -> Vec<&PrivateKey> {
+        let mut keys: Vec<&PrivateKey> = Vec::new();
+        for k in self
+            .common
             .config
             .keys
             .iter()
             .chain(self.common.config.announced_keys.iter())
+        {
+            if !keys.iter().any(|seen| seen.public_key() == k.public_key()) {
+                keys.push(k);
+            }
+        }
+        keys
     }
 
     /// Tells the client every host key (`hostkeys-00@openssh.com`, no reply wanted), so an
@@ -1300,13 +1309,14 @@ impl Session {
     /// an rsa-sha2 signature there, and the generic signer makes ssh-rsa).
     pub(crate) fn prove_host_keys(&self, blobs: &[bytes::Bytes]) -> Option<Vec<Vec<u8>>> {
         // Each key once at most: a request cannot make the server sign more than it has keys.
-        if blobs.len() > self.all_host_keys().count() {
+        let keys = self.all_host_keys();
+        if blobs.len() > keys.len() {
             return None;
         }
         let session_id = self.common.encrypted.as_ref()?.session_id.clone();
         let mut signatures = Vec::with_capacity(blobs.len());
         for blob in blobs {
-            let key = self.all_host_keys().find(|k| {
+            let key: &PrivateKey = keys.iter().copied().find(|k| {
                 k.public_key()
                     .to_bytes()
                     .is_ok_and(|b| b.as_slice() == blob.as_ref())
