@@ -97,6 +97,8 @@ pub struct Lineage {
     /// anchor, a saved head, an export's trailer), with the highest such seq: any key of
     /// the lineage not retired by then may.
     statements: BTreeMap<usize, i64>,
+    /// The key that signed an export's trailer (at export time: the newest key).
+    trailer: Option<usize>,
 }
 
 impl Lineage {
@@ -137,6 +139,11 @@ impl Lineage {
         range.1 = range.1.max(seq);
     }
 
+    pub fn signed_trailer(&mut self, key: usize, seq: i64) {
+        self.trailer = Some(key);
+        self.signed_statement(key, seq);
+    }
+
     pub fn signed_statement(&mut self, key: usize, seq: i64) {
         let highest = self.statements.entry(key).or_insert(seq);
         *highest = (*highest).max(seq);
@@ -153,7 +160,10 @@ impl Lineage {
                     ),
                 })?;
                 let (from, to) = (self.index(&from), self.index(&to));
-                self.handovers.push((seq, from, to));
+                // Named both ahead of an export's events and in its range: once.
+                if !self.handovers.contains(&(seq, from, to)) {
+                    self.handovers.push((seq, from, to));
+                }
             }
             RETIRED => {
                 let key = key_in(details, "key").ok_or_else(|| Broken {
@@ -161,7 +171,9 @@ impl Lineage {
                     what: format!("event seq {seq} retires an audit key it does not name"),
                 })?;
                 let key = self.index(&key);
-                self.retired.push((seq, key));
+                if !self.retired.contains(&(seq, key)) {
+                    self.retired.push((seq, key));
+                }
             }
             _ => {}
         }
@@ -268,6 +280,18 @@ impl Lineage {
                     ),
                 });
             }
+        }
+        if let (Some(t), Some(newest)) = (self.trailer, tip)
+            && t != newest
+        {
+            return Err(Broken {
+                seq: self.statements.get(&t).copied().unwrap_or(0),
+                what: format!(
+                    "the export's trailer is signed by audit key {}, not by the newest key the log hands over to ({}): it was signed again with an older key",
+                    fp(t),
+                    fp(newest)
+                ),
+            });
         }
         for (&k, &seq) in &self.statements {
             if !known(k) {

@@ -113,6 +113,26 @@ impl Verifier {
         self.keys.expect(keys);
     }
 
+    /// An audit key handover or retirement named ahead of an export's events (each
+    /// handover carries both keys' signatures; the chain walk adds those in its range).
+    pub fn key_event(
+        &mut self,
+        seq: i64,
+        kind: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), Broken> {
+        if kind != lineage::ROTATED && kind != lineage::RETIRED {
+            return Err(Broken {
+                seq,
+                what: format!(
+                    "an audit key line of unknown type `{}`",
+                    crate::printable::cell(kind)
+                ),
+            });
+        }
+        self.keys.event(seq, kind, details)
+    }
+
     /// Starts after a prune anchor (signed) instead of genesis.
     pub fn anchor(&mut self, a: &CheckpointIn) -> Result<(), Broken> {
         let key = self.signed(a, || {
@@ -194,7 +214,7 @@ impl Verifier {
                     .into(),
             ));
         };
-        self.keys.signed_statement(key, t.last_seq);
+        self.keys.signed_trailer(key, t.last_seq);
         let first = self.first_seq.unwrap_or(0);
         let last_hash = if self.report.events == 0 {
             ""

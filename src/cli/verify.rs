@@ -161,8 +161,11 @@ fn handover_keys(file: &std::path::Path) -> anyhow::Result<Vec<PublicKey>> {
         if !line.contains(crate::audit::lineage::ROTATED) {
             continue;
         }
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v.get("type").and_then(|t| t.as_str()) == Some(crate::audit::lineage::ROTATED)
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let v = v.get("lineage").unwrap_or(&v);
+        if v.get("type").and_then(|t| t.as_str()) == Some(crate::audit::lineage::ROTATED)
             && let Some(d) = v.get("details")
         {
             keys.extend(crate::audit::lineage::named_keys(d));
@@ -193,6 +196,15 @@ fn verify_file(file: &std::path::Path, v: &mut Verifier) -> Result<(), String> {
             v.trailer(&t)
         } else if let Some(c) = value.get("checkpoint") {
             v.checkpoint_after(checkpoint_in(c).map_err(|e| format!("{at}: {e}"))?)
+        } else if let Some(l) = value.get("lineage") {
+            if started {
+                return Err(format!("{at}: an audit key line after the first event"));
+            }
+            let seq = l["seq"]
+                .as_i64()
+                .ok_or(format!("{at}: an audit key line without seq"))?;
+            let kind = l["type"].as_str().unwrap_or_default();
+            v.key_event(seq, kind, &l["details"])
         } else if let Some(c) = value.get("anchor") {
             if started {
                 return Err(format!("{at}: a prune anchor after the first line"));

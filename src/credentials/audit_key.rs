@@ -84,6 +84,12 @@ pub fn install(dir: &Path, old: &PublicKey, next: &PrivateKey) -> Result<Changed
     Ok(changed)
 }
 
+/// The data dir's audit key as it is now (a rotation may have replaced the one this
+/// process loaded).
+pub fn current(dir: &Path) -> Result<PrivateKey, String> {
+    read_key(dir, AUDIT_KEY).map_err(|e| e.to_string())
+}
+
 /// The audit key before the last rotation and the current one, to retire the first:
 /// refused when they are the same key (a rotation that did not finish).
 pub fn previous(dir: &Path) -> Result<(PublicKey, PublicKey), String> {

@@ -7,6 +7,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::Store;
 use crate::audit::chain::{self, Signer};
 use crate::audit::format_ms;
+use crate::audit::lineage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -48,6 +49,20 @@ impl Store {
             buf.push_str(
                 "seq,id,time,type,actor,source,target,session_id,result,details,prev_hash,hash\n",
             );
+        }
+        if format == ExportFormat::Jsonl {
+            // The audit key's handovers and retirements, wherever they are in the log: an
+            // export that begins or ends elsewhere still verifies with either key.
+            for kind in [lineage::ROTATED, lineage::RETIRED] {
+                let filter = super::AuditFilter {
+                    kind: Some(kind.into()),
+                    ..super::AuditFilter::default()
+                };
+                for e in self.search_audit(&filter).await.map_err(store_io)? {
+                    let line = serde_json::json!({ "lineage": { "seq": e.seq, "type": e.event.kind, "details": e.event.details } });
+                    let _ = writeln!(buf, "{line}");
+                }
+            }
         }
         let mut after = 0;
         let (mut count, mut checkpoints, mut first_seq) = (0u64, 0u64, 0i64);

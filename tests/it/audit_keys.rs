@@ -43,6 +43,19 @@ fn sign_with(b: &Bastion, key: &str) {
     });
 }
 
+/// Signs an export's trailer again with `key`, as someone holding it would.
+fn sign_trailer_with(file: &std::path::Path, key: &str) {
+    use postern::audit::chain::{Signer, Trailer};
+    let key = russh::keys::PrivateKey::from_openssh(key.trim()).unwrap();
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let mut t: Trailer = serde_json::from_value(last["trailer"].clone()).unwrap();
+    t.signature = Signer::new(&key).unwrap().sign_message(&t.message());
+    *lines.last_mut().unwrap() = serde_json::json!({ "trailer": t }).to_string();
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+}
+
 #[test]
 fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
     let mut b = Bastion::start();
@@ -116,6 +129,50 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
         );
         assert!(out.ok().starts_with("OK: "), "{out:?}");
     }
+    // An export that begins after the handover still verifies with either key: it names
+    // the audit key's handovers ahead of its events.
+    let since = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    b.postern.cli(&["admin", "user", "lock", "alice"]).ok();
+    b.postern.cli(&["admin", "user", "unlock", "alice"]).ok();
+    let recent = root.join("recent.jsonl");
+    b.postern
+        .cli(&[
+            "audit",
+            "export",
+            "--since",
+            &since,
+            "-o",
+            recent.to_str().unwrap(),
+        ])
+        .ok();
+    let text = std::fs::read_to_string(&recent).unwrap();
+    assert!(text.starts_with("{\"lineage\""), "{text}");
+    assert!(!text.contains("\"type\":\"server.start\""), "{text}");
+    for key in [&new_pub, &old_pub] {
+        let out = verify(
+            &b,
+            &[
+                "--file",
+                recent.to_str().unwrap(),
+                "--pubkey",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert!(out.ok().starts_with("OK: "), "{out:?}");
+    }
+    // Its trailer signed again with the old key (all else kept) is refused.
+    sign_trailer_with(&recent, &old_private);
+    let out = verify(&b, &["--file", recent.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("not by the newest key"),
+        "{}",
+        out.stdout
+    );
+
     // A key from elsewhere vouches for none of it.
     let other = crate::harness::postern::Postern::new();
     other.cli(&["admin", "user", "list"]).ok();

@@ -371,7 +371,11 @@ pub async fn export(
             );
         }
     };
-    let signer = match crate::audit::chain::Signer::new(&cx.shared.keys.audit_key) {
+    // The data dir's key as it is now: after a rotation the trailer must be signed by the
+    // newest key, which this process may not sign checkpoints with until its restart.
+    let key = crate::credentials::audit_key::current(&cx.shared.config.data_dir)
+        .unwrap_or_else(|_| cx.shared.keys.audit_key.clone());
+    let signer = match crate::audit::chain::Signer::new(&key) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "console: cannot sign an export");
