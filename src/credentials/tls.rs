@@ -65,7 +65,7 @@ pub fn certificate_names(pem: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The common name of the first CA postern made; each rotation's CA has its own
-/// (`postern TLS CA 2026-12-02 1a2b`), so clients trusting two tell them apart.
+/// (`postern TLS CA 2026-12-02 1a2b3c4d`), so clients trusting two tell them apart.
 const FIRST_CA_NAME: &str = "postern TLS CA";
 
 fn first_certificate(pem: &[u8]) -> Option<x509_cert::Certificate> {
@@ -92,7 +92,7 @@ fn issued_by(server: &[u8], ca: &[u8]) -> bool {
 /// A new CA for a rotation: its private key and its certificate, as PEM.
 pub fn new_ca() -> Result<(String, String), CredentialError> {
     let now = OffsetDateTime::now_utc();
-    let tag: String = super::random_bytes::<2>()?
+    let tag: String = super::random_bytes::<4>()?
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
