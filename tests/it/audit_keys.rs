@@ -5,12 +5,6 @@
 use crate::harness::Out;
 use crate::ssh::Bastion;
 
-fn restart(b: &mut Bastion) {
-    assert_eq!(b.postern.stop().code(), Some(0));
-    let cmd = b.postern.serve_command();
-    b.postern.spawn(cmd);
-}
-
 fn verify(b: &Bastion, args: &[&str]) -> Out {
     b.postern.cli(&[&["audit", "verify"], args].concat())
 }
@@ -93,7 +87,7 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
     );
     // The running serve signs after the handover with the old key: the overlap.
     assert_eq!(b.ssh(&b.dest(), "echo overlap").ok(), "overlap\n");
-    restart(&mut b);
+    b.postern.restart();
     assert_eq!(b.ssh(&b.dest(), "echo after").ok(), "after\n");
     b.postern.cli(&["audit", "head"]).ok();
 

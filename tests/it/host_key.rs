@@ -9,12 +9,6 @@ use std::process::Stdio;
 use crate::harness::Out;
 use crate::ssh::Bastion;
 
-fn restart(b: &mut Bastion) {
-    assert_eq!(b.postern.stop().code(), Some(0));
-    let cmd = b.postern.serve_command();
-    b.postern.spawn(cmd);
-}
-
 /// The key part (`ssh-ed25519 AAAA…`) of a public key line.
 fn key_of(line: &str) -> String {
     line.split_whitespace()
@@ -60,7 +54,7 @@ fn the_host_key_is_announced_then_activated_then_retired_and_openssh_follows() {
 
     // Announced from the next start: a client that asks for updates learns it (after
     // postern proves it holds the key); one that does not is left alone.
-    restart(&mut b);
+    b.postern.restart();
     let before = known(&b);
     assert_eq!(ssh(&b, &[], "echo plain").ok(), "plain\n");
     assert_eq!(known(&b), before);
@@ -75,7 +69,7 @@ fn the_host_key_is_announced_then_activated_then_retired_and_openssh_follows() {
     b.postern
         .cli(&["admin", "rotate-keys", "host-key", "--activate"])
         .ok();
-    restart(&mut b);
+    b.postern.restart();
     // The client that learnt the key connects as before, strictly checked.
     assert_eq!(ssh(&b, &[], "echo new-key").ok(), "new-key\n");
     // One that knows only the old key is refused: the host key changed.
@@ -92,7 +86,7 @@ fn the_host_key_is_announced_then_activated_then_retired_and_openssh_follows() {
     b.postern
         .cli(&["admin", "rotate-keys", "host-key", "--retire"])
         .ok();
-    restart(&mut b);
+    b.postern.restart();
     let printed = b.postern.cli(&["admin", "host-key"]).ok().to_string();
     assert_eq!(
         printed.lines().map(key_of).collect::<Vec<_>>(),
@@ -107,19 +101,8 @@ fn the_host_key_is_announced_then_activated_then_retired_and_openssh_follows() {
         "{left}\n{}",
         out.stderr
     );
-    let steps: Vec<String> = b
-        .postern
-        .events("keys.rotated")
-        .iter()
-        .map(|e| format!("{}:{}", e["details"]["key"], e["details"]["step"]))
-        .collect();
     assert_eq!(
-        steps,
-        [
-            "\"host_key\":\"stage\"",
-            "\"host_key\":\"activate\"",
-            "\"host_key\":\"retire\""
-        ],
-        "{steps:?}"
+        b.postern.rotation_steps(),
+        ["host_key:stage", "host_key:activate", "host_key:retire"]
     );
 }

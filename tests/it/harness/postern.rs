@@ -290,6 +290,28 @@ impl Postern {
         self.stop_with(libc::SIGTERM, Duration::from_secs(15))
     }
 
+    /// Stops `serve` cleanly and starts it again with the same flags (a key rotation
+    /// takes effect at the next start).
+    pub fn restart(&mut self) {
+        assert_eq!(self.stop().code(), Some(0));
+        let cmd = self.serve_command();
+        self.spawn(cmd);
+    }
+
+    /// The `key:step` of every `keys.rotated` event, oldest first.
+    pub fn rotation_steps(&self) -> Vec<String> {
+        self.events("keys.rotated")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["details"]["key"].as_str().unwrap_or_default(),
+                    e["details"]["step"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     /// Runs `postern --data-dir DIR ARGS…` and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> Out {
         self.cli_stdin(args, "")
