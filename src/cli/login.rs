@@ -200,10 +200,17 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 
     home.create().map_err(anyhow::Error::msg)?;
     let trust_kind = if let Some(pem) = &ca_pem {
-        // The server, verified by a CA the user trusts, may name the next CA of a
-        // rotation: kept beside it, so the rotation does not lock this client out.
-        home.write("ca.crt", &with_new_cas(pem, &field("tls_ca")))
-            .map_err(anyhow::Error::msg)?;
+        // The server, verified by a CA the user trusts, names the CAs of a rotation: the
+        // next one is kept beside the user's file, so the rotation does not lock this
+        // client out; when the trust came from the copy kept here, the server's bundle
+        // replaces it, so a retired CA is dropped too.
+        let offered = field("tls_ca");
+        let kept = if args.ca_file.is_none() && !offered.trim().is_empty() {
+            offered.into_bytes()
+        } else {
+            with_new_cas(pem, &offered)
+        };
+        home.write("ca.crt", &kept).map_err(anyhow::Error::msg)?;
         "ca"
     } else {
         if let (Trust::FirstUse, Some(fp)) = (&trust, client.seen()) {
