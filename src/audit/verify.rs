@@ -49,6 +49,7 @@ pub struct CheckpointIn {
 
 pub struct Verifier {
     keys: Lineage,
+    keys_expected: bool,
     next_seq: Option<i64>,
     prev: String,
     checkpoints: BTreeMap<i64, CheckpointIn>,
@@ -89,6 +90,7 @@ impl Verifier {
     pub fn new(key: PublicKey) -> Verifier {
         Verifier {
             keys: Lineage::new(key),
+            keys_expected: false,
             next_seq: None,
             prev: GENESIS.to_string(),
             checkpoints: BTreeMap::new(),
@@ -111,6 +113,12 @@ impl Verifier {
     /// checked as they come.
     pub fn expect_keys(&mut self, keys: impl IntoIterator<Item = PublicKey>) {
         self.keys.expect(keys);
+        self.keys_expected = true;
+    }
+
+    /// Whether the keys were read ahead already ([`Verifier::expect_keys`]).
+    pub fn keys_expected(&self) -> bool {
+        self.keys_expected
     }
 
     /// An audit key handover or retirement named ahead of an export's events (each

@@ -467,24 +467,23 @@ pub async fn db(cmd: DbCommand) -> anyhow::Result<ExitCode> {
 /// `pem` and, after it, the certificates in `offered` it does not hold.
 fn with_new_cas(pem: &[u8], offered: &str) -> Vec<u8> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let held: Vec<CertificateDer> = CertificateDer::pem_slice_iter(pem)
+    let mut held: Vec<CertificateDer> = CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect();
     let mut out = pem.to_vec();
-    for c in CertificateDer::pem_slice_iter(offered.as_bytes()).filter_map(Result::ok) {
+    for block in offered.split_inclusive("-----END CERTIFICATE-----") {
+        let Ok(c) = CertificateDer::from_pem_slice(block.as_bytes()) else {
+            continue;
+        };
         if held.contains(&c) {
             continue;
         }
-        if !out.ends_with(b"\n") && !out.is_empty() {
+        if !out.is_empty() && !out.ends_with(b"\n") {
             out.push(b'\n');
         }
-        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c.as_ref());
-        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        }
-        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+        out.extend_from_slice(block.trim().as_bytes());
+        out.push(b'\n');
+        held.push(c);
     }
     out
 }

@@ -152,23 +152,21 @@ fn verify_export(file: &std::path::Path, mut v: Verifier) -> ExitCode {
     }
 }
 
-/// The keys an export's audit key handovers name (checked when the walk reaches them).
+/// The keys an export's leading `lineage` lines name (checked again as the walk reads
+/// them): a saved head may be signed by one of them.
 fn handover_keys(file: &std::path::Path) -> anyhow::Result<Vec<PublicKey>> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut keys = Vec::new();
     for line in BufReader::new(f).lines() {
         let line = line.with_context(|| format!("cannot read {}", file.display()))?;
-        if !line.contains(crate::audit::lineage::ROTATED) {
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
+        let Some(l) = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("lineage").cloned())
+        else {
+            break;
         };
-        let v = v.get("lineage").unwrap_or(&v);
-        if v.get("type").and_then(|t| t.as_str()) == Some(crate::audit::lineage::ROTATED)
-            && let Some(d) = v.get("details")
-        {
-            keys.extend(crate::audit::lineage::named_keys(d));
+        if l["type"].as_str() == Some(crate::audit::lineage::ROTATED) {
+            keys.extend(crate::audit::lineage::named_keys(&l["details"]));
         }
     }
     Ok(keys)

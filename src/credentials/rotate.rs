@@ -94,6 +94,16 @@ pub(super) fn remove(
     }
 }
 
+/// Ends an overlap: removes `previous`, the kept key of the `what` before the last rotation.
+fn retire(dir: &Path, previous: &'static str, what: &str) -> Result<Changed, String> {
+    let mut changed = Changed::default();
+    remove(dir, previous, &mut changed).map_err(|e| e.to_string())?;
+    if changed.removed.is_empty() {
+        return Err(format!("there is no earlier {what} to retire"));
+    }
+    Ok(changed)
+}
+
 /// A new user CA; the current one's public key stays trusted. Refused while an earlier
 /// rotation's old CA is still trusted (retire it first: one overlap at a time).
 pub fn rotate_user_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
@@ -120,12 +130,7 @@ pub fn rotate_user_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
 
 /// Stops trusting the user CA before the last rotation.
 pub fn retire_user_ca(dir: &Path) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    remove(dir, USER_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
-    if changed.removed.is_empty() {
-        return Err("there is no earlier user CA to retire".into());
-    }
-    Ok(changed)
+    retire(dir, USER_CA_PREVIOUS, "user CA")
 }
 
 /// Makes the next target CA, for targets to trust before it signs.
@@ -189,12 +194,7 @@ pub fn activate_target_ca(dir: &Path) -> Result<(PrivateKey, Changed), String> {
 
 /// Stops printing the target CA before the last rotation.
 pub fn retire_target_ca(dir: &Path) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    remove(dir, TARGET_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
-    if changed.removed.is_empty() {
-        return Err("there is no earlier target CA to retire".into());
-    }
-    Ok(changed)
+    retire(dir, TARGET_CA_PREVIOUS, "target CA")
 }
 
 /// The host keys announced beside the current one: the staged next key, the previous one.
@@ -266,12 +266,7 @@ pub fn activate_host_key(dir: &Path) -> Result<(PrivateKey, Changed), String> {
 
 /// Stops announcing the host key before the last rotation.
 pub fn retire_host_key(dir: &Path) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    remove(dir, HOST_KEY_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
-    if changed.removed.is_empty() {
-        return Err("there is no earlier host key to retire".into());
-    }
-    Ok(changed)
+    retire(dir, HOST_KEY_PREVIOUS, "host key")
 }
 
 fn read_text(dir: &Path, rel: &str) -> Result<String, CredentialError> {
@@ -340,12 +335,7 @@ pub fn activate_tls_ca(dir: &Path) -> Result<Changed, String> {
 
 /// Takes the TLS CA before the last rotation out of the bundle.
 pub fn retire_tls_ca(dir: &Path) -> Result<Changed, String> {
-    let mut changed = Changed::default();
-    remove(dir, TLS_CA_PREVIOUS, &mut changed).map_err(|e| e.to_string())?;
-    if changed.removed.is_empty() {
-        return Err("there is no earlier TLS CA to retire".into());
-    }
-    Ok(changed)
+    retire(dir, TLS_CA_PREVIOUS, "TLS CA")
 }
 
 /// The public key in `rel`, when the file is there.

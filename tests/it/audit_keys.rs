@@ -9,6 +9,18 @@ fn verify(b: &Bastion, args: &[&str]) -> Out {
     b.postern.cli(&[&["audit", "verify"], args].concat())
 }
 
+/// `audit verify` (of the store, or of an export `file`) is OK with each of `keys`.
+fn verifies_with_each(b: &Bastion, file: Option<&std::path::Path>, keys: &[&std::path::Path]) {
+    for key in keys {
+        let mut args = vec!["--pubkey", key.to_str().unwrap()];
+        if let Some(f) = file {
+            args.extend(["--file", f.to_str().unwrap()]);
+        }
+        let out = verify(b, &args);
+        assert!(out.ok().starts_with("OK: "), "{}: {out:?}", key.display());
+    }
+}
+
 fn file(b: &Bastion, rel: &str) -> String {
     std::fs::read_to_string(b.postern.data_dir().join(rel)).unwrap()
 }
@@ -103,26 +115,12 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
             .join(" ")
     );
     // The whole log verifies with the new key, and with the old one an auditor pinned.
-    for key in [&new_pub, &old_pub] {
-        let out = verify(&b, &["--pubkey", key.to_str().unwrap()]);
-        assert!(out.ok().starts_with("OK: "), "{out:?}");
-    }
+    verifies_with_each(&b, None, &[&new_pub, &old_pub]);
     let export = root.join("export.jsonl");
     b.postern
         .cli(&["audit", "export", "-o", export.to_str().unwrap()])
         .ok();
-    for key in [&new_pub, &old_pub] {
-        let out = verify(
-            &b,
-            &[
-                "--file",
-                export.to_str().unwrap(),
-                "--pubkey",
-                key.to_str().unwrap(),
-            ],
-        );
-        assert!(out.ok().starts_with("OK: "), "{out:?}");
-    }
+    verifies_with_each(&b, Some(&export), &[&new_pub, &old_pub]);
     // An export that begins after the handover still verifies with either key: it names
     // the audit key's handovers ahead of its events.
     let since = time::OffsetDateTime::now_utc()
@@ -145,18 +143,7 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
     let text = std::fs::read_to_string(&recent).unwrap();
     assert!(text.starts_with("{\"lineage\""), "{text}");
     assert!(!text.contains("\"type\":\"server.start\""), "{text}");
-    for key in [&new_pub, &old_pub] {
-        let out = verify(
-            &b,
-            &[
-                "--file",
-                recent.to_str().unwrap(),
-                "--pubkey",
-                key.to_str().unwrap(),
-            ],
-        );
-        assert!(out.ok().starts_with("OK: "), "{out:?}");
-    }
+    verifies_with_each(&b, Some(&recent), &[&new_pub, &old_pub]);
     // Its trailer signed again with the old key (all else kept) is refused.
     sign_trailer_with(&recent, &old_private);
     let out = verify(&b, &["--file", recent.to_str().unwrap()]);
@@ -207,10 +194,7 @@ fn the_audit_key_is_handed_over_in_the_log_and_either_key_verifies_all_of_it() {
     );
     assert_eq!(b.ssh(&b.dest(), "echo retired").ok(), "retired\n");
     assert_eq!(b.postern.stop().code(), Some(0));
-    for key in [&new_pub, &old_pub] {
-        let out = verify(&b, &["--pubkey", key.to_str().unwrap()]);
-        assert!(out.ok().starts_with("OK: "), "{out:?}");
-    }
+    verifies_with_each(&b, None, &[&new_pub, &old_pub]);
 
     // Someone holding the retired key signs a checkpoint over a new event: refused.
     sign_with(&b, &old_private);
