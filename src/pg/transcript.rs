@@ -105,13 +105,35 @@ pub fn thousandths(out: &mut Vec<u8>, n: u128) {
     ]);
 }
 
+/// Whether JSON needs any byte of `b` escaped (a control character, `"` or `\`): eight
+/// bytes at a time, with the word tests of "Bit Twiddling Hacks" (`haszero`, `hasless`),
+/// which are exact as to whether any byte matches.
+fn needs_escape(b: &[u8]) -> bool {
+    const LO: u64 = u64::from_le_bytes([1; 8]);
+    const HI: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(LO * u64::from(n)) & !x & HI != 0;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let x = u64::from_le_bytes(a);
+        if below(x, 0x20)
+            || below(x ^ (LO * u64::from(b'"')), 1)
+            || below(x ^ (LO * u64::from(b'\\')), 1)
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
 /// A JSON string, as `serde_json` writes it; text with nothing to escape (most SQL) is
 /// copied as is.
 pub fn json_str(out: &mut Vec<u8>, v: &str) {
-    let plain = !v.bytes().fold(false, |esc, b| {
-        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    if !needs_escape(v.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(v.as_bytes());
         out.push(b'"');
@@ -238,17 +260,39 @@ mod tests {
             let want = format!("{:.3}", n as f64 / 1000.0);
             assert_eq!(String::from_utf8_lossy(&out), want);
         }
+        let long = "x".repeat(16);
         for v in [
-            "select 1",
-            "say \"hi\"",
-            "a\\b",
-            "line\nbreak\t",
-            "caf\u{e9} \u{1}",
-            "",
+            "select 1".to_string(),
+            "say \"hi\"".into(),
+            "a\\b".into(),
+            "line\nbreak\t".into(),
+            "caf\u{e9} \u{1}".into(),
+            String::new(),
+            // Longer than one 16-byte block: plain, and with each kind of escape in a
+            // later block or in the remainder.
+            format!("{long}{long}"),
+            "caf\u{e9} ".repeat(9),
+            format!("{long}say \"hi\" {long}"),
+            format!("{long}{long}\\"),
+            format!("{long}\u{1f}"),
+            format!("{long}{long}\n"),
         ] {
             out.clear();
-            json_str(&mut out, v);
-            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{v}");
+            json_str(&mut out, &v);
+            assert_eq!(out, serde_json::to_vec(&v).unwrap(), "{v}");
+        }
+        // Every ASCII byte at every place of a few words, beside text of every width.
+        for c in 0u8..128 {
+            for at in 0..24 {
+                for pad in ["a", "\u{e9}", "\u{7f}"] {
+                    let mut v = pad.repeat(at);
+                    v.push(char::from(c));
+                    v.push_str(&pad.repeat(24 - at));
+                    out.clear();
+                    json_str(&mut out, &v);
+                    assert_eq!(out, serde_json::to_vec(&v).unwrap(), "{v:?}");
+                }
+            }
         }
     }
 

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::quality::RandomState;
+
 use crate::pg::text::Charset;
 
 /// A statement's text, decoded once.
@@ -55,17 +57,19 @@ type Ahead<T> = (Option<Arc<T>>, u32);
 
 /// Statement or portal names: what the server holds (`done`) and what messages in flight
 /// will make of them if the server accepts them (`ahead`, with how many such messages).
+/// Names are hashed several times per statement, so with foldhash rather than SipHash;
+/// each map has its own random seed, and a session holds at most `MAX_NAMES` of each.
 pub struct Names<T> {
-    pub done: HashMap<Box<[u8]>, Arc<T>>,
-    ahead: HashMap<Box<[u8]>, Ahead<T>>,
+    pub done: HashMap<Box<[u8]>, Arc<T>, RandomState>,
+    ahead: HashMap<Box<[u8]>, Ahead<T>, RandomState>,
     pub bytes: usize,
 }
 
 impl<T: Weight> Names<T> {
     pub fn new() -> Self {
         Names {
-            done: HashMap::new(),
-            ahead: HashMap::new(),
+            done: HashMap::default(),
+            ahead: HashMap::default(),
             bytes: 0,
         }
     }
