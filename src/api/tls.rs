@@ -60,3 +60,14 @@ pub fn with_alpn(config: &Arc<ServerConfig>, protocol: &[u8]) -> tokio_rustls::T
     cfg.alpn_protocols = vec![protocol.to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
+
+/// The acceptor of the PostgreSQL listener: ALPN `postgresql` and, as PostgreSQL's own
+/// server does, no session tickets and no session cache: libpq never resumes a session,
+/// so each ticket would be work for both sides at every connection.
+pub fn for_postgres(config: &Arc<ServerConfig>) -> tokio_rustls::TlsAcceptor {
+    let mut cfg = (**config).clone();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}

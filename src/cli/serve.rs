@@ -115,7 +115,7 @@ pub async fn run(mut config: Config, args: Args) -> anyhow::Result<ExitCode> {
         .trusted_pem()
         .with_context(|| format!("cannot read {}", keys.tls.ca_cert.display()))?;
     let api = crate::api::Api::new(tls.clone(), ca_pem);
-    let pg_tls = crate::api::tls::with_alpn(&tls, b"postgresql");
+    let pg_tls = crate::api::tls::for_postgres(&tls);
     let pg_end_point = {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
         CertificateDer::pem_file_iter(&keys.tls.server_cert)
