@@ -57,7 +57,8 @@ impl Run {
         } else if !self.tags.ends_with('…') {
             self.tags.push('…');
         }
-        if let Some(n) = tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) {
+        let last = tag.rfind(' ').map_or(tag, |i| &tag[i + 1..]);
+        if let Ok(n) = last.parse::<u64>() {
             self.tag_rows = Some(self.tag_rows.unwrap_or(0) + n);
         }
     }
@@ -296,8 +297,10 @@ impl Tracker {
     /// A statement's result line; `resolved` is what the server really ran when it differs
     /// from what the statement line said.
     fn result(&mut self, r: Run, resolved: Option<&Portal>, out: &mut Vec<u8>) {
-        let mut l = Line::new(out, self.t(), "result");
-        l.num("n", r.n).ms("duration_ms", r.start.elapsed());
+        let now = Instant::now();
+        let mut l = Line::new(out, now.saturating_duration_since(self.start), "result");
+        l.num("n", r.n)
+            .ms("duration_ms", now.saturating_duration_since(r.start));
         if !r.tags.is_empty() {
             l.str("tag", &r.tags);
         }
@@ -350,7 +353,7 @@ impl Tracker {
     /// An `Execute` at the front finished (tag, suspension, empty, error).
     fn executed(&mut self, out: &mut Vec<u8>) {
         if let Some(Op::Execute { run, name, portal }) = self.pop() {
-            let now = self.portals.done.get(&*name).cloned();
+            let now = self.portals.held(&name);
             let differs = match (&portal, &now) {
                 (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
                 (None, None) => false,

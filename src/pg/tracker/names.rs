@@ -59,9 +59,13 @@ type Ahead<T> = (Option<Arc<T>>, u32);
 /// will make of them if the server accepts them (`ahead`, with how many such messages).
 /// Names are hashed several times per statement, so with foldhash rather than SipHash;
 /// each map has its own random seed, and a session holds at most `MAX_NAMES` of each.
+/// The unnamed entry, the one most drivers use for every statement, is kept apart from
+/// the maps.
 pub struct Names<T> {
-    pub done: HashMap<Box<[u8]>, Arc<T>, RandomState>,
+    done: HashMap<Box<[u8]>, Arc<T>, RandomState>,
     ahead: HashMap<Box<[u8]>, Ahead<T>, RandomState>,
+    unnamed_done: Option<Arc<T>>,
+    unnamed_ahead: Option<Ahead<T>>,
     pub bytes: usize,
 }
 
@@ -70,57 +74,104 @@ impl<T: Weight> Names<T> {
         Names {
             done: HashMap::default(),
             ahead: HashMap::default(),
+            unnamed_done: None,
+            unnamed_ahead: None,
             bytes: 0,
+        }
+    }
+
+    /// What the server holds under the name now.
+    pub fn held(&self, name: &[u8]) -> Option<Arc<T>> {
+        if name.is_empty() {
+            self.unnamed_done.clone()
+        } else {
+            self.done.get(name).cloned()
+        }
+    }
+
+    fn ahead(&self, name: &[u8]) -> Option<&Ahead<T>> {
+        if name.is_empty() {
+            self.unnamed_ahead.as_ref()
+        } else {
+            self.ahead.get(name)
+        }
+    }
+
+    fn ahead_mut(&mut self, name: &[u8]) -> Option<&mut Ahead<T>> {
+        if name.is_empty() {
+            self.unnamed_ahead.as_mut()
+        } else {
+            self.ahead.get_mut(name)
+        }
+    }
+
+    /// Sets (`Some`) or removes the name the server holds; returns what it held.
+    fn hold(&mut self, name: &[u8], v: Option<Arc<T>>) -> Option<Arc<T>> {
+        match (name.is_empty(), v) {
+            (true, v) => std::mem::replace(&mut self.unnamed_done, v),
+            (false, Some(v)) => self.done.insert(name.into(), v),
+            (false, None) => self.done.remove(name),
         }
     }
 
     /// What the name will mean once the messages sent so far are processed.
     pub fn lookup(&self, name: &[u8]) -> Option<Arc<T>> {
-        match self.ahead.get(name) {
+        match self.ahead(name) {
             Some((v, _)) => v.clone(),
-            None => self.done.get(name).cloned(),
+            None => self.held(name),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.done.len() + self.ahead.len()
+        self.done.len()
+            + self.ahead.len()
+            + usize::from(self.unnamed_done.is_some())
+            + usize::from(self.unnamed_ahead.is_some())
     }
 
     /// A message in flight will set (or, with `None`, remove) the name.
     pub fn plan(&mut self, name: &[u8], v: Option<Arc<T>>) {
         self.bytes += v.as_ref().map_or(0, |v| v.weight());
-        match self.ahead.get_mut(name) {
+        let freed = match self.ahead_mut(name) {
             Some(e) => {
-                if let Some(old) = &e.0 {
-                    self.bytes -= old.weight().min(self.bytes);
-                }
-                *e = (v, e.1 + 1);
+                let old = std::mem::replace(&mut e.0, v);
+                e.1 += 1;
+                old.map_or(0, |o| o.weight())
             }
             None => {
-                self.ahead.insert(name.into(), (v, 1));
+                if name.is_empty() {
+                    self.unnamed_ahead = Some((v, 1));
+                } else {
+                    self.ahead.insert(name.into(), (v, 1));
+                }
+                0
             }
-        }
+        };
+        self.bytes -= freed.min(self.bytes);
     }
 
     /// The server answered a message that planned `name`: `Some(v)` when it took effect.
     pub fn settle(&mut self, name: &[u8], took: Option<Option<Arc<T>>>) {
         if let Some(v) = took {
-            let old = match v {
-                Some(v) => {
-                    self.bytes += v.weight();
-                    self.done.insert(name.into(), v)
-                }
-                None => self.done.remove(name),
-            };
-            if let Some(old) = old {
+            self.bytes += v.as_ref().map_or(0, |v| v.weight());
+            if let Some(old) = self.hold(name, v) {
                 self.bytes -= old.weight().min(self.bytes);
             }
         }
-        if let Some(e) = self.ahead.get_mut(name) {
-            e.1 -= 1;
-            if e.1 == 0
-                && let Some((Some(v), _)) = self.ahead.remove(name)
-            {
+        let last = match self.ahead_mut(name) {
+            Some(e) => {
+                e.1 -= 1;
+                e.1 == 0
+            }
+            None => false,
+        };
+        if last {
+            let gone = if name.is_empty() {
+                self.unnamed_ahead.take()
+            } else {
+                self.ahead.remove(name)
+            };
+            if let Some((Some(v), _)) = gone {
                 self.bytes -= v.weight().min(self.bytes);
             }
         }
@@ -128,28 +179,20 @@ impl<T: Weight> Names<T> {
 
     /// The server dropped the unnamed entry.
     pub fn settle_unnamed_gone(&mut self) {
-        if let Some(old) = self.done.remove(&b""[..]) {
+        if let Some(old) = self.unnamed_done.take() {
             self.bytes -= old.weight().min(self.bytes);
         }
     }
 
     /// Forgets the named entries the server holds (the unnamed one stays).
     pub fn clear_named(&mut self) {
-        let mut freed = 0;
-        self.done.retain(|k, v| {
-            let keep = k.is_empty();
-            if !keep {
-                freed += v.weight();
-            }
-            keep
-        });
+        let freed: usize = self.done.values().map(|v| v.weight()).sum();
+        self.done.clear();
         self.bytes -= freed.min(self.bytes);
     }
 
     pub fn clear_done(&mut self) {
-        for v in self.done.values() {
-            self.bytes -= v.weight().min(self.bytes);
-        }
-        self.done.clear();
+        self.clear_named();
+        self.settle_unnamed_gone();
     }
 }

@@ -59,7 +59,7 @@ impl Tracker {
                 if let Some(Op::Bind { name, mut portal }) = self.pop() {
                     // The statement as the server holds it now (a Parse it was bound
                     // ahead of may have failed).
-                    let held = self.statements.done.get(&*portal.raw).cloned();
+                    let held = self.statements.held(&portal.raw);
                     let same = match (&held, &portal.sql) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                         (None, None) => true,
