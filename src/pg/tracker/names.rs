@@ -196,3 +196,44 @@ impl<T: Weight> Names<T> {
         self.settle_unnamed_gone();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct W(usize);
+    impl Weight for W {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn the_unnamed_entry_lives_apart_but_behaves_as_any_name() {
+        let mut n = Names::<W>::new();
+        for name in [&b""[..], b"s1"] {
+            n.plan(name, Some(Arc::new(W(10))));
+            assert_eq!(n.lookup(name).map(|w| w.0), Some(10));
+            assert!(n.held(name).is_none());
+            n.settle(name, Some(Some(Arc::new(W(10)))));
+            assert_eq!(n.held(name).map(|w| w.0), Some(10));
+        }
+        assert_eq!((n.len(), n.bytes), (2, 20));
+        // A second Parse of the unnamed statement in flight, then one that fails.
+        n.plan(b"", Some(Arc::new(W(5))));
+        n.plan(b"", Some(Arc::new(W(7))));
+        assert_eq!(n.lookup(b"").map(|w| w.0), Some(7));
+        n.settle(b"", None);
+        assert_eq!(n.lookup(b"").map(|w| w.0), Some(7));
+        n.settle(b"", Some(Some(Arc::new(W(7)))));
+        assert_eq!(n.lookup(b"").map(|w| w.0), Some(7));
+        assert_eq!((n.len(), n.bytes), (2, 17));
+        // DEALLOCATE ALL keeps the unnamed statement; DISCARD ALL drops every one.
+        n.clear_named();
+        assert!(n.held(b"s1").is_none());
+        assert_eq!((n.len(), n.bytes), (1, 7));
+        n.clear_done();
+        assert!(n.lookup(b"").is_none());
+        assert_eq!((n.len(), n.bytes), (0, 0));
+    }
+}
