@@ -265,6 +265,14 @@ pub fn activate_host_key(dir: &Path) -> Result<(PrivateKey, Changed), String> {
 }
 
 /// Stops announcing the host key before the last rotation.
+/// The host key before the last rotation, while it is still announced.
+pub fn previous_host_key(dir: &Path) -> Result<Option<PrivateKey>, CredentialError> {
+    if !dir.join(HOST_KEY_PREVIOUS).exists() {
+        return Ok(None);
+    }
+    read_key(dir, HOST_KEY_PREVIOUS).map(Some)
+}
+
 pub fn retire_host_key(dir: &Path) -> Result<Changed, String> {
     retire(dir, HOST_KEY_PREVIOUS, "host key")
 }

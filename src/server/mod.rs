@@ -85,12 +85,13 @@ impl Shared {
             .load(std::sync::atomic::Ordering::Relaxed)
             == 0)
             .then_some(self.started_ms);
-        let audit_key = crate::credentials::fingerprint(&self.keys.audit_key);
-        match self
-            .store
-            .heartbeat_replica(me, now, started, &audit_key)
-            .await
-        {
+        let audit = crate::credentials::fingerprint(&self.keys.audit_key);
+        let host = crate::credentials::fingerprint(&self.keys.host_key);
+        let keys = crate::store::LeaseKeys {
+            audit: &audit,
+            host: &host,
+        };
+        match self.store.heartbeat_replica(me, now, started, &keys).await {
             Ok(()) => self
                 .lease_renewed_ms
                 .store(now, std::sync::atomic::Ordering::Relaxed),

@@ -35,6 +35,7 @@ pub use error::StoreError;
 pub use export::ExportFormat;
 pub use migrate::{Copied, MigrateError};
 pub use open::{Dialect, begin_write, redacted};
+pub use replicas::{LeaseKey, LeaseKeys};
 pub use requests::{NewRequest, RequestError, RequestFilter};
 pub use reviews::{Campaign, NewCampaign, ReviewItem, review_csv};
 pub use sessions::{RecordingRow, SessionEnd, SessionFilter, SessionRow};

@@ -10,7 +10,7 @@ use super::super::{open_store, shared_keys};
 use crate::audit::{Actor, AuditEvent, Outcome, lineage};
 use crate::config::Config;
 use crate::credentials::{self, audit_key, rotate, secrets::MasterKey};
-use crate::store::{AuditFilter, Store};
+use crate::store::{AuditFilter, LeaseKey, Store};
 
 #[derive(clap::Subcommand)]
 pub enum Key {
@@ -77,6 +77,28 @@ fn restart_hint(config: &Config) -> &'static str {
     }
 }
 
+/// Refuses to retire the host key before the last rotation while a live replica still
+/// offers it in key exchange (it has not restarted since `--activate`): clients that
+/// follow announcements would drop it and then meet it there as a changed host key.
+async fn host_key_unused(config: &Config, store: &Store) -> anyhow::Result<()> {
+    let Some(old) = rotate::previous_host_key(&config.data_dir)? else {
+        return Ok(());
+    };
+    let old = credentials::fingerprint(&old);
+    let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
+    let running = store
+        .replicas_using(LeaseKey::Host, &old, crate::audit::now_ms() - lease)
+        .await?;
+    if !running.is_empty() {
+        bail!(
+            "{} still offer(s) the old host key {old} in key exchange: {}, then retire it",
+            running.join(", "),
+            restart_hint(config)
+        );
+    }
+    Ok(())
+}
+
 /// The log's latest audit key handover: (from, to).
 async fn last_handover(
     store: &Store,
@@ -114,7 +136,7 @@ async fn audit_key(config: &Config, store: &Store, retire: bool) -> anyhow::Resu
         }
         let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
         let running = store
-            .replicas_signing_with(&fp(&old), crate::audit::now_ms() - lease)
+            .replicas_using(LeaseKey::Audit, &fp(&old), crate::audit::now_ms() - lease)
             .await?;
         if !running.is_empty() {
             bail!(
@@ -179,6 +201,12 @@ pub async fn run(config: &Config, key: Key) -> anyhow::Result<ExitCode> {
     // The store first: on PostgreSQL it brings the data dir to the replicas' shared set.
     let store = open_store(config).await?;
     let dir = &config.data_dir;
+    if matches!(key, Key::Host { retire: true, .. })
+        && let Err(e) = host_key_unused(config, &store).await
+    {
+        store.close().await;
+        return Err(e);
+    }
     let (name, step, result) = match key {
         Key::UserCa { retire: false } => (
             "user_ca",
