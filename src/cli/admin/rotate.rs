@@ -77,6 +77,19 @@ fn restart_hint(config: &Config) -> &'static str {
     }
 }
 
+/// Live replicas (a lease renewed within `REPLICA_LEASE`) whose lease names `fingerprint`
+/// as `key`, or names none.
+async fn live_using(
+    store: &Store,
+    key: LeaseKey,
+    fingerprint: &str,
+) -> anyhow::Result<Vec<String>> {
+    let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
+    Ok(store
+        .replicas_using(key, fingerprint, crate::audit::now_ms() - lease)
+        .await?)
+}
+
 /// Refuses to retire the host key before the last rotation while a live replica still
 /// offers it in key exchange (it has not restarted since `--activate`): clients that
 /// follow announcements would drop it and then meet it there as a changed host key.
@@ -85,10 +98,7 @@ async fn host_key_unused(config: &Config, store: &Store) -> anyhow::Result<()> {
         return Ok(());
     };
     let old = credentials::fingerprint(&old);
-    let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
-    let running = store
-        .replicas_using(LeaseKey::Host, &old, crate::audit::now_ms() - lease)
-        .await?;
+    let running = live_using(store, LeaseKey::Host, &old).await?;
     if !running.is_empty() {
         bail!(
             "{} still offer(s) the old host key {old} in key exchange: {}, then retire it",
@@ -134,10 +144,7 @@ async fn audit_key(config: &Config, store: &Store, retire: bool) -> anyhow::Resu
                 fp(&current)
             ),
         }
-        let lease = i64::try_from(crate::server::REPLICA_LEASE.as_millis()).unwrap_or(i64::MAX);
-        let running = store
-            .replicas_using(LeaseKey::Audit, &fp(&old), crate::audit::now_ms() - lease)
-            .await?;
+        let running = live_using(store, LeaseKey::Audit, &fp(&old)).await?;
         if !running.is_empty() {
             bail!(
                 "{} still sign(s) with the old audit key: {}, then retire it",
