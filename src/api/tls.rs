@@ -66,8 +66,7 @@ pub fn with_alpn(config: &Arc<ServerConfig>, protocol: &[u8]) -> tokio_rustls::T
 /// so each ticket would be work for both sides at every connection.
 pub fn for_postgres(config: &Arc<ServerConfig>) -> tokio_rustls::TlsAcceptor {
     let mut cfg = (**config).clone();
-    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    with_alpn(&Arc::new(cfg), b"postgresql")
 }

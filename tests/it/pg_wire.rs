@@ -6,67 +6,21 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
+use rustls::client::ClientSessionStore;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 use crate::pg::PgBastion;
 
-/// The TLS 1.3 session tickets a server sent, kept as rustls keeps them.
-#[derive(Debug)]
-pub struct Tickets {
-    cache: rustls::client::ClientSessionMemoryCache,
-    sent: AtomicUsize,
-}
-
-impl rustls::client::ClientSessionStore for Tickets {
-    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
-        self.cache.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.cache.kx_hint(name)
-    }
-    fn set_tls12_session(
-        &self,
-        name: ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.cache.set_tls12_session(name, value)
-    }
-    fn tls12_session(
-        &self,
-        name: &ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.cache.tls12_session(name)
-    }
-    fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.cache.remove_tls12_session(name)
-    }
-    fn insert_tls13_ticket(
-        &self,
-        name: ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.sent.fetch_add(1, Ordering::SeqCst);
-        self.cache.insert_tls13_ticket(name, value)
-    }
-    fn take_tls13_ticket(
-        &self,
-        name: &ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.cache.take_tls13_ticket(name)
-    }
-}
-
 /// A client speaking the wire protocol by hand, over TLS to postern.
 pub struct Raw {
     s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    /// Session tickets postern sent.
-    pub tickets: Arc<Tickets>,
+    /// Where rustls keeps the session tickets postern sends.
+    pub tickets: Arc<rustls::client::ClientSessionMemoryCache>,
     /// `BackendKeyData`.
     pub pid: i32,
     buf: Vec<u8>,
@@ -96,10 +50,7 @@ impl Raw {
         tcp.read_exact(&mut yes).unwrap();
         assert_eq!(&yes, b"S");
         let name = ServerName::try_from("127.0.0.1").unwrap();
-        let tickets = Arc::new(Tickets {
-            cache: rustls::client::ClientSessionMemoryCache::new(8),
-            sent: AtomicUsize::new(0),
-        });
+        let tickets = Arc::new(rustls::client::ClientSessionMemoryCache::new(8));
         let mut tls = b.tls_client();
         tls.resumption = rustls::client::Resumption::store(tickets.clone());
         let conn = rustls::ClientConnection::new(Arc::new(tls), name).unwrap();
@@ -497,7 +448,8 @@ fn clients_see_the_target_backend_pid() {
     let mut c = Raw::connect(&b, &[]);
     assert_eq!(c.query("select pg_backend_pid()"), [c.pid.to_string()]);
     // Nor session tickets, as from PostgreSQL's own server (libpq never resumes).
-    assert_eq!(c.tickets.sent.load(Ordering::SeqCst), 0);
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    assert!(c.tickets.take_tls13_ticket(&name).is_none());
     // A notification this session sends to itself carries the same PID.
     c.query("listen ch");
     let mut m = BytesMut::new();
