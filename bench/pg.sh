@@ -8,6 +8,12 @@
 # sslmode=require), and, for parity with the plaintext peers, both without. Then
 # connection setup: `pgbench -C` (a new connection per transaction) over TLS.
 #
+# pgbouncer keeps no record of statements. Its recording-equivalent setting is the
+# server's own statement log: `pgbouncer-tls-logged` reaches the same database through
+# pgbouncer with client TLS as a role for which PostgreSQL logs every statement with its
+# duration and parameters (`log_min_duration_statement = 0`), the way a PostgreSQL
+# deployment without postern gets a statement transcript. Both comparisons are printed.
+#
 #   bench/pg.sh                  # 10 s per run, 3 rounds, scale 10
 #   SECONDS_PER_RUN=5 ROUNDS=1 SCALE=2 bench/pg.sh
 #   SCRIPTS=-S MODES=prepared bench/pg.sh    # one workload
@@ -55,7 +61,9 @@ as_pg "$PGBIN/pg_ctl" -D "$T/run/pg" -l "$T/run/pg.log" -w -o \
   start >/dev/null
 export PGPASSFILE=/dev/null PGSERVICEFILE=/dev/null
 PGPASSWORD=$SUPER_PW psql -X -q "host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres" \
-  -c "CREATE ROLE app LOGIN PASSWORD '$APP_PW'" -c "CREATE DATABASE bench OWNER app"
+  -c "CREATE ROLE app LOGIN PASSWORD '$APP_PW'" -c "CREATE DATABASE bench OWNER app" \
+  -c "CREATE ROLE applog LOGIN PASSWORD '$APP_PW' IN ROLE app" \
+  -c "ALTER ROLE applog SET log_min_duration_statement = 0"
 echo "initialising pgbench scale $SCALE ..."
 PGPASSWORD=$APP_PW pgbench -q -i -s "$SCALE" "host=127.0.0.1 port=$PGPORT user=app dbname=bench" >/dev/null 2>&1
 
@@ -69,6 +77,7 @@ U
 cat > "$T/run/pgbouncer.ini" <<INI
 [databases]
 bench = host=127.0.0.1 port=$PGPORT dbname=bench
+bench_logged = host=127.0.0.1 port=$PGPORT dbname=bench user=applog password=$APP_PW
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER
@@ -116,11 +125,13 @@ declare -A CONN=(
   [direct]="host=127.0.0.1 port=$PGPORT user=app dbname=bench sslmode=disable"
   [pgbouncer]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=disable"
   [pgbouncer-tls]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=require"
+  [pgbouncer-tls-logged]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench_logged sslmode=require"
   [postern]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=disable"
   [postern-tls]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=verify-full sslrootcert=$CA"
 )
-declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [pgbouncer-tls]=$APP_PW [postern]=$TOKEN [postern-tls]=$TOKEN)
-ORDER=(direct pgbouncer pgbouncer-tls postern postern-tls)
+declare -A PW=([direct]=$APP_PW [pgbouncer]=$APP_PW [pgbouncer-tls]=$APP_PW [pgbouncer-tls-logged]=$APP_PW
+  [postern]=$TOKEN [postern-tls]=$TOKEN)
+ORDER=(direct pgbouncer pgbouncer-tls pgbouncer-tls-logged postern postern-tls)
 
 # CPU time a process has used, in clock ticks (user + system).
 ticks() { [[ -n $1 ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
@@ -147,8 +158,8 @@ for script in ${SCRIPTS:-"-S" ""}; do
   for mode in ${MODES:-simple prepared}; do
     declare -A TPS=() LAT=() CPU=()
     for round in $(seq "$ROUNDS"); do
-      for i in 0 1 2 3 4; do
-        who=${ORDER[$(( (i + round) % 5 ))]}
+      for i in "${!ORDER[@]}"; do
+        who=${ORDER[$(( (i + round) % ${#ORDER[@]} ))]}
         read -r tps lat cpu < <(bench "$who" "$script" "$mode")
         TPS[$who]+="$tps "
         LAT[$who]+="$lat "
@@ -162,11 +173,11 @@ import statistics, sys
 t = [float(x) for x in '${TPS[$who]}'.split()]; l = [float(x) for x in '${LAT[$who]}'.split()]
 print(statistics.median(t), statistics.median(l))")
       MED[$who]=$tps
-      printf "%-11s %-8s %-12s tps %10.1f   latency %6.3f ms   (runs: %s)\n" "$name" "$mode" "$who" "$tps" "$lat" "${TPS[$who]% }"
+      printf "%-11s %-8s %-20s tps %10.1f   latency %6.3f ms   (runs: %s)\n" "$name" "$mode" "$who" "$tps" "$lat" "${TPS[$who]% }"
     done
     python3 -c "
-d, b, bt, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[pgbouncer-tls]}, ${MED[postern]}, ${MED[postern-tls]}
-print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer-tls {t/bt:.2f}x')"
+d, b, bt, bl, p, t = ${MED[direct]}, ${MED[pgbouncer]}, ${MED[pgbouncer-tls]}, ${MED[pgbouncer-tls-logged]}, ${MED[postern]}, ${MED[postern-tls]}
+print(f'  => postern/direct {p/d:.2f}x   postern/pgbouncer {p/b:.2f}x   postern-tls/pgbouncer-tls {t/bt:.2f}x   postern-tls/pgbouncer-tls-logged {t/bl:.2f}x')"
     # CPU the proxy itself spent per transaction (steadier than tps on a shared VM).
     python3 -c "
 import statistics
@@ -197,3 +208,4 @@ print(f'  => postern-tls/pgbouncer-tls {m(\"${CT[postern-tls]}\")/m(\"${CT[pgbou
 fi
 statements=$(find "$T/data/recordings" -name '*.pg.jsonl' -exec cat {} + | grep -c '"type":"statement"' || true)
 echo "statements recorded by postern: $statements"
+echo "statement log lines written by PostgreSQL (pgbouncer-tls-logged): $(grep -c 'LOG:  duration:' "$T/run/pg.log" || true)"
