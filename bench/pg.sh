@@ -5,7 +5,7 @@
 # run. Prints TPS and mean latency for each and the ratios postern/direct and
 # postern/pgbouncer. postern is measured over TLS (as developers use it) against
 # pgbouncer with client TLS (`client_tls_sslmode`, clients connecting with
-# sslmode=require), and, for parity with the plaintext peers, both without. Then
+# sslmode=verify-full to both), and, for parity with the plaintext peers, both without. Then
 # connection setup: `pgbench -C` (a new connection per transaction) over TLS.
 #
 # pgbouncer keeps no record of statements. Its recording-equivalent setting is the
@@ -68,9 +68,15 @@ echo "initialising pgbench scale $SCALE ..."
 PGPASSWORD=$APP_PW pgbench -q -i -s "$SCALE" "host=127.0.0.1 port=$PGPORT user=app dbname=bench" >/dev/null 2>&1
 
 # pgbouncer, session mode, SCRAM both ways (it refuses to run as root); client TLS with a
-# throwaway certificate, used by clients that ask for it.
+# throwaway P-256 certificate issued by a throwaway CA, as postern's is, so that clients
+# verify the same chain on both paths (sslmode=verify-full).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-  -subj /CN=127.0.0.1 -keyout "$T/run/bouncer.key" -out "$T/run/bouncer.crt" >/dev/null 2>&1
+  -subj /CN=bench-ca -keyout "$T/run/bouncer-ca.key" -out "$T/run/bouncer-ca.crt" >/dev/null 2>&1
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$T/run/bouncer.key" -out "$T/run/bouncer.csr" >/dev/null 2>&1
+printf 'subjectAltName=IP:127.0.0.1\n' > "$T/run/bouncer.ext"
+openssl x509 -req -in "$T/run/bouncer.csr" -CA "$T/run/bouncer-ca.crt" -CAkey "$T/run/bouncer-ca.key" \
+  -CAcreateserial -days 1 -extfile "$T/run/bouncer.ext" -out "$T/run/bouncer.crt" >/dev/null 2>&1
 cat > "$T/run/userlist.txt" <<U
 "app" "$APP_PW"
 U
@@ -124,8 +130,8 @@ CA=$HOME/.postern/ca.crt
 declare -A CONN=(
   [direct]="host=127.0.0.1 port=$PGPORT user=app dbname=bench sslmode=disable"
   [pgbouncer]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=disable"
-  [pgbouncer-tls]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=require"
-  [pgbouncer-tls-logged]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench_logged sslmode=require"
+  [pgbouncer-tls]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench sslmode=verify-full sslrootcert=$T/run/bouncer-ca.crt"
+  [pgbouncer-tls-logged]="host=127.0.0.1 port=$BOUNCER user=app dbname=bench_logged sslmode=verify-full sslrootcert=$T/run/bouncer-ca.crt"
   [postern]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=disable"
   [postern-tls]="host=127.0.0.1 port=$PG_LISTEN user=dev dbname=pg1/bench sslmode=verify-full sslrootcert=$CA"
 )
