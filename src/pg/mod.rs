@@ -8,6 +8,7 @@
 mod auth;
 pub mod backends;
 mod cancel;
+mod framer;
 mod link;
 mod proof;
 mod relay;
