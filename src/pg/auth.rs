@@ -28,6 +28,10 @@ pub struct Authorized {
     pub resting: Option<crate::policy::TimedGrant>,
     /// The login (user certificate) the token was issued under.
     pub cert_serial: Option<u64>,
+    /// `auth.success`, not yet written: it goes into the log with the session's next
+    /// event (its start, or why it could not start), in one commit, before the client is
+    /// let in.
+    pub success: Option<AuditEvent>,
 }
 
 /// A name from the wire as it may appear in an audit event: printable, at most 64
@@ -309,17 +313,13 @@ pub async fn authorize(
             ));
         }
     };
-    audit(
-        shared,
-        AuditEvent::new(
-            "auth.success",
-            &actor,
-            Outcome::Success,
-            json!({ "method": "db_token", "database": database, "db_user": db_user }),
-        ),
-        peer,
-    )
-    .await;
+    let mut success = AuditEvent::new(
+        "auth.success",
+        &actor,
+        Outcome::Success,
+        json!({ "method": "db_token", "database": database, "db_user": db_user }),
+    );
+    success.source = Some(peer.to_string());
 
     let resting = policy.grant_end(u, &target.name, &grant.roles).cloned();
     Ok(Authorized {
@@ -331,5 +331,6 @@ pub async fn authorize(
         db_user,
         grant,
         cert_serial: tok.cert_serial,
+        success: Some(success),
     })
 }

@@ -22,15 +22,46 @@ use crate::policy::Target;
 use crate::recording::{self, LineRecorder};
 use crate::server::Shared;
 use crate::server::limits::Limits;
-use crate::store::{SessionEnd, SessionRow};
+use crate::store::{RecordingRow, SessionEnd, SessionRow};
 
 pub async fn run(
+    io: &mut Box<dyn Io>,
+    client: ClientStart,
+    mut auth: Authorized,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    cancel: CancellationToken,
+) -> Result<(), Refusal> {
+    let mut pending = auth.success.take();
+    let r = session(io, client, auth, peer, shared, cancel, &mut pending).await;
+    // Refused before anything else was written.
+    if let Some(e) = pending {
+        shared.audit(e).await;
+    }
+    r
+}
+
+/// Writes `e` with the `auth.success` still pending before it, in one commit.
+async fn audit_after(
+    shared: &Shared,
+    pending: &mut Option<AuditEvent>,
+    mut e: AuditEvent,
+    peer: SocketAddr,
+) {
+    e.source = Some(peer.to_string());
+    let mut all: Vec<AuditEvent> = pending.take().into_iter().collect();
+    all.push(e);
+    shared.audit_all(all).await;
+}
+
+async fn session(
     io: &mut Box<dyn Io>,
     client: ClientStart,
     auth: Authorized,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     cancel: CancellationToken,
+    pending: &mut Option<AuditEvent>,
 ) -> Result<(), Refusal> {
     let Authorized {
         user,
@@ -41,6 +72,7 @@ pub async fn run(
         grant,
         resting,
         cert_serial,
+        success: _,
     } = auth;
     // The client's settings, then the brokered credential, then the target.
     let settings = settings::forwarded(&client.params).map_err(|r| refuse(r.code, r.message))?;
@@ -96,7 +128,7 @@ pub async fn run(
                 json!({ "error": e.to_string() }),
             );
             ev.target = Some(target.name.clone());
-            audit(shared, ev, peer).await;
+            audit_after(shared, pending, ev, peer).await;
             return Err(refuse("08006", e.to_string()));
         }
     };
@@ -104,6 +136,8 @@ pub async fn run(
     // The session: index, recording, limits.
     let id = Uuid::new_v4().to_string();
     let started = now_ms();
+    let path_text = recording::place(started, &format!("{id}-0.pg.jsonl"));
+    // The session's row and its recording's, in one commit.
     let row = SessionRow {
         id: id.clone(),
         kind: "postgres".into(),
@@ -120,7 +154,12 @@ pub async fn run(
         cert_serial: cert_serial.map(|s| s.to_string()),
         roles: grant.roles.clone(),
         replica: shared.replica().map(str::to_string),
-        recordings: vec![],
+        recordings: vec![RecordingRow {
+            channel: 0,
+            path: path_text.clone(),
+            sha256: None,
+            bytes: 0,
+        }],
     };
     let not_recorded = || {
         refuse(
@@ -133,7 +172,6 @@ pub async fn run(
         .start_session(&row)
         .await
         .map_err(|_| not_recorded())?;
-    let path_text = recording::place(started, &format!("{id}-0.pg.jsonl"));
     let header = json!({
         "version": 1, "kind": "postgres", "session": id, "user": user, "target": target.name,
         "database": database, "db_user": db_user, "client": peer.to_string(), "started_ms": started,
@@ -151,13 +189,12 @@ pub async fn run(
                     json!({ "channel": 0, "error": e.to_string() }),
                 );
                 ev.session_id = Some(id.clone());
-                audit(shared, ev, peer).await;
+                audit_after(shared, pending, ev, peer).await;
                 end_row(shared, &id, "recording failed", 0, 0).await;
                 return Err(not_recorded());
             }
         };
     let _sealed = shared.seals.watch(&path_text, &id, recorder.seal());
-    let _ = shared.store.add_recording(&id, 0, &path_text).await;
     let end = CancellationToken::new();
     let session = Arc::new(PgSession {
         cert_serial,
@@ -183,7 +220,7 @@ pub async fn run(
         e.session_id = Some(id.clone());
         e
     };
-    audit(shared, event("session.start", Outcome::Success, json!({ "kind": "postgres", "database": database, "db_user": db_user, "rule": grant.rule.to_string(), "roles": grant.roles, "recording": path_text, "backend_pid": up.key.map(|k| k.0), "reused_backend": reused })), peer).await;
+    audit_after(shared, pending, event("session.start", Outcome::Success, json!({ "kind": "postgres", "database": database, "db_user": db_user, "rule": grant.rule.to_string(), "roles": grant.roles, "recording": path_text, "backend_pid": up.key.map(|k| k.0), "reused_backend": reused })), peer).await;
     info!(session = %id, user = %user, target = %target.name, database = %database, db_user = %db_user, "postgres session started");
     shared.live.register(&id, session.clone());
 

@@ -152,6 +152,22 @@ impl Shared {
         }
     }
 
+    /// Writes `events` in this order, waiting once for all of them (one commit, where
+    /// one `audit` per event would wait for a commit each).
+    pub async fn audit_all(&self, events: Vec<AuditEvent>) {
+        let now = std::time::Instant::now();
+        let events: Vec<AuditEvent> = events
+            .into_iter()
+            .filter_map(|e| self.repeats.note(e, now))
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.append_audit_all(events).await {
+            warn!(error = %err, "cannot write audit events");
+        }
+    }
+
     /// Writes a `recording.progress` event for each recording sealed since the last call.
     async fn audit_seals(&self) {
         for (file, session, bytes, sha256) in self.seals.due() {

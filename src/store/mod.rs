@@ -167,6 +167,16 @@ impl Store {
         r
     }
 
+    /// Appends `events` in this order through the group commit, waiting for all of them.
+    pub async fn append_audit_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let r = self.audit.append_all(events.clone()).await;
+        match &r {
+            Ok(()) => events.iter().for_each(crate::metrics::observe),
+            Err(_) => crate::metrics::store_error("audit_append"),
+        }
+        r
+    }
+
     /// Appends many events in one transaction, in order.
     pub async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let pool = &self.pool;
@@ -261,8 +271,22 @@ impl Store {
         audit::search(&mut conn, filter).await
     }
 
+    /// The session's row, and the rows of the recordings it lists, in one transaction.
     pub async fn start_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        let r = async { sessions::insert(&mut *self.pool.acquire().await?, s).await }.await;
+        let r = async {
+            if s.recordings.is_empty() {
+                return sessions::insert(&mut *self.pool.acquire().await?, s).await;
+            }
+            let mut tx = self.pool.begin().await?;
+            sessions::insert(&mut tx, s).await?;
+            for rec in &s.recordings {
+                let channel = u32::try_from(rec.channel).unwrap_or_default();
+                sessions::add_recording(&mut tx, &s.id, channel, &rec.path).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
         if r.is_err() {
             crate::metrics::store_error("session_start");
         }

@@ -62,6 +62,32 @@ impl AuditQueue {
         r
     }
 
+    /// Queues `events` one after the other and waits until all are written (usually one
+    /// transaction).
+    pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let queued = Instant::now();
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
+            let (ack, done) = oneshot::channel();
+            self.tx
+                .send(Job::Append(e, ack))
+                .await
+                .map_err(|_| failed("the audit writer stopped".into()))?;
+            acks.push(done);
+        }
+        let depth = self.tx.max_capacity() - self.tx.capacity();
+        let mut result = Ok(());
+        for done in acks {
+            let r = done
+                .await
+                .map_err(|_| failed("the audit writer stopped".into()))?
+                .map_err(failed);
+            result = result.and(r);
+        }
+        crate::metrics::audit_append(queued.elapsed(), depth);
+        result
+    }
+
     pub async fn expect(&self, seq: i64, hash: String) {
         let _ = self.tx.send(Job::Expect(seq, hash)).await;
     }
