@@ -1,5 +1,6 @@
-//! Unauthenticated abuse of the API's password login: parallel guesses are counted before
-//! any is checked, and password hashing is bounded, so memory stays small.
+//! Abuse: parallel guesses at the API's password login are counted before any is checked,
+//! and password hashing is bounded, so memory stays small; SSH packets that answer nothing
+//! cost postern no log line each.
 
 use std::process::Command;
 
@@ -127,4 +128,40 @@ print(json.dumps({{r: results.count(r) for r in set(results)}}))
             "an event holds the whole name: {e}"
         );
     }
+}
+
+/// Replies to global requests nobody made (`REQUEST_SUCCESS`, `REQUEST_FAILURE`) are
+/// ignored as OpenSSH ignores them: the session goes on, and a client cannot make postern
+/// write a log line per packet.
+#[test]
+fn stray_global_request_replies_are_ignored_without_a_log_line_each() {
+    let b = crate::ssh::Bastion::start();
+    let out = crate::ssh_plane::python(
+        &b,
+        r#"
+import os, paramiko
+from paramiko.common import cMSG_REQUEST_SUCCESS, cMSG_REQUEST_FAILURE
+from paramiko.message import Message
+c = paramiko.SSHClient()
+c.load_host_keys(os.environ['KNOWN'])
+c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
+          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
+t = c.get_transport()
+for i in range(2000):
+    m = Message()
+    m.add_byte(cMSG_REQUEST_SUCCESS if i % 2 else cMSG_REQUEST_FAILURE)
+    t._send_user_message(m)
+_, out, _ = c.exec_command('echo still-here')
+print(out.read().decode(), end='')
+c.close()
+"#,
+    );
+    assert_eq!(out.stdout, "still-here\n", "{out:?}\n{}", b.postern.log());
+    let lines = b
+        .postern
+        .log()
+        .lines()
+        .filter(|l| l.contains("global request"))
+        .count();
+    assert!(lines < 10, "{lines} log lines for 2000 stray replies");
 }

@@ -1036,7 +1036,7 @@ impl Session {
                         let _ = return_channel.send(Some(CryptoVec::from_slice(r)));
                     }
                     None => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("a global request reply with no request pending (ignored)")
                     }
                 }
                 Ok(())
@@ -1073,7 +1073,7 @@ impl Session {
                         let _ = return_channel.send(None);
                     }
                     None => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("a global request reply with no request pending (ignored)")
                     }
                 }
                 Ok(())

@@ -1979,7 +1979,7 @@ impl Session {
                         let _ = return_channel.send(true);
                     }
                     _ => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("a global request reply with no request pending (ignored)")
                     }
                 }
                 Ok(())
@@ -2001,7 +2001,7 @@ impl Session {
                         let _ = return_channel.send(false);
                     }
                     _ => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("a global request reply with no request pending (ignored)")
                     }
                 }
                 Ok(())
