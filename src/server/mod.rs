@@ -144,12 +144,7 @@ impl Shared {
     /// Writes an audit event (repeated login failures collapse, see `audit::repeats`);
     /// a store that cannot take it is logged, the caller carries on with its refusal.
     pub async fn audit(&self, e: AuditEvent) {
-        let Some(e) = self.repeats.note(e, std::time::Instant::now()) else {
-            return;
-        };
-        if let Err(err) = self.store.append_audit(&e).await {
-            warn!(error = %err, kind = %e.kind, "cannot write audit event");
-        }
+        self.audit_all(vec![e]).await
     }
 
     /// Writes `events` in this order, waiting once for all of them (one commit, where
@@ -163,8 +158,9 @@ impl Shared {
         if events.is_empty() {
             return;
         }
-        if let Err(err) = self.store.append_audit_all(events).await {
-            warn!(error = %err, "cannot write audit events");
+        if let Err(err) = self.store.append_audit_all(&events).await {
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            warn!(error = %err, kinds = ?kinds, "cannot write audit events");
         }
     }
 

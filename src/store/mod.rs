@@ -159,17 +159,12 @@ impl Store {
     /// Appends an event to the chain; returns once it is durable. Concurrent callers
     /// share one transaction (group commit).
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let r = self.audit.append(event.clone()).await;
-        match &r {
-            Ok(()) => crate::metrics::observe(event),
-            Err(_) => crate::metrics::store_error("audit_append"),
-        }
-        r
+        self.append_audit_all(std::slice::from_ref(event)).await
     }
 
     /// Appends `events` in this order through the group commit, waiting for all of them.
-    pub async fn append_audit_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let r = self.audit.append_all(events.clone()).await;
+    pub async fn append_audit_all(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let r = self.audit.append_all(events.to_vec()).await;
         match &r {
             Ok(()) => events.iter().for_each(crate::metrics::observe),
             Err(_) => crate::metrics::store_error("audit_append"),
@@ -274,9 +269,6 @@ impl Store {
     /// The session's row, and the rows of the recordings it lists, in one transaction.
     pub async fn start_session(&self, s: &SessionRow) -> Result<(), StoreError> {
         let r = async {
-            if s.recordings.is_empty() {
-                return sessions::insert(&mut *self.pool.acquire().await?, s).await;
-            }
             let mut tx = self.pool.begin().await?;
             sessions::insert(&mut tx, s).await?;
             for rec in &s.recordings {

@@ -46,22 +46,6 @@ impl AuditQueue {
         AuditQueue { tx }
     }
 
-    pub async fn append(&self, e: AuditEvent) -> Result<(), StoreError> {
-        let (ack, done) = oneshot::channel();
-        let queued = Instant::now();
-        self.tx
-            .send(Job::Append(e, ack))
-            .await
-            .map_err(|_| failed("the audit writer stopped".into()))?;
-        let depth = self.tx.max_capacity() - self.tx.capacity();
-        let r = done
-            .await
-            .map_err(|_| failed("the audit writer stopped".into()))?
-            .map_err(failed);
-        crate::metrics::audit_append(queued.elapsed(), depth);
-        r
-    }
-
     /// Queues `events` one after the other and waits until all are written (usually one
     /// transaction).
     pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {

@@ -136,16 +136,11 @@ print(json.dumps({{r: results.count(r) for r in set(results)}}))
 #[test]
 fn stray_global_request_replies_are_ignored_without_a_log_line_each() {
     let b = crate::ssh::Bastion::start();
-    let out = crate::ssh_plane::python(
+    let out = crate::ssh_plane::paramiko(
         &b,
         r#"
-import os, paramiko
 from paramiko.common import cMSG_REQUEST_SUCCESS, cMSG_REQUEST_FAILURE
 from paramiko.message import Message
-c = paramiko.SSHClient()
-c.load_host_keys(os.environ['KNOWN'])
-c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
-          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
 t = c.get_transport()
 for i in range(2000):
     m = Message()

@@ -6,7 +6,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::ssh::Bastion;
-use crate::ssh_plane::{master, muxed, python, random_file, wait_for};
+use crate::ssh_plane::{master, muxed, paramiko, random_file, wait_for};
 
 fn denials(b: &Bastion) -> Vec<String> {
     b.postern
@@ -190,14 +190,9 @@ fn file_transfer_off_refuses_every_transfer_server() {
 #[test]
 fn absurd_terminals_are_refused_and_term_is_cleaned() {
     let b = Bastion::start();
-    let out = python(
+    let out = paramiko(
         &b,
         r#"
-import os, paramiko
-c = paramiko.SSHClient()
-c.load_host_keys(os.environ['KNOWN'])
-c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
-          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
 ch = c.get_transport().open_session()
 try:
     ch.get_pty(term='xterm', width=4000000, height=24)

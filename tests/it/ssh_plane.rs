@@ -374,6 +374,20 @@ pub fn python(b: &Bastion, script: &str) -> Out {
     wait_for(child, Duration::from_secs(120), "python client")
 }
 
+/// `python` with a paramiko client `c` already connected to the bastion (its host key
+/// pinned, unknown keys refused) before `body` runs.
+pub fn paramiko(b: &Bastion, body: &str) -> Out {
+    const CONNECT: &str = r#"
+import os, paramiko
+c = paramiko.SSHClient()
+c.load_host_keys(os.environ['KNOWN'])
+c.set_missing_host_key_policy(paramiko.RejectPolicy())
+c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
+          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
+"#;
+    python(b, &format!("{CONNECT}{body}"))
+}
+
 #[test]
 fn asyncssh_runs_concurrent_channels_and_sftp_on_one_connection() {
     // 20 channels at once on one connection: above the default max_sessions of 10.
@@ -416,15 +430,9 @@ fn paramiko_exec_and_prefetching_sftp_get() {
     let b = Bastion::start();
     let src = b.postern.root().join("ckpt.bin");
     random_file(&src, 32);
-    let out = python(
+    let out = paramiko(
         &b,
         r#"
-import os, paramiko
-c = paramiko.SSHClient()
-c.load_host_keys(os.environ['KNOWN'])
-c.set_missing_host_key_policy(paramiko.RejectPolicy())
-c.connect('127.0.0.1', port=int(os.environ['PORT']), username=os.environ['USER_AT'],
-          key_filename=os.environ['KEY'], allow_agent=False, look_for_keys=False)
 _, out, _ = c.exec_command('echo from-paramiko; exit 3')
 assert out.read() == b'from-paramiko\n'
 assert out.channel.recv_exit_status() == 3
